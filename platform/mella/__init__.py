@@ -1,0 +1,1 @@
+"""MELLA: dual-source data, LoRA fine-tuning, serving and evaluation of MLLMs for low-resource languages."""

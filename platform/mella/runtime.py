@@ -1,0 +1,26 @@
+"""Ray start-up shared by the jobs: join a cluster when one is given, else start a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """``ray.init`` once: ``RAY_ADDRESS`` (set by ``ray job submit``) joins that cluster; otherwise a
+    local Ray with ``num_cpus`` CPUs (default: all), dashboard off, logs to the driver.
+    The ``platform/`` directory is put on workers' ``PYTHONPATH`` so ``mella`` imports everywhere.
+    """
+    if ray.is_initialized():
+        return
+    platform_dir = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    env = {"env_vars": {"PYTHONPATH": platform_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.execution_options.preserve_order = False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=env, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, logging_level=logging.WARNING)

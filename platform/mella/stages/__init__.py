@@ -1,0 +1,1 @@
+"""Pipeline stages of build_corpus, one module per paper step."""

@@ -1,0 +1,47 @@
+"""The stage contract: a callable over Arrow batches with one reject path (datatrove-style filters).
+
+Every batch carries ``REJECT_SCHEMA`` columns (the record plus ``stage``/``reason``/``detail``).
+A row whose ``reason`` is set has been rejected upstream: later stages pass it through untouched
+and the final writer routes it to ``rejects/``. A stage only implements ``process(rows)`` over the
+still-active rows and calls :func:`reject` on those it drops; counting and routing are shared.
+Rejected rows lose their image bytes at once, so rejects never hold memory downstream.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from mella.schema import REJECT_SCHEMA, conform, to_table
+
+
+def reject(row: dict, stage: str, reason: str, detail: str = "") -> None:
+    """Mark ``row`` as dropped by ``stage`` for ``reason``; frees its image bytes."""
+    row["stage"] = stage
+    row["reason"] = reason
+    row["detail"] = (detail or "")[:500]
+    row["image"] = None
+
+
+def is_active(row: dict) -> bool:
+    return row.get("reason") is None
+
+
+class Stage:
+    """Base class for per-row stages used with ``Dataset.map_batches(..., batch_format="pyarrow")``.
+
+    Subclasses set ``name`` and implement ``process(rows)``, mutating the active rows (dicts with
+    ``REJECT_SCHEMA`` keys) in place. Model-backed subclasses load their model in ``__init__`` so
+    Ray Data can run them in an actor pool.
+    """
+
+    name = "stage"
+
+    def process(self, rows: list[dict]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = conform(batch, REJECT_SCHEMA).to_pylist()
+        active = [r for r in rows if is_active(r)]
+        if active:
+            self.process(active)
+        return to_table(rows, REJECT_SCHEMA)

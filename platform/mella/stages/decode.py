@@ -1,0 +1,100 @@
+"""Decode and resolution filters (paper appendix B.2), with Pillow.
+
+Decode: the image bytes must open with Pillow as one of ``FilterConfig.allowed_formats`` (JPEG, PNG,
+WebP, GIF — first frame), their declared size must be ≤ ``max_image_pixels`` (checked from the header
+*before* any pixel is decoded: the decompression-bomb guard), and the full first frame must decode.
+Reasons: ``no_image``, ``format_svg``, ``format_<NAME>``, ``undecodable``, ``decompression_bomb``,
+``truncated``, ``corrupt``.
+
+The exact-duplicate key ``pixel_sha256`` is the sha256 of ``"{W}x{H}"`` and the RGBA pixel bytes
+of the first frame, so the same picture stored as PNG and as lossless WebP has one key.
+
+Resolution: keep only width > ``min_side_px`` and height > ``min_side_px`` (paper: "both its width and
+height exceed 256 pixels"). Reason: ``too_small``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from mella.config import FilterConfig
+from mella.stages.base import Stage, reject
+
+_SVG_SNIFF = (b"<svg", b"<?xml")
+
+
+def _looks_like_svg(data: bytes) -> bool:
+    head = data[:512].lstrip().lower()
+    return head.startswith(_SVG_SNIFF) and b"<svg" in data[:4096].lower()
+
+
+def decode_image(data: bytes, cfg: FilterConfig) -> dict:
+    """Decode ``data`` → ``{"width", "height", "format", "pixel_sha256"}`` (px, px, Pillow name, hex).
+
+    Raises:
+        ValueError: with the reject reason code as its message (see module docstring).
+    """
+    if not data:
+        raise ValueError("no_image")
+    if _looks_like_svg(data):
+        raise ValueError("format_svg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ValueError("decompression_bomb") from None
+        except UnidentifiedImageError:
+            raise ValueError("undecodable") from None
+        except (OSError, SyntaxError, ValueError):
+            raise ValueError("corrupt") from None
+        with im:
+            w, h = im.size
+            fmt = (im.format or "").upper()
+            if fmt not in cfg.allowed_formats:
+                raise ValueError(f"format_{fmt.lower() or 'unknown'}")
+            if w * h > cfg.max_image_pixels:
+                raise ValueError("decompression_bomb")
+            try:
+                im.seek(0)
+                im.load()
+                rgba = im.convert("RGBA")
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise ValueError("decompression_bomb") from None
+            except (OSError, SyntaxError, ValueError, EOFError) as e:
+                raise ValueError("truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt") from None
+            digest = hashlib.sha256(f"{w}x{h}".encode())
+            digest.update(rgba.tobytes())
+    return {"width": w, "height": h, "format": fmt, "pixel_sha256": digest.hexdigest()}
+
+
+class DecodeStage(Stage):
+    name = "decode"
+
+    def __init__(self, cfg: FilterConfig | None = None) -> None:
+        self.cfg = cfg or FilterConfig()
+
+    def process(self, rows: list[dict]) -> None:
+        for r in rows:
+            try:
+                r.update(decode_image(r.get("image") or b"", self.cfg))
+            except ValueError as e:
+                reject(r, self.name, str(e))
+
+
+class ResolutionStage(Stage):
+    name = "resolution"
+
+    def __init__(self, cfg: FilterConfig | None = None) -> None:
+        self.cfg = cfg or FilterConfig()
+
+    def process(self, rows: list[dict]) -> None:
+        m = self.cfg.min_side_px
+        for r in rows:
+            w, h = r.get("width") or 0, r.get("height") or 0
+            if not (w > m and h > m):
+                reject(r, self.name, "too_small", f"{w}x{h} px, need both > {m}")

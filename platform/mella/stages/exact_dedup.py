@@ -1,0 +1,95 @@
+"""Exact duplicates (paper appendix B.2: "remove duplicate images with identical pixel-level content").
+
+Key, global over the whole run and per target language (the same image with alt-text in two
+languages belongs to both D_know^L, paper eq. 5):
+
+- ``image_text`` (default): ``(lang, pixel_sha256, alt_text)`` — removes repeats of the same
+  image-text pair (a screenshot reused on several pages with the same caption, site-wide banners)
+  but keeps the same picture with *different* in-language descriptions (Serbian Cyrillic and Latin
+  editions of one manual; "before/after Oilify" vs "before/after Photocopy"), which are distinct
+  training pairs of D_know, as a captioning set keeps several captions per image;
+- ``image``: ``(lang, pixel_sha256)`` — one row per image and language, the strict reading.
+
+Survivor of a group, deterministic whatever the arrival order or sharding: the smallest
+``(page_url, image_url, id)``. Only groups with ≥ 2 members come back. Up to
+``DRIVER_MAX_ROWS`` key rows are aggregated with pyarrow in the driver; above that a Ray Data
+``groupby`` (hash shuffle across the cluster, one partition per million rows) does it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from ray.data.aggregate import Count, Min
+
+from mella.stages.base import Stage, reject
+
+KEY_COLUMNS = ["id", "lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason"]
+DRIVER_MAX_ROWS = 2_000_000
+SEP = "\x1f"
+
+
+def _group_key(t: pa.Table, mode: str) -> pa.Array:
+    parts = [pc.fill_null(t["lang"], ""), pc.fill_null(t["pixel_sha256"], "")]
+    if mode == "image_text":
+        parts.append(pc.fill_null(t["alt_text"], ""))
+    return pc.binary_join_element_wise(*parts, SEP)
+
+
+def _keys(batch: pa.Table, mode: str) -> pa.Table:
+    batch = batch.filter(pc.is_null(batch["reason"]))
+    sort_key = pc.binary_join_element_wise(
+        pc.fill_null(batch["page_url"], ""), pc.fill_null(batch["image_url"], ""), batch["id"], SEP
+    )
+    return pa.table({"group": _group_key(batch, mode), "sort_key": sort_key})
+
+
+def find_exact_duplicates(parquet_files: list[str], mode: str = "image_text", driver_max_rows: int = DRIVER_MAX_ROWS) -> dict[str, str]:
+    """``{group key: survivor sort key}`` for every group with ≥ 2 active rows (see module docstring).
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode not in ("image_text", "image"):
+        raise ValueError(f"exact dedup key must be 'image_text' or 'image', not {mode!r}")
+    if not parquet_files:
+        return {}
+    n_rows = sum(pq.read_metadata(p).num_rows for p in parquet_files)
+    if n_rows <= driver_max_rows:
+        keys = pa.concat_tables([_keys(pq.read_table(p, columns=KEY_COLUMNS), mode) for p in parquet_files])
+        agg = keys.group_by("group").aggregate([("sort_key", "min"), ("sort_key", "count")])
+        agg = agg.filter(pc.greater(agg["sort_key_count"], 1))
+        return dict(zip(agg["group"].to_pylist(), agg["sort_key_min"].to_pylist()))
+    ds = ray.data.read_parquet(parquet_files, columns=KEY_COLUMNS)
+    ds = ds.map_batches(_keys, batch_format="pyarrow", fn_kwargs={"mode": mode})
+    parts = max(1, math.ceil(n_rows / 1_000_000))
+    agg = ds.groupby("group", num_partitions=parts).aggregate(Min("sort_key"), Count())
+    agg = agg.filter(lambda r: r["count()"] > 1)
+    return {r["group"]: r["min(sort_key)"] for r in agg.iter_rows()}
+
+
+class ExactDedupStage(Stage):
+    """Reject every row of a duplicated group except its survivor (reason ``duplicate``)."""
+
+    name = "exact_dedup"
+
+    def __init__(self, survivors: dict[str, str], mode: str = "image_text") -> None:
+        self.survivors = survivors
+        self.mode = mode
+
+    def process(self, rows: list[dict]) -> None:
+        for r in rows:
+            parts = [r.get("lang") or "", r.get("pixel_sha256") or ""]
+            if self.mode == "image_text":
+                parts.append(r.get("alt_text") or "")
+            best = self.survivors.get(SEP.join(parts))
+            if best is None:
+                continue
+            key = SEP.join((r.get("page_url") or "", r.get("image_url") or "", r["id"]))
+            if key != best:
+                page, img, _id = best.split(SEP)
+                reject(r, self.name, "duplicate", f"same as {img} on {page}")

@@ -1,0 +1,235 @@
+"""WARC I/O (ISO 28500, via ``warcio``): stream records, write rotating shards atomically, index by URL.
+
+Every response the crawler or the image fetcher receives is written to a WARC shard beside the
+output, so a crawl can be replayed (``--warc DIR/warc/*.warc.gz --offline``) and a killed job can
+resume without refetching. Shards are written as ``NAME.warc.gz.open`` and renamed to
+``NAME.warc.gz`` only when closed, so a reader never sees a half-written shard.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator
+
+from warcio.archiveiterator import ArchiveIterator
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+#: Hop-by-hop / encoding headers dropped when writing: the stored payload is already decoded.
+_DROP_HEADERS = {"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"}
+
+
+@dataclass
+class WarcResponse:
+    """One HTTP response record.
+
+    ``body`` is the decoded payload (chunked transfer and content-encoding removed) in bytes;
+    ``headers`` a list of (name, value); ``date`` the WARC-Date (UTC); ``path``/``offset`` locate it.
+    """
+
+    url: str
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    date: datetime
+    path: str = ""
+    offset: int = -1
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    @property
+    def content_type(self) -> str:
+        """Media type without parameters, lower-cased (``""`` when absent)."""
+        return (self.header("content-type") or "").split(";")[0].strip().lower()
+
+
+def expand_warc_paths(patterns: list[str]) -> list[str]:
+    """Expand paths/globs to a sorted, de-duplicated list of existing ``.warc``/``.warc.gz`` files.
+
+    Raises:
+        FileNotFoundError: a pattern matches nothing.
+    """
+    out: set[str] = set()
+    for pat in patterns:
+        matches = glob.glob(os.path.expanduser(pat)) if any(c in pat for c in "*?[") else [pat]
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise FileNotFoundError(f"no WARC file matches {pat!r}")
+        out.update(os.path.abspath(m) for m in matches)
+    return sorted(out)
+
+
+def _parse_date(value: str | None) -> datetime:
+    if value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+        except ValueError:
+            pass
+    return datetime.now(timezone.utc)
+
+
+def _to_response(record, path: str, offset_of=lambda: -1) -> WarcResponse | None:
+    if record.rec_type != "response" or record.http_headers is None:
+        return None
+    url = record.rec_headers.get_header("WARC-Target-URI") or ""
+    try:
+        status = int(record.http_headers.get_statuscode() or 0)
+    except ValueError:
+        status = 0
+    try:
+        body = record.content_stream().read()
+    except Exception:  # corrupt content-encoding in the capture: keep the raw payload
+        body = record.raw_stream.read()
+    offset = offset_of()  # after reading: warcio's get_record_offset() consumes the record
+    return WarcResponse(
+        url=url.strip("<>"),
+        status=status,
+        headers=list(record.http_headers.headers),
+        body=body,
+        date=_parse_date(record.rec_headers.get_header("WARC-Date")),
+        path=path,
+        offset=offset,
+    )
+
+
+def iter_responses(path: str) -> Iterator[WarcResponse]:
+    """Stream the ``response`` records of one WARC file (gzip or plain), in file order.
+
+    Memory is bounded by one record. Raises ``warcio.exceptions.ArchiveLoadFailed`` on a file that
+    is not a WARC.
+    """
+    with open(path, "rb") as f:
+        it = ArchiveIterator(f)
+        for record in it:
+            resp = _to_response(record, path, it.get_record_offset)
+            if resp is not None:
+                yield resp
+
+
+def read_response_at(path: str, offset: int) -> WarcResponse | None:
+    """Read the single record that starts at byte ``offset`` of ``path``."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for record in ArchiveIterator(f):
+            return _to_response(record, path, lambda: offset)
+    return None
+
+
+class WarcIndex:
+    """URL → location of the newest response record for it, over a set of WARC files.
+
+    Built by one streaming pass over the files; memory is O(number of records) (URL + path index +
+    offset). Used as the fetch cache: a URL present here is served from the WARC instead of the network.
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self._loc: dict[str, tuple[int, int]] = {}
+
+    def add_file(self, path: str, url_filter=None) -> int:
+        """Index ``path``; only URLs for which ``url_filter(resp)`` is true (all if None). Returns records added."""
+        pi = len(self.paths)
+        self.paths.append(path)
+        n = 0
+        with open(path, "rb") as f:
+            it = ArchiveIterator(f)
+            for record in it:
+                if record.rec_type != "response":
+                    continue
+                url = (record.rec_headers.get_header("WARC-Target-URI") or "").strip("<>")
+                if url_filter is not None and not url_filter(record):
+                    continue
+                self._loc[url] = (pi, it.get_record_offset())
+                n += 1
+        return n
+
+    def __contains__(self, url: str) -> bool:
+        return url in self._loc
+
+    def __len__(self) -> int:
+        return len(self._loc)
+
+    def get(self, url: str) -> WarcResponse | None:
+        loc = self._loc.get(url)
+        if loc is None:
+            return None
+        return read_response_at(self.paths[loc[0]], loc[1])
+
+
+class RotatingWarcWriter:
+    """Append response records to ``DIR/PREFIX-<uuid>-<n>.warc.gz``, rotating after ``max_bytes``.
+
+    A shard is written as ``*.warc.gz.open`` and renamed on ``rotate()``/``close()``; a crash leaves
+    only ``.open`` files, which readers ignore and ``cleanup_open_shards`` deletes.
+    """
+
+    def __init__(self, directory: str, prefix: str, max_bytes: int = 256 * 2**20) -> None:
+        self.directory = directory
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+        self._uid = uuid.uuid4().hex[:12]
+        self._n = 0
+        self._f = None
+        self._writer: WARCWriter | None = None
+        self._path = ""
+        self.closed_paths: list[str] = []
+        os.makedirs(directory, exist_ok=True)
+
+    def _open(self) -> None:
+        self._path = os.path.join(self.directory, f"{self.prefix}-{self._uid}-{self._n:05d}.warc.gz")
+        self._f = open(self._path + ".open", "wb")
+        self._writer = WARCWriter(self._f, gzip=True)
+        self._n += 1
+
+    def write_response(
+        self, url: str, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, date: datetime
+    ) -> None:
+        """Write one ``response`` record; ``body`` is the decoded payload (bytes)."""
+        if self._writer is None:
+            self._open()
+        hdrs = [(k, v) for k, v in headers if k.lower() not in _DROP_HEADERS]
+        hdrs.append(("Content-Length", str(len(body))))
+        http_headers = StatusAndHeaders(f"{status} {reason or ''}".strip(), hdrs, protocol="HTTP/1.1")
+        rec = self._writer.create_warc_record(
+            url,
+            "response",
+            payload=io.BytesIO(body),
+            http_headers=http_headers,
+            warc_headers_dict={"WARC-Date": date.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        )
+        self._writer.write_record(rec)
+        if self._f.tell() >= self.max_bytes:
+            self.rotate()
+
+    def rotate(self) -> None:
+        if self._f is None:
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._path + ".open", self._path)
+        self.closed_paths.append(self._path)
+        self._f = None
+        self._writer = None
+
+    def close(self) -> None:
+        self.rotate()
+
+
+def cleanup_open_shards(directory: str) -> int:
+    """Delete ``*.open`` shards left by a killed run. Returns how many were removed."""
+    n = 0
+    for p in glob.glob(os.path.join(directory, "*.open")):
+        os.remove(p)
+        n += 1
+    return n

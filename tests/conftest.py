@@ -1,0 +1,36 @@
+"""Shared fixtures: a real local Ray (one per test session) and paths to the shared real data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "platform"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+SHARED = Path(os.environ.get("MELLA_SHARED", ROOT.parent / "shared"))
+MINIWEB = SHARED / "miniweb"
+DEMO_WEB = ROOT / "demo_web"
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
+
+
+def needs_miniweb():
+    return pytest.mark.skipif(not (MINIWEB / "seeds.txt").exists(), reason=f"{MINIWEB} not present")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray for in-process pipeline tests (2 CPUs), shut down at the end of the session."""
+    import ray
+
+    from mella.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,52 @@
+"""Small helpers for pipeline tests."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pyarrow.parquet as pq
+
+from mella.config import BuildConfig
+from mella.pipeline import BuildCorpus
+
+FAST_CRAWL = {
+    "politeness_delay_s": 0.0,
+    "read_timeout_s": 1.5,
+    "total_timeout_s": 4.0,
+    "connect_timeout_s": 2.0,
+    "max_retries": 2,
+    "backoff_base_s": 0.05,
+    "backoff_max_s": 1.5,
+    "allow_private_hosts": ["127.0.0.1"],
+}
+
+
+def build(output, seeds=None, warc=None, base_url=None, crawl=None, **kw) -> dict:
+    """Run build_corpus in-process (Ray must be initialised); returns the funnel."""
+    data = {"output": str(output), "crawl": {**FAST_CRAWL, **(crawl or {})}, **kw}
+    if seeds:
+        data["seeds"] = str(seeds)
+    if warc:
+        data["warc"] = [str(w) for w in warc]
+    cfg = BuildConfig.model_validate(data)
+    return BuildCorpus(cfg, seeds_base_url=base_url).run()
+
+
+def read_dir(directory, columns=None) -> list[dict]:
+    rows = []
+    for p in sorted(glob.glob(os.path.join(str(directory), "*.parquet"))):
+        rows.extend(pq.read_table(p, columns=columns).to_pylist())
+    return rows
+
+
+def path_of(url: str | None) -> str | None:
+    """URL → path (drop scheme://host:port), to compare runs served on different ports."""
+    if url is None:
+        return None
+    return "/" + url.split("://", 1)[-1].split("/", 1)[-1]
+
+
+def pair_keys(out_dir) -> set[tuple]:
+    rows = read_dir(os.path.join(str(out_dir), "d_know"), ["lang", "page_url", "image_url", "alt_text", "sha256"])
+    return {(r["lang"], path_of(r["page_url"]), path_of(r["image_url"]), r["alt_text"], r["sha256"]) for r in rows}
