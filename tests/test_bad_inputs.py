@@ -128,3 +128,18 @@ def test_private_address_refused_without_flag(tmp_path, ray_session):
     rejects = read_dir(tmp_path / "out" / "rejects")
     assert {r["reason"] for r in rejects} == {"private_address"}
     assert funnel["d_know_total"] == 0
+
+
+def test_paper_seed_sites_offline_end_cleanly_with_every_host_counted(tmp_path, ray_session):
+    """The 24 sites of paper Table 6 with no network: the job finishes, each host's failure counted."""
+    from conftest import ROOT
+    from mella.crawl import read_seeds
+
+    seeds = ROOT / "platform" / "mella" / "data" / "seeds" / "paper_sites.yaml"
+    hosts = {s.url.split("/")[2] for s in read_seeds(str(seeds))}
+    assert len(hosts) == 24
+    funnel = build(tmp_path / "out", seeds=seeds, crawl={"allow_private_hosts": [], "max_retries": 0})
+    assert funnel["d_know_total"] == 0
+    assert set(funnel["hosts"]) == hosts
+    for host, v in funnel["hosts"].items():
+        assert v["ok"] == 0 and sum(v["failed"].values()) >= 1, (host, v)
