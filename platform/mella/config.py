@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mella.languages import TARGET_LANGS, load_languages
+from mella.stages.phash_dedup import PhashConfig
 
 
 class _Strict(BaseModel):
@@ -61,6 +62,7 @@ class FilterConfig(_Strict):
     exact_dedup_key: Literal["image_text", "image"] = Field(
         "image_text", description="exact-duplicate key: same pixels and alt-text (pairs), or same pixels (images)"
     )
+    phash: PhashConfig = Field(default_factory=PhashConfig)
 
 
 class LangIDConfig(_Strict):

@@ -59,7 +59,7 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
     for r in image_rejects:
         remaining[r["lang"]] += 1
     for stage in IMAGE_STAGES:
-        if stage not in rej_by_stage and stage not in ("alt_text", "fetch", "decode", "resolution", "exact_dedup", "langid"):
+        if stage not in rej_by_stage and stage not in ("alt_text", "fetch", "decode", "resolution", "exact_dedup", "phash_dedup", "langid"):
             continue  # stage not enabled in this build
         n_in = Counter(remaining)
         remaining.subtract(rej_by_stage[stage])

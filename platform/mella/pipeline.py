@@ -44,6 +44,7 @@ from mella.stages.exact_dedup import ExactDedupStage, find_exact_duplicates
 from mella.stages.extract import NotHTMLError, parse_page
 from mella.stages.fetch import ImageFetchStage
 from mella.stages.langid import LangIDStage, assign_language
+from mella.stages.phash_dedup import PhashDedupStage, find_near_duplicates
 from mella.warc import cleanup_open_shards, expand_warc_paths, iter_responses
 
 log = logging.getLogger("mella.build_corpus")
@@ -247,7 +248,9 @@ class BuildCorpus:
         """Phases 2–3: global exact dedup, langid, write d_know/ + rejects/ atomically, funnel.json."""
         parts = self.unit_parts()
         survivors = find_exact_duplicates(parts, self.cfg.filters.exact_dedup_key)
-        log.info("exact dedup: %d duplicated (lang, pixel) groups", len(survivors))
+        log.info("exact dedup: %d duplicated groups", len(survivors))
+        near = find_near_duplicates(parts, survivors, self.cfg.filters.exact_dedup_key, self.cfg.filters.phash)
+        log.info("pHash dedup: %d near-duplicate images", len(near))
         staging = os.path.join(self.out, f".staging-{uuid.uuid4().hex[:8]}")
         know_dir = os.path.join(staging, "d_know")
         rej_dir = os.path.join(staging, "rejects")
@@ -256,6 +259,7 @@ class BuildCorpus:
         if parts:
             ds = ray.data.read_parquet(parts, schema=REJECT_SCHEMA)
             ds = ds.map_batches(ExactDedupStage(survivors, self.cfg.filters.exact_dedup_key), batch_format="pyarrow", batch_size=self.cfg.ray.batch_size)
+            ds = ds.map_batches(PhashDedupStage(near), batch_format="pyarrow", batch_size=None)
             ds = ds.map_batches(LangIDStage(self.cfg.langid), batch_format="pyarrow", batch_size=None)
             ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
                                 fn_kwargs={"know_dir": know_dir, "rejects_dir": rej_dir})

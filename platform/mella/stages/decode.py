@@ -22,6 +22,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from mella.config import FilterConfig
+from mella.phash_index import hash_to_hex, phash64
 from mella.stages.base import Stage, reject
 
 _SVG_SNIFF = (b"<svg", b"<?xml")
@@ -33,7 +34,8 @@ def _looks_like_svg(data: bytes) -> bool:
 
 
 def decode_image(data: bytes, cfg: FilterConfig) -> dict:
-    """Decode ``data`` → ``{"width", "height", "format", "pixel_sha256"}`` (px, px, Pillow name, hex).
+    """Decode ``data`` → ``{"width", "height", "format", "pixel_sha256", "phash"}`` (px, px, Pillow name,
+    hex sha256, 16-hex-digit 64-bit pHash of the first frame).
 
     Raises:
         ValueError: with the reject reason code as its message (see module docstring).
@@ -69,7 +71,8 @@ def decode_image(data: bytes, cfg: FilterConfig) -> dict:
                 raise ValueError("truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt") from None
             digest = hashlib.sha256(f"{w}x{h}".encode())
             digest.update(rgba.tobytes())
-    return {"width": w, "height": h, "format": fmt, "pixel_sha256": digest.hexdigest()}
+            phash = hash_to_hex(phash64(rgba))
+    return {"width": w, "height": h, "format": fmt, "pixel_sha256": digest.hexdigest(), "phash": phash}
 
 
 class DecodeStage(Stage):
