@@ -86,20 +86,46 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def ray_head(tmp_path):
-    """`ray start --head` bound to 127.0.0.1, with the job server (dashboard) on a free port."""
+    """`ray start --head --block` bound to 127.0.0.1 (job server on a free port), in its own process group.
+
+    Torn down by signalling that group only — never `ray stop`, which would kill every Ray on the
+    machine, including the test session's own.
+    """
+    import urllib.request
+
     env = _env()
     env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
     gcs, dash = _free_port(), _free_port()
     temp_dir = Path("/tmp") / f"rayhead-{os.getpid()}-{gcs}"
-    cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+    cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
-           "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+           "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
+           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+    log = open(tmp_path / "ray_head.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(address + "/api/version", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                log.close()
+                pytest.fail("ray head did not start: " + (tmp_path / "ray_head.log").read_text()[-3000:])
+            time.sleep(1)
     try:
-        yield {"address": f"http://127.0.0.1:{dash}", "env": env}
+        yield {"address": address, "env": env, "log": tmp_path / "ray_head.log"}
     finally:
-        subprocess.run([str(Path(PY).parent / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=60)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        log.close()
 
 
 def test_ray_job_submit_against_local_head(ray_head, tmp_path):
@@ -108,7 +134,11 @@ def test_ray_job_submit_against_local_head(ray_head, tmp_path):
         cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir", str(ROOT),
                "--", "python", "jobs/build_corpus.py", "--seeds", "demo_web/seeds.txt", "--base-url", url,
                "--output", str(out), "--allow-private-hosts", "127.0.0.1", "crawl.politeness_delay_s=0"]
-        proc = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+        for _attempt in range(12):  # the head's job agent registers a few seconds after the dashboard answers
+            proc = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+            if "No available agent" not in proc.stdout + proc.stderr:
+                break
+            time.sleep(5)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     funnel = json.loads((out / "funnel.json").read_text())
