@@ -1,0 +1,223 @@
+"""The base MLLM with per-language PEFT LoRA adapters, and batched chat generation.
+
+One :class:`VLMEngine` holds one base model (loaded once) and any number of LoRA adapters loaded into
+it by name (PEFT multi-adapter: ``load_adapter`` / ``set_adapter`` / ``delete_adapter``); the base model
+alone runs under ``disable_adapter()``. PEFT's active adapter is state shared by every caller, so
+``set_adapter`` + ``generate`` (and loading/deleting) run under one lock (STACK.md: Serve runs sync
+work in a thread pool). Used by the Ray Serve deployment (mella.serving.app) and by Ray Data batch
+inference (mella.evaluation).
+
+Prompts use the backbone's own chat template and image handling from :mod:`mella.train.backbones`
+(the same code that built the training samples), so serving sees exactly the training format:
+Qwen2-VL's template with one ``<|image_pad|>`` per image, expanded to
+``grid_thw.prod() // merge_size**2`` tokens; ``mm_token_type_ids`` (1 on image tokens) as transformers
+5 requires. Batches are left-padded; decoding is greedy unless ``temperature > 0``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mella.serving.protocol import GenRequest, GenResult, RequestError
+from mella.train.backbones import decode_image, load_backbone, load_model
+
+#: Strings that would desynchronise image features and tokens, or forge chat turns, if a user wrote them.
+RESERVED_MARKERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>",
+                    "<|im_end|>", "<IMG_CONTEXT>", "<img>", "</img>")
+
+
+@dataclass
+class _Encoded:
+    ids: list[int]
+    features: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+class VLMEngine:
+    """Base model + named LoRA adapters on one device.
+
+    Args:
+        backbone: ``qwen2-vl`` | ``internvl2`` (mella.train.backbones).
+        model_path: local HF checkpoint directory of the base model.
+        device: ``cpu`` / ``cuda`` / ``cuda:N``; dtype is bfloat16 on CUDA, float32 on CPU unless given.
+        min_pixels, max_pixels: Qwen2-VL image budget (pixels; visual tokens = pixels / 28**2).
+        max_tiles: InternVL2 dynamic tiles.
+        max_prompt_tokens: longer prompts (image tokens included) raise :class:`RequestError`.
+    """
+
+    def __init__(self, backbone: str, model_path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
+                 min_pixels: int = 4 * 28 * 28, max_pixels: int = 1024 * 28 * 28, max_tiles: int = 6,
+                 max_prompt_tokens: int = 8192):
+        self.bb = load_backbone(backbone, str(model_path), min_pixels=min_pixels, max_pixels=max_pixels,
+                                max_tiles=max_tiles)
+        dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        self.model: Any = load_model(backbone, str(model_path), dtype).to(device).eval()
+        self.device = device
+        self.max_prompt_tokens = max_prompt_tokens
+        tok = self.bb.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.stop_ids = sorted({tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id} - {None})
+        self.image_id = tok.convert_tokens_to_ids(self.bb.placeholder)
+        self.lock = threading.Lock()
+        self.loaded: dict[str, Path] = {}
+        self.temporary_loads = 0  # adapters loaded just for one batch (evicted between lookup and use)
+
+    # ------------------------------------------------------------------------------------- adapters
+    def _load(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+        self.model.eval()
+        self.loaded[name] = Path(path)
+
+    def _unload(self, name: str) -> None:
+        if self.loaded.pop(name, None) is None:
+            return
+        if self.loaded:
+            self.model.delete_adapter(name)
+        else:  # PEFT cannot delete its last adapter cleanly (disable_adapter() then fails): unwrap instead
+            self.model = self.model.unload()
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load the PEFT adapter directory ``path`` under ``name`` (no-op when already loaded)."""
+        with self.lock:
+            if name not in self.loaded:
+                self._load(name, Path(path))
+
+    def unload_adapter(self, name: str) -> None:
+        """Delete adapter ``name`` from the model (no-op when not loaded)."""
+        with self.lock:
+            self._unload(name)
+
+    # ------------------------------------------------------------------------------------- encoding
+    def encode(self, req: GenRequest) -> _Encoded:
+        """Chat template + image tokens for one request. Raises :class:`RequestError`."""
+        msgs, images = [], []
+        for m in req.messages:
+            content = []
+            for kind, value in m["parts"]:
+                if kind == "image":
+                    images.append(value)
+                    content.append({"type": "image"})
+                else:
+                    if any(marker in value for marker in RESERVED_MARKERS):
+                        raise RequestError("text contains a reserved chat/image marker such as <|image_pad|>")
+                    content.append({"type": "text", "text": value})
+            msgs.append({"role": m["role"], "content": content})
+        text = self.bb.tokenizer.apply_chat_template(msgs, chat_template=self.bb.template, add_generation_prompt=True,
+                                                     tokenize=False)
+        ids = self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
+        slots = [i for i, t in enumerate(ids) if t == self.image_id]
+        if len(slots) != len(images):
+            raise RequestError(f"{len(images)} image(s) but {len(slots)} image placeholders in the prompt")
+        out = _Encoded([])
+        start = 0
+        for slot, data in zip(slots, images):
+            try:
+                img = decode_image(data)
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes
+                raise RequestError(f"image cannot be decoded: {exc}") from exc
+            feats, tokens = self.bb.image_features(img)
+            out.ids += ids[start:slot] + tokens
+            out.features.append(feats)
+            start = slot + 1
+        out.ids += ids[start:]
+        if len(out.ids) > self.max_prompt_tokens:
+            raise RequestError(f"prompt has {len(out.ids)} tokens, more than max_prompt_tokens={self.max_prompt_tokens}")
+        return out
+
+    def _collate(self, batch: list[_Encoded]) -> dict[str, torch.Tensor]:
+        width = max(len(e.ids) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, e in enumerate(batch):  # left padding: generation continues every row at the same position
+            ids[i, width - len(e.ids):] = torch.tensor(e.ids, dtype=torch.long)
+            mask[i, width - len(e.ids):] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        feats = [f for e in batch for f in e.features]
+        if feats:
+            for key in self.bb.feature_names:
+                out[key] = torch.from_numpy(np.concatenate([f[key] for f in feats]))
+            if "pixel_values" in out:
+                out["pixel_values"] = out["pixel_values"].to(self.model.dtype)
+        if self.bb.name == "qwen2-vl":
+            out["mm_token_type_ids"] = (ids == self.image_id).int()
+        return {k: v.to(self.device) for k, v in out.items()}
+
+    # ----------------------------------------------------------------------------------- generation
+    def generate(self, requests: list[GenRequest], adapters: list[str | None] | None = None,
+                 paths: dict[str, Path] | None = None) -> list[GenResult | RequestError]:
+        """Generate for ``requests``; ``adapters[i]`` names request i's adapter (None = base model).
+
+        One ``generate`` call per distinct sampling setting serves every adapter of the batch at once
+        (PEFT mixed-adapter batches: ``adapter_names=[...]``, ``"__base__"`` for the base model), so a
+        batch mixing languages costs about what a single-language batch costs.
+
+        Returns one :class:`GenResult` per request, or the :class:`RequestError` that request raised
+        (the other requests still run). An adapter that is not loaded (LRU eviction between lookup and
+        use) is loaded from ``paths[name]`` for this call and deleted after; ``KeyError`` if no path.
+        """
+        adapters = adapters or [None] * len(requests)
+        if len(adapters) != len(requests):
+            raise ValueError(f"{len(requests)} requests but {len(adapters)} adapter names")
+        results: list[GenResult | RequestError | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        encoded: dict[int, _Encoded] = {}
+        for i, r in enumerate(requests):
+            try:
+                encoded[i] = self.encode(r)
+            except RequestError as exc:
+                results[i] = exc
+                continue
+            sampled = r.temperature > 0
+            key = (r.max_tokens, r.temperature, r.top_p if sampled else 1.0, r.seed if sampled else None)
+            groups.setdefault(key, []).append(i)
+        with self.lock:
+            missing = sorted({a for i in encoded for a in [adapters[i]] if a is not None and a not in self.loaded})
+            for name in missing:
+                if not paths or name not in paths:
+                    raise KeyError(f"adapter {name!r} is not loaded and no path was given")
+                self._load(name, Path(paths[name]))
+                self.temporary_loads += 1
+            try:
+                for (max_tokens, temperature, top_p, seed), idx in groups.items():
+                    out = self._generate_locked([encoded[i] for i in idx], [adapters[i] for i in idx],
+                                                max_tokens, temperature, top_p, seed)
+                    for i, res in zip(idx, out):
+                        results[i] = res
+            finally:
+                for name in missing:
+                    self._unload(name)
+        return results  # type: ignore[return-value]
+
+    def _generate_locked(self, batch: list[_Encoded], adapters: list[str | None], max_tokens: int, temperature: float,
+                         top_p: float, seed: int | None) -> list[GenResult]:
+        inputs = self._collate(batch)
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_tokens, eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+            if seed is not None:
+                torch.manual_seed(seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.loaded:  # a PeftModel: route each row to its adapter (or to the base weights)
+            kwargs["adapter_names"] = [a if a is not None else "__base__" for a in adapters]
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        results = []
+        for e, toks in zip(batch, new):
+            stop = next((j for j, t in enumerate(toks) if t in self.stop_ids), None)
+            kept = toks if stop is None else toks[:stop]
+            text = self.bb.tokenizer.decode(kept, skip_special_tokens=True)
+            finish = "stop" if stop is not None or len(toks) < max_tokens else "length"
+            results.append(GenResult(text, len(e.ids), len(kept) + (stop is not None), finish))
+        return results

@@ -1,0 +1,191 @@
+"""The two MLLM backbones of the paper (4.1.3, Table 7): Qwen2-VL-7B-Instruct and InternVL2-8B.
+
+Each backbone knows: its chat template (Jinja, from the model's own repository), how an image becomes
+model inputs and how many placeholder tokens it needs, how to collate a padded batch, and how to load
+the model class from transformers. Processors are not used: transformers' ``Qwen2VLProcessor`` and
+``InternVLProcessor`` need torchvision (absent on CPU machines, see STACK.md), so we call their PIL
+image processors and expand the image placeholder ourselves, exactly as the processors do.
+
+InternVL2 runs through transformers' native ``InternVLForConditionalGeneration``, i.e. an ``-hf``
+checkpoint (``model_type: internvl``). InternVL2-8B is published only as a remote-code checkpoint
+(InternViT-300M + InternLM2-7B); convert it with transformers' ``convert_internvl_weights_to_hf.py``
+(InternLM2 → Llama layout) before training. The chat format is InternVL2's ``internlm2-chat``
+conversation template (InternVL ``conversation.py``), with its system message.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+#: Qwen2-VL-7B-Instruct ``chat_template.json`` (verbatim, Qwen/Qwen2-VL-7B-Instruct).
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+
+#: InternVL2 ``internlm2-chat`` template (InternVL ``conversation.py``, SeparatorStyle.MPT: turns are
+#: ``<|im_start|>role\n...<|im_end|>`` with no newline between them); the image goes first in the user
+#: turn as ``<image>\n`` (here ``<IMG_CONTEXT>\n``, expanded to ``<img>`` + N × ``<IMG_CONTEXT>`` + ``</img>``).
+INTERNVL2_SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+INTERNVL2_TEMPLATE = (
+    "{{ '<|im_start|>system\n" + INTERNVL2_SYSTEM + "<|im_end|>' }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+END_OF_TURN = "<|im_end|>"  # both templates close a turn with it; it is part of the answer's labels
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Image file bytes → RGB PIL image (first frame). Raises ``PIL.UnidentifiedImageError``/``OSError``."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")
+
+
+@dataclass
+class Backbone:
+    """Shared logic; subclasses set the template, placeholder and image handling."""
+
+    name: str
+    tokenizer: Any
+    image_processor: Any
+    template: str
+    placeholder: str  # token the template emits once per image
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of system + user turn (image placeholder + ``prompt``) + the assistant header."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, add_generation_prompt=True, tokenize=False
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of the answer followed by the end-of-turn token (the supervised part)."""
+        return self.tokenizer(answer + END_OF_TURN, add_special_tokens=False)["input_ids"]
+
+    def expand(self, ids: list[int], image_tokens: list[int]) -> list[int]:
+        """Replace the single image placeholder in ``ids`` with ``image_tokens``.
+
+        Raises ``ValueError`` unless the placeholder occurs exactly once (a prompt or template that
+        itself contains the placeholder string would otherwise desynchronise features and tokens).
+        """
+        pid = self.tokenizer.convert_tokens_to_ids(self.placeholder)
+        where = [i for i, t in enumerate(ids) if t == pid]
+        if len(where) != 1:
+            raise ValueError(f"expected one {self.placeholder} in the prompt, found {len(where)}")
+        i = where[0]
+        return ids[:i] + image_tokens + ids[i + 1 :]
+
+    def _pad(self, rows: list[np.ndarray], value: int) -> torch.Tensor:
+        out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+        return out
+
+    def collate_text(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``/``attention_mask``/``labels`` (int64, ``[B, L]``; labels padded with -100)."""
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        ids = self._pad(list(batch["input_ids"]), pad)
+        mask = self._pad([np.ones(len(r)) for r in batch["input_ids"]], 0)
+        return {"input_ids": ids, "attention_mask": mask, "labels": self._pad(list(batch["labels"]), -100)}
+
+
+class Qwen2VL(Backbone):
+    """Qwen2-VL: dynamic resolution; ``grid_thw.prod() // merge_size**2`` ``<|image_pad|>`` tokens per image."""
+
+    feature_names = ("pixel_values", "image_grid_thw")
+
+    def __init__(self, model_path: str, min_pixels: int, max_pixels: int):
+        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+        proc = Qwen2VLImageProcessorPil.from_pretrained(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        super().__init__("qwen2-vl", AutoTokenizer.from_pretrained(model_path), proc, QWEN2_VL_TEMPLATE, "<|image_pad|>")
+
+    def image_features(self, img: Image.Image) -> tuple[dict[str, np.ndarray], list[int]]:
+        """``pixel_values`` float32 ``[patches, C*T*P*P]``, ``image_grid_thw`` int64 ``[1, 3]``; and the image tokens."""
+        out = self.image_processor(images=[img], return_tensors="np")
+        grid = out["image_grid_thw"].astype(np.int64)
+        n = int(grid.prod()) // self.image_processor.merge_size**2
+        feats = {"pixel_values": out["pixel_values"].astype(np.float32), "image_grid_thw": grid}
+        return feats, [self.tokenizer.convert_tokens_to_ids(self.placeholder)] * n
+
+    def collate(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Model inputs; ``mm_token_type_ids`` (1 on image tokens) is required by transformers 5 Qwen2-VL."""
+        out = self.collate_text(batch)
+        out["pixel_values"] = torch.from_numpy(np.concatenate(list(batch["pixel_values"])))
+        out["image_grid_thw"] = torch.from_numpy(np.concatenate(list(batch["image_grid_thw"])))
+        image_id = self.tokenizer.convert_tokens_to_ids(self.placeholder)
+        out["mm_token_type_ids"] = (out["input_ids"] == image_id).int()
+        return out
+
+    @staticmethod
+    def model_class():
+        from transformers import Qwen2VLForConditionalGeneration
+
+        return Qwen2VLForConditionalGeneration
+
+
+class InternVL2(Backbone):
+    """InternVL2 (-hf layout): dynamic 448 px tiling; ``image_seq_length`` context tokens per tile."""
+
+    feature_names = ("pixel_values",)
+
+    def __init__(self, model_path: str, max_tiles: int):
+        from transformers import AutoConfig, AutoTokenizer, GotOcr2ImageProcessorPil
+
+        proc = GotOcr2ImageProcessorPil.from_pretrained(model_path, crop_to_patches=True, max_patches=max_tiles)
+        self.tokens_per_tile = AutoConfig.from_pretrained(model_path).image_seq_length
+        super().__init__("internvl2", AutoTokenizer.from_pretrained(model_path), proc, INTERNVL2_TEMPLATE, "<IMG_CONTEXT>")
+
+    def image_features(self, img: Image.Image) -> tuple[dict[str, np.ndarray], list[int]]:
+        """``pixel_values`` float32 ``[tiles, 3, H, W]``; tokens ``<img>`` + tiles × N ``<IMG_CONTEXT>`` + ``</img>``."""
+        out = self.image_processor(images=[img], return_tensors="np")
+        pv = out["pixel_values"].astype(np.float32)
+        t = self.tokenizer.convert_tokens_to_ids
+        tokens = [t("<img>")] + [t(self.placeholder)] * (len(pv) * self.tokens_per_tile) + [t("</img>")]
+        return {"pixel_values": pv}, tokens
+
+    def collate(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = self.collate_text(batch)
+        out["pixel_values"] = torch.from_numpy(np.concatenate(list(batch["pixel_values"])))
+        return out
+
+    @staticmethod
+    def model_class():
+        from transformers import InternVLForConditionalGeneration
+
+        return InternVLForConditionalGeneration
+
+
+def load_backbone(name: str, model_path: str, *, min_pixels: int, max_pixels: int, max_tiles: int) -> Backbone:
+    """Tokenizer + image processor of ``name`` (``qwen2-vl`` | ``internvl2``) from a local checkpoint dir."""
+    if name == "qwen2-vl":
+        return Qwen2VL(str(model_path), min_pixels, max_pixels)
+    if name == "internvl2":
+        return InternVL2(str(model_path), max_tiles)
+    raise ValueError(f"unknown backbone {name!r}; expected qwen2-vl or internvl2")
+
+
+def load_model(name: str, model_path: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The transformers model of backbone ``name`` from ``model_path`` in ``dtype``."""
+    cls = {"qwen2-vl": Qwen2VL, "internvl2": InternVL2}[name].model_class()
+    return cls.from_pretrained(str(model_path), dtype=dtype)

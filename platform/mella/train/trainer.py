@@ -1,0 +1,368 @@
+"""LoRA SFT with Ray Train (TorchTrainer) + DeepSpeed ZeRO, fed by Ray Data (paper 3.3, 4.1.4, appendix C).
+
+Driver (:func:`train`): read the corpus (``DIR/d_know``, ``DIR/d_ling``), split by image
+(:mod:`mella.split`), build a Ray Data pipeline (filter → sample building), run a ``TorchTrainer``
+whose workers wrap the PEFT model in ``deepspeed.initialize`` (ZeRO-2 or ZeRO-3; bf16 on GPU, fp32 on
+CPU), then copy the final adapter out of the last checkpoint and write its metadata.
+
+Mixes (paper Table 4): ``dual`` = D_know ∪ D_ling in one run (the paper's method; D_ling is used when
+present), ``know-only``, ``ling-only``, ``two-stage`` = LoRA on D_ling, merge it into the weights,
+then a new LoRA on D_know on top of the merged model (the final adapter applies to that merged model,
+saved under ``OUTPUT/stage1_merged``).
+
+Fault tolerance: every ``checkpoint_every`` optimizer steps all ranks call ``engine.save_checkpoint``
+(LoRA weights, optimizer and scheduler state; frozen weights excluded) and rank 0 adds the PEFT adapter
+and the step log; ``ray.train.report`` persists it. After a worker failure Ray Train restarts the group
+(``FailureConfig.max_failures``), the loop loads the latest checkpoint and skips the micro-batches
+already consumed (Ray Data order is made deterministic with ``preserve_order`` and a fixed shuffle seed).
+
+Logged per optimizer step (``OUTPUT/train_log.jsonl``, rank 0 stdout): loss (mean over the step's answer tokens on all ranks), tokens/s (all
+non-pad tokens, all ranks), estimated MFU = tokens/s × FLOPs/token / (world × peak FLOP/s) with
+FLOPs/token ≈ 4·N + 2·N_trainable (forward 2N, activation gradients 2N, weight gradients only for the
+trainable LoRA weights; the 6N rule of Kaplan et al. 2020 / PaLM appendix B adapted to frozen
+weights; attention FLOPs ignored), peak RSS and peak GPU memory of rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from mella.split import SOURCES, split_by_image
+from mella.train import artifacts
+from mella.train.config import TrainConfig
+from mella.train.samples import ANSWER_COLUMN, build_batch
+
+MIX_SOURCES = {"dual": ("d_know", "d_ling"), "know-only": ("d_know",), "ling-only": ("d_ling",)}
+#: Dense bf16 peak TFLOP/s per GPU (vendor datasheets), for MFU when ``peak_tflops`` is not given.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+
+
+@ray.remote(num_cpus=0)
+class SampleCounter:
+    """Outcome of sample building per sample (``source:sha256`` → status), filled by the Ray Data tasks.
+
+    Keyed by sample so that re-reading the data (later epochs, a restart after a failure) does not
+    count a sample twice; ``totals`` gives ``source/status`` → count.
+    """
+
+    def __init__(self):
+        self.status: dict[str, str] = {}
+
+    def add(self, outcomes: dict[str, str]) -> None:
+        self.status.update(outcomes)
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key, status in self.status.items():
+            name = f"{key.split(':', 1)[0]}/{status}"
+            out[name] = out.get(name, 0) + 1
+        return dict(sorted(out.items()))
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _files(data: Path, source: str) -> list[str]:
+    return sorted(str(p) for p in (Path(data) / source).glob("*.parquet"))
+
+
+def prepare_data(cfg: TrainConfig, sources: tuple[str, ...], counter: str | None):
+    """The training dataset of ``sources`` for ``cfg.lang`` and facts about it.
+
+    Returns ``(dataset, info)``; ``info`` has ``rows`` per source, ``held_out`` image counts per source,
+    ``snapshot`` (hash of the training rows) and ``sources_used``. The test images of *both* sources
+    are held out whatever the mix, so every mix is evaluated on the same test set.
+
+    Raises:
+        FileNotFoundError: a source the mix needs has no parquet files (``d_ling`` is optional in ``dual``).
+        ValueError: no training rows are left for ``cfg.lang``.
+    """
+    present = {s: _files(cfg.data, s) for s in SOURCES}
+    for s in sources:
+        if not present[s] and not (s == "d_ling" and cfg.mix == "dual"):
+            raise FileNotFoundError(f"mix {cfg.mix!r} needs {Path(cfg.data) / s}/*.parquet")
+    meta = {s: pq.read_table(f, columns=["id", "lang", "sha256"]) for s, f in present.items() if f}
+    splits = split_by_image(meta, cfg.lang, cfg.n_test, cfg.test_max_fraction)
+    held = pa.array(sorted(set().union(*(set(sp.test["sha256"].to_pylist()) for sp in splits.values()))), pa.string())
+    used = [s for s in sources if s in splits and splits[s].train.num_rows]
+    if not used:
+        raise ValueError(f"no training rows for lang={cfg.lang!r} in {list(sources)} under {cfg.data}")
+    rows = [(s, r, h) for s in used for r, h in zip(splits[s].train["id"].to_pylist(), splits[s].train["sha256"].to_pylist())]
+    info = {"rows": {s: splits[s].train.num_rows for s in used}, "sources_used": used,
+            "held_out": {s: splits[s].test.num_rows for s in splits}, "snapshot": artifacts.snapshot_hash(rows)}
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # resume skips by position
+    parts = []
+    for s in used:
+        ds = ray.data.read_parquet(present[s]).select_columns(["lang", "sha256", "image", ANSWER_COLUMN[s]])
+        parts.append(ds.map_batches(_select, fn_kwargs={"lang": cfg.lang, "held": held, "source": s},
+                                    batch_format="pyarrow", num_cpus=0.25))
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    kwargs = dict(backbone=cfg.backbone, model=str(cfg.model), lang=cfg.lang, max_seq_length=cfg.max_seq_length,
+                  seed=cfg.seed, min_pixels=cfg.image_min_pixels, max_pixels=cfg.image_max_pixels,
+                  max_tiles=cfg.max_tiles, counter=counter)
+    ds = ds.map_batches(build_batch, fn_kwargs=kwargs, batch_size=8, batch_format="numpy", num_cpus=0.25)
+    return (ds.materialize() if cfg.materialize else ds), info
+
+
+def _select(t: pa.Table, lang: str, held: pa.Array, source: str) -> pa.Table:
+    keep = pc.and_(pc.equal(t["lang"], lang), pc.invert(pc.is_in(t["sha256"], value_set=held)))
+    t = t.filter(keep)
+    return pa.table({"image": t["image"], "answer": t[ANSWER_COLUMN[source]], "sha256": t["sha256"],
+                     "source": pa.array([source] * t.num_rows, pa.string())})
+
+
+# --------------------------------------------------------------------------------------------- worker
+def _ds_config(cfg: TrainConfig, world: int) -> dict:
+    """DeepSpeed config: ZeRO stage, micro-batch/accumulation, clipping; bf16 only on GPU."""
+    zero = {"stage": cfg.ds_stage, "overlap_comm": False, "contiguous_gradients": True}
+    if cfg.ds_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.batch_size * cfg.grad_accum * world,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.use_gpu},
+        # a torch AdamW is passed in: avoids compiling DeepSpeed's CPU Adam op (STACK.md)
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _peak_flops(cfg: TrainConfig) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    import torch
+
+    if cfg.use_gpu and torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, tf in PEAK_TFLOPS.items():
+            if key in name:
+                return tf * 1e12
+    return None
+
+
+def _save(engine, cfg: TrainConfig, rank: int, state: dict, history: list[dict], metrics: dict) -> None:
+    """Checkpoint on all ranks (DeepSpeed state + rank 0's adapter and log) and report it to Ray Train."""
+    import deepspeed
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"mella-ckpt-r{rank}-"))
+    engine.save_checkpoint(str(tmp), tag="ds", exclude_frozen_parameters=True)
+    model = engine.module
+    lora = [p for p in model.parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters(lora, enabled=cfg.ds_stage == 3):
+        if rank == 0:
+            model.save_pretrained(str(tmp / "adapter"))
+    if rank == 0:
+        (tmp / "train_state.json").write_text(json.dumps(state))
+        (tmp / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+                     checkpoint_dir_name=f"checkpoint_{state['step']:08d}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train worker loop (one process per rank). ``config``: ``cfg`` (TrainConfig dict), ``model``, ``total_steps``."""
+    import deepspeed
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from transformers import get_scheduler
+
+    from mella.train.backbones import load_backbone, load_model
+
+    cfg = TrainConfig(**config["cfg"])
+    total_steps, model_path = config["total_steps"], config["model"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.seed)  # same LoRA init on every rank
+
+    bb = load_backbone(cfg.backbone, model_path, min_pixels=cfg.image_min_pixels,
+                       max_pixels=cfg.image_max_pixels, max_tiles=cfg.max_tiles)
+    model = load_model(cfg.backbone, model_path, torch.bfloat16 if cfg.use_gpu else torch.float32)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                             target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+    n_total = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=math.ceil(total_steps * cfg.warmup_ratio),
+                              num_training_steps=total_steps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=_ds_config(cfg, world))
+
+    step, epoch, history, resumed_from = 0, 0, [], None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            engine.load_checkpoint(d, tag="ds", load_module_strict=False)
+            state = json.loads((Path(d) / "train_state.json").read_text())
+            history = [json.loads(line) for line in (Path(d) / "log.jsonl").read_text().splitlines()]
+        step = resumed_from = state["step"]
+    skip = step * cfg.grad_accum  # micro-batches already consumed (over all epochs)
+
+    peak = _peak_flops(cfg)
+    flops_per_token = 4 * n_total + 2 * n_train
+    shard = ray.train.get_dataset_shard("train")
+    max_epochs = math.ceil(cfg.epochs) if cfg.max_steps is None else 10**9
+    acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss × answer tokens, answer tokens, all tokens
+    micro, last_saved, t0 = 0, step, time.perf_counter()
+    while step < total_steps and epoch < max_epochs:
+        batches = 0
+        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+                                        local_shuffle_seed=cfg.seed + epoch):
+            batches += 1
+            if skip:
+                skip -= 1
+                continue
+            inputs = {k: v.to(device) for k, v in bb.collate(batch).items()}
+            if cfg.use_gpu:
+                inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+            loss = engine(**inputs).loss
+            engine.backward(loss)
+            engine.step()
+            n_ans = int((inputs["labels"][:, 1:] != -100).sum())  # shifted, as the model's loss counts them
+            acc += torch.tensor([loss.item() * n_ans, n_ans, int(inputs["attention_mask"].sum())], dtype=torch.float64, device=device)
+            micro += 1
+            if micro % cfg.grad_accum:
+                continue
+            step += 1
+            dist.all_reduce(acc)
+            dt = time.perf_counter() - t0
+            tok_s = acc[2].item() / dt
+            rec = {"step": step, "epoch": epoch, "loss": acc[0].item() / max(acc[1].item(), 1.0),
+                   "tokens": int(acc[2].item()), "step_time_s": dt, "tokens_per_s": tok_s,
+                   "lr": scheduler.get_last_lr()[0],
+                   "mfu": tok_s * flops_per_token / (world * peak) if peak else None,
+                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cfg.use_gpu else None}
+            if resumed_from is not None and step == resumed_from + 1:
+                rec["resumed_from"] = resumed_from
+            history.append(rec)
+            if rank == 0:
+                print(json.dumps({"mella_train_step": rec}), flush=True)
+            acc.zero_()
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                state = {"step": step, "epoch": epoch}
+                _save(engine, cfg, rank, state, history, {**rec, "n_params": n_total, "n_trainable": n_train})
+                last_saved = step
+            t0 = time.perf_counter()
+            if step >= total_steps:
+                break
+        if batches == 0:
+            raise RuntimeError(f"rank {rank}: empty dataset shard (too few samples for {world} workers?)")
+        epoch += 1
+    if last_saved != step or not history:  # data ran out before total_steps: save what we have
+        _save(engine, cfg, rank, {"step": step, "epoch": epoch}, history,
+              {**(history[-1] if history else {"step": step}), "n_params": n_total, "n_trainable": n_train})
+
+
+# --------------------------------------------------------------------------------------------- driver
+def _steps(cfg: TrainConfig, n_rows: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_worker = n_rows // cfg.num_workers  # Ray Train's equal split drops the remainder
+    micro = math.ceil(per_worker / cfg.batch_size)
+    return max(1, math.ceil(cfg.epochs * micro / cfg.grad_accum))
+
+
+def run_stage(cfg: TrainConfig, sources: tuple[str, ...], model: Path, output: Path, name: str) -> dict:
+    """One Ray Train run of LoRA SFT on ``sources`` from base ``model``; the adapter lands in ``output/adapter``.
+
+    Returns a summary dict (steps, final loss, rows, sample counts, snapshot ...).
+    Raises ``ray.train.TrainingFailedError`` when the run fails beyond ``max_failures``.
+    """
+    from ray.train.torch import TorchTrainer
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    output = Path(output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    counter_name = f"mella-samples-{name}-{os.getpid()}-{time.monotonic_ns()}"
+    counter = SampleCounter.options(name=counter_name).remote()
+    ds, info = prepare_data(cfg, sources, counter_name)
+    total_steps = _steps(cfg, sum(info["rows"].values()))
+    stage_cfg = cfg.model_copy(update={"model": Path(model)})
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": stage_cfg.model_dump(mode="json"), "model": str(model), "total_steps": total_steps},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(output / "ray_results"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            worker_runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}}),
+        datasets={"train": ds},
+    )
+    result = trainer.fit()
+    counts = ray.get(counter.totals.remote())
+    ray.kill(counter)
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {name} produced no checkpoint")
+    adapter = output / "adapter"
+    with result.checkpoint.as_directory() as d:
+        shutil.rmtree(adapter, ignore_errors=True)
+        shutil.copytree(Path(d) / "adapter", adapter)
+        shutil.copy(Path(d) / "log.jsonl", output / "train_log.jsonl")
+        state = json.loads((Path(d) / "train_state.json").read_text())
+    history = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    return {"adapter": str(adapter), "base_model": str(model), "steps": state["step"], "total_steps": total_steps,
+            "final_loss": history[-1]["loss"] if history else None, "samples": counts, "ray_results": str(result.path),
+            "resumed": any("resumed_from" in h for h in history), **info}
+
+
+def merge_adapter(backbone: str, base: Path, adapter: Path, out: Path, cfg: TrainConfig) -> Path:
+    """Merge a LoRA adapter into its base weights (PEFT ``merge_and_unload``) and save a full checkpoint
+    (model + tokenizer + image processor) to ``out``. Runs on the driver in fp32 (7B: ~30 GiB RAM)."""
+    import torch
+    from peft import PeftModel
+
+    from mella.train.backbones import load_backbone, load_model
+
+    model = PeftModel.from_pretrained(load_model(backbone, base, torch.float32), str(adapter)).merge_and_unload()
+    model.save_pretrained(str(out))
+    bb = load_backbone(backbone, base, min_pixels=cfg.image_min_pixels, max_pixels=cfg.image_max_pixels,
+                       max_tiles=cfg.max_tiles)
+    bb.tokenizer.save_pretrained(str(out))
+    bb.image_processor.save_pretrained(str(out))
+    return Path(out)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train one language's adapter with ``cfg.mix``; write ``OUTPUT/adapter`` + metadata; return the summary."""
+    out = Path(cfg.output).resolve()
+    if cfg.mix == "two-stage":
+        s1 = run_stage(cfg, ("d_ling",), cfg.model, out / "stage1", "stage1-ling")
+        merged = merge_adapter(cfg.backbone, cfg.model, Path(s1["adapter"]), out / "stage1_merged", cfg)
+        summary = run_stage(cfg, ("d_know",), merged, out, "stage2-know")
+        summary["stage1"] = s1
+    else:
+        summary = run_stage(cfg, MIX_SOURCES[cfg.mix], cfg.model, out, cfg.mix)
+    meta = {"lang": cfg.lang, "backbone": cfg.backbone, "mix": cfg.mix, "seed": cfg.seed,
+            "base_model": summary["base_model"], "original_model": str(cfg.model), "steps": summary["steps"],
+            "data_snapshot": summary["snapshot"], "rows": summary["rows"], "held_out": summary["held_out"],
+            "samples": summary["samples"], "final_loss": summary["final_loss"],
+            "hyperparameters": cfg.model_dump(mode="json", exclude={"data", "output", "model"})}
+    if cfg.mix == "two-stage":
+        meta["stage1"] = {k: summary["stage1"][k] for k in ("adapter", "steps", "snapshot", "rows", "final_loss")}
+    artifacts.write_metadata(Path(summary["adapter"]), meta)
+    return summary
