@@ -72,7 +72,7 @@ def test_output_schema_and_datasets_loading(miniweb_run):
     funnel = json.loads((out / "funnel.json").read_text())
     assert funnel["d_know_total"] == len(ds)
     # every fetched response was recorded for replay
-    assert glob.glob(str(out / "warc" / "pages-*.warc.gz")) and glob.glob(str(out / "warc" / "images-*.warc.gz"))
+    assert glob.glob(str(out / "warc" / "pages-*.warc.gz")) and glob.glob(str(out / "warc" / "images-*.warc"))
 
 
 @needs_miniweb()

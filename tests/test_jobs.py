@@ -61,7 +61,7 @@ def test_kill_midway_then_rerun_equals_uninterrupted(tmp_path, ray_session):
                                 start_new_session=True)
         deadline = time.time() + 300
         # kill once the image stage has closed at least one WARC shard (phase 1 is under way)
-        while time.time() < deadline and not glob.glob(str(out / "warc" / "images-*.warc.gz")):
+        while time.time() < deadline and not glob.glob(str(out / "warc" / "images-*.warc")):
             if proc.poll() is not None:
                 break
             time.sleep(0.2)

@@ -30,7 +30,7 @@ from selectolax.lexbor import LexborHTMLParser
 from mella.config import CrawlConfig
 from mella.net import FetchError, Fetcher
 from mella.stages.extract import NotHTMLError, _clean_url, decode_html
-from mella.warc import RotatingWarcWriter, WarcIndex
+from mella.warc import RotatingWarcWriter, WarcIndex, shard_paths
 
 _PSL = None
 
@@ -119,7 +119,7 @@ async def crawl_async(
     ``reason`` (``dns_error``, ``http_404``, ``robots_disallowed``, ``private_address``, ...).
     """
     cache = WarcIndex()
-    for p in sorted(glob.glob(os.path.join(warc_dir, "pages-*.warc.gz"))):
+    for p in shard_paths(warc_dir, "pages"):
         cache.add_file(p)
     writer = RotatingWarcWriter(warc_dir, f"pages-s{shard:03d}", max_bytes=64 * 2**20)
     result = CrawlResult()

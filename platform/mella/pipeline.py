@@ -7,7 +7,7 @@ Phases (each resumable; output directory layout in the README):
 1. **candidates**, per work unit of ≤ ``files_per_group`` WARC files, streamed through Ray Data:
    WARC records → extract → alt_text → fetch (actor pool) → decode → resolution → parquet parts.
    A unit is committed by renaming its staging directory; a rerun skips committed units, and images
-   fetched by a killed run are read back from ``DIR/warc/images-*.warc.gz``.
+   fetched by a killed run are read back from ``DIR/warc/images-*.warc``.
 2. **exact dedup**, global: a Ray Data groupby over the key columns of all units.
 3. **final**: all units → exact_dedup → langid → ``d_know/`` and ``rejects/``, written to a staging
    directory and swapped in whole, then ``funnel.json``.
@@ -45,7 +45,7 @@ from mella.stages.extract import NotHTMLError, parse_page
 from mella.stages.fetch import ImageFetchStage
 from mella.stages.langid import LangIDStage, assign_language
 from mella.stages.phash_dedup import PhashDedupStage, find_near_duplicates
-from mella.warc import cleanup_open_shards, expand_warc_paths, iter_responses
+from mella.warc import cleanup_open_shards, expand_warc_paths, iter_responses, shard_paths
 
 log = logging.getLogger("mella.build_corpus")
 
@@ -180,9 +180,9 @@ class BuildCorpus:
             inputs = expand_warc_paths(self.cfg.warc)
             source = "warc"
         else:
-            inputs = sorted(glob.glob(os.path.join(self.warc_dir, "pages-*.warc.gz")))
+            inputs = shard_paths(self.warc_dir, "pages")
             source = "crawl"
-        image_warcs = sorted(glob.glob(os.path.join(self.warc_dir, "images-*.warc.gz")))
+        image_warcs = shard_paths(self.warc_dir, "images")
         return inputs, source, (inputs if self.cfg.warc else []) + image_warcs
 
     def _committed_files(self) -> set[str]:
@@ -209,7 +209,7 @@ class BuildCorpus:
             write_json_atomic({"files": files, "seconds": round(time.time() - t0, 2)}, os.path.join(staging, "UNIT.json"))
             replace_dir(staging, final)
             # images fetched for this unit can serve the next ones
-            image_warcs = sorted(set(image_warcs) | set(glob.glob(os.path.join(self.warc_dir, "images-*.warc.gz"))))
+            image_warcs = sorted(set(image_warcs) | set(shard_paths(self.warc_dir, "images")))
 
     def _run_unit(self, files: list[str], source: str, image_warcs: list[str], staging: str) -> None:
         cfg = self.cfg

@@ -62,7 +62,7 @@ def expand_warc_paths(patterns: list[str]) -> list[str]:
     out: set[str] = set()
     for pat in patterns:
         matches = glob.glob(os.path.expanduser(pat)) if any(c in pat for c in "*?[") else [pat]
-        matches = [m for m in matches if os.path.isfile(m)]
+        matches = [m for m in matches if os.path.isfile(m) and m.endswith((".warc", ".warc.gz"))]
         if not matches:
             raise FileNotFoundError(f"no WARC file matches {pat!r}")
         out.update(os.path.abspath(m) for m in matches)
@@ -167,14 +167,18 @@ class WarcIndex:
 
 
 class RotatingWarcWriter:
-    """Append response records to ``DIR/PREFIX-<uuid>-<n>.warc.gz``, rotating after ``max_bytes``.
+    """Append response records to ``DIR/PREFIX-<uuid>-<n>.warc.gz`` (``.warc`` with ``gzip=False``),
+    rotating after ``max_bytes``. Image shards are written uncompressed: JPEG/PNG/WebP payloads do not
+    shrink under gzip, and compressing them cost more CPU than decoding them (measured in
+    ``tests/benchmarks/bench_throughput.py``).
 
     A shard is written as ``*.warc.gz.open`` and renamed on ``rotate()``/``close()``; a crash leaves
     only ``.open`` files, which readers ignore and ``cleanup_open_shards`` deletes.
     """
 
-    def __init__(self, directory: str, prefix: str, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, directory: str, prefix: str, max_bytes: int = 256 * 2**20, gzip: bool = True) -> None:
         self.directory = directory
+        self.gzip = gzip
         self.prefix = prefix
         self.max_bytes = max_bytes
         self._uid = uuid.uuid4().hex[:12]
@@ -186,9 +190,10 @@ class RotatingWarcWriter:
         os.makedirs(directory, exist_ok=True)
 
     def _open(self) -> None:
-        self._path = os.path.join(self.directory, f"{self.prefix}-{self._uid}-{self._n:05d}.warc.gz")
+        ext = ".warc.gz" if self.gzip else ".warc"
+        self._path = os.path.join(self.directory, f"{self.prefix}-{self._uid}-{self._n:05d}{ext}")
         self._f = open(self._path + ".open", "wb")
-        self._writer = WARCWriter(self._f, gzip=True)
+        self._writer = WARCWriter(self._f, gzip=self.gzip)
         self._n += 1
 
     def write_response(
@@ -224,6 +229,11 @@ class RotatingWarcWriter:
 
     def close(self) -> None:
         self.rotate()
+
+
+def shard_paths(directory: str, prefix: str) -> list[str]:
+    """Closed shards ``PREFIX-*.warc`` and ``PREFIX-*.warc.gz`` in ``directory``, sorted."""
+    return sorted(glob.glob(os.path.join(directory, f"{prefix}-*.warc")) + glob.glob(os.path.join(directory, f"{prefix}-*.warc.gz")))
 
 
 def cleanup_open_shards(directory: str) -> int:

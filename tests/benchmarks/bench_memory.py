@@ -33,7 +33,7 @@ def crawl_demo(out: str) -> list[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "platform"))
     subprocess.run([sys.executable, str(ROOT / "jobs" / "build_corpus.py"), "--output", out, "--num-cpus", "2", "-q"],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return sorted(glob.glob(os.path.join(out, "warc", "*.warc.gz")))
+    return sorted(glob.glob(os.path.join(out, "warc", "*.warc.gz")) + glob.glob(os.path.join(out, "warc", "*.warc")))
 
 
 def replicate(warcs: list[str], factor: int, out_dir: str) -> None:

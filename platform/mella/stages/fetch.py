@@ -3,7 +3,7 @@
 Runs as a Ray Data actor pool (``ActorPoolStrategy``); each actor owns one event loop, one aiohttp
 session (:class:`mella.net.Fetcher`: robots.txt, SSRF guard, per-host limits, retries, size cap,
 content-type check) and fetches a batch's URLs concurrently. Responses fetched live are written to
-``DIR/warc/images-*.warc.gz`` (one closed shard per batch, so a killed job keeps every finished batch
+``DIR/warc/images-*.warc`` (uncompressed; one closed shard per batch, so a killed job keeps every finished batch
 and a rerun or a ``--warc ... --offline`` replay reads them instead of refetching).
 
 Reject reasons: those of :class:`mella.net.FetchError` (``http_404``, ``timeout``, ``content_type``,
@@ -48,7 +48,7 @@ class ImageFetchStage(Stage):
         self.index = WarcIndex()
         for p in index_paths:
             self.index.add_file(p, url_filter=_is_image_record)
-        self.writer = RotatingWarcWriter(warc_dir, "images") if warc_dir else None
+        self.writer = RotatingWarcWriter(warc_dir, "images", gzip=False) if warc_dir else None
         self.loop = asyncio.new_event_loop()
         self.fetcher = Fetcher(cfg, warc=self.writer, cache=self.index, offline=offline, concurrency=concurrency)
         self.loop.run_until_complete(self.fetcher.__aenter__())
