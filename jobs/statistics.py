@@ -1,0 +1,43 @@
+"""Dataset statistics of a build output (the paper's Figure 4 counterpart). Thin entry point.
+
+    python jobs/statistics.py --output DIR [--png PATH] [--json PATH]
+
+Reads ``DIR/d_know/*.parquet`` and ``DIR/d_ling/*.parquet``; writes ``DIR/statistics.png`` and
+``DIR/statistics.json`` (counts per language and source, category distribution, text-length histograms)
+and prints the per-language table. See :mod:`mella.statistics`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "platform"))
+
+from mella import statistics  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", required=True, help="build output directory (holds d_know/ and d_ling/)")
+    ap.add_argument("--png", help="PNG path (default DIR/statistics.png)")
+    ap.add_argument("--json", help="JSON path (default DIR/statistics.json)")
+    args = ap.parse_args(argv)
+    if not any(os.path.isdir(os.path.join(args.output, d)) for d in statistics.DATASETS):
+        print(f"error: {args.output} has neither d_know/ nor d_ling/", file=sys.stderr)
+        return 2
+    stats = statistics.write(args.output, args.png, args.json)
+    print(f"{'lang':6} {'D_know':>8} {'D_ling':>8} {'total':>8} {'avg chars':>10}")
+    for lang, v in stats["per_lang"].items():
+        print(f"{lang:6} {v['d_know']:>8} {v['d_ling']:>8} {v['total']:>8} {v['avg_text_chars']:>10}")
+    print(f"{'all':6} {stats['datasets']['d_know']['rows']:>8} {stats['datasets']['d_ling']['rows']:>8} {stats['total']:>8}")
+    print("categories (major):", ", ".join(f"{k} {v}" for k, v in stats["categories"]["major"].items()))
+    print(f"wrote {stats['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

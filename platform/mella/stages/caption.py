@@ -1,0 +1,101 @@
+"""caption: an English description of each D_ling image by an MLLM (paper 3.1.2 "Text generation for
+linguistic capability" and appendix B.3: domain-specific prompt templates, Figure 7).
+
+The prompt is chosen by the image's category: Figure 7's core aspects (main subject; activity, state,
+time and space; other elements and their spatial relations) followed by the aspects of the image's
+major category and fine category from ``data/taxonomy.yaml`` (people: clothing, gestures...; nature:
+species, season...; places & culture: architecture, signs, heritage...; information & technology:
+layout, legible text, purpose...). Images categorised ``unknown`` get the core aspects plus Figure 7's
+cultural-features aspect. Unlike Figure 7 (which asks for Chinese), the output is English, the source
+language of the translation step.
+
+:class:`CaptionStage` is a Ray Data actor-pool callable (load once in ``__init__``, batched
+``generate``); declare ``num_gpus`` per actor (fractional allowed) when adding it to a dataset, see
+:func:`mella.stages.dling.add_dling_stages`. Rejects (stage ``caption``): ``undecodable``,
+``empty_caption``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from PIL.Image import DecompressionBombError, UnidentifiedImageError
+
+from mella.languages import load_languages
+from mella.stages.base import Stage, reject
+from mella.stages.categorise import Taxonomy, load_taxonomy
+from mella.stages.mllm import MLLM, GenerationConfig, MLLMConfig, log_batch, timed
+
+#: Figure 7 items 1–3, English output.
+CORE_ASPECTS = (
+    "The main subject of the image, such as people, specific objects, or key locations or scenes.",
+    "The activity the subject is engaged in, its characteristics and condition, and how it is presented in time and space.",
+    "The other elements in the image, and their spatial relationships and interactions with the main subject.",
+)
+#: Figure 7 item 4, for images without a category.
+CULTURE_ASPECT = ("Relevant cultural features of the country where the image was published, such as traditional "
+                  "clothing, language, festivals or customs, when they are visible.")
+PREAMBLE = ("Please carefully observe this image, which was published on a {language}-language website. "
+            "Write a detailed and precise description of it in English. Your description should cover:")
+CLOSING = ("Write fluent English prose of one to three paragraphs, without headings or lists. Describe only what "
+           "can be seen or reasonably inferred; do not invent names, text or facts, and say when something is uncertain.")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CaptionConfig(_Strict):
+    mllm: MLLMConfig
+    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=512))
+    batch_size: int = Field(8, ge=1, description="images per generate() call")
+    num_actors: int = Field(1, ge=1, description="fixed actor-pool size")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; 1 for a 7-8B model in bf16, 0.5 to pack two")
+    num_cpus: float = Field(0.5, gt=0)
+
+
+def caption_prompt(category: str | None, lang: str | None, tax: Taxonomy | None = None) -> str:
+    """The domain-specific caption prompt for an image of ``category`` found on a ``lang`` page."""
+    tax = tax or load_taxonomy()
+    langs = load_languages()
+    language = langs[lang].name if lang in langs else "non-English"
+    aspects = list(CORE_ASPECTS)
+    fine = tax.fine.get(category or "")
+    if fine is None:
+        aspects.append(CULTURE_ASPECT)
+    else:
+        aspects += list(tax.majors[fine.major]["caption_aspects"]) + list(fine.caption_aspects)
+    body = "\n".join(f"{i}. {a}" for i, a in enumerate(aspects, 1))
+    return f"{PREAMBLE.format(language=language)}\n{body}\n{CLOSING}"
+
+
+class CaptionStage(Stage):
+    """Ray Data callable: sets ``caption_en`` for each active row (see module doc)."""
+
+    name = "caption"
+
+    def __init__(self, cfg: CaptionConfig, stats_dir: str | None = None) -> None:
+        self.cfg, self.stats_dir = cfg, stats_dir
+        self.tax = load_taxonomy()
+        self.mllm = MLLM(cfg.mllm)
+
+    def _generate(self, rows: list[dict]) -> list[str | None]:
+        items = [(r["image"], caption_prompt(r.get("category"), r.get("lang"), self.tax)) for r in rows]
+        try:
+            return self.mllm.generate(items, self.cfg.generation)
+        except (OSError, UnidentifiedImageError, DecompressionBombError):
+            if len(rows) == 1:
+                return [None]
+            return [self._generate([r])[0] for r in rows]  # find the bad image, keep the rest
+
+    def process(self, rows: list[dict]) -> None:
+        for i in range(0, len(rows), self.cfg.batch_size):
+            chunk = rows[i:i + self.cfg.batch_size]
+            captions, secs = timed(self._generate, chunk)
+            log_batch(self.stats_dir, self.name, len(chunk), secs, backend=self.mllm.name)
+            for r, c in zip(chunk, captions):
+                if c is None:
+                    reject(r, self.name, "undecodable")
+                elif not c.strip():
+                    reject(r, self.name, "empty_caption", self.mllm.name)
+                else:
+                    r["caption_en"] = c.strip()
