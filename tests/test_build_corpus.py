@@ -19,6 +19,9 @@ from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA
 
 pytestmark = [pytest.mark.slow]
 
+# real pages, not timeout tests: generous limits so a loaded CI machine does not turn into fetch timeouts
+PATIENT = {"read_timeout_s": 30.0, "total_timeout_s": 90.0, "connect_timeout_s": 10.0, "max_depth": 0}
+
 
 @pytest.fixture(scope="module")
 def miniweb_run(tmp_path_factory, ray_session):
@@ -26,7 +29,7 @@ def miniweb_run(tmp_path_factory, ray_session):
         pytest.skip("../shared/miniweb not present")
     out = tmp_path_factory.mktemp("miniweb") / "out"
     with serve_directory(MINIWEB) as url:
-        funnel = build(out, seeds=MINIWEB / "seeds.txt", base_url=url, crawl={"max_depth": 0})
+        funnel = build(out, seeds=MINIWEB / "seeds.txt", base_url=url, crawl=PATIENT)
         yield {"out": out, "url": url, "funnel": funnel}
 
 
@@ -81,7 +84,7 @@ def test_rerun_is_idempotent(miniweb_run):
     n_files = len(glob.glob(str(miniweb_run["out"] / "d_know" / "*.parquet")))
     url = miniweb_run["url"]
     hits_before = sum(url.hits.values())
-    build(miniweb_run["out"], seeds=MINIWEB / "seeds.txt", base_url=url, crawl={"max_depth": 0})
+    build(miniweb_run["out"], seeds=MINIWEB / "seeds.txt", base_url=url, crawl=PATIENT)
     assert sum(url.hits.values()) == hits_before  # pages and images all came from the recorded WARCs
     assert pair_keys(miniweb_run["out"]) == before
     assert len(glob.glob(str(miniweb_run["out"] / "d_know" / "*.parquet"))) == n_files
@@ -117,7 +120,7 @@ def test_common_crawl_excerpt_completes_and_counts_other_languages(tmp_path, ray
 
 def test_demo_web_crawl(tmp_path, ray_session):
     with serve_directory(DEMO_WEB) as url:
-        funnel = build(tmp_path / "out", seeds=DEMO_WEB / "seeds.txt", base_url=url)
+        funnel = build(tmp_path / "out", seeds=DEMO_WEB / "seeds.txt", base_url=url, crawl=PATIENT)
     r, missing = recall(str(tmp_path / "out"), str(DEMO_WEB / "PAIRS_expected.tsv"), str(url))
     assert r >= 0.95, missing
     assert funnel["d_know"]["th"] == 0 and funnel["d_know"]["vi"] == 0
@@ -125,6 +128,6 @@ def test_demo_web_crawl(tmp_path, ray_session):
 
 def test_langs_subset(tmp_path, ray_session):
     with serve_directory(DEMO_WEB) as url:
-        funnel = build(tmp_path / "out", seeds=DEMO_WEB / "seeds.txt", base_url=url, langs=["hu"])
+        funnel = build(tmp_path / "out", seeds=DEMO_WEB / "seeds.txt", base_url=url, langs=["hu"], crawl=PATIENT)
     assert {r["lang"] for r in read_dir(tmp_path / "out" / "d_know", ["lang"])} == {"hu"}
     assert funnel["d_know"] == {"hu": funnel["d_know_total"]}

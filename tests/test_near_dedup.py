@@ -55,11 +55,19 @@ def test_planted_near_duplicates_removed_distinct_kept(tmp_path, ray_session):
             (site / f"copy{i}.{ext}").write_bytes(_variant(data, kind))
             imgs.append((f"copy{i}.{ext}", f"Másolat a képről, változat {i}"))
             planted.append((f"/orig{i}.png", f"/copy{i}.{ext}"))
-    body = "".join(f'<p>Ez a bekezdés magyar nyelvű szöveg a képről.</p><img src="{src}" alt="{alt}">' for src, alt in imgs)
-    (site / "index.html").write_text(f'<html lang="hu"><body>{body}</body></html>', encoding="utf-8")
-    (tmp_path / "seeds.txt").write_text("/index.html\n")
+    # originals on one page, each planted copy re-published on a page of its own (as syndicated photos are)
+    def page(items):
+        body = "".join(f'<p>Ez a bekezdés magyar nyelvű szöveg a képről.</p><img src="{src}" alt="{alt}">' for src, alt in items)
+        return f'<html lang="hu"><body>{body}</body></html>'
+
+    (site / "index.html").write_text(page([x for x in imgs if x[0].startswith("orig")]), encoding="utf-8")
+    copies = [x for x in imgs if x[0].startswith("copy")]
+    for k, item in enumerate(copies):
+        (site / f"p{k}.html").write_text(page([item]), encoding="utf-8")
+    (tmp_path / "seeds.txt").write_text("/index.html\n" + "".join(f"/p{k}.html\n" for k in range(len(copies))))
     with serve_directory(site) as url:
-        build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu"])
+        build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu"],
+              crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0})
     kept = {path_of(r["image_url"]) for r in read_dir(tmp_path / "out" / "d_know")}
     rejects = {path_of(r["image_url"]): r for r in read_dir(tmp_path / "out" / "rejects") if r["image_url"]}
     for orig, copy in planted:  # exactly one of each planted pair survives; the other is a counted near-duplicate
