@@ -17,8 +17,8 @@ install: $(BIN)/.installed
 
 ## build the corpus from the bundled demo web (local Ray, 127.0.0.1) into ./mella_out
 demo: install
-	$(BIN)/python jobs/build_corpus.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/build_corpus.py
 
 ## the whole test suite (pytest's "no tests collected", exit 5, counts as success)
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc

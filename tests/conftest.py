@@ -24,13 +24,16 @@ def needs_miniweb():
     return pytest.mark.skipif(not (MINIWEB / "seeds.txt").exists(), reason=f"{MINIWEB} not present")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray for in-process pipeline tests (2 CPUs), shut down at the end of the session."""
+    """A local Ray for in-process pipeline tests (2 CPUs), shut down at the end of each test module
+    (other modules start their own Ray with their own settings)."""
     import ray
 
     from mella.runtime import init_ray
 
+    if ray.is_initialized():
+        ray.shutdown()
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()

@@ -26,6 +26,8 @@ PY = sys.executable
 
 def _env() -> dict:
     env = dict(os.environ)
+    # `python` in a job entrypoint must be this interpreter (CI runs .venv/bin/python without activating it)
+    env["PATH"] = str(Path(PY).parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = str(ROOT / "platform") + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("RAY_ADDRESS", None)
     return env

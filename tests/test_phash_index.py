@@ -146,6 +146,8 @@ def test_edge_cases():
 def ray_local():
     import ray
 
+    if ray.is_initialized():  # another module's Ray: start ours with our settings
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()

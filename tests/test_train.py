@@ -42,6 +42,8 @@ def tiny(tmp_path_factory):
 def ray_local():
     import ray
 
+    if ray.is_initialized():  # another module's Ray: start ours with our settings
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
