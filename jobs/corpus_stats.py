@@ -1,10 +1,10 @@
 """Dataset statistics of a build output (the paper's Figure 4 counterpart). Thin entry point.
 
-    python jobs/statistics.py --output DIR [--png PATH] [--json PATH]
+    python jobs/corpus_stats.py --output DIR [--png PATH] [--json PATH]
 
 Reads ``DIR/d_know/*.parquet`` and ``DIR/d_ling/*.parquet``; writes ``DIR/statistics.png`` and
 ``DIR/statistics.json`` (counts per language and source, category distribution, text-length histograms)
-and prints the per-language table. See :mod:`mella.statistics`.
+and prints the per-language table. See :mod:`mella.corpus_stats`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
-from mella import statistics  # noqa: E402
+from mella import corpus_stats as statistics  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
