@@ -1,9 +1,11 @@
-"""Build the corpus: web pages → D_know (paper 3.1, appendix B.2). Thin entry point.
+"""Build the corpus: web pages → D_know, and with --d-ling also D_ling (paper 3.1, appendix B). Thin entry point.
 
     python jobs/build_corpus.py                                   # embedded demo web → ./mella_out
     python jobs/build_corpus.py --seeds FILE --output DIR [--allow-private-hosts [CIDR,...]] [--langs ar,cs] [--max-pages N]
     python jobs/build_corpus.py --warc GLOB [--warc GLOB ...] --output DIR [--offline]
     python jobs/build_corpus.py --config build.yaml crawl.max_depth=3 ray.fetch_actors=4
+    python jobs/build_corpus.py --seeds FILE --output DIR --d-ling --caption-model /models/Qwen2-VL-7B-Instruct \
+        --mt-model /models/nllb-200-distilled-600M --translate-to hu,th --num-gpus 1
 
 Runs on local Ray, or on a cluster through ``ray job submit --working-dir . -- python jobs/build_corpus.py ...``.
 """
@@ -36,6 +38,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("--config", help="YAML file with BuildConfig fields")
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
     ap.add_argument("--demo-port", type=int, default=0, help="port of the embedded demo web server (0: free port)")
+    g = ap.add_argument_group("filters (paper B.2; all on by default)")
+    g.add_argument("--no-semantic-dedup", action="store_true", help="skip CNN (EfficientNet-lite0) semantic dedup")
+    g.add_argument("--no-moderation", action="store_true", help="skip the open_nsfw moderation stage")
+    g = ap.add_argument_group("D_ling (paper 3.1.2): caption images without usable alt-text, translate them")
+    g.add_argument("--d-ling", action="store_true", help="enable categorise → caption → translate → qe")
+    g.add_argument("--caption-model", help="local MLLM checkpoint dir for captioning (and --categoriser mllm)")
+    g.add_argument("--caption-family", choices=["qwen2-vl", "internvl2"], default="qwen2-vl")
+    g.add_argument("--categoriser", choices=["efficientnet", "mllm"], help="default: efficientnet (CPU)")
+    g.add_argument("--mt-backend", choices=["seq2seq", "deepl", "google", "mllm"], help="default: seq2seq")
+    g.add_argument("--mt-model", help="local seq2seq MT checkpoint dir (NLLB-200, M2M100 or multi-target Marian)")
+    g.add_argument("--translate-to", help="comma-separated languages for each caption (default: the image page's language)")
+    g.add_argument("--num-gpus", type=float, help="GPUs per model actor (caption, translate, categorise, embed, NSFW)")
     ap.add_argument("-q", "--quiet", action="store_true")
     return ap.parse_known_args(argv)
 
@@ -59,6 +73,36 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
         crawl["max_pages"] = args.max_pages
     if args.num_cpus is not None:
         data.setdefault("ray", {})["num_cpus"] = args.num_cpus
+    filters = data.setdefault("filters", {})
+    if args.no_semantic_dedup:
+        filters.setdefault("semantic", {})["enabled"] = False
+    if args.no_moderation:
+        filters.setdefault("moderation", {})["enabled"] = False
+    if args.d_ling:
+        d = data.setdefault("d_ling", {})
+        d["enabled"] = True
+        if args.caption_model:
+            mllm = {"family": args.caption_family, "model_path": args.caption_model}
+            d.setdefault("caption", {})["mllm"] = mllm
+            if args.categoriser == "mllm":
+                d.setdefault("categorise", {})["mllm"] = mllm
+        if args.categoriser:
+            d.setdefault("categorise", {})["backend"] = args.categoriser
+        tr = d.setdefault("translate", {})
+        if args.mt_backend:
+            tr["backend"] = args.mt_backend
+            if args.mt_backend == "mllm" and args.caption_model:
+                tr["mllm"] = {"family": args.caption_family, "model_path": args.caption_model}
+        if args.mt_model:
+            tr.setdefault("seq2seq", {})["model_path"] = args.mt_model
+        if args.translate_to:
+            tr["target_langs"] = [x.strip() for x in args.translate_to.split(",") if x.strip()]
+    if args.num_gpus is not None:
+        for block in (filters.setdefault("semantic", {}), filters.setdefault("moderation", {})):
+            block["num_gpus"] = args.num_gpus
+        if args.d_ling:
+            for key in ("caption", "translate", "categorise"):
+                data["d_ling"].setdefault(key, {})["num_gpus"] = args.num_gpus
     apply_overrides(data, [o for o in overrides if "=" in o and not o.startswith("-")])
     bad = [o for o in overrides if "=" not in o or o.startswith("-")]
     if bad:

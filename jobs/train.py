@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
                            use_gpu=a.use_gpu)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=a.ray_address, include_dashboard=False)
+        ray.init(address=a.ray_address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
     try:
         summary = train(cfg)
     finally:

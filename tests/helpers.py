@@ -22,8 +22,19 @@ FAST_CRAWL = {
 }
 
 
-def build(output, seeds=None, warc=None, base_url=None, crawl=None, **kw) -> dict:
-    """Run build_corpus in-process (Ray must be initialised); returns the funnel."""
+#: The model-backed filters (CNN semantic dedup, NSFW moderation) switched off, for tests about other stages.
+NO_MODELS = {"semantic": {"enabled": False}, "moderation": {"enabled": False}}
+
+
+def build(output, seeds=None, warc=None, base_url=None, crawl=None, models=False, **kw) -> dict:
+    """Run build_corpus in-process (Ray must be initialised); returns the funnel.
+
+    ``models=False`` turns off the model-backed filters unless ``filters`` says otherwise (they load
+    EfficientNet-lite0 and open_nsfw and cost ~40 s a miniweb crawl on 2 cores); ``models=True``
+    runs the job's defaults.
+    """
+    if not models:
+        kw["filters"] = {**NO_MODELS, **kw.get("filters", {})}
     data = {"output": str(output), "crawl": {**FAST_CRAWL, **(crawl or {})}, **kw}
     if seeds:
         data["seeds"] = str(seeds)

@@ -29,7 +29,7 @@ def miniweb_run(tmp_path_factory, ray_session):
         pytest.skip("../shared/miniweb not present")
     out = tmp_path_factory.mktemp("miniweb") / "out"
     with serve_directory(MINIWEB) as url:
-        funnel = build(out, seeds=MINIWEB / "seeds.txt", base_url=url, crawl=PATIENT)
+        funnel = build(out, seeds=MINIWEB / "seeds.txt", base_url=url, crawl=PATIENT, models=True)
         yield {"out": out, "url": url, "funnel": funnel}
 
 
@@ -84,7 +84,7 @@ def test_rerun_is_idempotent(miniweb_run):
     n_files = len(glob.glob(str(miniweb_run["out"] / "d_know" / "*.parquet")))
     url = miniweb_run["url"]
     hits_before = sum(url.hits.values())
-    build(miniweb_run["out"], seeds=MINIWEB / "seeds.txt", base_url=url, crawl=PATIENT)
+    build(miniweb_run["out"], seeds=MINIWEB / "seeds.txt", base_url=url, crawl=PATIENT, models=True)
     assert sum(url.hits.values()) == hits_before  # pages and images all came from the recorded WARCs
     assert pair_keys(miniweb_run["out"]) == before
     assert len(glob.glob(str(miniweb_run["out"] / "d_know" / "*.parquet"))) == n_files
@@ -93,7 +93,7 @@ def test_rerun_is_idempotent(miniweb_run):
 @needs_miniweb()
 def test_warc_replay_offline_matches_live_crawl(miniweb_run, tmp_path):
     warc = MINIWEB / "warc" / "miniweb-local-capture.warc.gz"
-    funnel = build(tmp_path / "out", warc=[warc], offline=True)
+    funnel = build(tmp_path / "out", warc=[warc], offline=True, models=True)
     replay = pair_keys(tmp_path / "out")
     assert replay and funnel["d_know_total"] == len(replay)
     pages = {k[1] for k in replay} | {path_of(r["page_url"]) for r in read_dir(tmp_path / "out" / "rejects", ["page_url"])}

@@ -271,18 +271,17 @@ def test_qe_configured_without_comet_is_an_error(tmp_path):
 # ------------------------------------------------------------------------------- Ray end to end
 @pytest.mark.slow
 def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
-    """th/vi screenshots rejected at langid (bytes kept) → D_ling; a too-small image and D_know rows are not routed."""
+    """th/vi screenshots routed at langid → D_ling; a routed but too-small image and D_know rows are not candidates."""
     import ray
 
-    rejected = [_image_row(lang, page, img, stage="langid", reason="alt_not_in_page_lang", detail="lid:en")
-                for lang, page, img in DLING_IMAGES]
+    routed_rows = [_image_row(lang, page, img, d_ling_reason="langid:alt_lang_mismatch") for lang, page, img in DLING_IMAGES]
     small = _image_row("th", "th/bibletime-handbook/hdbk-op.html", "th/bibletime-handbook/i_bibletime.png",
-                       stage="resolution", reason="too_small", image=None)
+                       d_ling_reason="langid:alt_lang_mismatch", stage="resolution", reason="too_small", image=None)
     know = _know_rows("hu", 3)
-    table = to_table(rejected + [small] + know, REJECT_SCHEMA)
+    table = to_table(routed_rows + [small] + know, REJECT_SCHEMA)
     routed = route_to_dling(table)
     assert routed.num_rows == len(DLING_IMAGES)
-    assert routed["reason"].null_count == routed.num_rows  # rejects cleared
+    assert routed["reason"].null_count == routed.num_rows
 
     stats = tmp_path / "stats"
     cfg = DLingConfig(
@@ -318,3 +317,51 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
     tax = load_taxonomy()
     assert len(know_out) == 3 and all(r["category"] in set(tax.fine) | {UNKNOWN} for r in know_out)
     assert all(r["category_major"] == tax.major_of(r["category"]) for r in know_out)
+
+
+@pytest.mark.slow
+def test_build_corpus_with_d_ling_on_miniweb(models, ray_session, tmp_path):
+    """build_corpus with D_ling on a live miniweb crawl: th/vi screenshots (no in-language alt-text)
+    become D_ling rows with category, English caption, a translation per requested language and a
+    backend tag; D_know rows carry categories; routing and D_ling stages are in the funnel."""
+    from helpers import build, path_of, read_dir
+    from webserver import serve_directory
+
+    hu_page = "hu/libreoffice-help/hu/text/smath/06/screenshots.html"
+    pages = sorted({page for _, page, _ in DLING_IMAGES}) + [hu_page]
+    (tmp_path / "seeds.txt").write_text("".join(f"/{p}\n" for p in pages))
+    requested = ["th", "vi"]
+    d_ling = {
+        "enabled": True,
+        "categorise": {"backend": "efficientnet", "batch_size": 4, "num_cpus": 0.25},
+        "caption": {"mllm": _mllm_cfg(models).model_dump(), "generation": FAST_GEN.model_dump(), "batch_size": 4,
+                    "num_cpus": 0.25},
+        "translate": {"backend": "seq2seq", "target_langs": requested, "batch_size": 8, "num_cpus": 0.25,
+                      "seq2seq": _seq2seq(models["marian"]).model_dump()},
+    }
+    with serve_directory(MINIWEB) as url:
+        # CNN dedup and moderation are tested in test_near_dedup; off here to keep this test's actor pools small
+        funnel = build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu", "th", "vi"],
+                       crawl={"max_depth": 0}, d_ling=d_ling,
+                       filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}})
+    ling = read_dir(tmp_path / "out" / "d_ling")
+    know = read_dir(tmp_path / "out" / "d_know")
+    tax = load_taxonomy()
+    # every th/vi screenshot of the list is in D_ling once per requested language
+    got = {(path_of(r["image_url"]), r["lang"]) for r in ling}
+    assert {(f"/{img}", t) for _, _, img in DLING_IMAGES for t in requested} <= got
+    for r in ling:
+        assert r["d_ling_reason"].split(":")[0] in ("alt_text", "langid")
+        assert r["category"] in set(tax.fine) | {UNKNOWN} and r["category_major"] == tax.major_of(r["category"])
+        assert r["caption_en"] and r["text"] and r["mt_backend"] == "marian:tiny-marian" and r["lang"] in requested
+        assert r["image"] and r["width"] > 256 and r["height"] > 256
+    assert len({r["id"] for r in ling}) == len(ling)
+    # D_know: the hu pairs, categorised; no th/vi rows (their alt-texts are not in the page language)
+    assert know and {r["lang"] for r in know} == {"hu"}
+    assert all(r["category"] in set(tax.fine) | {UNKNOWN} and r["d_ling_reason"] is None for r in know)
+    # funnel: routing counted at alt_text/langid, D_ling stages listed, totals match the files
+    stages = {s["stage"]: s for s in funnel["stages"]}
+    assert stages["langid"].get("routed_to_d_ling", 0) >= len(DLING_IMAGES)
+    assert stages["caption"]["in"] == sum(funnel["d_ling_candidates"].values())
+    assert stages["qe"]["out"] == funnel["d_ling_total"] == len(ling)
+    assert stages["translate"]["in"] == 2 * stages["caption"]["out"]  # one row per requested language

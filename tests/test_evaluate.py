@@ -1,36 +1,57 @@
-"""Evaluation end to end (issue 6): 3 languages' tiny adapters served by Ray Serve, evaluated through the endpoint.
+"""Evaluation end to end (issue 6): train tiny adapters for 3 languages, serve them, evaluate through the endpoint.
 
 Real components: miniweb D_know/D_ling corpora (hu, ko, ar) in the build_corpus layout, the split of
-mella.split, the tiny Qwen2-VL with PEFT LoRA adapters, Ray Serve on 127.0.0.1 with auth, jobs/evaluate.py,
-mella.metrics; then the same evaluation as Ray Data batch inference must reproduce the served outputs.
+mella.split, the tiny Qwen2-VL; one LoRA adapter per language TRAINED by jobs/train.py (Ray Train +
+DeepSpeed ZeRO-2, 1 CPU worker, a few steps at a high learning rate so that greedy outputs move); Ray
+Serve on 127.0.0.1 with auth serving those adapters, jobs/evaluate.py against the endpoint, mella.metrics;
+then the same evaluation as Ray Data batch inference must reproduce the served outputs.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from conftest import ROOT, needs_miniweb
 from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl, write_corpus
-from serve_helpers import make_adapters, serving
+from serve_helpers import serving
 
 sys.path.insert(0, str(ROOT / "jobs"))
 import evaluate as evaluate_job  # noqa: E402  (jobs/evaluate.py)
 
 from mella import metrics  # noqa: E402
+from mella.evaluation import EndpointGenerator  # noqa: E402
 from mella.split import split_by_image  # noqa: E402
+from mella.train.artifacts import read_metadata, snapshot_hash  # noqa: E402
 
 pytestmark = [needs_miniweb(), pytest.mark.slow]
 LANGS = ["hu", "ko", "ar"]
 TOKEN = "eval-token-93ab"
 SPLIT = ["--n-test", "3", "--test-max-fraction", "0.5", "--max-tokens", "8"]
+TRAIN_STEPS = 8
+# jobs/train.py settings: the evaluation's split (3 test images per source), tiny images and sequences,
+# 1 worker with half a CPU (Ray Data needs the rest, STACK.md), lr 1e-2 so that 8 steps change greedy outputs
+TRAIN_SET = ["n_test=3", "test_max_fraction=0.5", f"max_steps={TRAIN_STEPS}", "lr=1e-2", "warmup_ratio=0.0",
+             "batch_size=2", "grad_accum=1", "lora_rank=8", "lora_alpha=16", "lora_dropout=0", "max_seq_length=160",
+             "cpus_per_worker=0.5", "materialize=true", f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}"]
+
+
+def _train_job():
+    """``main`` of jobs/train.py (a script; loaded by path so that its name cannot clash)."""
+    spec = importlib.util.spec_from_file_location("mella_job_train", ROOT / "jobs" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +64,20 @@ def setup(tmp_path_factory, ray_session):
             (data / src).mkdir(parents=True, exist_ok=True)
             shutil.copy(root / f"c_{lang}" / src / "part-0.parquet", data / src / f"part-{lang}.parquet")
     model = tiny_qwen2vl(root / "tiny-qwen2-vl")
-    make_adapters(model, root / "adapters", [f"mella-{lang}" for lang in LANGS])
+    train_main = _train_job()
+
+    def train(lang: str) -> dict:  # the real training job, D_know ∪ D_ling (dual mix), on the shared corpus dir
+        return train_main(["--data", str(data), "--lang", lang, "--backbone", "qwen2-vl", "--model", str(model),
+                           "--output", str(root / "train" / lang), "--mix", "dual", "--deepspeed", "zero2",
+                           "--num-workers", "1", *sum((["--set", kv] for kv in TRAIN_SET), [])])
+
+    with ThreadPoolExecutor(len(LANGS)) as pool:  # three Ray Train runs side by side in the same Ray
+        summaries = dict(zip(LANGS, pool.map(train, LANGS)))
+    for lang, summary in summaries.items():
+        shutil.copytree(summary["adapter"], root / "adapters" / f"mella-{lang}")
     args = dict(model=str(model), adapters=str(root / "adapters"), max_adapters_per_replica=3,
                 image_min_pixels=MIN_PIXELS, image_max_pixels=MAX_PIXELS, auth_token_env="MELLA_TEST_EVAL_TOKEN")
-    return {"root": root, "data": data, "model": model, "args": args}
+    return {"root": root, "data": data, "model": model, "args": args, "train": summaries}
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +89,13 @@ def evaluated(setup):
     try:
         with serving(setup["args"], env={"MELLA_TEST_EVAL_TOKEN": TOKEN}) as url:
             common = ["--data", str(setup["data"]), "--endpoint", url, "--token-env", "MELLA_TEST_EVAL_TOKEN", *SPLIT]
+            models = EndpointGenerator(url, TOKEN).models()
             greedy = evaluate_job.main([*common, "--langs", *LANGS, "--output", str(setup["root"] / "out")])
             seeds = evaluate_job.main([*common, "--langs", "ko", "--seeds", "0", "1", "--temperature", "1.0",
                                        "--output", str(setup["root"] / "out_seeds")])
     finally:
         os.environ.pop("MELLA_TEST_EVAL_TOKEN", None)
-    return {"greedy": greedy, "seeds": seeds}
+    return {"greedy": greedy, "seeds": seeds, "models": models}
 
 
 def _outputs(path: str) -> list[dict]:
@@ -83,6 +115,31 @@ def test_report_files_and_table(evaluated):
     assert rows[0] == ["metric", "backbone", "method", "hu", "ko", "ar"] and len(rows) == 1 + 4 * 2
     with Image.open(paths["chart"]) as img:
         assert img.format == "PNG" and img.width > 300 and img.height > 300
+
+
+def test_served_adapters_are_the_trained_ones(evaluated, setup):
+    """Each served adapter is jobs/train.py's output for its language, trained on the training side of the
+    split the evaluation holds out; its loss fell and it moves greedy outputs away from the base model's."""
+    served = {m["id"]: m for m in evaluated["models"]}
+    assert set(served) == {"tiny-qwen2-vl", *(f"mella-{lang}" for lang in LANGS)}
+    tables = {s: pq.read_table(setup["data"] / s) for s in ("d_know", "d_ling")}
+    outs = _outputs(evaluated["greedy"]["paths"]["outputs"])
+    for lang in LANGS:
+        name = f"mella-{lang}"
+        assert served[name]["adapter"] and served[name]["lang"] == lang
+        meta = read_metadata(setup["root"] / "adapters" / name)
+        assert (meta["lang"], meta["mix"], meta["backbone"], meta["steps"]) == (lang, "dual", "qwen2-vl", TRAIN_STEPS)
+        assert meta["rows"] == {"d_know": 3, "d_ling": 3} and meta["held_out"] == {"d_know": 3, "d_ling": 3}
+        split = split_by_image(tables, lang, 3, 0.5)
+        train_rows = [(src, i, h) for src, sp in split.items()
+                      for i, h in zip(sp.train["id"].to_pylist(), sp.train["sha256"].to_pylist())]
+        assert meta["data_snapshot"] == snapshot_hash(train_rows)  # no test image was trained on
+        log = (setup["root"] / "train" / lang / "train_log.jsonl").read_text().splitlines()
+        losses = [json.loads(line)["loss"] for line in log]
+        assert len(losses) == TRAIN_STEPS and np.mean(losses[-3:]) < losses[0] - 0.15, losses
+        base = {o["id"]: o["text"] for o in outs if o["lang"] == lang and o["model"] == "tiny-qwen2-vl"}
+        tuned = {o["id"]: o["text"] for o in outs if o["lang"] == lang and o["model"] == name}
+        assert base.keys() == tuned.keys() and all(base[i] != tuned[i] for i in base), (base, tuned)
 
 
 def test_test_set_is_the_held_out_split(evaluated, setup):

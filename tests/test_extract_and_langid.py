@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import MINIWEB, needs_miniweb
 from mella.config import FilterConfig
 from mella.stages.alt_text import alt_problem
+from mella.schema import REJECT_SCHEMA, to_table
 from mella.stages.decode import decode_image
 from mella.stages.extract import decode_html, normalise_alt, parse_page
 from mella.stages.langid import assign_language, check_alt_language
@@ -144,6 +145,17 @@ def test_decode_ok_and_pixel_hash_is_format_independent():
 def test_decode_rejects(data, reason):
     with pytest.raises(ValueError, match=reason):
         decode_image(data, FilterConfig())
+
+
+def test_too_small_is_decided_from_the_header_without_decoding():
+    """A 200x900 PNG whose pixel data is cut off: rejected for its size, never decoded (not 'truncated')."""
+    from mella.stages.decode import DecodeStage, TooSmall
+
+    data = _png(200, 900)
+    with pytest.raises(TooSmall, match="200x900"):
+        decode_image(data[: len(data) // 2] if len(data) > 200 else data[:120], FilterConfig())
+    out = DecodeStage(FilterConfig())(to_table([{"id": "a", "image": data}], REJECT_SCHEMA)).to_pylist()[0]
+    assert (out["stage"], out["reason"]) == ("resolution", "too_small") and out["pixel_sha256"] is None
 
 
 def test_decode_bomb_guard_and_format_allowlist():

@@ -148,7 +148,7 @@ def ray_local():
 
     if ray.is_initialized():  # another module's Ray: start ours with our settings
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
 

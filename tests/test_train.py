@@ -44,7 +44,7 @@ def ray_local():
 
     if ray.is_initialized():  # another module's Ray: start ours with our settings
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

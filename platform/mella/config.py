@@ -11,7 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mella.languages import TARGET_LANGS, load_languages
+from mella.stages.dling import DLingConfig
+from mella.stages.moderation import ModerationConfig
 from mella.stages.phash_dedup import PhashConfig
+from mella.stages.semantic_dedup import SemanticDedupConfig
 
 
 class _Strict(BaseModel):
@@ -63,6 +66,8 @@ class FilterConfig(_Strict):
         "image_text", description="exact-duplicate key: same pixels and alt-text (pairs), or same pixels (images)"
     )
     phash: PhashConfig = Field(default_factory=PhashConfig)
+    semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+    moderation: ModerationConfig = Field(default_factory=ModerationConfig)
 
 
 class LangIDConfig(_Strict):
@@ -99,6 +104,7 @@ class BuildConfig(_Strict):
     filters: FilterConfig = Field(default_factory=FilterConfig)
     langid: LangIDConfig = Field(default_factory=LangIDConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    d_ling: DLingConfig = Field(default_factory=DLingConfig)
 
     @field_validator("langs")
     @classmethod

@@ -15,8 +15,6 @@ rerun after a kill re-walks the same frontier from the recorded pages and fetche
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field

@@ -12,22 +12,34 @@ from collections import Counter, defaultdict
 
 import pyarrow.parquet as pq
 
-from mella.schema import STAGES
+from mella.schema import D_LING_STAGES, STAGES
 
 IMAGE_STAGES = [s for s in STAGES if s not in ("crawl", "extract")]
+#: Stages always on; the others are listed when they ran (enabled) or rejected something.
+ALWAYS = ("alt_text", "langid", "fetch", "decode", "resolution", "exact_dedup", "phash_dedup")
 
 
 def _read_cols(directory: str, cols: list[str]) -> list[dict]:
     rows: list[dict] = []
     for p in sorted(glob.glob(os.path.join(directory, "*.parquet"))):
-        rows.extend(pq.read_table(p, columns=cols).to_pylist())
-    return rows
+        present = [c for c in cols if c in pq.read_schema(p).names]
+        rows.extend(pq.read_table(p, columns=present).to_pylist())
+    return [{c: r.get(c) for c in cols} for r in rows]
 
 
-def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats: dict | None, langs: list[str]) -> dict:
-    """Build the funnel dict (see module docstring) from the output directories and page/crawl stats."""
+def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats: dict | None, langs: list[str], *,
+            candidates_dir: str | None = None, ling_dir: str | None = None, enabled: tuple[str, ...] = ()) -> dict:
+    """Build the funnel dict (see module docstring) from the output directories and page/crawl stats.
+
+    With D_ling, ``candidates_dir`` holds the images routed to D_ling that passed the image stages
+    (they count as the image stages' output, and ``routed_to_d_ling`` of the alt_text/langid lines
+    says how many each of those two stages sent there) and ``ling_dir`` the D_ling rows; the D_ling
+    stages (caption → translate → qe) follow, then ``d_ling`` rows per language. ``enabled``: optional
+    stages that ran (listed even with no rejects).
+    """
     kept = Counter(r["lang"] for r in _read_cols(know_dir, ["lang"]))
-    rejects = _read_cols(rejects_dir, ["stage", "reason", "lang", "image_url"])
+    cands = _read_cols(candidates_dir, ["lang", "d_ling_reason"]) if candidates_dir else []
+    rejects = _read_cols(rejects_dir, ["stage", "reason", "lang", "image_url", "d_ling_reason"])
     stages: list[dict] = []
 
     if crawl_stats is not None:
@@ -55,35 +67,65 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
     for r in image_rejects:
         rej_by_stage[r["stage"]][r["lang"]] += 1
         reasons_by_stage[r["stage"]][r["reason"]] += 1
+    routed = Counter((r["d_ling_reason"] or "").split(":", 1)[0] for r in cands + image_rejects if r["d_ling_reason"])
     remaining = Counter(kept)
-    for r in image_rejects:
+    for r in image_rejects + cands:
         remaining[r["lang"]] += 1
     for stage in IMAGE_STAGES:
-        if stage not in rej_by_stage and stage not in ("alt_text", "fetch", "decode", "resolution", "exact_dedup", "phash_dedup", "langid"):
+        if stage not in rej_by_stage and stage not in ALWAYS and stage not in enabled:
             continue  # stage not enabled in this build
         n_in = Counter(remaining)
         remaining.subtract(rej_by_stage[stage])
-        stages.append({
+        entry = {
             "stage": stage, "unit": "images", "in": sum(n_in.values()), "out": sum(remaining.values()),
             "rejected": sum(rej_by_stage[stage].values()), "reasons": dict(reasons_by_stage[stage]),
             "by_lang": {lang: {"in": n_in[lang], "out": remaining[lang]} for lang in sorted(n_in) if n_in[lang]},
-        })
-    return {
+        }
+        if routed.get(stage):
+            entry["routed_to_d_ling"] = routed[stage]
+        stages.append(entry)
+    out = {
         "stages": stages,
         "d_know": {lang: kept.get(lang, 0) for lang in langs},
         "d_know_total": sum(kept.values()),
         "hosts": (crawl_stats or {}).get("hosts", {}),
     }
+    if ling_dir is not None:
+        ling = Counter(r["lang"] for r in _read_cols(ling_dir, ["lang"]))
+        cand_by_lang = Counter(r["lang"] for r in cands)
+        n_rej = Counter(r["stage"] for r in rejects if r["stage"] in D_LING_STAGES)
+        reasons = {st: dict(Counter(r["reason"] for r in rejects if r["stage"] == st)) for st in D_LING_STAGES}
+        n_ling = sum(ling.values())
+        n_cand = sum(cand_by_lang.values())
+        flow = {  # stage: (unit, in, out); translate writes one row per (image, target language)
+            "caption": ("images", n_cand, n_cand - n_rej["caption"]),
+            "translate": ("pairs", n_ling + n_rej["qe"] + n_rej["translate"], n_ling + n_rej["qe"]),
+            "qe": ("pairs", n_ling + n_rej["qe"], n_ling),
+        }
+        for stage in D_LING_STAGES:
+            unit, n_in, n_out = flow[stage]
+            stages.append({"stage": stage, "unit": unit, "in": n_in, "out": n_out, "rejected": n_rej[stage],
+                           "reasons": reasons[stage], "by_lang": {}})
+        out["d_ling_candidates"] = dict(sorted(cand_by_lang.items()))
+        out["d_ling"] = {lang: ling.get(lang, 0) for lang in langs}
+        out["d_ling_total"] = sum(ling.values())
+    return out
 
 
 def format_table(funnel: dict) -> str:
     """Human-readable funnel: one line per stage, then D_know per language."""
-    lines = [f"{'stage':<14}{'unit':<8}{'in':>8}{'out':>8}{'dropped':>9}  top reasons"]
+    lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'dropped':>9}  top reasons"]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}:{v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
-        lines.append(f"{s['stage']:<14}{s['unit']:<8}{s['in']:>8}{s['out']:>8}{s['rejected']:>9}  {top}")
+        lines.append(f"{s['stage']:<16}{s['unit']:<8}{s['in']:>8}{s['out']:>8}{s['rejected']:>9}  {top}")
     lines.append("D_know pairs per language: " + "  ".join(f"{k}={v}" for k, v in funnel["d_know"].items()))
     lines.append(f"D_know total: {funnel['d_know_total']}")
+    routed = {s["stage"]: s["routed_to_d_ling"] for s in funnel["stages"] if s.get("routed_to_d_ling")}
+    if routed:
+        lines.append("routed to D_ling (alt-text unusable, image kept): " + "  ".join(f"{k}={v}" for k, v in routed.items()))
+    if "d_ling" in funnel:
+        lines.append("D_ling pairs per language: " + "  ".join(f"{k}={v}" for k, v in funnel["d_ling"].items()))
+        lines.append(f"D_ling total: {funnel['d_ling_total']}")
     failed_hosts = {h: v["failed"] for h, v in funnel.get("hosts", {}).items() if v.get("failed")}
     if failed_hosts:
         lines.append("hosts with failures: " + "; ".join(

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -38,13 +39,18 @@ from mella.crawl import crawl_shard, read_seeds, shard_seeds
 from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet_atomic
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.alt_text import AltTextStage
-from mella.stages.base import reject
+from mella.stages.base import Chain, reject
+from mella.stages.categorise import EfficientNetCategoriser, MLLMCategoriser
 from mella.stages.decode import DecodeStage, ResolutionStage
 from mella.stages.exact_dedup import ExactDedupStage, find_exact_duplicates
 from mella.stages.extract import NotHTMLError, parse_page
 from mella.stages.fetch import ImageFetchStage
+from mella.stages.dling import add_dling_stages
 from mella.stages.langid import LangIDStage, assign_language
+from mella.stages.moderation import APIModerationStage, NSFWStage
+from mella.stages.near_dup import NearDupStage
 from mella.stages.phash_dedup import PhashDedupStage, find_near_duplicates
+from mella.stages.semantic_dedup import EmbedStage, find_semantic_near_duplicates
 from mella.warc import cleanup_open_shards, expand_warc_paths, iter_responses, shard_paths
 
 log = logging.getLogger("mella.build_corpus")
@@ -117,20 +123,26 @@ def write_parts(batch: pa.Table, out_dir: str) -> pa.Table:
     return pa.table({"rows": [batch.num_rows]})
 
 
-def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str) -> pa.Table:
-    """Final writer: kept rows → ``know_dir`` (RECORD_SCHEMA), rejects → ``rejects_dir`` (no image bytes)."""
+def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str, candidates_dir: str | None = None) -> pa.Table:
+    """Final writer: kept rows → ``know_dir`` (RECORD_SCHEMA), rejects → ``rejects_dir`` (no image bytes).
+
+    With ``candidates_dir``, kept rows routed to D_ling (``d_ling_reason`` set) go there instead
+    (REJECT_SCHEMA, bytes kept) for the D_ling phase.
+    """
     batch = conform(batch, REJECT_SCHEMA)
-    mask = pc.is_null(batch["reason"])
-    kept = conform(batch.filter(mask), RECORD_SCHEMA)
-    rej = batch.filter(pc.invert(mask))
+    active = pc.is_null(batch["reason"])
+    routed = pc.and_(active, pc.is_valid(batch["d_ling_reason"])) if candidates_dir else pa.array([False] * batch.num_rows)
+    kept = conform(batch.filter(pc.and_(active, pc.invert(routed))), RECORD_SCHEMA)
+    cand = batch.filter(routed)
+    rej = batch.filter(pc.invert(active))
     if rej.num_rows:
-        rej = rej.set_column(rej.schema.get_field_index("image"), "image", pa.nulls(rej.num_rows, pa.binary()))
+        for col, typ in (("image", pa.binary()), ("embedding", pa.list_(pa.float32()))):
+            rej = rej.set_column(rej.schema.get_field_index(col), col, pa.nulls(rej.num_rows, typ))
     name = uuid.uuid4().hex
-    if kept.num_rows:
-        write_parquet_atomic(kept, os.path.join(know_dir, f"part-{name}.parquet"))
-    if rej.num_rows:
-        write_parquet_atomic(rej, os.path.join(rejects_dir, f"part-{name}.parquet"))
-    return pa.table({"kept": [kept.num_rows], "rejected": [rej.num_rows]})
+    for table, directory in ((kept, know_dir), (rej, rejects_dir), (cand, candidates_dir)):
+        if table.num_rows:
+            write_parquet_atomic(table, os.path.join(directory, f"part-{name}.parquet"))
+    return pa.table({"kept": [kept.num_rows], "rejected": [rej.num_rows], "d_ling_candidates": [cand.num_rows]})
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -211,16 +223,45 @@ class BuildCorpus:
             # images fetched for this unit can serve the next ones
             image_warcs = sorted(set(image_warcs) | set(shard_paths(self.warc_dir, "images")))
 
+    def _model_stages(self) -> tuple[list[tuple[type, dict]], dict]:
+        """Phase-1 model stages (moderation, CNN embedding, categorisation) for one :class:`Chain` pool.
+
+        Returns ``(stages, resources)``; resources are the largest declared by the enabled stages.
+        """
+        f, d = self.cfg.filters, self.cfg.d_ling
+        stages: list[tuple[type, dict]] = []
+        decl: list[tuple[float, float, int]] = []  # (num_cpus, num_gpus, pool size) per stage
+        if f.moderation.enabled:
+            m = f.moderation
+            stages.append((NSFWStage, {"cfg": m}))
+            if m.api.enabled:
+                stages.append((APIModerationStage, {"cfg": m}))
+            decl.append((m.num_cpus, m.num_gpus, m.pool_size))
+        if f.semantic.enabled:
+            e = f.semantic
+            stages.append((EmbedStage, {"cfg": e}))
+            decl.append((e.num_cpus, e.num_gpus, e.pool_size))
+        if d.enabled:
+            c = d.categorise
+            stages.append((MLLMCategoriser if c.backend == "mllm" else EfficientNetCategoriser,
+                           {"cfg": c, "stats_dir": d.stats_dir}))
+            decl.append((c.num_cpus, c.num_gpus, c.num_actors))
+        cpus, gpus, size = (max(x) for x in zip(*decl)) if decl else (1.0, 0.0, 1)
+        res = {"num_cpus": cpus, "num_gpus": gpus, "size": size}
+        return stages, res
+
     def _run_unit(self, files: list[str], source: str, image_warcs: list[str], staging: str) -> None:
         cfg = self.cfg
+        route = cfg.d_ling.enabled
         parts_dir = os.path.join(staging, "parts")
         os.makedirs(parts_dir, exist_ok=True)
         ds = ray.data.from_items([{"path": p, "source": source} for p in files], override_num_blocks=len(files))
         ds = ds.map_batches(
-            extract_warc_files, batch_size=1, batch_format="pyarrow",
+            extract_warc_files, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
             fn_kwargs={"cfg_json": cfg.model_dump_json(), "stats_dir": staging},
         )
-        ds = ds.map_batches(AltTextStage(), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(AltTextStage(route), batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+        ds = ds.map_batches(LangIDStage(cfg.langid, route), batch_format="pyarrow", batch_size=None, num_cpus=0.5)
         ds = ds.map_batches(
             ImageFetchStage,
             fn_constructor_kwargs={
@@ -235,9 +276,15 @@ class BuildCorpus:
             batch_format="pyarrow",
             num_cpus=0.25,
         )
-        ds = ds.map_batches(DecodeStage(cfg.filters), batch_format="pyarrow", batch_size=cfg.ray.batch_size)
-        ds = ds.map_batches(ResolutionStage(cfg.filters), batch_format="pyarrow", batch_size=None)
-        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir})
+        ds = ds.map_batches(DecodeStage(cfg.filters), batch_format="pyarrow", batch_size=cfg.ray.batch_size, num_cpus=0.5)
+        ds = ds.map_batches(ResolutionStage(cfg.filters), batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+        stages, res = self._model_stages()
+        if stages:
+            ds = ds.map_batches(Chain, fn_constructor_kwargs={"stages": stages},
+                                compute=ray.data.ActorPoolStrategy(size=res["size"]), batch_size=cfg.ray.batch_size,
+                                batch_format="pyarrow", num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])
+        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, num_cpus=0.1,
+                            fn_kwargs={"out_dir": parts_dir})
         rows = sum(r["rows"] for r in ds.take_all())
         log.info("unit written: %d rows", rows)
 
@@ -245,40 +292,68 @@ class BuildCorpus:
         return sorted(glob.glob(os.path.join(self.units_dir, "*", "parts", "*.parquet")))
 
     def final(self, crawl_stats: dict | None) -> dict:
-        """Phases 2–3: global exact dedup, langid, write d_know/ + rejects/ atomically, funnel.json."""
+        """Phases 2–3: global exact, pHash and CNN dedup; write d_know/ + rejects/ (+ D_ling) atomically; funnel."""
+        f = self.cfg.filters
         parts = self.unit_parts()
-        survivors = find_exact_duplicates(parts, self.cfg.filters.exact_dedup_key)
+        survivors = find_exact_duplicates(parts, f.exact_dedup_key)
         log.info("exact dedup: %d duplicated groups", len(survivors))
-        near = find_near_duplicates(parts, survivors, self.cfg.filters.exact_dedup_key, self.cfg.filters.phash)
+        near = find_near_duplicates(parts, survivors, f.exact_dedup_key, f.phash)
         log.info("pHash dedup: %d near-duplicate images", len(near))
+        semantic = find_semantic_near_duplicates(parts, survivors, f.exact_dedup_key, f.semantic, skip=near)
+        log.info("CNN semantic dedup: %d near-duplicate images", len(semantic))
         staging = os.path.join(self.out, f".staging-{uuid.uuid4().hex[:8]}")
-        know_dir = os.path.join(staging, "d_know")
-        rej_dir = os.path.join(staging, "rejects")
-        os.makedirs(know_dir)
-        os.makedirs(rej_dir)
+        dirs = {k: os.path.join(staging, k) for k in ("d_know", "rejects", "d_ling_candidates", "d_ling")}
+        for d in dirs.values():
+            os.makedirs(d)
         if parts:
             ds = ray.data.read_parquet(parts, schema=REJECT_SCHEMA)
-            ds = ds.map_batches(ExactDedupStage(survivors, self.cfg.filters.exact_dedup_key), batch_format="pyarrow", batch_size=self.cfg.ray.batch_size)
+            ds = ds.map_batches(ExactDedupStage(survivors, f.exact_dedup_key), batch_format="pyarrow", batch_size=self.cfg.ray.batch_size)
             ds = ds.map_batches(PhashDedupStage(near), batch_format="pyarrow", batch_size=None)
-            ds = ds.map_batches(LangIDStage(self.cfg.langid), batch_format="pyarrow", batch_size=None)
+            ds = ds.map_batches(NearDupStage("semantic_dedup", "semantic_duplicate", semantic), batch_format="pyarrow", batch_size=None)
             ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
-                                fn_kwargs={"know_dir": know_dir, "rejects_dir": rej_dir})
+                                fn_kwargs={"know_dir": dirs["d_know"], "rejects_dir": dirs["rejects"],
+                                           "candidates_dir": dirs["d_ling_candidates"]})
             ds.take_all()
+        if self.cfg.d_ling.enabled:
+            self.d_ling(dirs["d_ling_candidates"], dirs["d_ling"], dirs["rejects"])
         crawl_rej = os.path.join(self.work, "crawl_rejects.parquet")
         if os.path.exists(crawl_rej) and not self.cfg.warc:
             t = pq.read_table(crawl_rej)
             if t.num_rows:
-                write_parquet_atomic(conform(t, REJECT_SCHEMA), os.path.join(rej_dir, "part-crawl.parquet"))
+                write_parquet_atomic(conform(t, REJECT_SCHEMA), os.path.join(dirs["rejects"], "part-crawl.parquet"))
         page_stats = []
         for m in glob.glob(os.path.join(self.units_dir, "*", "pages-*.json")):
-            with open(m, encoding="utf-8") as f:
-                page_stats.append(json.load(f))
-        result = funnel_mod.compute(know_dir, rej_dir, page_stats, crawl_stats, self.cfg.langs)
-        replace_dir(know_dir, os.path.join(self.out, "d_know"))
-        replace_dir(rej_dir, os.path.join(self.out, "rejects"))
-        os.rmdir(staging)
+            with open(m, encoding="utf-8") as fh:
+                page_stats.append(json.load(fh))
+        result = funnel_mod.compute(dirs["d_know"], dirs["rejects"], page_stats, crawl_stats, self.cfg.langs,
+                                    candidates_dir=dirs["d_ling_candidates"],
+                                    ling_dir=dirs["d_ling"] if self.cfg.d_ling.enabled else None,
+                                    enabled=tuple(st for st, on in (("moderation", f.moderation.enabled),
+                                                                    ("semantic_dedup", f.semantic.enabled)) if on))
+        replace_dir(dirs["d_know"], os.path.join(self.out, "d_know"))
+        replace_dir(dirs["rejects"], os.path.join(self.out, "rejects"))
+        if self.cfg.d_ling.enabled:
+            replace_dir(dirs["d_ling"], os.path.join(self.out, "d_ling"))
+        shutil.rmtree(staging)
         write_json_atomic(result, os.path.join(self.out, "funnel.json"))
         return result
+
+    def d_ling(self, candidates_dir: str, ling_dir: str, rejects_dir: str) -> None:
+        """Phase 4 (D_ling enabled): caption → translate → qe over the routed candidates → ``ling_dir``.
+
+        The candidates are the images whose alt-text was unusable (``d_ling_reason``) and that passed
+        every image filter and dedup stage; they were categorised in phase 1.
+        """
+        files = sorted(glob.glob(os.path.join(candidates_dir, "*.parquet")))
+        if not files:
+            log.info("D_ling: no candidates")
+            return
+        ds = ray.data.read_parquet(files, schema=REJECT_SCHEMA)
+        ds = add_dling_stages(ds, self.cfg.d_ling, categorise=False)
+        ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"know_dir": ling_dir, "rejects_dir": rejects_dir})
+        n = sum(r["kept"] for r in ds.take_all())
+        log.info("D_ling: %d rows", n)
 
     # ----------------------------------------------------------------------------------- run
     def run(self) -> dict:

@@ -10,7 +10,8 @@ import ray
 
 def init_ray(num_cpus: int | None = None) -> None:
     """``ray.init`` once: ``RAY_ADDRESS`` (set by ``ray job submit``) joins that cluster; otherwise a
-    local Ray with ``num_cpus`` CPUs (default: all), dashboard off, logs to the driver.
+    new local Ray with ``num_cpus`` CPUs (default: all), dashboard off, logs to the driver — never a
+    cluster that happens to run on this machine (``address="local"``; set ``RAY_ADDRESS`` to join one).
     The ``platform/`` directory is put on workers' ``PYTHONPATH`` so ``mella`` imports everywhere.
     """
     if ray.is_initialized():
@@ -23,4 +24,5 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=env, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
+                 logging_level=logging.WARNING)

@@ -43,15 +43,22 @@ import pyarrow as pa
 STAGES: tuple[str, ...] = (
     "crawl",  # page fetch (robots, SSRF guard, HTTP errors, content type, size cap)
     "extract",  # HTML → <img> candidates (broken HTML, no images)
-    "alt_text",  # empty / filename-like / boilerplate alt-text
+    "alt_text",  # empty / filename-like / boilerplate alt-text (→ D_ling when enabled)
+    "langid",  # alt-text language check (paper 3.1.2: HTML metadata + fastText) (→ D_ling when enabled)
     "fetch",  # image fetch (live or from WARC)
     "decode",  # Pillow decode with decompression-bomb guard, allowed formats
     "resolution",  # width and height both > 256 px (paper B.2)
+    "moderation",  # NSFW classifier / moderation API (paper B.2 "Ethics")
     "exact_dedup",  # identical decoded pixels within a target language (paper B.2)
     "phash_dedup",  # pHash near-duplicates (paper B.2, Zauner 2010)
     "semantic_dedup",  # CNN embedding near-duplicates (paper B.2)
-    "moderation",  # NSFW / moderation API (paper B.2 "Ethics")
-    "langid",  # alt-text language check (paper 3.1.2: HTML metadata + fastText)
+)
+
+#: D_ling stages (paper 3.1.2), run on the images routed to D_ling after the stages above.
+D_LING_STAGES: tuple[str, ...] = (
+    "caption",  # English description by an MLLM with a category-specific prompt
+    "translate",  # English → each target language (one row per language)
+    "qe",  # COMETKiwi quality estimation
 )
 
 BASE_FIELDS: list[pa.Field] = [
@@ -74,10 +81,13 @@ BASE_FIELDS: list[pa.Field] = [
     pa.field("fetched_at", pa.timestamp("ms", tz="UTC")),
 ]
 
-#: Filled by later stages (pHash, CNN dedup, moderation, D_ling); null until then.
+#: Filled by later stages (pHash, CNN dedup, moderation, D_ling); null until then (or when disabled).
 EXTENSION_FIELDS: list[pa.Field] = [
     pa.field("phash", pa.string()),  # 64-bit pHash as 16 hex chars
-    pa.field("nsfw_score", pa.float32()),
+    pa.field("embedding", pa.list_(pa.float32())),  # EfficientNet-lite0 pooled features, 1280 floats, L2-normalised
+    pa.field("nsfw_score", pa.float32()),  # open_nsfw P(nsfw) in [0, 1]
+    pa.field("moderation_scores", pa.string()),  # moderation API: JSON {category: score}
+    pa.field("d_ling_reason", pa.string()),  # why the image went to D_ling (its alt-text's reject), e.g. alt_text:alt_empty
     pa.field("category", pa.string()),
     pa.field("category_major", pa.string()),
     pa.field("caption_en", pa.string()),

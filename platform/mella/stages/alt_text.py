@@ -66,10 +66,24 @@ def alt_problem(alt: str | None) -> str | None:
 
 
 class AltTextStage(Stage):
+    """Reject rows whose alt-text is unusable (reasons above).
+
+    With ``route_to_d_ling`` (D_ling enabled) such a row is not rejected: it stays active with
+    ``d_ling_reason = "alt_text:<reason>"`` so its image goes through the image filters and, if it
+    passes them, to captioning (paper 3.1.2: images without usable alt-text form D_ling).
+    """
+
     name = "alt_text"
+
+    def __init__(self, route_to_d_ling: bool = False) -> None:
+        self.route = route_to_d_ling
 
     def process(self, rows: list[dict]) -> None:
         for r in rows:
             problem = alt_problem(r.get("alt_text"))
-            if problem:
+            if not problem:
+                continue
+            if self.route:
+                r["d_ling_reason"] = f"{self.name}:{problem}"
+            else:
                 reject(r, self.name, problem, repr(r.get("alt_text"))[:200])

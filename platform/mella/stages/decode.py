@@ -10,7 +10,10 @@ The exact-duplicate key ``pixel_sha256`` is the sha256 of ``"{W}x{H}"`` and the 
 of the first frame, so the same picture stored as PNG and as lossless WebP has one key.
 
 Resolution: keep only width > ``min_side_px`` and height > ``min_side_px`` (paper: "both its width and
-height exceed 256 pixels"). Reason: ``too_small``.
+height exceed 256 pixels"). Reason: ``too_small``. The decode stage applies it to the size in the image
+header, before decoding any pixel (icons and thumbnails, most of the images of a web page, cost a header
+parse instead of a full decode + hashes), and counts those rows under the ``resolution`` stage;
+:class:`ResolutionStage` checks decoded sizes again (a header that lies is caught by the decode).
 """
 
 from __future__ import annotations
@@ -33,11 +36,16 @@ def _looks_like_svg(data: bytes) -> bool:
     return head.startswith(_SVG_SNIFF) and b"<svg" in data[:4096].lower()
 
 
+class TooSmall(ValueError):
+    """The header's size fails the resolution filter (``args[0]`` = detail)."""
+
+
 def decode_image(data: bytes, cfg: FilterConfig) -> dict:
     """Decode ``data`` → ``{"width", "height", "format", "pixel_sha256", "phash"}`` (px, px, Pillow name,
     hex sha256, 16-hex-digit 64-bit pHash of the first frame).
 
     Raises:
+        TooSmall: the header's width or height is ≤ ``cfg.min_side_px`` (nothing was decoded).
         ValueError: with the reject reason code as its message (see module docstring).
     """
     if not data:
@@ -61,6 +69,9 @@ def decode_image(data: bytes, cfg: FilterConfig) -> dict:
                 raise ValueError(f"format_{fmt.lower() or 'unknown'}")
             if w * h > cfg.max_image_pixels:
                 raise ValueError("decompression_bomb")
+            m = cfg.min_side_px
+            if not (w > m and h > m):
+                raise TooSmall(f"{w}x{h} px, need both > {m} (header)")
             try:
                 im.seek(0)
                 im.load()
@@ -85,6 +96,8 @@ class DecodeStage(Stage):
         for r in rows:
             try:
                 r.update(decode_image(r.get("image") or b"", self.cfg))
+            except TooSmall as e:
+                reject(r, ResolutionStage.name, "too_small", str(e))
             except ValueError as e:
                 reject(r, self.name, str(e))
 

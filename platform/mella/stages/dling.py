@@ -1,9 +1,9 @@
 """D_ling plan on Ray Data (paper 3.1.2, Figure 3): route → categorise → caption → translate → qe.
 
-* **Routing** (:func:`route_to_dling`): an image goes to D_ling when its alt-text was rejected at
-  ``alt_text`` (empty, filename-like, boilerplate) or ``langid`` (not in the page's language) but the
-  image itself passed the image filters (it still has its bytes and a ``pixel_sha256``). Its reject is
-  cleared, and it keeps its page ``lang``; the translate stage then writes one row per target language.
+* **Routing**: with D_ling enabled the ``alt_text`` (empty, filename-like, boilerplate) and ``langid``
+  (not in the page's language) stages do not reject; they set ``d_ling_reason`` and the image goes on
+  through the image filters. :func:`route_to_dling` selects the rows that made it (active, with image
+  bytes); they keep their page ``lang``; the translate stage then writes one row per target language.
 * **Categorise** runs on D_know rows too (:func:`add_categorise`).
 * Model stages run in fixed-size actor pools (NeMo Curator practice: elastic pools ramp slowly on
   GPUs), each declaring ``num_gpus`` per actor (fractional allowed) and a ``batch_size``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mella.schema import REJECT_SCHEMA, conform
 from mella.stages.caption import CaptionConfig, CaptionStage
@@ -22,8 +22,6 @@ from mella.stages.categorise import CategoriseConfig, EfficientNetCategoriser, M
 from mella.stages.qe import QEConfig, QEStage
 from mella.stages.translate import TranslateConfig, TranslateStage
 
-#: Reject stages whose images are routed to captioning (the alt-text was unusable, the image was not).
-ROUTE_STAGES = ("alt_text", "langid")
 
 
 class DLingConfig(BaseModel):
@@ -38,20 +36,19 @@ class DLingConfig(BaseModel):
     qe: QEConfig = Field(default_factory=QEConfig)
     stats_dir: str | None = Field(None, description="per-batch timing records (JSON) for throughput measurement")
 
+    @model_validator(mode="after")
+    def _caption_model_given(self) -> "DLingConfig":
+        if self.enabled and self.caption is None:
+            raise ValueError("d_ling.enabled needs d_ling.caption.mllm (family, model_path): "
+                             "--caption-model PATH or d_ling.caption.mllm.model_path=PATH")
+        return self
 
-def route_to_dling(batch: pa.Table, stages: tuple[str, ...] = ROUTE_STAGES) -> pa.Table:
-    """Rows rejected at one of ``stages`` that still hold image bytes, with the reject cleared (REJECT_SCHEMA).
 
-    Upstream stages must keep the image bytes of rows they reject for these reasons (the generic
-    :func:`mella.stages.base.reject` frees them); rows without bytes cannot be captioned and are left out.
-    """
+def route_to_dling(batch: pa.Table) -> pa.Table:
+    """The D_ling candidates of ``batch`` (REJECT_SCHEMA): active rows with ``d_ling_reason`` and image bytes."""
     batch = conform(batch, REJECT_SCHEMA)
-    mask = pc.and_(pc.is_in(batch["stage"], pa.array(list(stages))), pc.is_valid(batch["image"]))
-    picked = batch.filter(pc.fill_null(mask, False))
-    n = picked.num_rows
-    for col in ("stage", "reason", "detail"):
-        picked = picked.set_column(picked.schema.get_field_index(col), col, pa.nulls(n, pa.string()))
-    return picked
+    mask = pc.and_(pc.and_(pc.is_null(batch["reason"]), pc.is_valid(batch["d_ling_reason"])), pc.is_valid(batch["image"]))
+    return batch.filter(pc.fill_null(mask, False))
 
 
 def _pool(size: int) -> ray.data.ActorPoolStrategy:

@@ -10,8 +10,11 @@ languages belongs to both D_know^L, paper eq. 5):
   training pairs of D_know, as a captioning set keeps several captions per image;
 - ``image``: ``(lang, pixel_sha256)`` — one row per image and language, the strict reading.
 
-Survivor of a group, deterministic whatever the arrival order or sharding: the smallest
-``(page_url, image_url, id)``. Only groups with ≥ 2 members come back. Up to
+Images routed to D_ling (``d_ling_reason`` set: their alt-text is unusable) use the marker
+``ROUTED_TEXT`` in place of the alt-text, so each image yields one D_ling candidate per language.
+
+Survivor of a group, deterministic whatever the arrival order or sharding: a D_know row before a
+D_ling candidate, then the smallest ``(page_url, image_url, id)``. Only groups with ≥ 2 members come back. Up to
 ``DRIVER_MAX_ROWS`` key rows are aggregated with pyarrow in the driver; above that a Ray Data
 ``groupby`` (hash shuffle across the cluster, one partition per million rows) does it.
 """
@@ -28,22 +31,45 @@ from ray.data.aggregate import Count, Min
 
 from mella.stages.base import Stage, reject
 
-KEY_COLUMNS = ["id", "lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason"]
+KEY_COLUMNS = ["id", "lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason", "d_ling_reason"]
 DRIVER_MAX_ROWS = 2_000_000
 SEP = "\x1f"
+#: Stands in for the alt-text of D_ling candidates in the ``image_text`` key (cannot occur in HTML text).
+ROUTED_TEXT = "\x00d_ling"
+
+
+def group_key(r: dict, mode: str) -> str:
+    """The exact-dedup group key of one row (dict with ``KEY_COLUMNS``)."""
+    parts = [r.get("lang") or "", r.get("pixel_sha256") or ""]
+    if mode == "image_text":
+        parts.append(ROUTED_TEXT if r.get("d_ling_reason") else (r.get("alt_text") or ""))
+    return SEP.join(parts)
+
+
+def sort_key(r: dict) -> str:
+    """The survivor order within a group: D_know rows first, then ``(page_url, image_url, id)``."""
+    return SEP.join(("1" if r.get("d_ling_reason") else "0", r.get("page_url") or "", r.get("image_url") or "", r["id"]))
+
+
+def is_survivor(r: dict, survivors: dict[str, str], mode: str) -> bool:
+    """Whether row ``r`` survives exact dedup given :func:`find_exact_duplicates`' result."""
+    best = survivors.get(group_key(r, mode))
+    return best is None or best == sort_key(r)
 
 
 def _group_key(t: pa.Table, mode: str) -> pa.Array:
     parts = [pc.fill_null(t["lang"], ""), pc.fill_null(t["pixel_sha256"], "")]
     if mode == "image_text":
-        parts.append(pc.fill_null(t["alt_text"], ""))
+        routed = pc.is_valid(t["d_ling_reason"])
+        parts.append(pc.if_else(routed, pa.scalar(ROUTED_TEXT), pc.fill_null(t["alt_text"], "")))
     return pc.binary_join_element_wise(*parts, SEP)
 
 
 def _keys(batch: pa.Table, mode: str) -> pa.Table:
     batch = batch.filter(pc.is_null(batch["reason"]))
+    flag = pc.if_else(pc.is_valid(batch["d_ling_reason"]), pa.scalar("1"), pa.scalar("0"))
     sort_key = pc.binary_join_element_wise(
-        pc.fill_null(batch["page_url"], ""), pc.fill_null(batch["image_url"], ""), batch["id"], SEP
+        flag, pc.fill_null(batch["page_url"], ""), pc.fill_null(batch["image_url"], ""), batch["id"], SEP
     )
     return pa.table({"group": _group_key(batch, mode), "sort_key": sort_key})
 
@@ -83,13 +109,6 @@ class ExactDedupStage(Stage):
 
     def process(self, rows: list[dict]) -> None:
         for r in rows:
-            parts = [r.get("lang") or "", r.get("pixel_sha256") or ""]
-            if self.mode == "image_text":
-                parts.append(r.get("alt_text") or "")
-            best = self.survivors.get(SEP.join(parts))
-            if best is None:
-                continue
-            key = SEP.join((r.get("page_url") or "", r.get("image_url") or "", r["id"]))
-            if key != best:
-                page, img, _id = best.split(SEP)
+            if not is_survivor(r, self.survivors, self.mode):
+                _flag, page, img, _id = self.survivors[group_key(r, self.mode)].split(SEP)
                 reject(r, self.name, "duplicate", f"same as {img} on {page}")

@@ -125,21 +125,34 @@ def assign_language(alt: str | None, candidates: list[str], cfg: LangIDConfig | 
 
 
 class LangIDStage:
-    """The ``langid`` pipeline stage: apply :func:`check_alt_language` to each active row's alt-text."""
+    """The ``langid`` pipeline stage: apply :func:`check_alt_language` to each active row's alt-text.
+
+    Rows already routed to D_ling (``d_ling_reason`` set by the alt-text stage) are skipped. With
+    ``route_to_d_ling`` a row whose alt-text is not in its language stays active with
+    ``d_ling_reason = "langid:<reason>"`` (its image can still be captioned) instead of being rejected.
+    """
 
     name = "langid"
 
-    def __init__(self, cfg: LangIDConfig | None = None) -> None:
+    def __init__(self, cfg: LangIDConfig | None = None, route_to_d_ling: bool = False) -> None:
         self.cfg = cfg or LangIDConfig()
+        self.route = route_to_d_ling
 
     def process(self, rows: list[dict]) -> None:
         from mella.stages.base import reject  # noqa: PLC0415
 
         for r in rows:
+            if r.get("d_ling_reason"):
+                continue
             d = check_alt_language(r.get("alt_text") or "", r["lang"], self.cfg)
             r["lid_lang"], r["lid_prob"] = d.lid_lang, d.lid_prob
-            if not d.keep:
-                reject(r, self.name, d.reason or "alt_lang_mismatch", d.detail)
+            if d.keep:
+                continue
+            reason = d.reason or "alt_lang_mismatch"
+            if self.route:
+                r["d_ling_reason"] = f"{self.name}:{reason}"
+            else:
+                reject(r, self.name, reason, d.detail)
 
     def __call__(self, batch):
         from mella.stages.base import Stage  # noqa: PLC0415

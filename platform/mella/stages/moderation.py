@@ -39,10 +39,9 @@ logged or written to a row. A request that still fails, or a malformed response,
 counted reject reason ``moderation_api_error`` — or, with ``on_error="keep"``, the row is kept and
 flagged in ``moderation_scores``.
 
-Both stages add nothing to the schema but ``nsfw_score`` (already in it); the API stage returns one
-extra column, ``moderation_scores`` (string, JSON ``{category: score}`` of the configured
-categories, or ``{"error": "..."}`` for a kept row whose request failed; null on rows it did not
-score), for the lead to add to the schema.
+Schema columns: ``nsfw_score`` (NSFW stage) and ``moderation_scores`` (API stage: string, JSON
+``{category: score}`` of the configured categories, or ``{"error": "..."}`` for a kept row whose
+request failed; null on rows it did not score).
 """
 
 from __future__ import annotations
@@ -59,12 +58,10 @@ import time
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from mella.schema import REJECT_SCHEMA, conform, to_table
-from mella.stages.base import Stage, is_active, reject
+from mella.stages.base import Stage, reject
 
 log = logging.getLogger(__name__)
 
@@ -366,11 +363,3 @@ class APIModerationStage(Stage):
 
     def process(self, rows: list[dict]) -> None:
         asyncio.run(self._moderate_all(rows))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = conform(batch, REJECT_SCHEMA).to_pylist()
-        active = [r for r in rows if is_active(r)]
-        if active:
-            self.process(active)
-        scores = pa.array([r.get("moderation_scores") for r in rows], pa.string())
-        return to_table(rows, REJECT_SCHEMA).append_column("moderation_scores", scores)

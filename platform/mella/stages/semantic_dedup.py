@@ -58,7 +58,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -148,7 +147,7 @@ class EmbedStage(Stage):
     compute=ray.data.ActorPoolStrategy(size=cfg.pool_size), num_gpus=cfg.num_gpus,
     num_cpus=cfg.num_cpus, batch_size=cfg.batch_size, batch_format="pyarrow")``.
 
-    Output: the ``REJECT_SCHEMA`` columns plus ``embedding`` (null on rows rejected upstream). A row
+    Output: ``REJECT_SCHEMA`` with ``embedding`` set (null on rows rejected upstream). A row
     whose bytes Pillow cannot decode (the decode stage normally caught it) is rejected with reason
     ``undecodable``. Device: CUDA when ``cfg.num_gpus > 0`` and available, else CPU.
     """
@@ -204,7 +203,10 @@ class EmbedStage(Stage):
         if active:
             self.process(active)
         emb = [r.get("embedding") if is_active(r) else None for r in rows]
-        return to_table(rows, REJECT_SCHEMA).append_column("embedding", _embedding_array(emb))
+        for r in rows:
+            r["embedding"] = None  # built column-wise below (1280 floats a row)
+        t = to_table(rows, REJECT_SCHEMA)
+        return t.set_column(t.schema.get_field_index("embedding"), "embedding", _embedding_array(emb))
 
 
 def _embedding_array(emb: list[np.ndarray | None]) -> pa.Array:
@@ -390,13 +392,40 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
     return sorted(((ids[d], ids[s], float(c)) for d, (s, c) in dropped.items()), key=lambda t: t[0])
 
 
+def find_semantic_near_duplicates(parquet_files: list[str], exact_survivors: dict[str, str], exact_mode: str,
+                                  cfg: SemanticDedupConfig, skip=()) -> dict[tuple[str, str], str]:
+    """``{(lang, pixel_sha256): detail}`` for every distinct image the pipeline drops as a CNN near-duplicate.
+
+    The build_corpus form of the method: the distinct images of :mod:`mella.stages.near_dup` (active
+    after exact dedup, minus ``skip`` = the pHash stage's drops), per language, their embeddings
+    compared by :func:`semantic_pairs` (k-means + within-cluster cosine ≥ ``cfg.threshold``), and the
+    shared survivor rule (D_know first, largest, same-page exemption). Memory: 5 KiB per active row.
+    """
+    from mella.stages.near_dup import distinct_images, greedy_drops
+
+    if not cfg.enabled or not parquet_files:
+        return {}
+    by_lang, t = distinct_images(parquet_files, exact_survivors, exact_mode, "embedding", skip)
+    drops: dict[tuple[str, str], str] = {}
+    for imgs in by_lang.values():
+        if len(imgs.keys) < 2:
+            continue
+        emb = t["embedding"].take(pa.array(imgs.rows)).combine_chunks()
+        x = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(imgs.keys), -1)
+        i, j, cos = semantic_pairs(x, cfg.threshold, cfg.n_clusters, n_probe=cfg.n_probe, kmeans_iters=cfg.kmeans_iters,
+                                   fit_sample=cfg.fit_sample, seed=cfg.seed)
+        for d, (k, c) in greedy_drops(imgs, i, j, cos).items():
+            drops[imgs.keys[d]] = f"cosine {c:.4f} >= {cfg.threshold} to {imgs.urls[k]}"
+    return drops
+
+
 class SemanticDedupStage(Stage):
     """Rejects the rows :func:`find_semantic_duplicates` chose to drop: reason ``semantic_duplicate``.
 
     Args:
         drops: ``{drop_id: (kept_id, cosine)}``. The detail names the kept row and the cosine.
-    Input rows may carry the ``embedding`` column; it is passed through on kept rows and nulled on
-    rejects (5 KiB a row that the reject log does not need).
+    (The build_corpus pipeline keys drops by image instead: :func:`find_semantic_near_duplicates`
+    with a :class:`mella.stages.near_dup.NearDupStage`.) Rejected rows lose their ``embedding``.
     """
 
     name = "semantic_dedup"
@@ -409,10 +438,3 @@ class SemanticDedupStage(Stage):
             hit = self.drops.get(r["id"])
             if hit is not None:
                 reject(r, self.name, "semantic_duplicate", f"cosine {hit[1]:.4f} to {hit[0]}")
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = super().__call__(batch)
-        if "embedding" not in batch.column_names:
-            return out
-        emb = batch.column("embedding").cast(EMBEDDING_TYPE)
-        return out.append_column("embedding", pc.if_else(pc.is_null(out["reason"]), emb, pa.scalar(None, EMBEDDING_TYPE)))
