@@ -88,7 +88,7 @@ def built(tmp_path_factory, ray_session):
         (site / f"p{k}.html").write_text(page([item]), encoding="utf-8")
     (tmp_path / "seeds.txt").write_text("/index.html\n" + "".join(f"/p{k}.html\n" for k in range(len(copies))))
     with serve_directory(site) as url:
-        build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu"],
+        build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu"], models=True,
               crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0})
     return {"out": tmp_path / "out", "planted": planted, "n_originals": len(originals)}
 

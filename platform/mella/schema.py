@@ -1,10 +1,12 @@
 """The one record schema that flows through the pipeline (Arrow), defined once.
 
 A record starts as an *image candidate* (one ``<img>`` on one page, with its alt-text),
-is filled in by each stage (fetch → decode → resolution → exact dedup → language ID),
-and ends either as a kept pair (a row of D_know, later D_ling) or as a *reject*: the same
-row plus ``stage``, ``reason`` and ``detail``. Rejects never carry image bytes (``image`` is
-null there) so the reject log stays small.
+is filled in by each stage (alt-text and language checks → fetch → decode → resolution →
+moderation → CNN embedding → exact / pHash / CNN dedup; ``STAGES``), and ends either as a kept
+pair (a row of D_know), a D_ling row (an image whose alt-text was unusable — ``d_ling_reason`` —
+captioned and translated, ``D_LING_STAGES``) or as a *reject*: the same row plus ``stage``,
+``reason`` and ``detail``. Rejects never carry image bytes or embeddings (null there) so the
+reject log stays small.
 
 Columns (Arrow type; units):
 

@@ -7,7 +7,8 @@ strings) is served on 127.0.0.1 by an aiohttp server in its own process, and pus
   checks the size like our stages do): the comparable setting;
 - img2dataset ``--disable_all_reencoding True``: the download-only upper bound;
 - ours: the build_corpus image stages on Ray Data — fetch (actor pool, aiohttp) → decode (Pillow,
-  bomb guard, pixel sha256, pHash) → resolution → exact dedup — written to parquet.
+  bomb guard, header-size gate, pixel sha256, pHash) → resolution → parquet, then the global exact
+  and pHash near-duplicate passes (no model stages: img2dataset has none).
 
 Prints images/s of each and the ratios. img2dataset pins pandas<3, so it runs from its own virtualenv,
 created on first use under ``~/.cache/mella-bench/img2dataset`` (``--img2dataset PATH`` to use another).
@@ -94,8 +95,9 @@ def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int) -> 
     from mella.pipeline import write_parts
     from mella.schema import REJECT_SCHEMA, record_id, to_table
     from mella.stages.decode import DecodeStage, ResolutionStage
-    from mella.stages.exact_dedup import find_exact_duplicates, ExactDedupStage
+    from mella.stages.exact_dedup import ExactDedupStage, find_exact_duplicates
     from mella.stages.fetch import ImageFetchStage
+    from mella.stages.phash_dedup import PhashConfig, PhashDedupStage, find_near_duplicates
 
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -116,12 +118,13 @@ def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int) -> 
     ds.take_all()
     parts = sorted(glob.glob(os.path.join(out, "parts", "*.parquet")))
     survivors = find_exact_duplicates(parts, "image")
+    near = find_near_duplicates(parts, survivors, "image", PhashConfig())
     import pyarrow.parquet as pq
 
     n_ok = 0
-    stage = ExactDedupStage(survivors, "image")
+    exact, phash = ExactDedupStage(survivors, "image"), PhashDedupStage(near)
     for p in parts:
-        t = stage(pq.read_table(p))
+        t = phash(exact(pq.read_table(p)))
         n_ok += t.num_rows  # rows that went through every stage (kept or counted reject)
     return time.perf_counter() - t0, n_ok
 
@@ -134,6 +137,7 @@ def main() -> None:
     ap.add_argument("--fetch-actors", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=32, help="our requests in flight per fetch actor")
     ap.add_argument("--img2dataset", help="path of an img2dataset executable (default: own venv)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each pipeline (medians reported)")
     args = ap.parse_args()
 
     exe = ensure_img2dataset(args.img2dataset)
@@ -148,25 +152,31 @@ def main() -> None:
         Path(url_list).write_text("\n".join(urls) + "\n")
         print(f"{len(urls)} distinct URLs over {len(image_paths())} real miniweb images, server 127.0.0.1:{port}")
 
-        t_i2d_cmp = run_img2dataset(exe, url_list, os.path.join(tmp, "i2d_cmp"), args.processes, args.threads,
-                                    ["--min_image_size", "256"])
-        ok_cmp = count_img2dataset_ok(os.path.join(tmp, "i2d_cmp"))
-        t_i2d_dl = run_img2dataset(exe, url_list, os.path.join(tmp, "i2d_dl"), args.processes, args.threads,
-                                   ["--disable_all_reencoding", "True"])
-        ok_dl = count_img2dataset_ok(os.path.join(tmp, "i2d_dl"))
+        import statistics
 
         import ray
 
         from mella.runtime import init_ray
 
-        init_ray(num_cpus=2)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        t_ours, n_ours = run_ours(urls, os.path.join(tmp, "ours"), args.fetch_actors, args.concurrency)
-        ray.shutdown()
-
+        # interleaved repeats (A, B, A, B...) so that outside load hits both sides alike; medians reported
+        times: dict[str, list[float]] = {"cmp": [], "dl": [], "ours": []}
+        for rep in range(args.repeats):
+            times["cmp"].append(run_img2dataset(exe, url_list, os.path.join(tmp, f"i2d_cmp{rep}"), args.processes,
+                                                args.threads, ["--min_image_size", "256"]))
+            ok_cmp = count_img2dataset_ok(os.path.join(tmp, f"i2d_cmp{rep}"))
+            init_ray(num_cpus=2)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            t, n_ours = run_ours(urls, os.path.join(tmp, "ours"), args.fetch_actors, args.concurrency)
+            times["ours"].append(t)
+            ray.shutdown()
+            times["dl"].append(run_img2dataset(exe, url_list, os.path.join(tmp, f"i2d_dl{rep}"), args.processes,
+                                               args.threads, ["--disable_all_reencoding", "True"]))
+            ok_dl = count_img2dataset_ok(os.path.join(tmp, f"i2d_dl{rep}"))
+            print(f"repeat {rep}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+        t_i2d_cmp, t_i2d_dl, t_ours = (statistics.median(times[k]) for k in ("cmp", "dl", "ours"))
         n = len(urls)
         r_cmp, r_dl, r_ours = n / t_i2d_cmp, n / t_i2d_dl, n / t_ours
-        print(f"{'pipeline':<58}{'wall s':>9}{'img/s':>9}")
+        print(f"{'pipeline (median of ' + str(args.repeats) + ' interleaved runs)':<58}{'wall s':>9}{'img/s':>9}")
         print(f"{'img2dataset --min_image_size 256 (decode + size check)':<58}{t_i2d_cmp:>9.1f}{r_cmp:>9.0f}   ({ok_cmp} kept)")
         print(f"{'img2dataset --disable_all_reencoding (download only)':<58}{t_i2d_dl:>9.1f}{r_dl:>9.0f}   ({ok_dl} ok)")
         print(f"{'mella fetch → decode → resolution → exact → pHash':<58}{t_ours:>9.1f}{r_ours:>9.0f}   ({n_ours} rows)")
