@@ -365,3 +365,14 @@ def test_build_corpus_with_d_ling_on_miniweb(models, ray_session, tmp_path):
     assert stages["caption"]["in"] == sum(funnel["d_ling_candidates"].values())
     assert stages["qe"]["out"] == funnel["d_ling_total"] == len(ling)
     assert stages["translate"]["in"] == 2 * stages["caption"]["out"]  # one row per requested language
+
+    # rerun on the same output (as after a kill in the D_ling phase): captions come from the cache, none is regenerated
+    stats = tmp_path / "rerun-stats"
+    with serve_directory(MINIWEB) as url:
+        build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu", "th", "vi"],
+              crawl={"max_depth": 0}, d_ling={**d_ling, "stats_dir": str(stats)},
+              filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}})
+    again = read_dir(tmp_path / "out" / "d_ling")
+    assert sorted((r["id"], r["caption_en"]) for r in again) == sorted((r["id"], r["caption_en"]) for r in ling)
+    recs = [json.loads(Path(p).read_text()) for p in glob.glob(str(stats / "*.json"))]
+    assert not [r for r in recs if r["stage"] == "caption"] and [r for r in recs if r["stage"] == "translate"]

@@ -342,14 +342,18 @@ class BuildCorpus:
         """Phase 4 (D_ling enabled): caption → translate → qe over the routed candidates → ``ling_dir``.
 
         The candidates are the images whose alt-text was unusable (``d_ling_reason``) and that passed
-        every image filter and dedup stage; they were categorised in phase 1.
+        every image filter and dedup stage; they were categorised in phase 1. Captions are cached in
+        ``_work/caption_cache/`` as they are made, so a rerun after a kill does not caption again.
         """
         files = sorted(glob.glob(os.path.join(candidates_dir, "*.parquet")))
         if not files:
             log.info("D_ling: no candidates")
             return
         ds = ray.data.read_parquet(files, schema=REJECT_SCHEMA)
-        ds = add_dling_stages(ds, self.cfg.d_ling, categorise=False)
+        # captions survive a killed run: keyed by the caption configuration (model, generation parameters)
+        cap_key = hashlib.sha1(self.cfg.d_ling.caption.model_dump_json().encode()).hexdigest()[:16]
+        cache = os.path.join(self.work, "caption_cache", cap_key)
+        ds = add_dling_stages(ds, self.cfg.d_ling, categorise=False, caption_cache=cache)
         ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
                             fn_kwargs={"know_dir": ling_dir, "rejects_dir": rejects_dir})
         n = sum(r["kept"] for r in ds.take_all())

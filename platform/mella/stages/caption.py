@@ -13,10 +13,24 @@ language of the translation step.
 ``generate``); declare ``num_gpus`` per actor (fractional allowed) when adding it to a dataset, see
 :func:`mella.stages.dling.add_dling_stages`. Rejects (stage ``caption``): ``undecodable``,
 ``empty_caption``.
+
+Captions are the expensive part of a build (GPU hours), so with a ``cache_dir`` every batch's captions
+are also written there (``part-<uuid>.parquet``: ``key``, ``caption_en``; key = sha256 of the image
+bytes' sha256 and the prompt) as soon as they exist, and an actor starting up reads them back: a job
+killed during the D_ling phase and rerun captions only what it had not captioned yet. The build job
+keys the directory by the caption configuration (model, generation parameters), so changing it starts
+a fresh cache. The cache is loaded whole into each actor (≈ caption length per image).
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 from PIL.Image import DecompressionBombError, UnidentifiedImageError
 
@@ -73,10 +87,30 @@ class CaptionStage(Stage):
 
     name = "caption"
 
-    def __init__(self, cfg: CaptionConfig, stats_dir: str | None = None) -> None:
-        self.cfg, self.stats_dir = cfg, stats_dir
+    def __init__(self, cfg: CaptionConfig, stats_dir: str | None = None, cache_dir: str | None = None) -> None:
+        self.cfg, self.stats_dir, self.cache_dir = cfg, stats_dir, cache_dir
         self.tax = load_taxonomy()
         self.mllm = MLLM(cfg.mllm)
+        self.cache: dict[str, str] = {}
+        if cache_dir:
+            os.makedirs(cache_dir, exist_ok=True)
+            for p in sorted(glob.glob(os.path.join(cache_dir, "part-*.parquet"))):
+                t = pq.read_table(p)
+                self.cache.update(zip(t["key"].to_pylist(), t["caption_en"].to_pylist()))
+        self.cache_hits = 0
+
+    def _key(self, r: dict) -> str:
+        prompt = caption_prompt(r.get("category"), r.get("lang"), self.tax)
+        digest = r.get("sha256") or hashlib.sha256(r.get("image") or b"").hexdigest()
+        return hashlib.sha256(f"{digest}\x1f{prompt}".encode()).hexdigest()
+
+    def _save(self, new: dict[str, str]) -> None:
+        from mella.io import write_parquet_atomic
+
+        if self.cache_dir and new:
+            table = pa.table({"key": list(new), "caption_en": list(new.values())})
+            write_parquet_atomic(table, os.path.join(self.cache_dir, f"part-{uuid.uuid4().hex}.parquet"))
+            self.cache.update(new)
 
     def _generate(self, rows: list[dict]) -> list[str | None]:
         items = [(r["image"], caption_prompt(r.get("category"), r.get("lang"), self.tax)) for r in rows]
@@ -88,10 +122,20 @@ class CaptionStage(Stage):
             return [self._generate([r])[0] for r in rows]  # find the bad image, keep the rest
 
     def process(self, rows: list[dict]) -> None:
-        for i in range(0, len(rows), self.cfg.batch_size):
-            chunk = rows[i:i + self.cfg.batch_size]
+        todo = []
+        for r in rows:
+            cached = self.cache.get(self._key(r)) if self.cache_dir else None
+            if cached:
+                r["caption_en"] = cached
+                self.cache_hits += 1
+            else:
+                todo.append(r)
+        for i in range(0, len(todo), self.cfg.batch_size):
+            chunk = todo[i:i + self.cfg.batch_size]
             captions, secs = timed(self._generate, chunk)
             log_batch(self.stats_dir, self.name, len(chunk), secs, backend=self.mllm.name)
+            if self.cache_dir:
+                self._save({self._key(r): c.strip() for r, c in zip(chunk, captions) if c and c.strip()})
             for r, c in zip(chunk, captions):
                 if c is None:
                     reject(r, self.name, "undecodable")

@@ -63,8 +63,11 @@ def add_categorise(ds: ray.data.Dataset, cfg: DLingConfig) -> ray.data.Dataset:
                           batch_size=c.batch_size, batch_format="pyarrow", num_gpus=c.num_gpus, num_cpus=c.num_cpus)
 
 
-def add_dling_stages(ds: ray.data.Dataset, cfg: DLingConfig, categorise: bool = True) -> ray.data.Dataset:
+def add_dling_stages(ds: ray.data.Dataset, cfg: DLingConfig, categorise: bool = True,
+                     caption_cache: str | None = None) -> ray.data.Dataset:
     """Append (categorise →) caption → translate → qe to ``ds`` (routed D_ling candidates, REJECT_SCHEMA).
+
+    ``caption_cache``: directory of the caption cache (:class:`mella.stages.caption.CaptionStage`).
 
     The result holds one row per (image, target language) plus the rejects of these stages.
     Raises ``ValueError`` when ``cfg.caption`` is missing.
@@ -74,7 +77,7 @@ def add_dling_stages(ds: ray.data.Dataset, cfg: DLingConfig, categorise: bool = 
     if categorise:
         ds = add_categorise(ds, cfg)
     cap, tr, qe = cfg.caption, cfg.translate, cfg.qe
-    ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"cfg": cap, "stats_dir": cfg.stats_dir},
+    ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"cfg": cap, "stats_dir": cfg.stats_dir, "cache_dir": caption_cache},
                         compute=_pool(cap.num_actors), batch_size=cap.batch_size, batch_format="pyarrow",
                         num_gpus=cap.num_gpus, num_cpus=cap.num_cpus)
     ds = ds.map_batches(TranslateStage, fn_constructor_kwargs={"cfg": tr, "stats_dir": cfg.stats_dir},
