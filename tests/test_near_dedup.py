@@ -135,3 +135,28 @@ def test_nsfw_rejected_with_score_screenshots_pass(built):
     line = next(s for s in funnel["stages"] if s["stage"] == "moderation")
     assert line["reasons"] == {"nsfw": 1}
     assert [s["stage"] for s in funnel["stages"]][-3:] == ["exact_dedup", "phash_dedup", "semantic_dedup"]
+
+
+def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path):
+    """image_text key: same picture with two alt-texts → both pairs kept, a repeated pair dropped; D_ling
+    candidates: one per picture and language, none for a picture that already is a D_know pair."""
+    import pyarrow.parquet as pq
+
+    from mella.schema import REJECT_SCHEMA, to_table
+    from mella.stages.exact_dedup import ExactDedupStage, find_exact_duplicates
+
+    def row(i, pix, alt=None, routed=False):
+        return {"id": f"id{i}", "lang": "hu", "page_url": f"http://s/p{i}", "image_url": f"http://s/i{i}.png",
+                "alt_text": alt, "pixel_sha256": pix, "d_ling_reason": "alt_text:alt_empty" if routed else None}
+
+    rows = [row(1, "A", "Egy kép"), row(2, "A", "Másik leírás"), row(3, "A", "Egy kép"),  # pairs of picture A
+            row(4, "A", routed=True),                                                       # A is in D_know already
+            row(5, "B", routed=True), row(6, "B", "kép.png", routed=True)]                  # B: D_ling only, twice
+    path = tmp_path / "part.parquet"
+    pq.write_table(to_table(rows, REJECT_SCHEMA), path)
+    stage = ExactDedupStage(find_exact_duplicates([str(path)], "image_text"), "image_text",
+                            find_exact_duplicates([str(path)], "image"))
+    out = {r["id"]: r for r in stage(to_table(rows, REJECT_SCHEMA)).to_pylist()}
+    assert [i for i, r in sorted(out.items()) if r["reason"] is None] == ["id1", "id2", "id5"]
+    assert "already in D_know" in out["id4"]["detail"] and out["id3"]["reason"] == "duplicate"
+    assert out["id6"]["reason"] == "duplicate"

@@ -297,6 +297,8 @@ class BuildCorpus:
         parts = self.unit_parts()
         survivors = find_exact_duplicates(parts, f.exact_dedup_key)
         log.info("exact dedup: %d duplicated groups", len(survivors))
+        image_groups = (find_exact_duplicates(parts, "image")
+                        if self.cfg.d_ling.enabled and f.exact_dedup_key == "image_text" else None)
         near = find_near_duplicates(parts, survivors, f.exact_dedup_key, f.phash)
         log.info("pHash dedup: %d near-duplicate images", len(near))
         semantic = find_semantic_near_duplicates(parts, survivors, f.exact_dedup_key, f.semantic, skip=near)
@@ -307,7 +309,8 @@ class BuildCorpus:
             os.makedirs(d)
         if parts:
             ds = ray.data.read_parquet(parts, schema=REJECT_SCHEMA)
-            ds = ds.map_batches(ExactDedupStage(survivors, f.exact_dedup_key), batch_format="pyarrow", batch_size=self.cfg.ray.batch_size)
+            ds = ds.map_batches(ExactDedupStage(survivors, f.exact_dedup_key, image_groups), batch_format="pyarrow",
+                                batch_size=self.cfg.ray.batch_size)
             ds = ds.map_batches(PhashDedupStage(near), batch_format="pyarrow", batch_size=None)
             ds = ds.map_batches(NearDupStage("semantic_dedup", "semantic_duplicate", semantic), batch_format="pyarrow", batch_size=None)
             ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,

@@ -99,16 +99,28 @@ def find_exact_duplicates(parquet_files: list[str], mode: str = "image_text", dr
 
 
 class ExactDedupStage(Stage):
-    """Reject every row of a duplicated group except its survivor (reason ``duplicate``)."""
+    """Reject every row of a duplicated group except its survivor (reason ``duplicate``).
+
+    ``image_groups`` (``find_exact_duplicates(files, "image")``, for ``image_text`` mode with D_ling):
+    a D_ling candidate whose picture is also a D_know pair in its language is dropped too (reason
+    ``duplicate``, detail ``already in D_know``) — no GPU time for captioning an image we have a
+    native alt-text for. (In ``image`` mode the group key does this already.)
+    """
 
     name = "exact_dedup"
 
-    def __init__(self, survivors: dict[str, str], mode: str = "image_text") -> None:
+    def __init__(self, survivors: dict[str, str], mode: str = "image_text", image_groups: dict[str, str] | None = None) -> None:
         self.survivors = survivors
         self.mode = mode
+        self.image_groups = image_groups or {}
 
     def process(self, rows: list[dict]) -> None:
         for r in rows:
             if not is_survivor(r, self.survivors, self.mode):
                 _flag, page, img, _id = self.survivors[group_key(r, self.mode)].split(SEP)
                 reject(r, self.name, "duplicate", f"same as {img} on {page}")
+            elif r.get("d_ling_reason") and self.image_groups:
+                best = self.image_groups.get(group_key(r, "image"), "")
+                if best.startswith("0" + SEP):  # the picture's best row is a D_know pair
+                    _flag, page, img, _id = best.split(SEP)
+                    reject(r, self.name, "duplicate", f"already in D_know: {img} on {page}")
