@@ -37,6 +37,7 @@ from mella import funnel as funnel_mod
 from mella.config import BuildConfig
 from mella.crawl import crawl_shard, read_seeds, shard_seeds
 from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet_atomic
+from mella.resources import StageResources
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.alt_text import AltTextStage
 from mella.stages.base import Chain, reject
@@ -115,11 +116,25 @@ def extract_warc_files(batch: pa.Table, cfg_json: str, stats_dir: str):
         write_json_atomic({"path": path, **stats}, os.path.join(stats_dir, f"pages-{name}.json"))
 
 
+def batch_name(batch: pa.Table) -> str:
+    """File name stem for a batch's output, from its row ids and reject reasons.
+
+    A task that wrote its file and was lost with its node before reporting is run again (Ray
+    retries it); naming by content makes the retry overwrite that file instead of adding a copy.
+    Two batches with equal names hold the same records with the same outcomes, so keeping one file
+    loses nothing. Returns 32 hex digits (SHA-1 prefix).
+    """
+    h = hashlib.sha1()
+    for col in ("id", "reason"):
+        h.update("\x1f".join(map(str, batch[col].to_pylist())).encode() + b"\x1e")
+    return h.hexdigest()[:32]
+
+
 def write_parts(batch: pa.Table, out_dir: str) -> pa.Table:
-    """Write one batch (REJECT_SCHEMA) as ``out_dir/part-<uuid>.parquet``; return its row count."""
+    """Write one batch (REJECT_SCHEMA) as ``out_dir/part-<batch_name>.parquet``; return its row count."""
     batch = conform(batch, REJECT_SCHEMA)
     if batch.num_rows:
-        write_parquet_atomic(batch, os.path.join(out_dir, f"part-{uuid.uuid4().hex}.parquet"))
+        write_parquet_atomic(batch, os.path.join(out_dir, f"part-{batch_name(batch)}.parquet"))
     return pa.table({"rows": [batch.num_rows]})
 
 
@@ -138,7 +153,7 @@ def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str, candidates
     if rej.num_rows:
         for col, typ in (("image", pa.binary()), ("embedding", pa.list_(pa.float32()))):
             rej = rej.set_column(rej.schema.get_field_index(col), col, pa.nulls(rej.num_rows, typ))
-    name = uuid.uuid4().hex
+    name = batch_name(batch)
     for table, directory in ((kept, know_dir), (rej, rejects_dir), (cand, candidates_dir)):
         if table.num_rows:
             write_parquet_atomic(table, os.path.join(directory, f"part-{name}.parquet"))
@@ -256,12 +271,13 @@ class BuildCorpus:
         parts_dir = os.path.join(staging, "parts")
         os.makedirs(parts_dir, exist_ok=True)
         ds = ray.data.from_items([{"path": p, "source": source} for p in files], override_num_blocks=len(files))
+        light = StageResources(num_cpus=0.5).map_batches_args()  # pure-Python CPU stages, as Ray tasks
         ds = ds.map_batches(
-            extract_warc_files, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+            extract_warc_files, batch_size=1, batch_format="pyarrow", **light,
             fn_kwargs={"cfg_json": cfg.model_dump_json(), "stats_dir": staging},
         )
-        ds = ds.map_batches(AltTextStage(route), batch_format="pyarrow", batch_size=None, num_cpus=0.5)
-        ds = ds.map_batches(LangIDStage(cfg.langid, route), batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+        ds = ds.map_batches(AltTextStage(route), batch_format="pyarrow", batch_size=None, **light)
+        ds = ds.map_batches(LangIDStage(cfg.langid, route), batch_format="pyarrow", batch_size=None, **light)
         ds = ds.map_batches(
             ImageFetchStage,
             fn_constructor_kwargs={
@@ -271,20 +287,19 @@ class BuildCorpus:
                 "offline": cfg.offline,
                 "concurrency": cfg.ray.fetch_concurrency,
             },
-            compute=ray.data.ActorPoolStrategy(size=cfg.ray.fetch_actors),
             batch_size=cfg.ray.batch_size,
             batch_format="pyarrow",
-            num_cpus=0.25,
+            **StageResources(num_cpus=0.25, pool_size=cfg.ray.fetch_actors).map_batches_args(),
         )
-        ds = ds.map_batches(DecodeStage(cfg.filters), batch_format="pyarrow", batch_size=cfg.ray.batch_size, num_cpus=0.5)
-        ds = ds.map_batches(ResolutionStage(cfg.filters), batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+        ds = ds.map_batches(DecodeStage(cfg.filters), batch_format="pyarrow", batch_size=cfg.ray.batch_size, **light)
+        ds = ds.map_batches(ResolutionStage(cfg.filters), batch_format="pyarrow", batch_size=None, **light)
         stages, res = self._model_stages()
         if stages:
-            ds = ds.map_batches(Chain, fn_constructor_kwargs={"stages": stages},
-                                compute=ray.data.ActorPoolStrategy(size=res["size"]), batch_size=cfg.ray.batch_size,
-                                batch_format="pyarrow", num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])
-        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, num_cpus=0.1,
-                            fn_kwargs={"out_dir": parts_dir})
+            ds = ds.map_batches(Chain, fn_constructor_kwargs={"stages": stages}, batch_size=cfg.ray.batch_size,
+                                batch_format="pyarrow", **StageResources(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"],
+                                                                         pool_size=res["size"]).map_batches_args())
+        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir},
+                            **StageResources(num_cpus=0.1).map_batches_args())
         rows = sum(r["rows"] for r in ds.take_all())
         log.info("unit written: %d rows", rows)
 

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mella.resources import StageResources
 from mella.schema import REJECT_SCHEMA, conform
 from mella.stages.caption import CaptionConfig, CaptionStage
 from mella.stages.categorise import CategoriseConfig, EfficientNetCategoriser, MLLMCategoriser
@@ -51,16 +52,17 @@ def route_to_dling(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.fill_null(mask, False))
 
 
-def _pool(size: int) -> ray.data.ActorPoolStrategy:
-    return ray.data.ActorPoolStrategy(size=size)
+def _pool(c) -> dict:
+    """map_batches arguments of a model stage's config block: a fixed-size pool (``num_actors``)."""
+    return StageResources(num_cpus=c.num_cpus, num_gpus=c.num_gpus, pool_size=c.num_actors).map_batches_args()
 
 
 def add_categorise(ds: ray.data.Dataset, cfg: DLingConfig) -> ray.data.Dataset:
     """``ds`` (REJECT_SCHEMA batches) with ``category``/``category_major`` set on active rows."""
     c = cfg.categorise
     cls = MLLMCategoriser if c.backend == "mllm" else EfficientNetCategoriser
-    return ds.map_batches(cls, fn_constructor_kwargs={"cfg": c, "stats_dir": cfg.stats_dir}, compute=_pool(c.num_actors),
-                          batch_size=c.batch_size, batch_format="pyarrow", num_gpus=c.num_gpus, num_cpus=c.num_cpus)
+    return ds.map_batches(cls, fn_constructor_kwargs={"cfg": c, "stats_dir": cfg.stats_dir}, batch_size=c.batch_size,
+                          batch_format="pyarrow", **_pool(c))
 
 
 def add_dling_stages(ds: ray.data.Dataset, cfg: DLingConfig, categorise: bool = True,
@@ -78,13 +80,10 @@ def add_dling_stages(ds: ray.data.Dataset, cfg: DLingConfig, categorise: bool = 
         ds = add_categorise(ds, cfg)
     cap, tr, qe = cfg.caption, cfg.translate, cfg.qe
     ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"cfg": cap, "stats_dir": cfg.stats_dir, "cache_dir": caption_cache},
-                        compute=_pool(cap.num_actors), batch_size=cap.batch_size, batch_format="pyarrow",
-                        num_gpus=cap.num_gpus, num_cpus=cap.num_cpus)
+                        batch_size=cap.batch_size, batch_format="pyarrow", **_pool(cap))
     ds = ds.map_batches(TranslateStage, fn_constructor_kwargs={"cfg": tr, "stats_dir": cfg.stats_dir},
-                        compute=_pool(tr.num_actors), batch_size=tr.batch_size, batch_format="pyarrow",
-                        num_gpus=tr.num_gpus, num_cpus=tr.num_cpus)
+                        batch_size=tr.batch_size, batch_format="pyarrow", **_pool(tr))
     if qe.model_path:
         ds = ds.map_batches(QEStage, fn_constructor_kwargs={"cfg": qe, "stats_dir": cfg.stats_dir},
-                            compute=_pool(qe.num_actors), batch_size=qe.batch_size, batch_format="pyarrow",
-                            num_gpus=qe.num_gpus, num_cpus=qe.num_cpus)
+                            batch_size=qe.batch_size, batch_format="pyarrow", **_pool(qe))
     return ds
