@@ -130,12 +130,15 @@ def test_served_adapters_are_the_trained_ones(evaluated, setup):
         meta = read_metadata(setup["root"] / "adapters" / name)
         assert (meta["lang"], meta["mix"], meta["backbone"], meta["steps"]) == (lang, "dual", "qwen2-vl", TRAIN_STEPS)
         assert meta["rows"] == {"d_know": 3, "d_ling": 3} and meta["held_out"] == {"d_know": 3, "d_ling": 3}
+        assert meta["samples"] == {"d_know/ok": 3, "d_ling/ok": 3}
         split = split_by_image(tables, lang, 3, 0.5)
         train_rows = [(src, i, h) for src, sp in split.items()
                       for i, h in zip(sp.train["id"].to_pylist(), sp.train["sha256"].to_pylist())]
         assert meta["data_snapshot"] == snapshot_hash(train_rows)  # no test image was trained on
         log = (setup["root"] / "train" / lang / "train_log.jsonl").read_text().splitlines()
         losses = [json.loads(line)["loss"] for line in log]
+        # from ln(vocab) ~ 11.93 the loss can fall only a little: the tiny model's tied random embeddings
+        # (std 0.02, hidden 64) bound its logits; seeded runs fell by 0.23-0.28 here
         assert len(losses) == TRAIN_STEPS and np.mean(losses[-3:]) < losses[0] - 0.15, losses
         base = {o["id"]: o["text"] for o in outs if o["lang"] == lang and o["model"] == "tiny-qwen2-vl"}
         tuned = {o["id"]: o["text"] for o in outs if o["lang"] == lang and o["model"] == name}

@@ -20,7 +20,13 @@ Logged per optimizer step (``OUTPUT/train_log.jsonl``, rank 0 stdout): loss (mea
 non-pad tokens, all ranks), estimated MFU = tokens/s × FLOPs/token / (world × peak FLOP/s) with
 FLOPs/token ≈ 4·N + 2·N_trainable (forward 2N, activation gradients 2N, weight gradients only for the
 trainable LoRA weights; the 6N rule of Kaplan et al. 2020 / PaLM appendix B adapted to frozen
-weights; attention FLOPs ignored), peak RSS and peak GPU memory of rank 0.
+weights; attention FLOPs ignored), peak RSS and peak GPU memory of rank 0; and, to see where a step's
+time goes, rank 0's wait on the Ray Data iterator (``data_wait_s``), its process CPU seconds
+(``cpu_time_s``, all threads), its torch intra-op thread count and the step's end (``end_unix_s``).
+Threads: a worker gets ``floor(cpus_per_worker)`` (at least 1) torch threads through Ray's OMP_NUM_THREADS
+default. Priority: Ray starts workers at niceness 15 (``RAY_worker_niceness``); where the machine is shared
+with processes outside Ray at niceness 0 in the same scheduling group, training gets a small CPU share:
+start Ray with ``RAY_worker_niceness=0`` there (tests/benchmarks/bench_train.py does).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mella.split import SOURCES, split_by_image
 from mella.train import artifacts
@@ -224,12 +231,18 @@ def train_loop(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     max_epochs = math.ceil(cfg.epochs) if cfg.max_steps is None else 10**9
     acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss × answer tokens, answer tokens, all tokens
-    micro, last_saved, t0 = 0, step, time.perf_counter()
+    micro, last_saved, t0, c0, data_wait = 0, step, time.perf_counter(), time.process_time(), 0.0
     while step < total_steps and epoch < max_epochs:
         batches = 0
-        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                        local_shuffle_seed=cfg.seed + epoch):
+        it = iter(shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                     local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+                                     local_shuffle_seed=cfg.seed + epoch))
+        while True:
+            tw = time.perf_counter()
+            batch = next(it, None)
+            data_wait += time.perf_counter() - tw
+            if batch is None:
+                break
             batches += 1
             if skip:
                 skip -= 1
@@ -251,6 +264,8 @@ def train_loop(config: dict) -> None:
             tok_s = acc[2].item() / dt
             rec = {"step": step, "epoch": epoch, "loss": acc[0].item() / max(acc[1].item(), 1.0),
                    "tokens": int(acc[2].item()), "step_time_s": dt, "tokens_per_s": tok_s,
+                   "data_wait_s": data_wait, "cpu_time_s": time.process_time() - c0, "end_unix_s": time.time(),
+                   "torch_threads": torch.get_num_threads(),
                    "lr": scheduler.get_last_lr()[0],
                    "mfu": tok_s * flops_per_token / (world * peak) if peak else None,
                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -265,7 +280,7 @@ def train_loop(config: dict) -> None:
                 state = {"step": step, "epoch": epoch}
                 _save(engine, cfg, rank, state, history, {**rec, "n_params": n_total, "n_trainable": n_train})
                 last_saved = step
-            t0 = time.perf_counter()
+            t0, c0, data_wait = time.perf_counter(), time.process_time(), 0.0
             if step >= total_steps:
                 break
         if batches == 0:
@@ -297,7 +312,10 @@ def run_stage(cfg: TrainConfig, sources: tuple[str, ...], model: Path, output: P
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     counter_name = f"mella-samples-{name}-{os.getpid()}-{time.monotonic_ns()}"
-    counter = SampleCounter.options(name=counter_name).remote()
+    # on the driver's node, as Ray Train pins its controller: sample-building tasks re-run after a
+    # worker node is lost (lineage reconstruction of the dataset) must still find the counter
+    counter = SampleCounter.options(name=counter_name, scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)).remote()
     ds, info = prepare_data(cfg, sources, counter_name)
     total_steps = _steps(cfg, sum(info["rows"].values()))
     stage_cfg = cfg.model_copy(update={"model": Path(model)})
