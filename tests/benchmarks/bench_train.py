@@ -26,6 +26,7 @@ import math
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,14 @@ def main() -> None:
     if 2 * a.threads > (os.cpu_count() or 1):
         sys.exit(f"--threads {a.threads}: both sides run at once and need {2 * a.threads} cores, have {os.cpu_count()}")
     root = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        run(a, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(a: argparse.Namespace, root: Path) -> None:
+    """One benchmark run in the scratch directory ``root``; prints the figures as JSON."""
     corpus = write_corpus(root / "corpus", "hu", n_know=a.samples)
     model = tiny_qwen2vl(root / "qwen", hidden=a.hidden, layers=a.layers)
     cfg = TrainConfig.load(None, ["batch_size=2", "grad_accum=2", f"max_steps={a.steps}", "materialize=true",
