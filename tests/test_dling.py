@@ -327,6 +327,8 @@ def test_build_corpus_with_d_ling_on_miniweb(models, ray_session, tmp_path):
     from helpers import build, path_of, read_dir
     from webserver import serve_directory
 
+    # patient timeouts: a page that timed out under load would be crawled by the rerun and change its D_ling
+    patient = {"max_depth": 0, "read_timeout_s": 30.0, "total_timeout_s": 90.0}
     hu_page = "hu/libreoffice-help/hu/text/smath/06/screenshots.html"
     pages = sorted({page for _, page, _ in DLING_IMAGES}) + [hu_page]
     (tmp_path / "seeds.txt").write_text("".join(f"/{p}\n" for p in pages))
@@ -342,7 +344,7 @@ def test_build_corpus_with_d_ling_on_miniweb(models, ray_session, tmp_path):
     with serve_directory(MINIWEB) as url:
         # CNN dedup and moderation are tested in test_near_dedup; off here to keep this test's actor pools small
         funnel = build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu", "th", "vi"],
-                       crawl={"max_depth": 0}, d_ling=d_ling,
+                       crawl=patient, d_ling=d_ling,
                        filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}})
     ling = read_dir(tmp_path / "out" / "d_ling")
     know = read_dir(tmp_path / "out" / "d_know")
@@ -370,7 +372,7 @@ def test_build_corpus_with_d_ling_on_miniweb(models, ray_session, tmp_path):
     stats = tmp_path / "rerun-stats"
     with serve_directory(MINIWEB) as url:
         build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu", "th", "vi"],
-              crawl={"max_depth": 0}, d_ling={**d_ling, "stats_dir": str(stats)},
+              crawl=patient, d_ling={**d_ling, "stats_dir": str(stats)},
               filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}})
     again = read_dir(tmp_path / "out" / "d_ling")
     assert sorted((r["id"], r["caption_en"]) for r in again) == sorted((r["id"], r["caption_en"]) for r in ling)
