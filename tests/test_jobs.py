@@ -57,7 +57,7 @@ def test_kill_midway_then_rerun_equals_uninterrupted(tmp_path, ray_session):
     with serve_directory(DEMO_WEB) as url:
         # reference: an uninterrupted run (in-process)
         build(tmp_path / "ref", seeds=DEMO_WEB / "seeds.txt", base_url=url, ray={"files_per_group": 1},
-              crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0})
+              crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0}, models=True)  # the job's defaults: all filters
         reference = pair_keys(tmp_path / "ref")
         out = tmp_path / "out"
         proc = subprocess.Popen(_job_cmd(url, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
