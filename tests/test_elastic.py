@@ -60,7 +60,7 @@ from aiohttp import web
 from ray.cluster_utils import Cluster
 
 from conftest import DEMO_WEB, ROOT
-from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl, write_corpus
+from conftest_train import MAX_PIXELS, MIN_PIXELS, checkpoint_committed, tiny_qwen2vl, write_corpus
 from helpers import FAST_CRAWL, path_of, read_dir
 from webserver import ALLOW_ALL, _running
 
@@ -368,17 +368,6 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     # 14 images: 12 train (n_test=2), 6 per worker, so the 6 steps of a run are one pass over the data
     return {"corpus": write_corpus(root / "corpus", "hu", n_know=14), "qwen": tiny_qwen2vl(root / "qwen")}
-
-
-def checkpoint_committed(storage: Path) -> bool:
-    """Ray Train has registered a checkpoint reported by all ranks (its checkpoint-manager snapshot)."""
-    for snap in storage.glob("*/checkpoint_manager_snapshot.json"):
-        try:
-            if json.loads(snap.read_text()).get("latest_checkpoint_result"):
-                return True
-        except (OSError, json.JSONDecodeError):  # being written
-            pass
-    return False
 
 
 def freeze_train_workers() -> list[psutil.Process]:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_internvl, tiny_qwen2vl, write_corpus
+from conftest_train import MAX_PIXELS, MIN_PIXELS, checkpoint_committed, tiny_internvl, tiny_qwen2vl, write_corpus
 from mella.train.backbones import END_OF_TURN, load_backbone, load_model
 from mella.train.config import LORA_TARGETS, TrainConfig
 from mella.train.samples import MIN_ANSWER_TOKENS, build_sample
@@ -213,17 +213,8 @@ def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list, stop: thr
     committed a checkpoint (all ranks reported it: it appears in the checkpoint manager's snapshot)."""
     import psutil
 
-    def committed() -> bool:
-        for snap in storage.glob("*/checkpoint_manager_snapshot.json"):
-            try:
-                if json.loads(snap.read_text()).get("latest_checkpoint_result"):
-                    return True
-            except (OSError, json.JSONDecodeError):  # being written
-                pass
-        return False
-
     while not stop.is_set():
-        if committed():
+        if checkpoint_committed(storage):
             for proc in psutil.Process().children(recursive=True):
                 try:
                     if "RayTrainWorker" in " ".join(proc.cmdline()):

@@ -27,7 +27,6 @@ import asyncio
 import ipaddress
 import random
 import socket
-import time
 import urllib.robotparser
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 
 from mella.config import CrawlConfig
+from mella.ratelimit import RateLimiter
 from mella.warc import RotatingWarcWriter, WarcIndex, WarcResponse
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -148,8 +148,7 @@ class Fetcher:
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
         self._host_sems: dict[str, asyncio.Semaphore] = {}
-        self._host_next: dict[str, float] = {}
-        self._host_locks: dict[str, asyncio.Lock] = {}
+        self._host_limiters: dict[str, RateLimiter] = {}  # politeness: one request start per delay per host
         self._robots: dict[str, object] = {}
         self._robots_locks: dict[str, asyncio.Lock] = {}
         self._resolver: GuardedResolver | None = None
@@ -296,15 +295,8 @@ class Fetcher:
 
     async def _politeness(self, host: str) -> None:
         delay = self.cfg.politeness_delay_s
-        if delay <= 0:
-            return
-        lock = self._host_locks.setdefault(host, asyncio.Lock())
-        async with lock:
-            now = time.monotonic()
-            wait = self._host_next.get(host, 0.0) - now
-            self._host_next[host] = max(now, self._host_next.get(host, 0.0)) + delay
-        if wait > 0:
-            await asyncio.sleep(wait)
+        if delay > 0:
+            await self._host_limiters.setdefault(host, RateLimiter(1.0 / delay)).wait()
 
     async def _request_with_retries(self, url: str, max_bytes: int) -> Response:
         host = urlsplit(url).hostname or ""

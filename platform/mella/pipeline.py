@@ -238,10 +238,10 @@ class BuildCorpus:
             # images fetched for this unit can serve the next ones
             image_warcs = sorted(set(image_warcs) | set(shard_paths(self.warc_dir, "images")))
 
-    def _model_stages(self) -> tuple[list[tuple[type, dict]], dict]:
+    def _model_stages(self) -> tuple[list[tuple[type, dict]], StageResources | None]:
         """Phase-1 model stages (moderation, CNN embedding, categorisation) for one :class:`Chain` pool.
 
-        Returns ``(stages, resources)``; resources are the largest declared by the enabled stages.
+        Returns ``(stages, resources)``; resources are the largest declared by the enabled stages (None: no stage).
         """
         f, d = self.cfg.filters, self.cfg.d_ling
         stages: list[tuple[type, dict]] = []
@@ -261,9 +261,10 @@ class BuildCorpus:
             stages.append((MLLMCategoriser if c.backend == "mllm" else EfficientNetCategoriser,
                            {"cfg": c, "stats_dir": d.stats_dir}))
             decl.append((c.num_cpus, c.num_gpus, c.num_actors))
-        cpus, gpus, size = (max(x) for x in zip(*decl)) if decl else (1.0, 0.0, 1)
-        res = {"num_cpus": cpus, "num_gpus": gpus, "size": size}
-        return stages, res
+        if not decl:
+            return stages, None
+        cpus, gpus, size = (max(x) for x in zip(*decl))
+        return stages, StageResources(num_cpus=cpus, num_gpus=gpus, pool_size=size)
 
     def _run_unit(self, files: list[str], source: str, image_warcs: list[str], staging: str) -> None:
         cfg = self.cfg
@@ -296,8 +297,7 @@ class BuildCorpus:
         stages, res = self._model_stages()
         if stages:
             ds = ds.map_batches(Chain, fn_constructor_kwargs={"stages": stages}, batch_size=cfg.ray.batch_size,
-                                batch_format="pyarrow", **StageResources(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"],
-                                                                         pool_size=res["size"]).map_batches_args())
+                                batch_format="pyarrow", **res.map_batches_args())
         ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir},
                             **StageResources(num_cpus=0.1).map_batches_args())
         rows = sum(r["rows"] for r in ds.take_all())

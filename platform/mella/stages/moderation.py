@@ -54,13 +54,13 @@ import json
 import logging
 import os
 import random
-import time
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from mella.ratelimit import RateLimiter
 from mella.stages.base import Stage, reject
 
 log = logging.getLogger(__name__)
@@ -204,23 +204,6 @@ class OpenAIModerationFormat(ModerationFormat):
 
 
 FORMATS: dict[str, type[ModerationFormat]] = {"openai": OpenAIModerationFormat}
-
-
-class RateLimiter:
-    """At most ``rps`` request starts per second (evenly spaced), shared by the coroutines of one loop."""
-
-    def __init__(self, rps: float) -> None:
-        self.interval = 1.0 / rps
-        self.next = 0.0
-        self.lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        async with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next)
-            self.next = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
 
 
 def image_data_url(data: bytes, cfg: ModerationAPIConfig) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from typing import Literal
 
 import aiohttp
@@ -40,6 +39,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from mella.languages import load_languages
+from mella.ratelimit import RateLimiter
 from mella.schema import REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.base import is_active, reject
 from mella.stages.mllm import GenerationConfig, MLLMConfig, log_batch, timed
@@ -136,22 +136,6 @@ class MissingAPIKeyError(RuntimeError):
     """The API key environment variable is unset or empty (a configuration error, raised at start)."""
 
 
-class _RateLimiter:
-    """Minimum interval between request starts, shared by all coroutines of one client."""
-
-    def __init__(self, per_second: float) -> None:
-        self.interval = 1.0 / per_second
-        self.next_at = 0.0
-        self.lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        async with self.lock:
-            now = time.monotonic()
-            if self.next_at > now:
-                await asyncio.sleep(self.next_at - now)
-            self.next_at = max(now, self.next_at) + self.interval
-
-
 class _APIClient:
     provider = ""
     key_env = ""
@@ -197,7 +181,7 @@ class _APIClient:
                 pass
         return min(self.cfg.backoff_base_s * 2**attempt, self.cfg.backoff_max_s)
 
-    async def _post(self, session: aiohttp.ClientSession, limiter: _RateLimiter, texts: list[str], target: str,
+    async def _post(self, session: aiohttp.ClientSession, limiter: RateLimiter, texts: list[str], target: str,
                     source: str) -> list[str]:
         url, params, headers, body = self.request(texts, target, source)
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")  # the size batches() measured
@@ -233,7 +217,7 @@ class _APIClient:
         when languages.yaml has no code for ``lang`` in this provider.
         """
         target, source = lang_code(lang, self.provider), lang_code(source_lang, self.provider)
-        limiter = _RateLimiter(self.cfg.requests_per_second)
+        limiter = RateLimiter(self.cfg.requests_per_second)
         sem = asyncio.Semaphore(self.cfg.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
 
