@@ -74,6 +74,7 @@ class AltTextStage(Stage):
     """
 
     name = "alt_text"
+    reads_image = False
 
     def __init__(self, route_to_d_ling: bool = False) -> None:
         self.route = route_to_d_ling

@@ -10,6 +10,7 @@ Rejected rows lose their image bytes (and CNN embedding) at once, so rejects nev
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mella.schema import REJECT_SCHEMA, conform, to_table
 
@@ -27,25 +28,40 @@ def is_active(row: dict) -> bool:
     return row.get("reason") is None
 
 
+#: Large columns a stage that only reads metadata never needs as Python objects (bytes, 1280 floats).
+HEAVY_COLUMNS = ("image", "embedding")
+
+
 class Stage:
     """Base class for per-row stages used with ``Dataset.map_batches(..., batch_format="pyarrow")``.
 
     Subclasses set ``name`` and implement ``process(rows)``, mutating the active rows (dicts with
     ``REJECT_SCHEMA`` keys) in place. Model-backed subclasses load their model in ``__init__`` so
-    Ray Data can run them in an actor pool.
+    Ray Data can run them in an actor pool. A stage that never reads the image bytes or embedding
+    sets ``reads_image = False``: its rows come without ``HEAVY_COLUMNS`` and those columns pass
+    through column-wise (nulled on the rows it rejects), so no image is copied into Python.
     """
 
     name = "stage"
+    reads_image = True
 
     def process(self, rows: list[dict]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = conform(batch, REJECT_SCHEMA).to_pylist()
+        batch = conform(batch, REJECT_SCHEMA)
+        light = batch if self.reads_image else batch.drop_columns(list(HEAVY_COLUMNS))
+        rows = light.to_pylist()
         active = [r for r in rows if is_active(r)]
         if active:
             self.process(active)
-        return to_table(rows, REJECT_SCHEMA)
+        out = to_table(rows, REJECT_SCHEMA)
+        if not self.reads_image:
+            kept = pc.is_null(out["reason"])
+            for col in HEAVY_COLUMNS:
+                i = out.schema.get_field_index(col)
+                out = out.set_column(i, col, pc.if_else(kept, batch[col], pa.scalar(None, batch.schema.field(col).type)))
+        return out
 
 
 class Chain:

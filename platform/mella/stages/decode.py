@@ -104,6 +104,7 @@ class DecodeStage(Stage):
 
 class ResolutionStage(Stage):
     name = "resolution"
+    reads_image = False
 
     def __init__(self, cfg: FilterConfig | None = None) -> None:
         self.cfg = cfg or FilterConfig()

@@ -108,6 +108,7 @@ class ExactDedupStage(Stage):
     """
 
     name = "exact_dedup"
+    reads_image = False
 
     def __init__(self, survivors: dict[str, str], mode: str = "image_text", image_groups: dict[str, str] | None = None) -> None:
         self.survivors = survivors

@@ -133,6 +133,7 @@ class LangIDStage:
     """
 
     name = "langid"
+    reads_image = False
 
     def __init__(self, cfg: LangIDConfig | None = None, route_to_d_ling: bool = False) -> None:
         self.cfg = cfg or LangIDConfig()

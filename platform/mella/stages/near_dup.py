@@ -117,6 +117,8 @@ def greedy_drops(imgs: Images, i: np.ndarray, j: np.ndarray, dist: np.ndarray) -
 class NearDupStage(Stage):
     """Reject every row that shows a dropped image: ``{(lang, pixel_sha256): detail}`` → reason ``reason``."""
 
+    reads_image = False
+
     def __init__(self, name: str, reason: str, drops: dict[ImageKey, str]) -> None:
         self.name, self.reason, self.drops = name, reason, drops
 

@@ -37,6 +37,7 @@ class QEStage(Stage):
     """Ray Data callable: sets ``qe_score`` and rejects rows under the threshold (see module doc)."""
 
     name = "qe"
+    reads_image = False
 
     def __init__(self, cfg: QEConfig | None = None, stats_dir: str | None = None) -> None:
         self.cfg, self.stats_dir = cfg or QEConfig(), stats_dir

@@ -429,6 +429,7 @@ class SemanticDedupStage(Stage):
     """
 
     name = "semantic_dedup"
+    reads_image = False
 
     def __init__(self, drops: dict[str, tuple[str, float]]) -> None:
         self.drops = drops
