@@ -341,36 +341,37 @@ def test_build_corpus_with_d_ling_on_miniweb(models, ray_session, tmp_path):
         "translate": {"backend": "seq2seq", "target_langs": requested, "batch_size": 8, "num_cpus": 0.25,
                       "seq2seq": _seq2seq(models["marian"]).model_dump()},
     }
+    # one server for both runs: a rerun after a kill sees the same site (a new port would be new URLs, a new crawl)
     with serve_directory(MINIWEB) as url:
         # CNN dedup and moderation are tested in test_near_dedup; off here to keep this test's actor pools small
         funnel = build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu", "th", "vi"],
                        crawl=patient, d_ling=d_ling,
                        filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}})
-    ling = read_dir(tmp_path / "out" / "d_ling")
-    know = read_dir(tmp_path / "out" / "d_know")
-    tax = load_taxonomy()
-    # every th/vi screenshot of the list is in D_ling once per requested language
-    got = {(path_of(r["image_url"]), r["lang"]) for r in ling}
-    assert {(f"/{img}", t) for _, _, img in DLING_IMAGES for t in requested} <= got
-    for r in ling:
-        assert r["d_ling_reason"].split(":")[0] in ("alt_text", "langid")
-        assert r["category"] in set(tax.fine) | {UNKNOWN} and r["category_major"] == tax.major_of(r["category"])
-        assert r["caption_en"] and r["text"] and r["mt_backend"] == "marian:tiny-marian" and r["lang"] in requested
-        assert r["image"] and r["width"] > 256 and r["height"] > 256
-    assert len({r["id"] for r in ling}) == len(ling)
-    # D_know: the hu pairs, categorised; no th/vi rows (their alt-texts are not in the page language)
-    assert know and {r["lang"] for r in know} == {"hu"}
-    assert all(r["category"] in set(tax.fine) | {UNKNOWN} and r["d_ling_reason"] is None for r in know)
-    # funnel: routing counted at alt_text/langid, D_ling stages listed, totals match the files
-    stages = {s["stage"]: s for s in funnel["stages"]}
-    assert stages["langid"].get("routed_to_d_ling", 0) >= len(DLING_IMAGES)
-    assert stages["caption"]["in"] == sum(funnel["d_ling_candidates"].values())
-    assert stages["qe"]["out"] == funnel["d_ling_total"] == len(ling)
-    assert stages["translate"]["in"] == 2 * stages["caption"]["out"]  # one row per requested language
+        ling = read_dir(tmp_path / "out" / "d_ling")
+        know = read_dir(tmp_path / "out" / "d_know")
+        tax = load_taxonomy()
+        # every th/vi screenshot of the list is in D_ling once per requested language
+        got = {(path_of(r["image_url"]), r["lang"]) for r in ling}
+        assert {(f"/{img}", t) for _, _, img in DLING_IMAGES for t in requested} <= got
+        for r in ling:
+            assert r["d_ling_reason"].split(":")[0] in ("alt_text", "langid")
+            assert r["category"] in set(tax.fine) | {UNKNOWN} and r["category_major"] == tax.major_of(r["category"])
+            assert r["caption_en"] and r["text"] and r["mt_backend"] == "marian:tiny-marian" and r["lang"] in requested
+            assert r["image"] and r["width"] > 256 and r["height"] > 256
+        assert len({r["id"] for r in ling}) == len(ling)
+        # D_know: the hu pairs, categorised; no th/vi rows (their alt-texts are not in the page language)
+        assert know and {r["lang"] for r in know} == {"hu"}
+        assert all(r["category"] in set(tax.fine) | {UNKNOWN} and r["d_ling_reason"] is None for r in know)
+        # funnel: routing counted at alt_text/langid, D_ling stages listed, totals match the files
+        stages = {s["stage"]: s for s in funnel["stages"]}
+        assert stages["langid"].get("routed_to_d_ling", 0) >= len(DLING_IMAGES)
+        assert stages["caption"]["in"] == sum(funnel["d_ling_candidates"].values())
+        assert stages["qe"]["out"] == funnel["d_ling_total"] == len(ling)
+        assert stages["translate"]["in"] == 2 * stages["caption"]["out"]  # one row per requested language
 
-    # rerun on the same output (as after a kill in the D_ling phase): captions come from the cache, none is regenerated
-    stats = tmp_path / "rerun-stats"
-    with serve_directory(MINIWEB) as url:
+        # rerun on the same output (as after a kill in the D_ling phase): captions come from the cache, none is
+        # regenerated
+        stats = tmp_path / "rerun-stats"
         build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu", "th", "vi"],
               crawl=patient, d_ling={**d_ling, "stats_dir": str(stats)},
               filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}})
