@@ -1,16 +1,19 @@
-"""build_corpus: the plan that turns web pages into D_know (paper 3.1, appendix B.2) on Ray Data.
+"""build_corpus: the plan that turns web pages into D_know and D_ling (paper 3.1, appendix B.2–B.3) on Ray Data.
 
 Phases (each resumable; output directory layout in the README):
 
 0. **crawl** (live input only): seeds → ``DIR/warc/pages-*.warc.gz`` (:mod:`mella.crawl`, Ray tasks
    sharded by registered domain). ``--warc`` input skips this phase.
 1. **candidates**, per work unit of ≤ ``files_per_group`` WARC files, streamed through Ray Data:
-   WARC records → extract → alt_text → fetch (actor pool) → decode → resolution → parquet parts.
-   A unit is committed by renaming its staging directory; a rerun skips committed units, and images
-   fetched by a killed run are read back from ``DIR/warc/images-*.warc``.
-2. **exact dedup**, global: a Ray Data groupby over the key columns of all units.
-3. **final**: all units → exact_dedup → langid → ``d_know/`` and ``rejects/``, written to a staging
-   directory and swapped in whole, then ``funnel.json``.
+   WARC records → extract → alt_text → langid → :func:`add_image_stages` (fetch in an actor pool →
+   decode → resolution) → one model actor pool (moderation, CNN embedding, categories) → parquet
+   parts. A unit is committed by renaming its staging directory; a rerun skips committed units, and
+   images fetched by a killed run are read back from ``DIR/warc/images-*.warc``.
+2. **global dedup** over all units: exact (pixel sha256 groups), pHash near-duplicates (multi-index
+   hashing), CNN semantic near-duplicates (SemDeDup); one survivor rule (:mod:`mella.stages.near_dup`).
+3. **final**: all units → the dedup decisions → ``d_know/``, ``rejects/`` and the D_ling candidates,
+   written to a staging directory and swapped in whole; with D_ling, caption → translate → qe into
+   ``d_ling/``; then ``funnel.json``.
 
 Rows carry the one schema of :mod:`mella.schema` from extraction to the output; a dropped row keeps
 its place in the stream with ``stage``/``reason`` set until the writer routes it to ``rejects/``.
@@ -57,6 +60,7 @@ from mella.warc import cleanup_open_shards, expand_warc_paths, iter_responses, s
 log = logging.getLogger("mella.build_corpus")
 
 PAGES_PER_BATCH = 16
+LIGHT = StageResources(num_cpus=0.5)  # pure-Python CPU stages, as Ray tasks
 
 
 # ------------------------------------------------------------------------------- phase 1 pieces
@@ -158,6 +162,28 @@ def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str, candidates
         if table.num_rows:
             write_parquet_atomic(table, os.path.join(directory, f"part-{name}.parquet"))
     return pa.table({"kept": [kept.num_rows], "rejected": [rej.num_rows], "d_ling_candidates": [cand.num_rows]})
+
+
+def add_image_stages(ds: ray.data.Dataset, cfg: BuildConfig, warc_dir: str | None,
+                     image_warcs: list[str]) -> ray.data.Dataset:
+    """fetch → decode → resolution on rows with ``image_url`` (phase 1; also what bench_throughput times).
+
+    fetch runs in a fixed pool of ``cfg.ray.fetch_actors`` actors (aiohttp, ``fetch_concurrency``
+    requests in flight each, live responses recorded under ``warc_dir`` unless None, ``image_warcs``
+    served instead of refetching); decode and resolution run as Ray tasks. Batches of
+    ``cfg.ray.batch_size`` rows.
+    """
+    light = LIGHT.map_batches_args()
+    ds = ds.map_batches(
+        ImageFetchStage,
+        fn_constructor_kwargs={"cfg": cfg.crawl, "warc_dir": warc_dir, "index_paths": image_warcs,
+                               "offline": cfg.offline, "concurrency": cfg.ray.fetch_concurrency},
+        batch_size=cfg.ray.batch_size,
+        batch_format="pyarrow",
+        **StageResources(num_cpus=0.25, pool_size=cfg.ray.fetch_actors).map_batches_args(),
+    )
+    ds = ds.map_batches(DecodeStage(cfg.filters), batch_format="pyarrow", batch_size=cfg.ray.batch_size, **light)
+    return ds.map_batches(ResolutionStage(cfg.filters), batch_format="pyarrow", batch_size=None, **light)
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -272,28 +298,14 @@ class BuildCorpus:
         parts_dir = os.path.join(staging, "parts")
         os.makedirs(parts_dir, exist_ok=True)
         ds = ray.data.from_items([{"path": p, "source": source} for p in files], override_num_blocks=len(files))
-        light = StageResources(num_cpus=0.5).map_batches_args()  # pure-Python CPU stages, as Ray tasks
+        light = LIGHT.map_batches_args()
         ds = ds.map_batches(
             extract_warc_files, batch_size=1, batch_format="pyarrow", **light,
             fn_kwargs={"cfg_json": cfg.model_dump_json(), "stats_dir": staging},
         )
         ds = ds.map_batches(AltTextStage(route), batch_format="pyarrow", batch_size=None, **light)
         ds = ds.map_batches(LangIDStage(cfg.langid, route), batch_format="pyarrow", batch_size=None, **light)
-        ds = ds.map_batches(
-            ImageFetchStage,
-            fn_constructor_kwargs={
-                "cfg": cfg.crawl,
-                "warc_dir": None if cfg.offline else self.warc_dir,
-                "index_paths": image_warcs,
-                "offline": cfg.offline,
-                "concurrency": cfg.ray.fetch_concurrency,
-            },
-            batch_size=cfg.ray.batch_size,
-            batch_format="pyarrow",
-            **StageResources(num_cpus=0.25, pool_size=cfg.ray.fetch_actors).map_batches_args(),
-        )
-        ds = ds.map_batches(DecodeStage(cfg.filters), batch_format="pyarrow", batch_size=cfg.ray.batch_size, **light)
-        ds = ds.map_batches(ResolutionStage(cfg.filters), batch_format="pyarrow", batch_size=None, **light)
+        ds = add_image_stages(ds, cfg, None if cfg.offline else self.warc_dir, image_warcs)
         stages, res = self._model_stages()
         if stages:
             ds = ds.map_batches(Chain, fn_constructor_kwargs={"stages": stages}, batch_size=cfg.ray.batch_size,
