@@ -160,3 +160,39 @@ def test_embed_stage_in_ray_actor_pool(ray_session, corpus):
     assert by["r98"]["image"] is None and by["r98"]["embedding"] is None
     assert by["r00"]["reason"] is None and len(by["r00"]["embedding"]) == EMBED_DIM
     assert by["r99"]["reason"] == "http_404"  # upstream rejects untouched
+
+
+def test_corroborated_pairs_need_both_cosine_and_phash(tmp_path):
+    """Cosine ≥ threshold drops on its own; cosine in [corroborated_threshold, threshold) drops only with the
+    pHashes within corroborated_phash_bits; ``corroborated_threshold=None`` turns that off."""
+    import pyarrow.parquet as pq
+
+    from mella.schema import REJECT_SCHEMA, to_table
+    from mella.stages.semantic_dedup import find_semantic_near_duplicates
+
+    basis = np.eye(EMBED_DIM, dtype=np.float32)
+
+    def near(cos: float, axis: int) -> list[float]:
+        return (cos * basis[0] + np.sqrt(1 - cos * cos) * basis[axis]).tolist()
+
+    h0 = 0x0123456789ABCDEF
+    flip = lambda bits: f"{h0 ^ ((1 << bits) - 1):016x}"  # noqa: E731 - pHash `bits` away from h0
+    spec = {  # name: (embedding, pHash, width)
+        "a": (basis[0].tolist(), f"{h0:016x}", 900),  # the largest: survives
+        "b": (near(0.955, 1), flip(8), 800),  # 0.955 and 8 bits: corroborated
+        "c": (near(0.955, 2), flip(30), 800),  # 0.955 but 30 bits: kept
+        "d": (near(0.97, 3), flip(40), 800),  # 0.97: a near-duplicate on cosine alone
+    }
+    rows = [{"id": n, "lang": "hu", "page_url": f"http://x/{n}.html", "image_url": f"http://x/{n}.png",
+             "alt_text": n, "source": "crawl", "pixel_sha256": hashlib.sha256(n.encode()).hexdigest(),
+             "width": w, "height": 600, "image_bytes": 1000, "embedding": e, "phash": h}
+            for n, (e, h, w) in spec.items()]
+    part = str(tmp_path / "part.parquet")
+    pq.write_table(to_table(rows, REJECT_SCHEMA), part)
+    url = {(r["lang"], r["pixel_sha256"]): r["image_url"].rsplit("/", 1)[1][0] for r in rows}
+
+    drops = find_semantic_near_duplicates([part], {}, "image_text", SemanticDedupConfig())
+    assert {url[k]: v.split(" to ")[0] for k, v in drops.items()} == {
+        "b": "cosine 0.9550 >= 0.95 and pHash 8 bits <= 10", "d": "cosine 0.9700 >= 0.96"}
+    off = find_semantic_near_duplicates([part], {}, "image_text", SemanticDedupConfig(corroborated_threshold=None))
+    assert {url[k] for k in off} == {"d"}

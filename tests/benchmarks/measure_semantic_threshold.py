@@ -32,9 +32,11 @@ import numpy as np
 
 from measure_phash_threshold import DEFAULT_ROOT, load_images, pct, variants
 from mella import phash_index
+from mella.stages.phash_dedup import PhashConfig
 from mella.stages.semantic_dedup import SemanticDedupConfig, find_semantic_duplicates, semantic_pairs
 
 EDITS = ("jpeg70", "resize90", "crop2", "bright", "all4")
+DEFAULT_T = SemanticDedupConfig().threshold
 THRESHOLDS = (0.85, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
 
 
@@ -71,6 +73,36 @@ def embed_all(args, images):
     if args.cache:
         np.savez(args.cache, orig=e, rate=rate, diff=diff, **var_emb)
     return e, var_emb, rate, diff
+
+
+def corroborated(e, var, h0, hv, i, j, cos, other, paths) -> None:
+    """Pairwise (brute force) rule table: cosine ≥ 0.96, or pHash ≤ the pHash stage's threshold, or
+    cosine ≥ tc with pHash ≤ tb bits (the corroborated rule of :class:`SemanticDedupConfig`)."""
+    ht = PhashConfig().threshold
+    ham = phash_index.hamming(h0[i], h0[j])
+    hv_bits = {k: phash_index.hamming(h0, hv[k]) for k in EDITS}
+    cv = {k: np.einsum("ij,ij->i", e, var[k]) for k in EDITS}
+
+    def rule(c, h, tc, tb):
+        return (c >= DEFAULT_T) | (h <= ht) | ((c >= tc) & (h <= tb))
+
+    base = rule(cos, ham, 2.0, -1)
+    n_base = len(set(i[base].tolist()) | set(j[base].tolist()))
+    print(f"\ncorroborated rule, pairwise: near-duplicate if cosine >= {DEFAULT_T} or pHash <= {ht} bits or "
+          f"(cosine >= tc and pHash <= tb bits)")
+    print("| tc | tb | " + " | ".join(EDITS) + " | distinct images in a near-duplicate pair | added pairs |")
+    print("|---" * (len(EDITS) + 4) + "|")
+    for tc, tb in [(2.0, -1)] + [(tc, tb) for tc in (0.93, 0.94, 0.95) for tb in (8, 10, 12)]:
+        caught = [rule(cv[k], hv_bits[k], tc, tb).mean() for k in EDITS]
+        pr = rule(cos, ham, tc, tb)
+        n_img = len(set(i[pr].tolist()) | set(j[pr].tolist()))
+        label = "off | –" if tc > 1 else f"{tc:.2f} | {tb}"
+        print(f"| {label} | " + " | ".join(f"{c:.1%}" for c in caught) + f" | {n_img} (off: {n_base}) | "
+              f"{int((pr & ~base).sum())} |")
+    tc, tb = SemanticDedupConfig().corroborated_threshold, SemanticDedupConfig().corroborated_phash_bits
+    added = rule(cos, ham, tc, tb) & ~base
+    print(f"pairs the default (tc {tc}, tb {tb}) adds: " + "; ".join(
+        f"{cos[q]:.4f}/{ham[q]} bits {paths[i[q]]} ~ {paths[j[q]]}" for q in np.nonzero(added)[0]))
 
 
 def main() -> None:
@@ -117,11 +149,11 @@ def main() -> None:
         print(f"  images with an other-name neighbour >= {t}: {int((nn >= t).sum())} ({(nn >= t).mean():.1%})")
 
     # pHash at its default threshold on the same images and variants
-    ht = phash_index.DEFAULT_THRESHOLD
+    ht = PhashConfig().threshold  # the pHash stage's default
     h0 = np.array([phash_index.phash64(images[k][1]) for k in first], np.uint64)
-    ph_caught = {}
+    ph_caught, hv_all = {}, {}
     for name in EDITS:
-        hv = np.array([phash_index.phash64(variants(images[k][1])[name]) for k in first], np.uint64)
+        hv = hv_all[name] = np.array([phash_index.phash64(variants(images[k][1])[name]) for k in first], np.uint64)
         ph_caught[name] = phash_index.hamming(h0, hv) <= ht
     ph_drop, _ = phash_index.near_duplicate_drops(h0, ht, pixels=area, ids=paths)
     print(f"\npHash (t = {ht} bits) alone: catches " + ", ".join(f"{k} {ph_caught[k].mean():.1%}" for k in EDITS) +
@@ -160,6 +192,8 @@ def main() -> None:
     print("| cosine t | pairs (brute force) | n_probe 1 (SemDeDup) | n_probe 2 |\n|---|---|---|---|")
     for t, tot, (r1, r2) in recall_rows:
         print(f"| {t:.2f} | {tot} | {r1 / tot:.1%} | {r2 / tot:.1%} |")
+
+    corroborated(e, var, h0, hv_all, i, j, cos, other, paths)
 
     order = np.argsort(-np.where(other, cos, -1), kind="stable")[: args.show]
     print(f"\n{args.show} most similar distinct other-name pairs (cosine, sizes, paths):")

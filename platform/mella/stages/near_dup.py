@@ -48,7 +48,7 @@ class Images:
 
 
 def distinct_images(parquet_files: list[str], exact_survivors: dict[str, str], exact_mode: str, value_column: str,
-                    skip: Iterable[ImageKey] = ()) -> tuple[dict[str, Images], pa.Table]:
+                    skip: Iterable[ImageKey] = (), extra_columns: Iterable[str] = ()) -> tuple[dict[str, Images], pa.Table]:
     """Distinct images per language that survive exact dedup and have ``value_column`` set.
 
     Args:
@@ -57,15 +57,16 @@ def distinct_images(parquet_files: list[str], exact_survivors: dict[str, str], e
         exact_mode: the exact-dedup key mode (``image_text`` or ``image``).
         value_column: ``phash`` or ``embedding``: rows where it is null take no part.
         skip: image keys already dropped by an earlier near-duplicate stage.
+        extra_columns: more columns to read into the returned table (e.g. ``phash`` for CNN dedup).
 
     Returns:
-        ``({lang: Images}, table)`` where ``table`` holds the rows (``COLUMNS`` + ``value_column``)
+        ``({lang: Images}, table)`` where ``table`` holds the rows (``COLUMNS``, ``value_column``, ``extra_columns``)
         that ``Images.rows`` index. Memory: the read columns of all active rows (for embeddings,
         5 KiB a row).
     """
     if not parquet_files:
         return {}, pa.table({})
-    cols = COLUMNS + [value_column]
+    cols = list(dict.fromkeys(COLUMNS + [value_column, *extra_columns]))
     t = pa.concat_tables([pq.read_table(p, columns=cols) for p in parquet_files])
     t = t.filter(pc.and_(pc.is_null(t["reason"]), pc.is_valid(t[value_column])))
     skip = set(skip)
