@@ -24,7 +24,9 @@ Two parts, run as two passes of the pipeline:
    pass in priority order (largest ``width * height``, then smallest ``id``) keeps an image unless
    a *kept* higher-priority image is within the threshold — the same survivor rule as the pHash
    stage (:func:`mella.phash_index.near_duplicate_drops`), so a chain A~B~C with A≁C keeps A and C.
-   :class:`SemanticDedupStage` then rejects the dropped rows with reason ``semantic_duplicate``.
+   :func:`find_semantic_near_duplicates` is the build_corpus form (keyed by image, the survivor rule of
+   :mod:`mella.stages.near_dup`); a :class:`mella.stages.near_dup.NearDupStage` then rejects the dropped
+   rows with reason ``semantic_duplicate``.
 
 Cost: k-means O(s·k·d·iters) on a seeded sample of s ≤ ``fit_sample`` rows, one O(n·k·d)
 assignment pass, and pairwise O(p²·Σ_c m_c²·d) for cluster sizes m_c and ``n_probe`` = p
@@ -453,25 +455,3 @@ def find_semantic_near_duplicates(parquet_files: list[str], exact_survivors: dic
                 drops[imgs.keys[d]] = (f"cosine {c:.4f} >= {corr} and pHash {pair_bits[(min(d, k), max(d, k))]} bits "
                                        f"<= {cfg.corroborated_phash_bits} to {imgs.urls[k]}")
     return drops
-
-
-class SemanticDedupStage(Stage):
-    """Rejects the rows :func:`find_semantic_duplicates` chose to drop: reason ``semantic_duplicate``.
-
-    Args:
-        drops: ``{drop_id: (kept_id, cosine)}``. The detail names the kept row and the cosine.
-    (The build_corpus pipeline keys drops by image instead: :func:`find_semantic_near_duplicates`
-    with a :class:`mella.stages.near_dup.NearDupStage`.) Rejected rows lose their ``embedding``.
-    """
-
-    name = "semantic_dedup"
-    reads_image = False
-
-    def __init__(self, drops: dict[str, tuple[str, float]]) -> None:
-        self.drops = drops
-
-    def process(self, rows: list[dict]) -> None:
-        for r in rows:
-            hit = self.drops.get(r["id"])
-            if hit is not None:
-                reject(r, self.name, "semantic_duplicate", f"cosine {hit[1]:.4f} to {hit[0]}")
