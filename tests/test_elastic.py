@@ -347,7 +347,7 @@ def test_removed_node_does_not_fail_the_job(single_node_rows, workers, held, tmp
     try:
         wait_for(lambda: held.held > 0, job, "image fetch to start")
         fetching = wait_for(lambda: [n for n in workers.job_work_on(doomed.node_id, running_only=True)
-                                     if "ImageFetchStage" in n], job, "the fetch actors in the state API", 60.0, 0.5)
+                                     if "ImageStages" in n], job, "the fetch actors in the state API", 60.0, 0.5)
         workers.add_worker()
         workers.kill(doomed)
         held.release()

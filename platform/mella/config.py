@@ -85,7 +85,9 @@ class LangIDConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    fetch_actors: int = Field(2, ge=1, description="image-fetch actor pool size")
+    fetch_actors: int = Field(2, ge=1, description="image fetch+decode actor pool size (the minimum when elastic)")
+    fetch_max_actors: int | None = Field(None, ge=1, description="elastic upper bound of that pool; None: fixed size")
+    fetch_num_cpus: float = Field(0.25, gt=0, description="logical CPUs per fetch+decode actor (1 on cluster CPU nodes)")
     fetch_concurrency: int = Field(32, ge=1, description="simultaneous image requests per fetch actor")
     batch_size: int = Field(64, ge=1, description="rows per batch in the image stages")
     files_per_group: int = Field(8, ge=1, description="input WARC shards per committed work unit")
