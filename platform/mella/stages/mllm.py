@@ -22,10 +22,11 @@ import time
 import uuid
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mella.train.backbones import END_OF_TURN, decode_image, load_backbone, load_model
+# torch and the backbones (transformers) are imported where a model is built or run: this module's
+# configs are imported by mella.config, i.e. by every Ray worker of build_corpus, most of which run no model
+# (importing torch cost ~2 s of CPU per worker on the 2-core machine).
 
 
 class _Strict(BaseModel):
@@ -62,6 +63,8 @@ class MLLMConfig(_Strict):
 
 
 def vllm_available() -> bool:
+    import torch
+
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
@@ -91,6 +94,10 @@ class MLLM:
     """
 
     def __init__(self, cfg: MLLMConfig) -> None:
+        import torch
+
+        from mella.train.backbones import END_OF_TURN, load_backbone, load_model
+
         self.cfg = cfg
         self.bb = load_backbone(cfg.family, cfg.model_path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                 max_tiles=cfg.max_tiles)
@@ -116,6 +123,8 @@ class MLLM:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def _encode(self, image: bytes | None, prompt: str) -> tuple[list[int], dict]:
+        from mella.train.backbones import decode_image
+
         if image is None:
             return self._text_ids(prompt), {}
         feats, img_tokens = self.bb.image_features(decode_image(image))
@@ -127,6 +136,8 @@ class MLLM:
 
         Raises ``PIL.UnidentifiedImageError``/``OSError`` for undecodable image bytes.
         """
+        import torch
+
         if not items:
             return []
         if self.backend == "vllm":
@@ -178,6 +189,8 @@ class MLLM:
 
     def _generate_vllm(self, items, gen: GenerationConfig) -> list[str]:  # pragma: no cover - GPU nodes
         from vllm import SamplingParams
+
+        from mella.train.backbones import decode_image
 
         reqs = []
         for img, prompt in items:
