@@ -5,8 +5,8 @@ Phases (each resumable; output directory layout in the README):
 0. **crawl** (live input only): seeds → ``DIR/warc/pages-*.warc.gz`` (:mod:`mella.crawl`, Ray tasks
    sharded by registered domain). ``--warc`` input skips this phase.
 1. **candidates**, per work unit of ≤ ``files_per_group`` WARC files, streamed through Ray Data:
-   WARC records → extract → alt_text → langid → :func:`add_image_stages` (fetch in an actor pool →
-   decode → resolution) → one model actor pool (moderation, CNN embedding, categories) → parquet
+   WARC records → extract → alt_text → langid → :func:`add_image_stages` (fetch → decode → resolution
+   in one actor pool) → one model actor pool (moderation, CNN embedding, categories) → parquet
    parts. A unit is committed by renaming its staging directory; a rerun skips committed units, and
    images fetched by a killed run are read back from ``DIR/warc/images-*.warc``.
 2. **global dedup** over all units: exact (pixel sha256 groups), pHash near-duplicates (multi-index

@@ -442,8 +442,8 @@ def find_semantic_near_duplicates(parquet_files: list[str], exact_survivors: dic
         bits = np.full(len(i), 64, np.uint8)
         if len(i) and corr <= 1:
             hx = t["phash"].take(rows).to_pylist()
-            known = np.array([h is not None for h in hx])
-            h = np.array([int(v, 16) if v else 0 for v in hx], np.uint64)
+            known = np.array([v is not None for v in hx])
+            h = phash_index.hashes_from_hex([v or "0" * 16 for v in hx])
             bits = np.where(known[i] & known[j], phash_index.hamming(h[i], h[j]), 64).astype(np.uint8)
         keep = (cos >= cfg.threshold) | ((cos >= corr) & (bits <= cfg.corroborated_phash_bits))
         i, j, cos, bits = i[keep], j[keep], cos[keep], bits[keep]
