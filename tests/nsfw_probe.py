@@ -67,7 +67,7 @@ def search(seed: int = 0, iterations: int = 60, population: int = 16, sigma: flo
     Starts from the uniform colour (153, 102, 102), the highest-scoring of 216 solid colours (0.32).
     Returns (params uint8 (GRID*GRID*3,), P(nsfw)); stops early once P(nsfw) ≥ ``target``.
     """
-    from mella.stages.moderation import NSFWStage
+    from mella.stages.filters.moderation import NSFWStage
 
     stage = NSFWStage()
     rng = np.random.default_rng(seed)

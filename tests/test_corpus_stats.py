@@ -24,7 +24,7 @@ from conftest import MINIWEB, ROOT, needs_miniweb
 from mella import corpus_stats as statistics
 from mella.languages import normalise_lang_tag
 from mella.schema import REJECT_SCHEMA, RECORD_SCHEMA, conform, record_id, to_table
-from mella.stages.categorise import CategoriseConfig, EfficientNetCategoriser
+from mella.stages.enrich.categorise import CategoriseConfig, EfficientNetCategoriser
 
 pytestmark = needs_miniweb()
 

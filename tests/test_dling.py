@@ -23,8 +23,8 @@ import pytest
 from conftest import MINIWEB, needs_miniweb
 from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl
 from mella.schema import REJECT_SCHEMA, record_id, to_table
-from mella.stages.caption import CORE_ASPECTS, CULTURE_ASPECT, caption_prompt
-from mella.stages.categorise import (
+from mella.stages.enrich.caption import CORE_ASPECTS, CULTURE_ASPECT, caption_prompt
+from mella.stages.enrich.categorise import (
     UNKNOWN,
     CategoriseConfig,
     EfficientNetCategoriser,
@@ -34,9 +34,9 @@ from mella.stages.categorise import (
     parse_category,
 )
 from mella.stages.dling import DLingConfig, add_categorise, add_dling_stages, route_to_dling
-from mella.stages.mllm import MLLM, GenerationConfig, MLLMConfig
-from mella.stages.qe import QEConfig, QEStage
-from mella.stages.translate import MARIAN_DEFAULT_CODES, Seq2SeqConfig, TranslateConfig, TranslateStage
+from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig
+from mella.stages.enrich.qe import QEConfig, QEStage
+from mella.stages.enrich.translate import MARIAN_DEFAULT_CODES, Seq2SeqConfig, TranslateConfig, TranslateStage
 
 pytestmark = needs_miniweb()
 
@@ -233,7 +233,7 @@ def test_seq2seq_marian_and_nllb(models):
         assert sorted((r["page_url"], r["lang"]) for r in out) == sorted((f"p{i}", l) for i in range(2) for l in ("hu", "vi"))
         assert all(r["mt_backend"] == tag and r["text"] and r["reason"] is None for r in out), out
     # a target the NLLB vocabulary lacks is a clear error, not a silent wrong language
-    from mella.stages.translate import Seq2SeqTranslator
+    from mella.stages.enrich.translate import Seq2SeqTranslator
 
     with pytest.raises(RuntimeError, match="kor_Hang"):
         Seq2SeqTranslator(_seq2seq(models["nllb"])).translate(texts, "ko")

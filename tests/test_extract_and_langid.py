@@ -11,11 +11,11 @@ from PIL import Image
 
 from conftest import MINIWEB, needs_miniweb
 from mella.config import FilterConfig
-from mella.stages.alt_text import alt_problem
+from mella.stages.filters.alt_text import alt_problem
 from mella.schema import REJECT_SCHEMA, to_table
-from mella.stages.decode import decode_image
-from mella.stages.extract import decode_html, normalise_alt, parse_page
-from mella.stages.langid import assign_language, check_alt_language
+from mella.stages.filters.decode import decode_image
+from mella.stages.io.extract import decode_html, normalise_alt, parse_page
+from mella.stages.filters.langid import assign_language, check_alt_language
 from mella.languages import normalise_lang_tag
 
 
@@ -149,7 +149,7 @@ def test_decode_rejects(data, reason):
 
 def test_too_small_is_decided_from_the_header_without_decoding():
     """A 200x900 PNG whose pixel data is cut off: rejected for its size, never decoded (not 'truncated')."""
-    from mella.stages.decode import DecodeStage, TooSmall
+    from mella.stages.filters.decode import DecodeStage, TooSmall
 
     data = _png(200, 900)
     with pytest.raises(TooSmall, match="200x900"):

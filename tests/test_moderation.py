@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import needs_miniweb
 from mella.schema import REJECT_SCHEMA, to_table
-from mella.stages.moderation import (
+from mella.stages.filters.moderation import (
     DEFAULT_NSFW_THRESHOLD,
     APIModerationStage,
     ModerationAPIClient,

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from mella.schema import REJECT_SCHEMA, record_id, to_table
-from mella.stages.translate import (
+from mella.stages.enrich.translate import (
     APIConfig,
     DeepLClient,
     GoogleClient,

@@ -111,7 +111,7 @@ def test_planted_near_duplicates_removed_distinct_kept(built):
     print("dropped by stage:", by_stage, "missed:", missed)
     # re-encodes and resizes: pHash (within 2 bits). Crops and brightness changes: pHash or CNN dedup; the 2 % crop
     # of orig2 sits at cosine 0.9598 (threshold 0.96) with pHash 10 bits: a corroborated pair (cosine >= 0.95 and
-    # pHash <= 10 bits, mella.stages.semantic_dedup).
+    # pHash <= 10 bits, mella.stages.dedup.semantic).
     assert not missed
     assert {"/copy2-crop2.png", "/copy8-crop4.png", "/copy12-crop4.png", "/copy13-crop4.png"} <= set(
         by_stage.get("semantic_dedup", []))
@@ -144,7 +144,7 @@ def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path):
     import pyarrow.parquet as pq
 
     from mella.schema import REJECT_SCHEMA, to_table
-    from mella.stages.exact_dedup import ExactDedupStage, find_exact_duplicates
+    from mella.stages.dedup.exact import ExactDedupStage, find_exact_duplicates
 
     def row(i, pix, alt=None, routed=False):
         return {"id": f"id{i}", "lang": "hu", "page_url": f"http://s/p{i}", "image_url": f"http://s/i{i}.png",

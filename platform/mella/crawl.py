@@ -27,7 +27,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from mella.config import CrawlConfig
 from mella.net import FetchError, Fetcher
-from mella.stages.extract import NotHTMLError, _clean_url, decode_html
+from mella.stages.io.extract import NotHTMLError, _clean_url, decode_html
 from mella.warc import RotatingWarcWriter, WarcIndex, shard_paths
 
 _PSL = None

@@ -10,7 +10,7 @@ Phases (each resumable; output directory layout in the README):
    parts. A unit is committed by renaming its staging directory; a rerun skips committed units, and
    images fetched by a killed run are read back from ``DIR/warc/images-*.warc``.
 2. **global dedup** over all units: exact (pixel sha256 groups), pHash near-duplicates (multi-index
-   hashing), CNN semantic near-duplicates (SemDeDup); one survivor rule (:mod:`mella.stages.near_dup`).
+   hashing), CNN semantic near-duplicates (SemDeDup); one survivor rule (:mod:`mella.stages.dedup.near_dup`).
 3. **final**: all units → the dedup decisions → ``d_know/``, ``rejects/`` and the D_ling candidates,
    written to a staging directory and swapped in whole; with D_ling, caption → translate → qe into
    ``d_ling/``; then ``funnel.json``.
@@ -42,19 +42,19 @@ from mella.crawl import crawl_shard, read_seeds, shard_seeds
 from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet_atomic
 from mella.resources import StageResources
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
-from mella.stages.alt_text import AltTextStage
+from mella.stages.filters.alt_text import AltTextStage
 from mella.stages.base import Chain, reject
-from mella.stages.categorise import EfficientNetCategoriser, MLLMCategoriser
-from mella.stages.decode import DecodeStage, ResolutionStage
-from mella.stages.exact_dedup import ExactDedupStage, find_exact_duplicates
-from mella.stages.extract import NotHTMLError, parse_page
-from mella.stages.fetch import ImageFetchStage
+from mella.stages.enrich.categorise import EfficientNetCategoriser, MLLMCategoriser
+from mella.stages.filters.decode import DecodeStage, ResolutionStage
+from mella.stages.dedup.exact import ExactDedupStage, find_exact_duplicates
+from mella.stages.io.extract import NotHTMLError, parse_page
+from mella.stages.io.fetch import ImageFetchStage
 from mella.stages.dling import add_dling_stages
-from mella.stages.langid import LangIDStage, assign_language
-from mella.stages.moderation import APIModerationStage, NSFWStage
-from mella.stages.near_dup import NearDupStage
-from mella.stages.phash_dedup import PhashDedupStage, find_near_duplicates
-from mella.stages.semantic_dedup import EmbedStage, find_semantic_near_duplicates
+from mella.stages.filters.langid import LangIDStage, assign_language
+from mella.stages.filters.moderation import APIModerationStage, NSFWStage
+from mella.stages.dedup.near_dup import NearDupStage
+from mella.stages.dedup.phash import PhashDedupStage, find_near_duplicates
+from mella.stages.dedup.semantic import EmbedStage, find_semantic_near_duplicates
 from mella.warc import cleanup_open_shards, expand_warc_paths, iter_responses, shard_paths
 
 log = logging.getLogger("mella.build_corpus")

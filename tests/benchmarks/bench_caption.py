@@ -72,7 +72,7 @@ def main() -> None:
     import torch
 
     from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl
-    from mella.stages.caption import CaptionConfig, CaptionStage
+    from mella.stages.enrich.caption import CaptionConfig, CaptionStage
 
     work = Path(tempfile.mkdtemp(prefix="bench_caption_"))
     model = tiny_qwen2vl(work / "qwen")

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from mella.schema import REJECT_SCHEMA, to_table
-from mella.stages.moderation import ModerationConfig, NSFWStage
-from mella.stages.semantic_dedup import EmbedStage, SemanticDedupConfig, preprocess
+from mella.stages.filters.moderation import ModerationConfig, NSFWStage
+from mella.stages.dedup.semantic import EmbedStage, SemanticDedupConfig, preprocess
 
 ROOT = Path(__file__).resolve().parents[3] / "shared" / "miniweb"
 

@@ -97,8 +97,8 @@ def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int) -> 
     from mella.config import BuildConfig
     from mella.pipeline import add_image_stages, write_parts
     from mella.schema import REJECT_SCHEMA, record_id, to_table
-    from mella.stages.exact_dedup import ExactDedupStage, find_exact_duplicates
-    from mella.stages.phash_dedup import PhashDedupStage, find_near_duplicates
+    from mella.stages.dedup.exact import ExactDedupStage, find_exact_duplicates
+    from mella.stages.dedup.phash import PhashDedupStage, find_near_duplicates
 
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)

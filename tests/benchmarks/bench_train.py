@@ -57,7 +57,7 @@ def bare_peft(cfg_json: str, threads: int, log_path: str, stop) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import get_scheduler
 
-    from mella.train.backbones import load_backbone, load_model
+    from mella.models.backbones import load_backbone, load_model
     from mella.train.prompts import prompts_for
     from mella.train.samples import build_sample
 

@@ -1,4 +1,4 @@
-"""Precision / recall of the alt-text language rule (mella.stages.langid) on the real miniweb.
+"""Precision / recall of the alt-text language rule (mella.stages.filters.langid) on the real miniweb.
 
 Positives: the pairs of ``../shared/miniweb/PAIRS_expected.tsv`` (alt-text in the page's language,
 image > 256 px). Negatives: every other non-empty alt-text of a > 256 px image on the seed pages
@@ -18,8 +18,8 @@ from collections import Counter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "platform"))
 
-from mella.stages.extract import parse_page  # noqa: E402
-from mella.stages.langid import assign_language, check_alt_language  # noqa: E402
+from mella.stages.io.extract import parse_page  # noqa: E402
+from mella.stages.filters.langid import assign_language, check_alt_language  # noqa: E402
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ import numpy as np
 
 from measure_phash_threshold import DEFAULT_ROOT, load_images, pct, variants
 from mella import phash_index
-from mella.stages.phash_dedup import PhashConfig
-from mella.stages.semantic_dedup import SemanticDedupConfig, find_semantic_duplicates, semantic_pairs
+from mella.stages.dedup.phash import PhashConfig
+from mella.stages.dedup.semantic import SemanticDedupConfig, find_semantic_duplicates, semantic_pairs
 
 EDITS = ("jpeg70", "resize90", "crop2", "bright", "all4")
 DEFAULT_T = SemanticDedupConfig().threshold
@@ -55,7 +55,7 @@ def embed_all(args, images):
         return z["orig"], {k: z[k] for k in EDITS}, float(z["rate"]), float(z["diff"])
     import torch
 
-    from mella.stages.semantic_dedup import EmbedStage
+    from mella.stages.dedup.semantic import EmbedStage
 
     stage = EmbedStage(SemanticDedupConfig(num_cpus=args.threads))
     torch.set_num_threads(args.threads)

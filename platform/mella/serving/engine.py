@@ -7,7 +7,7 @@ alone runs under ``disable_adapter()``. PEFT's active adapter is state shared by
 work in a thread pool). Used by the Ray Serve deployment (mella.serving.app) and by Ray Data batch
 inference (mella.evaluation).
 
-Prompts use the backbone's own chat template and image handling from :mod:`mella.train.backbones`
+Prompts use the backbone's own chat template and image handling from :mod:`mella.models.backbones`
 (the same code that built the training samples), so serving sees exactly the training format:
 Qwen2-VL's template with one ``<|image_pad|>`` per image, expanded to
 ``grid_thw.prod() // merge_size**2`` tokens; ``mm_token_type_ids`` (1 on image tokens) as transformers
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mella.serving.protocol import GenRequest, GenResult, RequestError
-from mella.train.backbones import decode_image, load_backbone, load_model
+from mella.models.backbones import decode_image, load_backbone, load_model
 
 #: Strings that would desynchronise image features and tokens, or forge chat turns, if a user wrote them.
 RESERVED_MARKERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>",
@@ -42,7 +42,7 @@ class VLMEngine:
     """Base model + named LoRA adapters on one device.
 
     Args:
-        backbone: ``qwen2-vl`` | ``internvl2`` (mella.train.backbones).
+        backbone: ``qwen2-vl`` | ``internvl2`` (mella.models.backbones).
         model_path: local HF checkpoint directory of the base model.
         device: ``cpu`` / ``cuda`` / ``cuda:N``; dtype is bfloat16 on CUDA, float32 on CPU unless given.
         min_pixels, max_pixels: Qwen2-VL image budget (pixels; visual tokens = pixels / 28**2).

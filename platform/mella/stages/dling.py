@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mella.resources import StageResources
 from mella.schema import REJECT_SCHEMA, conform
-from mella.stages.caption import CaptionConfig, CaptionStage
-from mella.stages.categorise import CategoriseConfig, EfficientNetCategoriser, MLLMCategoriser
-from mella.stages.qe import QEConfig, QEStage
-from mella.stages.translate import TranslateConfig, TranslateStage
+from mella.stages.enrich.caption import CaptionConfig, CaptionStage
+from mella.stages.enrich.categorise import CategoriseConfig, EfficientNetCategoriser, MLLMCategoriser
+from mella.stages.enrich.qe import QEConfig, QEStage
+from mella.stages.enrich.translate import TranslateConfig, TranslateStage
 
 
 
@@ -69,7 +69,7 @@ def add_dling_stages(ds: ray.data.Dataset, cfg: DLingConfig, categorise: bool = 
                      caption_cache: str | None = None) -> ray.data.Dataset:
     """Append (categorise →) caption → translate → qe to ``ds`` (routed D_ling candidates, REJECT_SCHEMA).
 
-    ``caption_cache``: directory of the caption cache (:class:`mella.stages.caption.CaptionStage`).
+    ``caption_cache``: directory of the caption cache (:class:`mella.stages.enrich.caption.CaptionStage`).
 
     The result holds one row per (image, target language) plus the rejects of these stages.
     Raises ``ValueError`` when ``cfg.caption`` is missing.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mella.train.backbones import Backbone, decode_image, load_backbone
+from mella.models.backbones import Backbone, decode_image, load_backbone
 from mella.train.prompts import prompts_for
 
 MIN_ANSWER_TOKENS = 4

@@ -190,7 +190,7 @@ def train_loop(config: dict) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import get_scheduler
 
-    from mella.train.backbones import load_backbone, load_model
+    from mella.models.backbones import load_backbone, load_model
 
     cfg = TrainConfig(**config["cfg"])
     total_steps, model_path = config["total_steps"], config["model"]
@@ -354,7 +354,7 @@ def merge_adapter(backbone: str, base: Path, adapter: Path, out: Path, cfg: Trai
     import torch
     from peft import PeftModel
 
-    from mella.train.backbones import load_backbone, load_model
+    from mella.models.backbones import load_backbone, load_model
 
     model = PeftModel.from_pretrained(load_model(backbone, base, torch.float32), str(adapter)).merge_and_unload()
     model.save_pretrained(str(out))

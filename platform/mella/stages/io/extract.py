@@ -214,7 +214,7 @@ def page_language(
 
     Also returns the page's *candidate* languages: the declared configured language, then every
     configured language with a line share ≥ ``PAGE_CANDIDATE_MIN_SHARE``, largest share first. The
-    alt-text of each image is matched against these (``mella.stages.langid.assign_language``).
+    alt-text of each image is matched against these (``mella.stages.filters.langid.assign_language``).
     """
     langs = load_languages()
     shares = text_language_shares(text, lid_model)

@@ -3,7 +3,7 @@
 
 The taxonomy is data (``data/taxonomy.yaml``). Two backends, both Ray Data actor-pool callables:
 
-* :class:`MLLMCategoriser` — Qwen2-VL or InternVL2 (transformers/vLLM, :mod:`mella.stages.mllm`) answers a
+* :class:`MLLMCategoriser` — Qwen2-VL or InternVL2 (transformers/vLLM, :mod:`mella.models.mllm`) answers a
   prompt that lists the numbered categories; :func:`parse_category` maps its free-text answer to a
   category (exact key or label, case/punctuation-insensitive; a category number; a category named in a
   longer answer; a fuzzy match with difflib) or ``unknown``.
@@ -33,7 +33,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from mella.stages.base import Stage
-from mella.stages.mllm import MLLM, GenerationConfig, MLLMConfig, log_batch, timed
+from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig, log_batch, timed
 
 UNKNOWN = "unknown"
 

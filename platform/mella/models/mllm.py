@@ -1,7 +1,7 @@
 """One MLLM wrapper for the D_ling stages (categorise, caption, MLLM translation): batched generation
 with Qwen2-VL or InternVL2, through transformers (CPU/GPU) or vLLM (GPU nodes, when installed).
 
-Prompt building and image features come from :mod:`mella.train.backbones` (the chat templates of the
+Prompt building and image features come from :mod:`mella.models.backbones` (the chat templates of the
 two model families, their PIL image processors and the image-placeholder expansion), so training and
 data generation format prompts identically. Generation batches are **left-padded** (decoder-only
 models continue from the last position), and Qwen2-VL gets ``mm_token_type_ids`` (required by
@@ -96,7 +96,7 @@ class MLLM:
     def __init__(self, cfg: MLLMConfig) -> None:
         import torch
 
-        from mella.train.backbones import END_OF_TURN, load_backbone, load_model
+        from mella.models.backbones import END_OF_TURN, load_backbone, load_model
 
         self.cfg = cfg
         self.bb = load_backbone(cfg.family, cfg.model_path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
@@ -123,7 +123,7 @@ class MLLM:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def _encode(self, image: bytes | None, prompt: str) -> tuple[list[int], dict]:
-        from mella.train.backbones import decode_image
+        from mella.models.backbones import decode_image
 
         if image is None:
             return self._text_ids(prompt), {}
@@ -190,7 +190,7 @@ class MLLM:
     def _generate_vllm(self, items, gen: GenerationConfig) -> list[str]:  # pragma: no cover - GPU nodes
         from vllm import SamplingParams
 
-        from mella.train.backbones import decode_image
+        from mella.models.backbones import decode_image
 
         reqs = []
         for img, prompt in items:

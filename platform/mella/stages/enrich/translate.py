@@ -42,7 +42,7 @@ from mella.languages import load_languages
 from mella.ratelimit import RateLimiter
 from mella.schema import REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.base import is_active, reject
-from mella.stages.mllm import GenerationConfig, MLLMConfig, log_batch, timed
+from mella.models.mllm import GenerationConfig, MLLMConfig, log_batch, timed
 
 #: Marian/OPUS-MT target-language tokens (``>>xxx<<``, ISO 639-3 as in the Tatoeba-Challenge models);
 #: used when languages.yaml has no ``marian`` key for a language.
@@ -363,7 +363,7 @@ class MLLMTranslator:
               "output only the {language} translation, nothing else.\n\n{text}")
 
     def __init__(self, cfg: MLLMConfig, gen: GenerationConfig) -> None:
-        from mella.stages.mllm import MLLM
+        from mella.models.mllm import MLLM
 
         self.mllm = MLLM(cfg)
         self.gen = gen

@@ -1,10 +1,10 @@
 """pHash near-duplicates (paper appendix B.2, Zauner 2010): coarse-grained dedup after exact dedup.
 
-Each decoded image gets a 64-bit pHash (``imagehash.phash``, in :mod:`mella.stages.decode`). Within
+Each decoded image gets a 64-bit pHash (``imagehash.phash``, in :mod:`mella.stages.filters.decode`). Within
 each target language, distinct images whose pHashes are within ``threshold`` bits (Hamming distance)
 are near-duplicates; :func:`mella.phash_index.find_pairs` finds every such pair with an exact
 multi-index hash (sub-quadratic; Ray-partitioned above ``ray_min_images``), and the survivor rule of
-:mod:`mella.stages.near_dup` (priority, same-page exemption) decides which images go. Every row
+:mod:`mella.stages.dedup.near_dup` (priority, same-page exemption) decides which images go. Every row
 showing a dropped image is rejected (reason ``near_duplicate``, detail: distance and the kept image).
 
 Default threshold 4 bits, from measurements on the miniweb's real images
@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from mella.phash_index import find_pairs, find_pairs_distributed, hashes_from_hex
-from mella.stages.near_dup import ImageKey, NearDupStage, distinct_images, greedy_drops
+from mella.stages.dedup.near_dup import ImageKey, NearDupStage, distinct_images, greedy_drops
 
 
 class PhashConfig(BaseModel):
@@ -39,8 +39,8 @@ def find_near_duplicates(parquet_files: list[str], exact_survivors: dict[str, st
     """``{(lang, pixel_sha256): detail}`` for every distinct image to drop as a pHash near-duplicate.
 
     Only rows still active after exact dedup take part (``exact_survivors`` from
-    :func:`mella.stages.exact_dedup.find_exact_duplicates`); images, priority and the same-page rule
-    are those of :mod:`mella.stages.near_dup`.
+    :func:`mella.stages.dedup.exact.find_exact_duplicates`); images, priority and the same-page rule
+    are those of :mod:`mella.stages.dedup.near_dup`.
     """
     if not cfg.enabled or not parquet_files:
         return {}

@@ -25,7 +25,7 @@ Two parts, run as two passes of the pipeline:
    a *kept* higher-priority image is within the threshold — the same survivor rule as the pHash
    stage (:func:`mella.phash_index.near_duplicate_drops`), so a chain A~B~C with A≁C keeps A and C.
    :func:`find_semantic_near_duplicates` is the build_corpus form (keyed by image, the survivor rule of
-   :mod:`mella.stages.near_dup`); a :class:`mella.stages.near_dup.NearDupStage` then rejects the dropped
+   :mod:`mella.stages.dedup.near_dup`); a :class:`mella.stages.dedup.near_dup.NearDupStage` then rejects the dropped
    rows with reason ``semantic_duplicate``.
 
 Cost: k-means O(s·k·d·iters) on a seeded sample of s ≤ ``fit_sample`` rows, one O(n·k·d)
@@ -89,7 +89,7 @@ EMBEDDING_TYPE = pa.list_(pa.float32())
 
 
 class SemanticDedupConfig(BaseModel):
-    """CNN semantic dedup (paper appendix B.2); see :mod:`mella.stages.semantic_dedup`."""
+    """CNN semantic dedup (paper appendix B.2); see :mod:`mella.stages.dedup.semantic`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -415,7 +415,7 @@ def find_semantic_near_duplicates(parquet_files: list[str], exact_survivors: dic
                                   cfg: SemanticDedupConfig, skip=()) -> dict[tuple[str, str], str]:
     """``{(lang, pixel_sha256): detail}`` for every distinct image the pipeline drops as a CNN near-duplicate.
 
-    The build_corpus form of the method: the distinct images of :mod:`mella.stages.near_dup` (active
+    The build_corpus form of the method: the distinct images of :mod:`mella.stages.dedup.near_dup` (active
     after exact dedup, minus ``skip`` = the pHash stage's drops), per language, their embeddings
     compared by :func:`semantic_pairs` (k-means + within-cluster cosine), and the shared survivor rule
     (D_know first, largest, same-page exemption). A pair is a near-duplicate when its cosine is
@@ -423,7 +423,7 @@ def find_semantic_near_duplicates(parquet_files: list[str], exact_survivors: dic
     ``cfg.corroborated_phash_bits`` (module docstring). Memory: 5 KiB per active row.
     """
     from mella import phash_index
-    from mella.stages.near_dup import distinct_images, greedy_drops
+    from mella.stages.dedup.near_dup import distinct_images, greedy_drops
 
     if not cfg.enabled or not parquet_files:
         return {}

@@ -74,7 +74,7 @@ class _Strict(BaseModel):
 
 
 class ModerationAPIConfig(_Strict):
-    """External moderation API (OpenAI moderation format; see :mod:`mella.stages.moderation`)."""
+    """External moderation API (OpenAI moderation format; see :mod:`mella.stages.filters.moderation`)."""
 
     enabled: bool = False
     format: str = Field("openai", description="request/response format, a key of FORMATS")

@@ -36,8 +36,8 @@ from PIL.Image import DecompressionBombError, UnidentifiedImageError
 
 from mella.languages import load_languages
 from mella.stages.base import Stage, reject
-from mella.stages.categorise import Taxonomy, load_taxonomy
-from mella.stages.mllm import MLLM, GenerationConfig, MLLMConfig, log_batch, timed
+from mella.stages.enrich.categorise import Taxonomy, load_taxonomy
+from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig, log_batch, timed
 
 #: Figure 7 items 1–3, English output.
 CORE_ASPECTS = (

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mella.stages.base import Stage, reject
-from mella.stages.exact_dedup import KEY_COLUMNS, is_survivor
+from mella.stages.dedup.exact import KEY_COLUMNS, is_survivor
 
 ImageKey = tuple[str, str]  # (lang, pixel_sha256)
 COLUMNS = sorted(set(KEY_COLUMNS) | {"width", "height", "image_bytes"})
@@ -53,7 +53,7 @@ def distinct_images(parquet_files: list[str], exact_survivors: dict[str, str], e
 
     Args:
         parquet_files: the work unit parts (REJECT_SCHEMA columns).
-        exact_survivors: :func:`mella.stages.exact_dedup.find_exact_duplicates` result.
+        exact_survivors: :func:`mella.stages.dedup.exact.find_exact_duplicates` result.
         exact_mode: the exact-dedup key mode (``image_text`` or ``image``).
         value_column: ``phash`` or ``embedding``: rows where it is null take no part.
         skip: image keys already dropped by an earlier near-duplicate stage.

@@ -6,7 +6,7 @@ Czech, ``hr``/``bs``/``mk``/``ru`` for Serbian, ``uk`` for Russian, with low top
 the rule combines three kinds of evidence:
 
 1. **page language** — the target language ``L`` comes from the page (declared tags and line-level
-   LID, see :mod:`mella.stages.extract`); the alt only has to be *consistent* with it;
+   LID, see :mod:`mella.stages.io.extract`); the alt only has to be *consistent* with it;
 2. **script** — at least ``MIN_SCRIPT_SHARE`` of the alt's letters must be in one of ``L``'s scripts
    (Serbian: Cyrillic or Latin). For languages whose script no other configured language uses
    (Thai, Hangul), the script alone is sufficient evidence;

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from mella.stages.base import Stage, reject
-from mella.stages.mllm import log_batch, timed
+from mella.models.mllm import log_batch, timed
 
 
 class QEConfig(BaseModel):
