@@ -61,3 +61,19 @@ def path_of(url: str | None) -> str | None:
 def pair_keys(out_dir) -> set[tuple]:
     rows = read_dir(os.path.join(str(out_dir), "d_know"), ["lang", "page_url", "image_url", "alt_text", "sha256"])
     return {(r["lang"], path_of(r["page_url"]), path_of(r["image_url"]), r["alt_text"], r["sha256"]) for r in rows}
+
+
+def decisions(out_dir) -> list[str]:
+    """Every decision of a build as sorted tab-separated lines, ports stripped from URLs:
+    ``kept  lang  page  image`` for D_know rows and ``stage  reason  lang  page  image`` for rejects.
+
+    Ids and reasons, not bytes: what issue 11 records before a refactor and compares after it
+    (``tests/data/miniweb_decisions.tsv``, recorded by ``python tests/record_decisions.py``).
+    """
+    lines = []
+    for r in read_dir(os.path.join(str(out_dir), "d_know"), ["lang", "page_url", "image_url"]):
+        lines.append("\t".join(["kept", "", r["lang"] or "", path_of(r["page_url"]) or "", path_of(r["image_url"]) or ""]))
+    for r in read_dir(os.path.join(str(out_dir), "rejects"), ["stage", "reason", "lang", "page_url", "image_url"]):
+        lines.append("\t".join([r["stage"], r["reason"], r["lang"] or "", path_of(r["page_url"]) or "",
+                                path_of(r["image_url"]) or ""]))
+    return sorted(lines)
