@@ -3,7 +3,8 @@
     python jobs/build_corpus.py                                   # embedded demo web → ./mella_out
     python jobs/build_corpus.py --seeds FILE --output DIR [--allow-private-hosts [CIDR,...]] [--langs ar,cs] [--max-pages N]
     python jobs/build_corpus.py --warc GLOB [--warc GLOB ...] --output DIR [--offline]
-    python jobs/build_corpus.py --config build.yaml crawl.max_depth=3 ray.fetch_actors=4
+    python jobs/build_corpus.py --config build.yaml crawl.max_depth=3 ray.image_pool.pool_size=4
+    python jobs/build_corpus.py --seeds FILE --output DIR --stage my_filters:AspectRatioFilter@resolution
     python jobs/build_corpus.py --seeds FILE --output DIR --d-ling --caption-model /models/Qwen2-VL-7B-Instruct \
         --mt-model /models/nllb-200-distilled-600M --translate-to hu,th --num-gpus 1
 
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("--max-pages", type=int, help="page budget per registered domain")
     ap.add_argument("--config", help="YAML file with BuildConfig fields")
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
+    ap.add_argument("--stage", action="append", default=[], metavar="MODULE:CLASS[@AFTER]",
+                    help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER; repeatable")
     ap.add_argument("--demo-port", type=int, default=0, help="port of the embedded demo web server (0: free port)")
     g = ap.add_argument_group("filters (paper B.2; all on by default)")
     g.add_argument("--no-semantic-dedup", action="store_true", help="skip CNN (EfficientNet-lite0) semantic dedup")
@@ -97,12 +100,14 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
             tr.setdefault("seq2seq", {})["model_path"] = args.mt_model
         if args.translate_to:
             tr["target_langs"] = [x.strip() for x in args.translate_to.split(",") if x.strip()]
-    if args.num_gpus is not None:
-        for block in (filters.setdefault("semantic", {}), filters.setdefault("moderation", {})):
-            block["num_gpus"] = args.num_gpus
-        if args.d_ling:
-            for key in ("caption", "translate", "categorise"):
-                data["d_ling"].setdefault(key, {})["num_gpus"] = args.num_gpus
+    if args.stage:
+        data.setdefault("stages", {}).setdefault("extra", []).extend(args.stage)
+    if args.num_gpus is not None:  # every model stage's pool block (read from the config classes)
+        from mella.config import pool_blocks  # noqa: PLC0415
+
+        for path in pool_blocks():
+            if args.d_ling or not path.startswith("d_ling."):
+                apply_overrides(data, [f"{path}.num_gpus={args.num_gpus}"])
     apply_overrides(data, [o for o in overrides if "=" in o and not o.startswith("-")])
     bad = [o for o in overrides if "=" not in o or o.startswith("-")]
     if bad:

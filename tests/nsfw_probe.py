@@ -70,6 +70,7 @@ def search(seed: int = 0, iterations: int = 60, population: int = 16, sigma: flo
     from mella.stages.filters.moderation import NSFWStage
 
     stage = NSFWStage()
+    stage.setup()
     rng = np.random.default_rng(seed)
 
     def score(grids: np.ndarray) -> np.ndarray:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import DEMO_WEB, MINIWEB, needs_miniweb
-from helpers import build, pair_keys, path_of, read_dir
+from helpers import build, decisions, pair_keys, path_of, read_dir
 from oracle import recall
 from webserver import serve_directory
 
@@ -37,6 +38,17 @@ def miniweb_run(tmp_path_factory, ray_session):
 def test_miniweb_recall_of_expected_pairs(miniweb_run):
     r, missing = recall(str(miniweb_run["out"]), str(MINIWEB / "PAIRS_expected.tsv"), str(miniweb_run["url"]))
     assert r >= 0.95, missing
+
+
+@needs_miniweb()
+def test_miniweb_decisions_equal_recorded_fixture(miniweb_run):
+    """Issue 11: the stage-contract refactor kept behaviour — every kept row and every reject reason
+    of the miniweb build equals the fixture recorded before it (``tests/record_decisions.py``)."""
+    expected = (Path(__file__).parent / "data" / "miniweb_decisions.tsv").read_text(encoding="utf-8").splitlines()
+    got = decisions(miniweb_run["out"])
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    assert not missing and not extra, f"missing {missing[:10]}, extra {extra[:10]}"
+    assert len(got) == len(expected)
 
 
 @needs_miniweb()

@@ -91,8 +91,8 @@ def test_parse_job_argv_rejects_unknown_flags_and_bad_overrides():
         parse_job_argv(ROOT / "jobs/train.py", ["--data", "d", "--lang", "hu", "--output", "o"])  # --model missing
     with pytest.raises(SystemExit):
         parse_job_argv(ROOT / "jobs/build_corpus.py", ["--output", "o", "--no-such-flag"])
-    with pytest.raises(Exception, match="fetch_actors"):
-        parse_job_argv(ROOT / "jobs/build_corpus.py", ["--output", "o", "ray.fetch_actors=0"])
+    with pytest.raises(Exception, match="pool_size"):
+        parse_job_argv(ROOT / "jobs/build_corpus.py", ["--output", "o", "ray.image_pool.pool_size=0"])
     ns = parse_job_argv(ROOT / "jobs/train.py", ["--data", "d", "--lang", "hu", "--model", "m", "--output", "o",
                                                   "--num-workers", "8", "--use-gpu"])
     assert ns.num_workers == 8 and ns.use_gpu is True

@@ -18,12 +18,13 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import MINIWEB, needs_miniweb
 from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl
 from mella.schema import REJECT_SCHEMA, record_id, to_table
-from mella.stages.enrich.caption import CORE_ASPECTS, CULTURE_ASPECT, caption_prompt
+from mella.stages.enrich.caption import CORE_ASPECTS, CULTURE_ASPECT, CaptionStage, caption_prompt
 from mella.stages.enrich.categorise import (
     UNKNOWN,
     CategoriseConfig,
@@ -33,7 +34,9 @@ from mella.stages.enrich.categorise import (
     load_taxonomy,
     parse_category,
 )
-from mella.stages.dling import DLingConfig, add_categorise, add_dling_stages, route_to_dling
+from mella.config import DLingConfig
+from mella.executor import apply
+from mella.pipeline import split_and_write
 from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig
 from mella.stages.enrich.qe import QEConfig, QEStage
 from mella.stages.enrich.translate import MARIAN_DEFAULT_CODES, Seq2SeqConfig, TranslateConfig, TranslateStage
@@ -279,7 +282,11 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
                        d_ling_reason="langid:alt_lang_mismatch", stage="resolution", reason="too_small", image=None)
     know = _know_rows("hu", 3)
     table = to_table(routed_rows + [small] + know, REJECT_SCHEMA)
-    routed = route_to_dling(table)
+    dirs = {k: tmp_path / k for k in ("know", "rejects", "candidates")}
+    for d in dirs.values():
+        d.mkdir()
+    split_and_write(table, str(dirs["know"]), str(dirs["rejects"]), str(dirs["candidates"]))  # the job's router
+    routed = pa.concat_tables(pq.read_table(p) for p in sorted(dirs["candidates"].glob("*.parquet")))
     assert routed.num_rows == len(DLING_IMAGES)
     assert routed["reason"].null_count == routed.num_rows
 
@@ -293,7 +300,10 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
         translate=TranslateConfig(backend="seq2seq", target_langs=TARGETS, batch_size=4, num_cpus=0.25,
                                   seq2seq=_seq2seq(models["marian"])),
     )
-    ds = add_dling_stages(ray.data.from_arrow(routed), cfg)
+    cat = EfficientNetCategoriser(cfg.categorise, cfg.stats_dir)
+    ds = ray.data.from_arrow(routed)
+    for step in (cat, CaptionStage(cfg.caption, cfg.stats_dir), TranslateStage(cfg.translate, cfg.stats_dir)):
+        ds = apply(ds, step)
     out = pa.concat_tables(ray.get(ds.to_arrow_refs())).to_pylist()
     kept = [r for r in out if r["reason"] is None]
     assert len(out) == len(kept) == len(DLING_IMAGES) * len(TARGETS)  # one row per (image, target language)
@@ -313,7 +323,7 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
     assert {r["lang"] for r in recs if r["stage"] == "translate"} == set(TARGETS)
 
     # D_know rows are categorised too (same stage, same pool type)
-    know_out = add_categorise(ray.data.from_arrow(to_table(know, REJECT_SCHEMA)), cfg).take_all()
+    know_out = apply(ray.data.from_arrow(to_table(know, REJECT_SCHEMA)), cat).take_all()
     tax = load_taxonomy()
     assert len(know_out) == 3 and all(r["category"] in set(tax.fine) | {UNKNOWN} for r in know_out)
     assert all(r["category_major"] == tax.major_of(r["category"]) for r in know_out)

@@ -46,7 +46,8 @@ def solid(rgb, size=(300, 300)) -> bytes:
 # ----------------------------------------------------------------------------------- open_nsfw
 @pytest.fixture(scope="module")
 def nsfw() -> NSFWStage:
-    return NSFWStage(ModerationConfig(num_cpus=1, batch_size=8))
+    with NSFWStage(ModerationConfig(num_cpus=1, batch_size=8)) as stage:
+        yield stage
 
 
 @needs_miniweb()

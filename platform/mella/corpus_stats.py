@@ -108,7 +108,7 @@ def plot(stats: dict, png_path: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from mella.stages.enrich.categorise import load_taxonomy
+    from mella.taxonomy import load_taxonomy
 
     tax = load_taxonomy()
     know, ling = stats["datasets"]["d_know"], stats["datasets"]["d_ling"]

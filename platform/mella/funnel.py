@@ -12,11 +12,8 @@ from collections import Counter, defaultdict
 
 import pyarrow.parquet as pq
 
-from mella.schema import D_LING_STAGES, STAGES
-
-IMAGE_STAGES = [s for s in STAGES if s not in ("crawl", "extract")]
-#: Stages always on; the others are listed when they ran (enabled) or rejected something.
-ALWAYS = ("alt_text", "langid", "fetch", "decode", "resolution", "exact_dedup", "phash_dedup")
+#: Page-level steps at the head of every plan (units: pages); the rest count images.
+PAGE_STAGES = ("crawl", "extract")
 
 
 def _read_cols(directory: str, cols: list[str]) -> list[dict]:
@@ -28,15 +25,19 @@ def _read_cols(directory: str, cols: list[str]) -> list[dict]:
 
 
 def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats: dict | None, langs: list[str], *,
-            candidates_dir: str | None = None, ling_dir: str | None = None, enabled: tuple[str, ...] = ()) -> dict:
+            stages: list[str], listed: list[str] = (), ling_stages: list[str] = (),
+            candidates_dir: str | None = None, ling_dir: str | None = None) -> dict:
     """Build the funnel dict (see module docstring) from the output directories and page/crawl stats.
 
-    With D_ling, ``candidates_dir`` holds the images routed to D_ling that passed the image stages
-    (they count as the image stages' output, and ``routed_to_d_ling`` of the alt_text/langid lines
-    says how many each of those two stages sent there) and ``ling_dir`` the D_ling rows; the D_ling
-    stages (caption → translate → qe) follow, then ``d_ling`` rows per language. ``enabled``: optional
-    stages that ran (listed even with no rejects).
+    ``stages``: every stage name in plan order (:func:`mella.plan.stage_names`, ``crawl`` first);
+    ``listed``: the stages that exist to drop rows (filters, dedup), listed even when they dropped
+    nothing — other stages appear only when they rejected something. ``ling_stages``: the plan's
+    D_ling stages. With D_ling, ``candidates_dir`` holds the images routed to D_ling that passed
+    the image stages (they count as the image stages' output, and ``routed_to_d_ling`` of the
+    alt_text/langid lines says how many each of those two stages sent there) and ``ling_dir`` the
+    D_ling rows; the D_ling stages (caption → translate → qe) follow, then ``d_ling`` rows per language.
     """
+    image_stages = [s for s in stages if s not in PAGE_STAGES and s not in ling_stages]
     kept = Counter(r["lang"] for r in _read_cols(know_dir, ["lang"]))
     cands = _read_cols(candidates_dir, ["lang", "d_ling_reason"]) if candidates_dir else []
     rejects = _read_cols(rejects_dir, ["stage", "reason", "lang", "image_url", "d_ling_reason"])
@@ -61,7 +62,7 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
         "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())},
     })
 
-    image_rejects = [r for r in rejects if r["stage"] in IMAGE_STAGES]
+    image_rejects = [r for r in rejects if r["stage"] in image_stages]
     rej_by_stage: dict[str, Counter] = defaultdict(Counter)
     reasons_by_stage: dict[str, Counter] = defaultdict(Counter)
     for r in image_rejects:
@@ -71,9 +72,9 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
     remaining = Counter(kept)
     for r in image_rejects + cands:
         remaining[r["lang"]] += 1
-    for stage in IMAGE_STAGES:
-        if stage not in rej_by_stage and stage not in ALWAYS and stage not in enabled:
-            continue  # stage not enabled in this build
+    for stage in image_stages:
+        if stage not in rej_by_stage and stage not in listed:
+            continue  # an enricher that dropped nothing
         n_in = Counter(remaining)
         remaining.subtract(rej_by_stage[stage])
         entry = {
@@ -93,8 +94,8 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
     if ling_dir is not None:
         ling = Counter(r["lang"] for r in _read_cols(ling_dir, ["lang"]))
         cand_by_lang = Counter(r["lang"] for r in cands)
-        n_rej = Counter(r["stage"] for r in rejects if r["stage"] in D_LING_STAGES)
-        reasons = {st: dict(Counter(r["reason"] for r in rejects if r["stage"] == st)) for st in D_LING_STAGES}
+        n_rej = Counter(r["stage"] for r in rejects if r["stage"] in ling_stages)
+        reasons = {st: dict(Counter(r["reason"] for r in rejects if r["stage"] == st)) for st in ling_stages}
         n_ling = sum(ling.values())
         n_cand = sum(cand_by_lang.values())
         flow = {  # stage: (unit, in, out); translate writes one row per (image, target language)
@@ -102,7 +103,9 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
             "translate": ("pairs", n_ling + n_rej["qe"] + n_rej["translate"], n_ling + n_rej["qe"]),
             "qe": ("pairs", n_ling + n_rej["qe"], n_ling),
         }
-        for stage in D_LING_STAGES:
+        for stage in ling_stages:
+            if stage not in flow:  # a user's D_ling stage: counted by its rejects only
+                flow[stage] = ("pairs", n_ling + n_rej[stage], n_ling)
             unit, n_in, n_out = flow[stage]
             stages.append({"stage": stage, "unit": unit, "in": n_in, "out": n_out, "rejected": n_rej[stage],
                            "reasons": reasons[stage], "by_lang": {}})

@@ -50,7 +50,7 @@ median, so hashes have 32 ones and distances are even: an odd t acts like t - 1.
 
 **Removal.** :func:`near_duplicate_drops` keeps, greedily in priority order (largest width x
 height, then smallest id, then earliest index), every image that has no *kept* near-duplicate of
-higher priority. Connected components were rejected: chaining A~B~C drops C although d(A, C) may
+higher priority (the one rule of :mod:`mella.survivor`, shared with the build's dedup stages). Connected components were rejected: chaining A~B~C drops C although d(A, C) may
 be 2t, so distinct images are lost as density grows. Greedy-by-priority guarantees (1) no two
 survivors are within t, (2) every dropped image has a kept image within t of higher priority
 (reported as ``kept_by``), (3) the result depends only on the global pair set and the priorities,
@@ -68,6 +68,8 @@ import math
 from typing import Sequence
 
 import numpy as np
+
+from mella import survivor
 
 #: Hamming distance (bits) at or below which two pHashes are near-duplicates (module docstring).
 DEFAULT_THRESHOLD = 6
@@ -431,21 +433,10 @@ def near_duplicate_drops(hashes, threshold: int, *, pixels=None, ids=None, num_p
         ui, uj, _ = _unique_pairs_local(uniq, t, num_substrings)
     else:
         ui, uj, _ = _unique_pairs_distributed(uniq, t, num_partitions, num_substrings)
-    # orient unique edges from higher to lower priority; walk sources best first
-    hi = np.where(best_rank[ui] < best_rank[uj], ui, uj)
-    lo = np.where(best_rank[ui] < best_rank[uj], uj, ui)
-    o = np.argsort(best_rank[hi], kind="stable")
-    hi, lo = hi[o], lo[o]
+    dropped = survivor.greedy_drops(ui, uj, np.zeros(len(ui)), rank=best_rank)
     dropped_by = np.full(uniq.size, -1, np.int64)  # unique index of the survivor that drops it
-    bounds = np.flatnonzero(np.diff(hi)) + 1
-    starts = np.concatenate(([0], bounds)) if hi.size else []
-    for start, stop in zip(starts, np.concatenate((bounds, [hi.size]))):
-        v = hi[start]
-        if dropped_by[v] >= 0:  # v itself was dropped by a better survivor: it drops nothing
-            continue
-        targets = lo[start:stop]
-        targets = targets[dropped_by[targets] < 0]
-        dropped_by[targets] = v
+    if dropped:
+        dropped_by[np.fromiter(dropped, np.int64)] = [s for s, _ in dropped.values()]
     # original rows: a copy that is not its hash's representative is dropped by whoever keeps/drops it
     u_survivor = np.where(dropped_by >= 0, dropped_by, np.arange(uniq.size))
     kept_by_all = rep[u_survivor[inverse]]

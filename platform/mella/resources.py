@@ -30,8 +30,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Base of every configuration block: unknown keys are an error (a typo never passes silently)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class StageResources(BaseModel):
@@ -69,6 +74,8 @@ class StageResources(BaseModel):
 
     def map_batches_args(self) -> dict[str, Any]:
         """Keyword arguments for ``Dataset.map_batches``: resources, and ``compute`` for a pool."""
+        import ray  # noqa: PLC0415 - configs are imported where Ray is not needed (serving, tools)
+
         args: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             args["num_gpus"] = self.num_gpus
@@ -78,3 +85,24 @@ class StageResources(BaseModel):
             args["compute"] = ray.data.ActorPoolStrategy(min_size=self.pool_size,
                                                          max_size=self.max_pool_size or self.pool_size)
         return args
+
+
+class PoolConfig(Strict):
+    """The resources block every model-backed stage's config shares (one name per concept).
+
+    ``pool_size`` actors (fixed size, as GPU pools should be: an elastic pool starts its actors
+    one at a time and a model actor loads for long), each with ``num_cpus`` CPUs (also the
+    library's thread count) and ``num_gpus`` GPUs; ``batch_size`` rows per forward pass and per Ray
+    Data batch (a :class:`~mella.stages.base.Fused` pool takes the smallest of its members'). Subclasses
+    change the defaults.
+    """
+
+    batch_size: int = Field(32, ge=1, description="rows per forward pass and per Ray Data batch "
+                                                  "(a fused pool takes the smallest of its stages')")
+    pool_size: int = Field(1, ge=1, description="actors in the stage's pool (fixed size)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor: 0 on CPU nodes, fractional or 1 on GPU nodes")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor (also the library's thread count)")
+
+    def stage_resources(self) -> StageResources:
+        """The :class:`StageResources` of this block (a fixed-size actor pool)."""
+        return StageResources(num_cpus=self.num_cpus, num_gpus=self.num_gpus, pool_size=self.pool_size)

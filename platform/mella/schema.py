@@ -2,9 +2,9 @@
 
 A record starts as an *image candidate* (one ``<img>`` on one page, with its alt-text),
 is filled in by each stage (alt-text and language checks → fetch → decode → resolution →
-moderation → CNN embedding → exact / pHash / CNN dedup; ``STAGES``), and ends either as a kept
+moderation → CNN embedding → exact / pHash / CNN dedup: the plan of :mod:`mella.plan`), and ends either as a kept
 pair (a row of D_know), a D_ling row (an image whose alt-text was unusable — ``d_ling_reason`` —
-captioned and translated, ``D_LING_STAGES``) or as a *reject*: the same row plus ``stage``,
+captioned and translated) or as a *reject*: the same row plus ``stage``,
 ``reason`` and ``detail``. Rejects never carry image bytes or embeddings (null there) so the
 reject log stays small.
 
@@ -27,7 +27,7 @@ lid_lang           string                fastText lid.176 top-1 label of the alt
 lid_prob           float32               its probability in [0, 1]
 source             string                ``crawl`` (live crawl) or ``warc`` (``--warc`` input)
 fetched_at         timestamp[ms, UTC]    when the image response was received (WARC-Date on replay)
-stage              string                rejects only: stage that dropped the row (see ``STAGES``)
+stage              string                rejects only: stage that dropped the row (the stage names of the plan: :func:`mella.plan.stage_names`)
 reason             string                rejects only: machine-readable reason, e.g. ``http_404``
 detail             string                rejects only: human-readable detail (exception text, ...)
 =================  ====================  ==========================================================
@@ -40,28 +40,6 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow as pa
-
-#: Pipeline stages in order (paper 3.1.1 and appendix B.2); the funnel reports them in this order.
-STAGES: tuple[str, ...] = (
-    "crawl",  # page fetch (robots, SSRF guard, HTTP errors, content type, size cap)
-    "extract",  # HTML → <img> candidates (broken HTML, no images)
-    "alt_text",  # empty / filename-like / boilerplate alt-text (→ D_ling when enabled)
-    "langid",  # alt-text language check (paper 3.1.2: HTML metadata + fastText) (→ D_ling when enabled)
-    "fetch",  # image fetch (live or from WARC)
-    "decode",  # Pillow decode with decompression-bomb guard, allowed formats
-    "resolution",  # width and height both > 256 px (paper B.2)
-    "moderation",  # NSFW classifier / moderation API (paper B.2 "Ethics")
-    "exact_dedup",  # identical decoded pixels within a target language (paper B.2)
-    "phash_dedup",  # pHash near-duplicates (paper B.2, Zauner 2010)
-    "semantic_dedup",  # CNN embedding near-duplicates (paper B.2)
-)
-
-#: D_ling stages (paper 3.1.2), run on the images routed to D_ling after the stages above.
-D_LING_STAGES: tuple[str, ...] = (
-    "caption",  # English description by an MLLM with a category-specific prompt
-    "translate",  # English → each target language (one row per language)
-    "qe",  # COMETKiwi quality estimation
-)
 
 BASE_FIELDS: list[pa.Field] = [
     pa.field("id", pa.string(), nullable=False),

@@ -7,7 +7,7 @@ image budget 56²..112² px, greedy, ``--new-tokens`` tokens per caption (EOS su
 * loop — one process: ``CaptionStage`` built once, called on consecutive ``--batch-size`` slices of one
   Arrow table (the exact per-batch work the actor does), 1 torch thread; run before and after the Ray
   run, best of the two (the machine may be shared).
-* ray  — ``ray.data.from_arrow(table).map_batches(CaptionStage, compute=ActorPoolStrategy(size=A),
+* ray  — ``mella.executor.apply(ray.data.from_arrow(table), CaptionStage(cfg))`` (an actor pool of A,
   batch_size=B, num_cpus=1)`` (Ray gives a 1-CPU actor 1 OMP thread), on a local Ray with 2 CPUs.
   Reported twice: end to end (actor start + model load included) and steady state (wall time after
   the first batch finished, from the stage's per-batch records).
@@ -79,7 +79,7 @@ def main() -> None:
     gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "repetition_penalty": 1.5}
     cfg = CaptionConfig(mllm={"family": "qwen2-vl", "model_path": str(model), "min_pixels": MIN_PIXELS,
                               "max_pixels": MAX_PIXELS, "device": "cpu"},
-                        generation=gen, batch_size=args.batch_size, num_actors=args.actors, num_cpus=1)
+                        generation=gen, batch_size=args.batch_size, pool_size=args.actors, num_cpus=1)
     t = table(images(args.images))
     n = t.num_rows
 
@@ -87,6 +87,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     stage = CaptionStage(cfg)
+    stage.setup()
     load_s = time.perf_counter() - t0
 
     def run_loop() -> float:
@@ -103,10 +104,9 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         blocks = [t.slice(i, args.batch_size) for i in range(0, n, args.batch_size)]  # spread over the pool
-        ds = ray.data.from_arrow(blocks).map_batches(
-            CaptionStage, fn_constructor_kwargs={"cfg": cfg, "stats_dir": str(stats)},
-            compute=ray.data.ActorPoolStrategy(size=args.actors), batch_size=args.batch_size, batch_format="pyarrow",
-            num_cpus=1)
+        from mella.executor import apply
+
+        ds = apply(ray.data.from_arrow(blocks), CaptionStage(cfg, stats_dir=str(stats)))  # the job's executor
         res = pa.concat_tables(ray.get(ds.to_arrow_refs()))
         ray_s = time.perf_counter() - t0
         t_end = time.time()

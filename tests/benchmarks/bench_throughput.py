@@ -89,16 +89,20 @@ def count_img2dataset_ok(out: str) -> int:
 
 
 def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int) -> tuple[float, int]:
-    """Our image stages as build_corpus plans them (:func:`mella.pipeline.add_image_stages`, same
-    resources and batch size), parts written, then the global exact and pHash passes."""
+    """Our image stages as build_corpus plans them (the ``ImageStages`` step of :func:`mella.plan.build_plan`,
+    same resources and batch size, run by :func:`mella.executor.apply`), parts written, then the global exact
+    and pHash stages (find + apply)."""
     import pyarrow.parquet as pq
     import ray
 
     from mella.config import BuildConfig
-    from mella.pipeline import add_image_stages, write_parts
+    from mella.executor import apply
+    from mella.pipeline import write_parts
+    from mella.plan import build_plan
     from mella.schema import REJECT_SCHEMA, record_id, to_table
-    from mella.stages.dedup.exact import ExactDedupStage, find_exact_duplicates
-    from mella.stages.dedup.phash import PhashDedupStage, find_near_duplicates
+    from mella.stages.base import Fused
+    from mella.stages.dedup.exact import ExactDedupStage
+    from mella.stages.dedup.phash import PhashDedupStage
 
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -106,22 +110,23 @@ def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int) -> 
         "output": out,
         "crawl": {"allow_private_hosts": ["127.0.0.1"], "politeness_delay_s": 0, "per_host_concurrency": concurrency,
                   "max_retries": 0, "respect_robots": True},
-        "ray": {"fetch_actors": fetch_actors, "fetch_concurrency": concurrency},
+        "ray": {"image_pool": {"pool_size": fetch_actors, "concurrency": concurrency}},
     })
+    image_step = next(s for s in build_plan(cfg) if isinstance(s, Fused) and s.name == "ImageStages")
     rows = [{"id": record_id("hu", "bench", u), "lang": "hu", "page_url": "bench", "image_url": u,
              "alt_text": "kép", "source": "crawl"} for u in urls]
-    block = cfg.ray.batch_size
+    block = cfg.ray.image_pool.batch_size
     t0 = time.perf_counter()
     ds = ray.data.from_arrow([to_table(rows[i:i + block], REJECT_SCHEMA) for i in range(0, len(rows), block)])
-    ds = add_image_stages(ds, cfg, os.path.join(out, "warc"), [])
+    ds = apply(ds, image_step)
     ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": os.path.join(out, "parts")})
     ds.take_all()
     t_stream = time.perf_counter() - t0
     parts = sorted(glob.glob(os.path.join(out, "parts", "*.parquet")))
-    survivors = find_exact_duplicates(parts, "image")
-    near = find_near_duplicates(parts, survivors, "image", cfg.filters.phash)
+    exact, phash = ExactDedupStage("image"), PhashDedupStage(cfg.filters.phash, "image")
+    exact.find(parts, os.path.join(out, "exact.parquet"), {})
+    phash.find(parts, os.path.join(out, "phash.parquet"), {"exact_dedup": exact.decisions})
     n_ok = 0
-    exact, phash = ExactDedupStage(survivors, "image"), PhashDedupStage(near)
     for p in parts:
         t = phash(exact(pq.read_table(p)))
         n_ok += t.num_rows  # rows that went through every stage (kept or counted reject)

@@ -55,9 +55,10 @@ def embed_all(args, images):
         return z["orig"], {k: z[k] for k in EDITS}, float(z["rate"]), float(z["diff"])
     import torch
 
-    from mella.stages.dedup.semantic import EmbedStage
+    from mella.stages.enrich.embed import EmbedStage
 
     stage = EmbedStage(SemanticDedupConfig(num_cpus=args.threads))
+    stage.setup()
     torch.set_num_threads(args.threads)
     originals = [(args.root / p).read_bytes() for p, _ in images]
     stage.embed(originals[:4])  # warm-up

@@ -23,17 +23,15 @@ import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from mella.resources import Strict
 
 # torch and the backbones (transformers) are imported where a model is built or run: this module's
 # configs are imported by mella.config, i.e. by every Ray worker of build_corpus, most of which run no model
 # (importing torch cost ~2 s of CPU per worker on the 2-core machine).
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-
-class GenerationConfig(_Strict):
+class GenerationConfig(Strict):
     """Decoding parameters (transformers ``generate`` / vLLM ``SamplingParams`` names)."""
 
     max_new_tokens: int = Field(512, ge=1, description="tokens generated at most per answer")
@@ -47,7 +45,7 @@ class GenerationConfig(_Strict):
         True, description="never emit control tokens other than end-of-turn (image placeholders, box markers...)")
 
 
-class MLLMConfig(_Strict):
+class MLLMConfig(Strict):
     """Which MLLM to load and how (paper 3.1.1: InternVL; 4.1.3: Qwen2-VL-7B-Instruct, InternVL2-8B)."""
 
     family: Literal["qwen2-vl", "internvl2"] = "qwen2-vl"

@@ -22,6 +22,7 @@ D_ling candidate, then the smallest ``(page_url, image_url, id)``. Only groups w
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,7 +30,8 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.aggregate import Count, Min
 
-from mella.stages.base import Stage, reject
+from mella.io import write_parquet_atomic
+from mella.stages.base import DedupStage
 
 KEY_COLUMNS = ["id", "lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason", "d_ling_reason"]
 DRIVER_MAX_ROWS = 2_000_000
@@ -98,30 +100,57 @@ def find_exact_duplicates(parquet_files: list[str], mode: str = "image_text", dr
     return {r["group"]: r["min(sort_key)"] for r in agg.iter_rows()}
 
 
-class ExactDedupStage(Stage):
+ExactKey = Literal["image_text", "image"]
+
+
+def write_survivors(survivors: dict[str, str], image_groups: dict[str, str], path: str) -> None:
+    """Exact dedup's decisions as Parquet: ``kind`` (``group``: the run's key mode, ``image``: picture
+    only), ``key`` (group key), ``survivor`` (the survivor's sort key)."""
+    kinds = ["group"] * len(survivors) + ["image"] * len(image_groups)
+    t = pa.table({"kind": kinds, "key": list(survivors) + list(image_groups),
+                  "survivor": list(survivors.values()) + list(image_groups.values())})
+    write_parquet_atomic(t, path)
+
+
+def load_survivors(path: str, kind: str = "group") -> dict[str, str]:
+    """``{group key: survivor sort key}`` of :func:`write_survivors`' ``kind`` rows (empty for no file)."""
+    t = pq.read_table(path, filters=[("kind", "=", kind)], columns=["key", "survivor"])
+    return dict(zip(t["key"].to_pylist(), t["survivor"].to_pylist()))
+
+
+class ExactDedupStage(DedupStage):
     """Reject every row of a duplicated group except its survivor (reason ``duplicate``).
 
-    ``image_groups`` (``find_exact_duplicates(files, "image")``, for ``image_text`` mode with D_ling):
-    a D_ling candidate whose picture is also a D_know pair in its language is dropped too (reason
-    ``duplicate``, detail ``already in D_know``) — no GPU time for captioning an image we have a
-    native alt-text for. (In ``image`` mode the group key does this already.)
+    ``with_d_ling`` (``image_text`` mode): a D_ling candidate whose picture is also a D_know pair in
+    its language is dropped too (reason ``duplicate``, detail ``already in D_know``) — no GPU time
+    for captioning an image we have a native alt-text for. (In ``image`` mode the group key does
+    this already.)
     """
 
     name = "exact_dedup"
-    reads_image = False
+    reads = ("lang", "pixel_sha256", "alt_text", "page_url", "image_url", "d_ling_reason")
 
-    def __init__(self, survivors: dict[str, str], mode: str = "image_text", image_groups: dict[str, str] | None = None) -> None:
-        self.survivors = survivors
+    def __init__(self, mode: ExactKey = "image_text", with_d_ling: bool = False) -> None:
         self.mode = mode
-        self.image_groups = image_groups or {}
+        self.with_d_ling = with_d_ling and mode == "image_text"
+
+    def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
+        survivors = find_exact_duplicates(parts, self.mode)
+        image_groups = find_exact_duplicates(parts, "image") if self.with_d_ling else {}
+        write_survivors(survivors, image_groups, decisions)
+        self.decisions = decisions
+
+    def setup(self) -> None:
+        self.survivors = load_survivors(self.decisions) if self.decisions else {}
+        self.image_groups = load_survivors(self.decisions, "image") if self.decisions and self.with_d_ling else {}
 
     def process(self, rows: list[dict]) -> None:
         for r in rows:
             if not is_survivor(r, self.survivors, self.mode):
                 _flag, page, img, _id = self.survivors[group_key(r, self.mode)].split(SEP)
-                reject(r, self.name, "duplicate", f"same as {img} on {page}")
+                self.reject(r, "duplicate", f"same as {img} on {page}")
             elif r.get("d_ling_reason") and self.image_groups:
                 best = self.image_groups.get(group_key(r, "image"), "")
                 if best.startswith("0" + SEP):  # the picture's best row is a D_know pair
                     _flag, page, img, _id = best.split(SEP)
-                    reject(r, self.name, "duplicate", f"already in D_know: {img} on {page}")
+                    self.reject(r, "duplicate", f"already in D_know: {img} on {page}")

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mella.stages.base import Stage, reject
+from mella import survivor
+from mella.io import write_parquet_atomic
+from mella.stages.base import DedupStage
 from mella.stages.dedup.exact import KEY_COLUMNS, is_survivor
 
 ImageKey = tuple[str, str]  # (lang, pixel_sha256)
@@ -95,36 +98,39 @@ def distinct_images(parquet_files: list[str], exact_survivors: dict[str, str], e
 
 
 def greedy_drops(imgs: Images, i: np.ndarray, j: np.ndarray, dist: np.ndarray) -> dict[int, tuple[int, float]]:
-    """Apply the survivor rule to candidate pairs ``(i[k], j[k])`` (indexes into ``imgs``, any order).
-
-    Returns ``{dropped index: (kept index, distance)}``: an image is dropped iff a better image that
-    is itself kept lies within the threshold and shares no page with it. O(pairs log pairs).
-    """
-    src, dst = np.minimum(i, j), np.maximum(i, j)  # index order is priority order: src is the better one
-    order = np.lexsort((src, dst))
-    neighbours: dict[int, list[tuple[int, float]]] = {}
-    for s, d, x in zip(src[order].tolist(), dst[order].tolist(), np.asarray(dist)[order].tolist()):
-        if s != d and not (imgs.pages[s] & imgs.pages[d]):
-            neighbours.setdefault(d, []).append((s, x))
-    dropped: dict[int, tuple[int, float]] = {}
-    for d in sorted(neighbours):  # best first: every better image's fate is known when d is decided
-        for s, x in neighbours[d]:
-            if s not in dropped:
-                dropped[d] = (s, x)
-                break
-    return dropped
+    """The survivor rule (:func:`mella.survivor.greedy_drops`) on candidate pairs of ``imgs`` (indexes in
+    priority order) with the same-page exemption: ``{dropped index: (kept index, distance)}``."""
+    return survivor.greedy_drops(i, j, dist, exempt=lambda s, d: bool(imgs.pages[s] & imgs.pages[d]))
 
 
-class NearDupStage(Stage):
-    """Reject every row that shows a dropped image: ``{(lang, pixel_sha256): detail}`` → reason ``reason``."""
+def write_drops(drops: dict[ImageKey, str], path: str) -> None:
+    """A near-duplicate stage's decisions as Parquet: ``lang``, ``pixel_sha256``, ``detail`` per dropped image."""
+    keys = sorted(drops)
+    write_parquet_atomic(pa.table({"lang": [k[0] for k in keys], "pixel_sha256": [k[1] for k in keys],
+                                   "detail": [drops[k] for k in keys]}), path)
 
-    reads_image = False
 
-    def __init__(self, name: str, reason: str, drops: dict[ImageKey, str]) -> None:
-        self.name, self.reason, self.drops = name, reason, drops
+def load_drops(path: str | None) -> dict[ImageKey, str]:
+    """``{(lang, pixel_sha256): detail}`` from :func:`write_drops`' file (empty for None)."""
+    if not path:
+        return {}
+    t = pq.read_table(path)
+    return {(lang, px): d for lang, px, d in zip(t["lang"].to_pylist(), t["pixel_sha256"].to_pylist(),
+                                                   t["detail"].to_pylist())}
+
+
+class NearDupStage(DedupStage):
+    """Base of the pHash and CNN near-duplicate stages: ``find`` writes the dropped images
+    (:func:`write_drops`); applying rejects every row showing one with reason ``reason``."""
+
+    reason: ClassVar[str] = "near_duplicate"
+    reads = ("lang", "pixel_sha256")
+
+    def setup(self) -> None:
+        self.drops = load_drops(self.decisions)
 
     def process(self, rows: list[dict]) -> None:
         for r in rows:
             detail = self.drops.get((r.get("lang"), r.get("pixel_sha256")))
             if detail is not None:
-                reject(r, self.name, self.reason, detail)
+                self.reject(r, self.reason, detail)

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from mella.resources import Strict
 from mella.phash_index import find_pairs, find_pairs_distributed, hashes_from_hex
-from mella.stages.dedup.near_dup import ImageKey, NearDupStage, distinct_images, greedy_drops
+from mella.stages.dedup.exact import load_survivors
+from mella.stages.dedup.near_dup import ImageKey, NearDupStage, distinct_images, greedy_drops, write_drops
 
 
-class PhashConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PhashConfig(Strict):
+    """pHash near-duplicate stage (paper appendix B.2)."""
+
     enabled: bool = True
     threshold: int = Field(4, ge=0, le=32, description="max Hamming distance (bits) of near-duplicate pHashes")
     ray_min_images: int = Field(500_000, ge=1, description="use Ray tasks to find pairs above this many images")
@@ -60,6 +63,17 @@ def find_near_duplicates(parquet_files: list[str], exact_survivors: dict[str, st
     return drops
 
 
-def PhashDedupStage(drops: dict[ImageKey, str]) -> NearDupStage:  # noqa: N802 - a stage factory
-    """The pHash near-duplicate stage: rejects rows of dropped images with reason ``near_duplicate``."""
-    return NearDupStage("phash_dedup", "near_duplicate", drops)
+class PhashDedupStage(NearDupStage):
+    """pHash near-duplicates (paper appendix B.2): :func:`find_near_duplicates` over all parts, rows of
+    dropped images rejected with reason ``near_duplicate``."""
+
+    name = "phash_dedup"
+    reason = "near_duplicate"
+
+    def __init__(self, cfg: PhashConfig, exact_mode: str = "image_text") -> None:
+        self.cfg, self.exact_mode = cfg, exact_mode
+
+    def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
+        survivors = load_survivors(upstream["exact_dedup"]) if "exact_dedup" in upstream else {}
+        write_drops(find_near_duplicates(parts, survivors, self.exact_mode, self.cfg), decisions)
+        self.decisions = decisions

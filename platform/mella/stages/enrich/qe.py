@@ -16,31 +16,38 @@ skip). No COMET weights exist on PyPI, so this path is not exercised by the test
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from mella.stages.base import Stage, reject
+from mella.resources import PoolConfig
+
+from mella.stages.base import Stage
 from mella.models.mllm import log_batch, timed
 
 
-class QEConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class QEConfig(PoolConfig):
+    """QE stage: the COMETKiwi checkpoint, the threshold and the pool block."""
 
     model_path: str | None = Field(None, description="COMETKiwi checkpoint (.ckpt); None = no QE, qe_score null")
     threshold: float = Field(0.6, ge=0, le=1, description="rows scoring below are rejected (paper average: 0.75)")
-    batch_size: int = Field(64, ge=1)
-    num_actors: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1, description="pairs per Ray Data batch and per predict() call")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; COMET predict uses one GPU when > 0")
-    num_cpus: float = Field(0.5, gt=0)
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per actor")
 
 
 class QEStage(Stage):
     """Ray Data callable: sets ``qe_score`` and rejects rows under the threshold (see module doc)."""
 
     name = "qe"
-    reads_image = False
+    reads = ("caption_en", "text")
+    writes = ("qe_score",)
+    rejects = True
+    d_ling = True
 
     def __init__(self, cfg: QEConfig | None = None, stats_dir: str | None = None) -> None:
         self.cfg, self.stats_dir = cfg or QEConfig(), stats_dir
+        self.resources, self.batch_size = self.cfg.stage_resources(), self.cfg.batch_size
+
+    def setup(self) -> None:
         self.model = None
         if self.cfg.model_path:
             try:
@@ -67,4 +74,4 @@ class QEStage(Stage):
             for r, s in zip(chunk, scores):
                 r["qe_score"] = s
                 if s < self.cfg.threshold:
-                    reject(r, self.name, "qe_below_threshold", f"{s:.3f} < {self.cfg.threshold}")
+                    self.reject(r, "qe_below_threshold", f"{s:.3f} < {self.cfg.threshold}")

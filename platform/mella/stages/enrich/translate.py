@@ -35,14 +35,14 @@ import os
 from typing import Literal
 
 import aiohttp
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from mella.languages import load_languages
 from mella.ratelimit import RateLimiter
-from mella.schema import REJECT_SCHEMA, conform, record_id, to_table
-from mella.stages.base import is_active, reject
+from mella.schema import record_id
+from mella.stages.base import Stage
 from mella.models.mllm import GenerationConfig, MLLMConfig, log_batch, timed
+from mella.resources import PoolConfig, Strict
 
 #: Marian/OPUS-MT target-language tokens (``>>xxx<<``, ISO 639-3 as in the Tatoeba-Challenge models);
 #: used when languages.yaml has no ``marian`` key for a language.
@@ -55,11 +55,8 @@ ENGLISH_CODES = {"deepl": "EN", "google": "en", "nllb": "eng_Latn", "m2m100": "e
 Backend = Literal["deepl", "google", "seq2seq", "mllm"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-
-class APIConfig(_Strict):
+class APIConfig(Strict):
     """HTTP client settings shared by the DeepL and Google clients (defaults per provider when None)."""
 
     base_url: str | None = Field(None, description="default: DeepL api(-free).deepl.com / https://translation.googleapis.com")
@@ -74,7 +71,7 @@ class APIConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0, description="total timeout of one request, seconds")
 
 
-class Seq2SeqConfig(_Strict):
+class Seq2SeqConfig(Strict):
     """A local encoder-decoder MT model (transformers ``AutoModelForSeq2SeqLM``)."""
 
     model_path: str | None = Field(None, description="one model for all targets (NLLB-200, M2M100, multi-target Marian)")
@@ -87,15 +84,16 @@ class Seq2SeqConfig(_Strict):
                                                                                    repetition_penalty=1.0))
 
 
-class TranslateConfig(_Strict):
+class TranslateConfig(PoolConfig):
+    """Translate stage: backends, target languages, their clients and the pool block."""
+
     backend: Backend = "seq2seq"
     backends: dict[str, Backend] = Field(default_factory=dict, description="per-language override, e.g. {sr: google}")
     target_langs: list[str] = Field(default_factory=list, description="languages to translate into; empty = each row's lang")
     source_lang: str = "en"
-    batch_size: int = Field(16, ge=1, description="texts per backend call (API clients split further)")
-    num_actors: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1, description="texts per Ray Data batch and per backend call (API clients split further)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (seq2seq/mllm on GPU nodes; fractional allowed)")
-    num_cpus: float = Field(0.5, gt=0)
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per actor")
     deepl: APIConfig = Field(default_factory=APIConfig)
     google: APIConfig = Field(default_factory=APIConfig)
     seq2seq: Seq2SeqConfig = Field(default_factory=Seq2SeqConfig)
@@ -397,25 +395,33 @@ def _tag(backend, lang: str) -> str:
 
 
 # ============================================================================================ stage
-class TranslateStage:
-    """Ray Data callable: D_ling rows with ``caption_en`` → one row per (image, target language).
+class TranslateStage(Stage):
+    """D_ling rows with ``caption_en`` → one row per (image, target language).
 
     Output rows: ``lang`` = target, ``id`` = :func:`record_id` (target, page, image), ``text`` = the
     translation, ``mt_backend`` = backend tag (``deepl``, ``google``, ``nllb:<model>``, ``marian:<model>``,
     ``mllm:<family>:<model>``). Rejects (stage ``translate``): ``no_caption``; ``mt_<reason>`` from
-    :class:`TranslationAPIError`; ``empty_translation``. Rows rejected upstream pass through unchanged.
+    :class:`TranslationAPIError`; ``empty_translation``. Target languages are checked at construction;
+    backends are built (API keys checked, models loaded) in :meth:`setup`, not on the first batch.
     """
 
     name = "translate"
+    reads = ("caption_en", "lang", "image")  # image: each output row carries the picture
+    writes = ("lang", "id", "text", "mt_backend")
+    rejects = True
+    d_ling = True
 
     def __init__(self, cfg: TranslateConfig, stats_dir: str | None = None) -> None:
         self.cfg = cfg
         self.stats_dir = stats_dir
-        self._backends: dict[str, object] = {}
+        self.resources, self.batch_size = cfg.stage_resources(), cfg.batch_size
         for lang in cfg.target_langs:
             if lang not in load_languages():  # unknown language → error now, not mid-run
                 raise KeyError(f"target language {lang!r} is not in languages.yaml")
-        # backends are built (API keys checked, models loaded) at start, not on the first batch
+
+    def setup(self) -> None:
+        self._backends: dict[str, object] = {}
+        cfg = self.cfg
         if cfg.target_langs:
             needed = {cfg.backends.get(lang, cfg.backend) for lang in cfg.target_langs}
         else:  # each row's own language: any override may be needed
@@ -428,15 +434,12 @@ class TranslateStage:
             self._backends[name] = make_backend(name, self.cfg)
         return self._backends[name]
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = conform(batch, REJECT_SCHEMA).to_pylist()
-        out: list[dict] = [r for r in rows if not is_active(r)]
+    def process(self, rows: list[dict]) -> list[dict]:
+        out: list[dict] = []
         jobs: dict[str, list[dict]] = {}
         for r in rows:
-            if not is_active(r):
-                continue
             if not (r.get("caption_en") or "").strip():
-                reject(r, self.name, "no_caption")
+                self.reject(r, "no_caption")
                 out.append(r)
                 continue
             for lang in self.cfg.target_langs or [r["lang"]]:
@@ -446,8 +449,7 @@ class TranslateStage:
             for i in range(0, len(src), self.cfg.batch_size):
                 chunk = src[i:i + self.cfg.batch_size]
                 out.extend(self._translate_chunk(backend, chunk, lang))
-        return to_table(out, REJECT_SCHEMA)
-
+        return out
     def _translate_chunk(self, backend, chunk: list[dict], lang: str) -> list[dict]:
         texts = [r["caption_en"] for r in chunk]
         new = []
@@ -460,7 +462,7 @@ class TranslateStage:
             tag = _tag(backend, lang)
         except TranslationAPIError as e:
             for n in new:
-                reject(n, self.name, f"mt_{e.reason}", e.detail)
+                self.reject(n, f"mt_{e.reason}", e.detail)
             return new
         log_batch(self.stats_dir, self.name, len(chunk), secs, lang=lang, backend=tag)
         for n, t in zip(new, result):
@@ -468,5 +470,5 @@ class TranslateStage:
             if t and t.strip():
                 n["text"] = t.strip()
             else:
-                reject(n, self.name, "empty_translation", tag)
+                self.reject(n, "empty_translation", tag)
         return new

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from mella.stages.base import Stage, reject
+from mella.stages.base import Filter
 
 _FILENAME = re.compile(
     r"^[\w\-.()~%+ ]*\.(jpe?g|jfif|png|gif|webp|svg|bmp|tiff?|avif|heic|ico)(\?.*)?$", re.I
@@ -65,26 +65,21 @@ def alt_problem(alt: str | None) -> str | None:
     return None
 
 
-class AltTextStage(Stage):
-    """Reject rows whose alt-text is unusable (reasons above).
+class AltTextStage(Filter):
+    """Drop rows whose alt-text is unusable (reasons: :func:`alt_problem`).
 
-    With ``route_to_d_ling`` (D_ling enabled) such a row is not rejected: it stays active with
+    With ``route_to_d_ling`` (D_ling enabled) such a row is not dropped: it stays active with
     ``d_ling_reason = "alt_text:<reason>"`` so its image goes through the image filters and, if it
     passes them, to captioning (paper 3.1.2: images without usable alt-text form D_ling).
     """
 
     name = "alt_text"
-    reads_image = False
+    reads = ("alt_text",)
+    routable = True
 
     def __init__(self, route_to_d_ling: bool = False) -> None:
-        self.route = route_to_d_ling
+        self.route_to_d_ling = route_to_d_ling
 
-    def process(self, rows: list[dict]) -> None:
-        for r in rows:
-            problem = alt_problem(r.get("alt_text"))
-            if not problem:
-                continue
-            if self.route:
-                r["d_ling_reason"] = f"{self.name}:{problem}"
-            else:
-                reject(r, self.name, problem, repr(r.get("alt_text"))[:200])
+    def filter(self, row: dict) -> tuple[str, str] | None:
+        problem = alt_problem(row.get("alt_text"))
+        return (problem, repr(row.get("alt_text"))[:200]) if problem else None

@@ -1,6 +1,6 @@
 """Decode and resolution filters (paper appendix B.2), with Pillow.
 
-Decode: the image bytes must open with Pillow as one of ``FilterConfig.allowed_formats`` (JPEG, PNG,
+Decode: the image bytes must open with Pillow as one of ``DecodeConfig.allowed_formats`` (JPEG, PNG,
 WebP, GIF — first frame), their declared size must be ≤ ``max_image_pixels`` (checked from the header
 *before* any pixel is decoded: the decompression-bomb guard), and the full first frame must decode.
 Reasons: ``no_image``, ``format_svg``, ``format_<NAME>``, ``undecodable``, ``decompression_bomb``,
@@ -23,10 +23,22 @@ import io
 import warnings
 
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field
 
-from mella.config import FilterConfig
 from mella.phash_index import hash_to_hex, phash64
-from mella.stages.base import Stage, reject
+from mella.resources import Strict
+from mella.stages.base import Filter, Stage, reject
+
+
+class DecodeConfig(Strict):
+    """Decode and resolution settings (paper appendix B.2: "resolution > 256 px on both sides")."""
+
+    min_side_px: int = Field(256, ge=1, description="keep only width > min_side_px and height > min_side_px")
+    max_image_pixels: int = Field(
+        64_000_000, gt=0, description="decompression-bomb guard: larger width*height is rejected unopened"
+    )
+    allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
+
 
 _SVG_SNIFF = (b"<svg", b"<?xml")
 
@@ -40,7 +52,7 @@ class TooSmall(ValueError):
     """The header's size fails the resolution filter (``args[0]`` = detail)."""
 
 
-def decode_image(data: bytes, cfg: FilterConfig) -> dict:
+def decode_image(data: bytes, cfg: DecodeConfig) -> dict:
     """Decode ``data`` → ``{"width", "height", "format", "pixel_sha256", "phash"}`` (px, px, Pillow name,
     hex sha256, 16-hex-digit 64-bit pHash of the first frame).
 
@@ -87,10 +99,20 @@ def decode_image(data: bytes, cfg: FilterConfig) -> dict:
 
 
 class DecodeStage(Stage):
-    name = "decode"
+    """Decode each image with Pillow (:func:`decode_image`); fills size, format, pixel key and pHash.
 
-    def __init__(self, cfg: FilterConfig | None = None) -> None:
-        self.cfg = cfg or FilterConfig()
+    Rejects under ``decode`` (reason = the ``ValueError`` text of :func:`decode_image`) and, when the
+    header already shows the image is too small (nothing decoded), under ``resolution``/``too_small``.
+    """
+
+    name = "decode"
+    reads = ("image",)
+    writes = ("width", "height", "format", "pixel_sha256", "phash")
+    rejects = True
+
+    def __init__(self, cfg: DecodeConfig | None = None, batch_size: int | None = None) -> None:
+        self.cfg = cfg or DecodeConfig()
+        self.batch_size = batch_size
 
     def process(self, rows: list[dict]) -> None:
         for r in rows:
@@ -99,19 +121,20 @@ class DecodeStage(Stage):
             except TooSmall as e:
                 reject(r, ResolutionStage.name, "too_small", str(e))
             except ValueError as e:
-                reject(r, self.name, str(e))
+                self.reject(r, str(e))
 
 
-class ResolutionStage(Stage):
+class ResolutionStage(Filter):
+    """Paper appendix B.2: keep images whose width *and* height exceed ``min_side_px`` (256 px)."""
+
     name = "resolution"
-    reads_image = False
+    reads = ("width", "height")
 
-    def __init__(self, cfg: FilterConfig | None = None) -> None:
-        self.cfg = cfg or FilterConfig()
+    def __init__(self, cfg: DecodeConfig | None = None, batch_size: int | None = None) -> None:
+        self.cfg = cfg or DecodeConfig()
+        self.batch_size = batch_size
 
-    def process(self, rows: list[dict]) -> None:
+    def filter(self, row: dict) -> tuple[str, str] | None:
         m = self.cfg.min_side_px
-        for r in rows:
-            w, h = r.get("width") or 0, r.get("height") or 0
-            if not (w > m and h > m):
-                reject(r, self.name, "too_small", f"{w}x{h} px, need both > {m}")
+        w, h = row.get("width") or 0, row.get("height") or 0
+        return None if (w > m and h > m) else ("too_small", f"{w}x{h} px, need both > {m}")

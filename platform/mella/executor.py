@@ -1,0 +1,160 @@
+"""The executor: a plan of stages (:mod:`mella.plan`) mapped onto Ray Data.
+
+Each step of the plan — a :class:`~mella.stages.base.Stage` or a :class:`~mella.stages.base.Fused`
+group — becomes one ``map_batches`` with the step's declared resources and batch size: Ray tasks
+(:class:`TaskRunner`, an object) or an actor pool (:class:`PoolRunner`, a class Ray Data
+instantiates once per actor). Both convert a batch from Arrow to rows once, run the step's stages
+on the rows still active, and convert back once; columns no stage of the step reads (image bytes,
+embeddings) pass through column-wise. Each runner writes its stages' counters — rows in, rejected
+(by reason), wall and CPU seconds — to ``stats_dir`` (``stage-*.json``), which
+:func:`stage_stats` sums into ``DIR/stage_stats.json``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mella.io import write_json_atomic
+from mella.schema import REJECT_SCHEMA, conform, to_table
+from mella.stages.base import HEAVY_COLUMNS, Fused, Stage
+
+Step = Stage | Fused
+
+
+def stages_of(step: Step) -> list[Stage]:
+    """The stages a plan step runs, in order."""
+    return step.stages if isinstance(step, Fused) else [step]
+
+
+def step_name(step: Step) -> str:
+    """The operator name Ray shows for ``step`` (a class name: ``ImageStages``, ``AltTextStage``)."""
+    return step.name if isinstance(step, Fused) else type(step).__name__
+
+
+class _Runner:
+    """Runs the stages of one step on REJECT_SCHEMA batches (see the module docstring)."""
+
+    def __init__(self, stages: list[Stage], stats_dir: str | None = None) -> None:
+        self.stages = stages
+        self.stats_dir = stats_dir
+        self.heavy = any(s.reads_image for s in stages)
+        self.counts = {s.name: {"rows_in": 0, "rejected": Counter(), "wall_s": 0.0, "cpu_s": 0.0, "batches": 0}
+                       for s in stages}
+        self.stats_file = (os.path.join(stats_dir, f"stage-{uuid.uuid4().hex}.json") if stats_dir else None)
+
+    def run(self, batch: pa.Table) -> pa.Table:
+        batch = conform(batch, REJECT_SCHEMA)
+        light = batch if self.heavy else batch.drop_columns(list(HEAVY_COLUMNS))
+        rows = light.to_pylist()
+        for s in self.stages:
+            active = [r for r in rows if r.get("reason") is None]
+            if not active:
+                continue
+            t0, c0 = time.perf_counter(), time.process_time()
+            before = {id(r) for r in rows if r.get("reason") is not None}
+            out = s.process(active)
+            if out is not None:  # one row → several (translate): rejected rows keep their place first
+                rows = [r for r in rows if id(r) in before] + out
+            c = self.counts[s.name]
+            c["rows_in"] += len(active)
+            c["batches"] += 1
+            c["wall_s"] += time.perf_counter() - t0
+            c["cpu_s"] += time.process_time() - c0
+            c["rejected"].update(r["reason"] if r.get("stage") == s.name else f"{r.get('stage')}:{r['reason']}"
+                                 for r in rows if r.get("reason") is not None and id(r) not in before)
+        out_t = to_table(rows, REJECT_SCHEMA)
+        if not self.heavy:  # the heavy columns were never converted: take them from the input, nulled on rejects
+            kept = pc.is_null(out_t["reason"])
+            for col in HEAVY_COLUMNS:
+                i = out_t.schema.get_field_index(col)
+                out_t = out_t.set_column(i, col, pc.if_else(kept, batch[col], pa.scalar(None, batch.schema.field(col).type)))
+        self._write_stats()
+        return out_t
+
+    def _write_stats(self) -> None:
+        if self.stats_file:
+            write_json_atomic({k: {**v, "rejected": dict(v["rejected"])} for k, v in self.counts.items()}, self.stats_file)
+
+
+class PoolRunner(_Runner):
+    """Ray Data callable class for an actor pool: :meth:`Stage.setup` once per actor, teardown when
+    Ray Data shuts the actor down gracefully (it deletes the UDF object, ``__del__`` — the only hook
+    Ray Data 2.60 offers, ``ActorPoolMapOperator.__ray_shutdown__``; a killed actor has nothing to release)."""
+
+    def __init__(self, stages: list[Stage], stats_dir: str | None = None) -> None:
+        super().__init__(stages, stats_dir)
+        for s in self.stages:
+            s.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.run(batch)
+
+    def __del__(self) -> None:
+        for s in getattr(self, "stages", []):
+            try:
+                s.teardown()
+            except Exception:  # noqa: BLE001 - interpreter shutdown; nothing left to report to
+                pass
+
+
+class TaskRunner(_Runner):
+    """Ray Data callable object for Ray tasks: setup, run, teardown around every batch (light stages)."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for s in self.stages:
+            s.setup()
+        try:
+            return self.run(batch)
+        finally:
+            for s in self.stages:
+                s.teardown()
+
+
+def apply(ds, step: Step, stats_dir: str | None = None):
+    """``ds.map_batches`` for one plan step with its declared resources and batch size."""
+    stages = stages_of(step)
+    args = step.resources.map_batches_args()
+    if step.resources.pool_size is not None:
+        # a subclass named after the step: what Ray's dashboard and state API show for the pool
+        runner = type(step_name(step), (PoolRunner,), {"__doc__": PoolRunner.__doc__})
+        return ds.map_batches(runner, fn_constructor_kwargs={"stages": stages, "stats_dir": stats_dir},
+                              batch_size=step.batch_size, batch_format="pyarrow", **args)
+    fn = TaskRunner(stages, stats_dir)
+    fn.__name__ = step_name(step)  # what Ray Data names the operator
+    return ds.map_batches(fn, batch_size=step.batch_size, batch_format="pyarrow", **args)
+
+
+def read_source(batch: pa.Table, source_stage, stats_dir: str) -> Iterator[pa.Table]:
+    """Ray Data generator UDF for the plan's source stage: rows ``{path, source}`` → record batches."""
+    for path, source in zip(batch["path"].to_pylist(), batch["source"].to_pylist()):
+        for rows in source_stage.read(path, source, stats_dir):
+            yield to_table(rows, REJECT_SCHEMA)
+
+
+def stage_stats(stats_dirs: list[str]) -> dict:
+    """Sum the runners' ``stage-*.json`` counters under ``stats_dirs``: ``{stage: {rows_in, rejected,
+    wall_s, cpu_s, batches, cpu_ms_per_row}}`` (CPU seconds of the process running the stage)."""
+    total: dict[str, dict] = {}
+    for d in stats_dirs:
+        for p in glob.glob(os.path.join(d, "stage-*.json")):
+            with open(p, encoding="utf-8") as f:
+                for name, c in json.load(f).items():
+                    t = total.setdefault(name, {"rows_in": 0, "rejected": Counter(), "wall_s": 0.0, "cpu_s": 0.0,
+                                                "batches": 0})
+                    for k in ("rows_in", "wall_s", "cpu_s", "batches"):
+                        t[k] += c[k]
+                    t["rejected"].update(c["rejected"])
+    for t in total.values():
+        t["rejected"] = dict(t["rejected"])
+        t["wall_s"], t["cpu_s"] = round(t["wall_s"], 3), round(t["cpu_s"], 3)
+        t["cpu_ms_per_row"] = round(1000 * t["cpu_s"] / t["rows_in"], 3) if t["rows_in"] else None
+    return total
