@@ -29,7 +29,6 @@ import os
 import shutil
 import time
 import uuid
-from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -22,7 +22,8 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
 from mella.resources import Strict
 
 # torch and the backbones (transformers) are imported where a model is built or run: this module's

@@ -31,7 +31,7 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from PIL.Image import DecompressionBombError, UnidentifiedImageError
 
 from mella.languages import load_languages

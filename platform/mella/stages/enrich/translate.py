@@ -35,7 +35,7 @@ import os
 from typing import Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mella.languages import load_languages
 from mella.ratelimit import RateLimiter

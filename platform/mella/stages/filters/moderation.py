@@ -58,7 +58,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mella.ratelimit import RateLimiter
 from mella.stages.base import Stage, reject
