@@ -88,6 +88,15 @@ def test_greek_metrics(greek):
     partial = metrics.score_corpus(["Ένα παράθυρο του OmegaT με στατιστικά"],
                                    ["Πίνακας με τα στατιστικά αντιστοιχιών ενός έργου στο OmegaT"], "el")
     assert 0 < partial["keyword_accuracy"] < 1 and 0 < partial["rouge_l"] < 1 and 0 < partial["bleu"] < 100
+    # and through the evaluation job's scorer (Table 3 rows), D_know and D_ling items
+    from mella.evaluation import Item, Output, score
+
+    items = [Item("el", src, str(i), "", b"", prompts_for("el").eval_know, r) for i, (src, r) in
+             enumerate([("d_know", ref[0]), ("d_know", ref[1]), ("d_ling", ref1[0])])]
+    rows, facts = score(items, [Output(i.lang, i.source, i.id, 0, "MELLA", "m", i.reference) for i in items])
+    assert facts["el"]["stemmer"] == "greek" and facts["el"]["tokenizer"] == "el:whitespace_punct"
+    assert {r["metric"]: round(r["value"], 6) for r in rows} == {"keyword_accuracy": 100, "bleu": 100, "rouge_l": 100,
+                                                                  "meteor": 100}
 
 
 def test_greek_web_provenance():

@@ -102,6 +102,12 @@ def tokenizer_name(lang: str) -> str:
     return _language(lang).metric_tokenizer
 
 
+def stemmer_name(lang: str) -> str:
+    """PyStemmer Snowball algorithm of METEOR's stem stage for ``lang`` (``"none"`` when it has none).
+    Raises ``ValueError`` if the language is unknown."""
+    return _language(lang).stemmer or "none"
+
+
 def normalize(text: str, lang: str) -> str:
     """Unicode-normalised, casefolded ``text`` as the tokenizers see it (see module docstring)."""
     if not isinstance(text, str):
@@ -286,6 +292,6 @@ def score_corpus(predictions: Sequence[str], references: Sequence[str], lang: st
         "meteor": meteor(predictions, references, lang, wordnet=wordnet),
         "bleu_signature": signature,
         "tokenizer": f"{lang}:{tokenizer_name(lang)}",
-        "stemmer": _language(lang).stemmer or "none",
+        "stemmer": stemmer_name(lang),
         "keyword_top_k": keyword_top_k,
     }
