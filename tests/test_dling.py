@@ -39,7 +39,8 @@ from mella.executor import apply
 from mella.pipeline import split_and_write
 from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig
 from mella.stages.enrich.qe import QEConfig, QEStage
-from mella.stages.enrich.translate import MARIAN_DEFAULT_CODES, Seq2SeqConfig, TranslateConfig, TranslateStage
+from mella.languages import load_languages
+from mella.stages.enrich.translate import Seq2SeqConfig, TranslateConfig, TranslateStage, lang_code
 
 pytestmark = needs_miniweb()
 
@@ -102,7 +103,7 @@ def tiny_marian(path: Path) -> Path:
     import torch
     from transformers import MarianConfig, MarianMTModel
 
-    tok = _bpe_tokenizer(path, [f">>{c}<<" for c in MARIAN_DEFAULT_CODES.values()])
+    tok = _bpe_tokenizer(path, [f">>{lang_code(c, 'marian')}<<" for c in load_languages()])
     cfg = MarianConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,

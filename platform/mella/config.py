@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from mella.languages import TARGET_LANGS, load_languages
+from mella.languages import ENV_VAR, default_targets, load_languages
 from mella.stages.filters.moderation import ModerationConfig
 from mella.stages.dedup.phash import PhashConfig
 from mella.stages.dedup.exact import ExactKey
@@ -124,7 +124,7 @@ class BuildConfig(Strict):
     seeds: Path | None = None
     warc: list[str] = Field(default_factory=list)
     offline: bool = False
-    langs: list[str] = Field(default_factory=lambda: list(TARGET_LANGS))
+    langs: list[str] = Field(default_factory=default_targets, description="target languages; default: languages.yaml's `default: true` ones")
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     langid: LangIDConfig = Field(default_factory=LangIDConfig)
@@ -138,7 +138,8 @@ class BuildConfig(Strict):
         known = load_languages()
         bad = [x for x in v if x not in known]
         if bad:
-            raise ValueError(f"unknown language(s) {bad}; add them to mella/data/languages.yaml (known: {sorted(known)})")
+            raise ValueError(f"unknown language(s) {bad} (known: {sorted(known)}); add one in a file named by ${ENV_VAR}"
+                             " (README: Add a language)")
         return v
 
 

@@ -221,7 +221,7 @@ def score(items: list[Item], outputs: list[Output], keyword_top_k: int = 5) -> t
     for (seed, method, model, lang, source), pairs in sorted(groups.items()):
         preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
         fact = facts.setdefault(lang, {"tokenizer": f"{lang}:{metrics.tokenizer_name(lang)}",
-                                       "stemmer": metrics.STEMMERS.get(lang, "none"), "keyword_top_k": keyword_top_k})
+                                       "stemmer": metrics.stemmer_name(lang), "keyword_top_k": keyword_top_k})
         if source == "d_know":
             corpus = [i.reference for i in items if i.lang == lang and i.source == "d_know"]
             values = {"keyword_accuracy": metrics.keyword_accuracy(preds, refs, lang, keyword_top_k, corpus) * 100}

@@ -6,10 +6,11 @@ rouge-score's default keeps only ``[a-z0-9]`` (Russian, Arabic, Thai, Korean sco
 ``13a``/``intl`` leave Thai unsegmented, ``flores200``/``spm`` download a model, ``ko-mecab`` needs
 MeCab-ko, and nltk's ``word_tokenize`` needs ``punkt_tab`` data that no PyPI package ships.
 
-Tokens, per language (``metric_tokenizer`` in ``mella/data/languages.yaml``; ``en`` is built in):
+Tokens, per language (``metric_tokenizer``, ``metric_transliteration`` and ``stemmer`` of the language in
+``mella/data/languages.yaml``, a target or the source language ``en``; as shipped):
 
 =====  ==================  =============================================================================
-lang   tokenizer           what happens (always: decimal digits of Arabic/Persian/Thai to ASCII,
+lang   tokenizer           what happens (always: decimal digits of any script to ASCII,
                            casefold, punctuation and symbols dropped)
 =====  ==================  =============================================================================
 ar     whitespace_punct    NFKC (folds presentation forms), tatweel U+0640 removed, split on anything
@@ -17,8 +18,9 @@ ar     whitespace_punct    NFKC (folds presentation forms), tatweel U+0640 remov
                            Harakat are kept (they are marks inside the word).
 cs hu  whitespace_punct    NFKC, casefold, split on non letter/mark/number (diacritics kept).
 ru en  whitespace_punct    same.
-sr     whitespace_punct    same, then Cyrillic transliterated to Gaj's Latin (љ→lj, њ→nj, џ→dž ...), so a
-                           Latin answer to a Cyrillic reference is scored on its words, not its script.
+sr     whitespace_punct    same, then Cyrillic transliterated to Gaj's Latin (љ→lj, њ→nj, џ→dž ...;
+                           ``metric_transliteration``), so a Latin answer to a Cyrillic reference is
+                           scored on its words, not its script.
 vi     whitespace_punct    same; tokens are syllables (no word segmenter), as in WMT/IWSLT vi BLEU.
 th     pythainlp_newmm     NFC (not NFKC: it splits SARA AM U+0E33 and breaks the dictionary), casefold,
                            pythainlp ``word_tokenize(engine="newmm")`` (dictionary shipped, offline),
@@ -37,8 +39,8 @@ Metrics (units: BLEU 0-100 as sacrebleu reports it; the others 0-1):
 - ``rouge_l``: rouge-score ``RougeScorer(["rougeL"], tokenizer=...)`` with our tokens, mean F-measure
   (beta = 1) over pairs.
 - ``meteor``: nltk ``single_meteor_score`` (Lavie & Agarwal 2007: alpha 0.9, beta 3, gamma 0.5) on our
-  tokens, mean over pairs. Stages: exact; stem with a PyStemmer Snowball stemmer for ar, cs, hu, ru, sr
-  (on the Latin transliteration), en, and none for ko, th, vi (Snowball has none); WordNet synonyms only
+  tokens, mean over pairs. Stages: exact; stem with the language's PyStemmer Snowball ``stemmer`` (ar, cs,
+  hu, ru, sr on the Latin transliteration, en; none for ko, th, vi: Snowball has none); WordNet synonyms only
   when a WordNet is passed, for ``en`` only (nltk calls ``synsets(word)`` in English, on the stems left
   over by the stem stage). WordNet is never required or downloaded: without one an object with no
   synsets is passed, so nltk's lazy ``nltk.corpus.wordnet`` is never loaded. nltk gives a perfect m-token
@@ -57,7 +59,6 @@ has no tokens; ``TypeError`` for items that are not ``str``. An empty prediction
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import math
 import unicodedata
 from collections import Counter
@@ -66,50 +67,57 @@ from collections.abc import Sequence
 import regex
 import sacrebleu
 import Stemmer
-import yaml
 from nltk.translate.meteor_score import single_meteor_score
 from rouge_score import rouge_scorer
 
-# Languages evaluated without an entry in languages.yaml (English, for comparison with the literature).
-EXTRA_TOKENIZERS = {"en": "whitespace_punct"}
-# Snowball stemmers shipped by PyStemmer, by ISO 639-1 code. None for ko, th, vi: Snowball has none.
-STEMMERS = {"ar": "arabic", "cs": "czech", "hu": "hungarian", "ru": "russian", "sr": "serbian", "en": "english"}
+from mella import languages
 
 _WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")
-_FOLD = {
-    **{0x0660 + i: str(i) for i in range(10)},  # Arabic-Indic digits
-    **{0x06F0 + i: str(i) for i in range(10)},  # Extended Arabic-Indic digits (Persian/Urdu)
-    **{0x0E50 + i: str(i) for i in range(10)},  # Thai digits
-    0x0640: None,  # Arabic tatweel (kashida): elongation only
-}
-_SR_LATIN = str.maketrans({
-    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "ђ": "đ", "е": "e", "ж": "ž", "з": "z", "и": "i",
-    "ј": "j", "к": "k", "л": "l", "љ": "lj", "м": "m", "н": "n", "њ": "nj", "о": "o", "п": "p", "р": "r",
-    "с": "s", "т": "t", "ћ": "ć", "у": "u", "ф": "f", "х": "h", "ц": "c", "ч": "č", "џ": "dž", "ш": "š",
-})
+_DIGIT = regex.compile(r"(?![0-9])\p{Nd}")  # decimal digits of any script (Arabic-Indic, Thai, ...)
+_TATWEEL = "\u0640"  # Arabic tatweel (kashida): elongation only, removed
 
 
-@functools.cache
-def _tokenizer_names() -> dict[str, str]:
-    text = importlib.resources.files("mella").joinpath("data/languages.yaml").read_text(encoding="utf-8")
-    return {**{lang: spec["metric_tokenizer"] for lang, spec in yaml.safe_load(text).items()}, **EXTRA_TOKENIZERS}
+def _fold(text: str) -> str:
+    text = text.replace(_TATWEEL, "")
+    return _DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), text) if _DIGIT.search(text) else text
+
+
+def _language(lang: str) -> languages.Language:
+    try:
+        language = languages.language(lang)
+    except KeyError as exc:
+        raise ValueError(f"no metric tokenizer for language {lang!r}: {exc.args[0]}") from None
+    if language.metric_tokenizer is None:
+        raise ValueError(f"no metric tokenizer for language {lang!r}: languages.yaml gives it no metric_tokenizer")
+    return language
+
+
+@functools.lru_cache(maxsize=64)
+def _transliteration(table: tuple) -> dict:
+    return str.maketrans(dict(table))
 
 
 def tokenizer_name(lang: str) -> str:
     """Name of the metric tokenizer for ``lang`` (ISO 639-1). Raises ``ValueError`` if unknown."""
-    names = _tokenizer_names()
-    if lang not in names:
-        raise ValueError(f"no metric tokenizer for language {lang!r}; known: {sorted(names)}")
-    return names[lang]
+    return _language(lang).metric_tokenizer
+
+
+def stemmer_name(lang: str) -> str:
+    """PyStemmer Snowball algorithm of METEOR's stem stage for ``lang`` (``"none"`` when it has none).
+    Raises ``ValueError`` if the language is unknown."""
+    return _language(lang).stemmer or "none"
 
 
 def normalize(text: str, lang: str) -> str:
     """Unicode-normalised, casefolded ``text`` as the tokenizers see it (see module docstring)."""
     if not isinstance(text, str):
         raise TypeError(f"expected str, got {type(text).__name__}")
-    form = "NFKC" if tokenizer_name(lang) == "whitespace_punct" else "NFC"
-    text = unicodedata.normalize(form, text).translate(_FOLD).casefold()
-    return text.translate(_SR_LATIN) if lang == "sr" else text
+    language = _language(lang)
+    form = "NFKC" if language.metric_tokenizer == "whitespace_punct" else "NFC"
+    text = _fold(unicodedata.normalize(form, text)).casefold()
+    if language.metric_transliteration:
+        text = text.translate(_transliteration(tuple(language.metric_transliteration.items())))
+    return text
 
 
 @functools.cache
@@ -233,7 +241,7 @@ class _Stemmer:
     """nltk stemmer interface (``stem(word) -> str``) over PyStemmer; identity where none exists."""
 
     def __init__(self, lang: str):
-        self.algorithm = STEMMERS.get(lang)
+        self.algorithm = _language(lang).stemmer
         self._stemmer = Stemmer.Stemmer(self.algorithm) if self.algorithm else None
 
     def stem(self, word: str) -> str:
@@ -284,6 +292,6 @@ def score_corpus(predictions: Sequence[str], references: Sequence[str], lang: st
         "meteor": meteor(predictions, references, lang, wordnet=wordnet),
         "bleu_signature": signature,
         "tokenizer": f"{lang}:{tokenizer_name(lang)}",
-        "stemmer": STEMMERS.get(lang, "none"),
+        "stemmer": stemmer_name(lang),
         "keyword_top_k": keyword_top_k,
     }

@@ -96,8 +96,7 @@ def build_plan(cfg: BuildConfig) -> list[Step]:
         key = hashlib.sha1(d.caption.model_dump_json().encode()).hexdigest()[:16]
         plan.append(CaptionStage(d.caption, d.stats_dir, os.path.join(out, "_work", "caption_cache", key)))
         plan.append(TranslateStage(d.translate, d.stats_dir))
-        if d.qe.model_path:
-            plan.append(QEStage(d.qe, d.stats_dir))
+        plan.append(QEStage(d.qe, d.stats_dir))  # without qe.model_path it passes rows through, qe_score null
     for spec in cfg.stages.extra:
         plan = insert_stage(plan, *user_stage(spec))
     check_plan(plan)

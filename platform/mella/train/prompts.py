@@ -1,7 +1,9 @@
 """Prompt pool for SFT (paper 3.3, appendix C.2) and the two evaluation prompts (paper 4.1.2).
 
-The text lives in ``mella/data/prompts.yaml`` (one entry per language); this module only loads and
-validates it, and draws a training prompt per sample. Kept free of torch so evaluation can import it.
+The text lives in ``mella/data/prompts.yaml`` (one entry per language), or in the file a language's
+``prompts`` key names in ``languages.yaml`` (a user's language brings its own file, see
+:mod:`mella.languages`); this module only loads and validates it, and draws a training prompt per
+sample. Kept free of torch so evaluation can import it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import random
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 
 import yaml
+
+from mella.languages import load_languages
 
 #: Paper 3.3: "we first manually crafted 20 prompts for each language".
 POOL_SIZE = 20
@@ -60,19 +63,30 @@ def _validate(lang: str, entry: dict) -> PromptSet:
 
 
 @lru_cache(maxsize=None)
+def _load_file(path: str) -> dict[str, PromptSet]:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping {{lang: {{train, eval_know, eval_ling}}}}")
+    return {str(lang): _validate(str(lang), entry) for lang, entry in data.items()}
+
+
 def load_prompts(path: str | None = None) -> dict[str, PromptSet]:
-    """All languages' prompt sets from ``prompts.yaml`` (or ``path``), validated.
+    """Prompt sets, validated: every entry of ``path``; by default, each target language's set from the
+    file its ``prompts`` key names (``mella/data/prompts.yaml`` unless the language names another).
 
     Raises:
         ValueError: a language lacks a key, has other than 20 distinct training prompts, or an
             evaluation prompt occurs (normalised) inside a training prompt.
     """
-    if path is None:
-        text = resources.files("mella").joinpath("data/prompts.yaml").read_text(encoding="utf-8")
-    else:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    return {lang: _validate(lang, entry) for lang, entry in yaml.safe_load(text).items()}
+    if path is not None:
+        return _load_file(str(path))
+    out = {}
+    for code, lang in load_languages().items():
+        sets = _load_file(str(lang.prompts)) if lang.prompts else {}
+        if code in sets:
+            out[code] = sets[code]
+    return out
 
 
 def prompts_for(lang: str) -> PromptSet:

@@ -16,11 +16,13 @@ skip). No COMET weights exist on PyPI, so this path is not exercised by the test
 
 from __future__ import annotations
 
+import importlib.util
+
 from pydantic import Field
 
 from mella.resources import PoolConfig
 
-from mella.stages.base import Stage
+from mella.stages.base import LIGHT, Stage
 from mella.models.mllm import log_batch, timed
 
 
@@ -46,15 +48,16 @@ class QEStage(Stage):
     def __init__(self, cfg: QEConfig | None = None, stats_dir: str | None = None) -> None:
         self.cfg, self.stats_dir = cfg or QEConfig(), stats_dir
         self.resources, self.batch_size = self.cfg.stage_resources(), self.cfg.batch_size
+        if self.cfg.model_path and importlib.util.find_spec("comet") is None:  # configured but not installed: say so at start
+            raise ImportError("qe.model_path is set but unbabel-comet is not installed (pip install unbabel-comet)")
+        if not self.cfg.model_path:
+            self.resources = LIGHT  # a pass-through: no actor pool to hold
 
     def setup(self) -> None:
         self.model = None
         if self.cfg.model_path:
-            try:
-                from comet import load_from_checkpoint
-            except ImportError as e:  # configured but not installed: say so at start
-                raise ImportError("qe.model_path is set but unbabel-comet is not installed "
-                                  "(pip install unbabel-comet)") from e
+            from comet import load_from_checkpoint
+
             self.model = load_from_checkpoint(self.cfg.model_path)
 
     def score(self, pairs: list[dict]) -> list[float]:  # pragma: no cover - needs COMET weights

@@ -17,8 +17,8 @@ Backends (``TranslateConfig.backend``, overridable per language with ``backends`
   ``model_paths``, or a multi-target model whose vocabulary has ``>>hun<<`` target tokens).
 * ``mllm`` — the captioning MLLM itself, prompted to translate (text only).
 
-Language codes come from ``data/languages.yaml`` (keys ``nllb``, ``m2m100``, ``deepl``, ``google``, and
-``marian`` when present; :data:`MARIAN_DEFAULT_CODES` otherwise), so adding a language is adding an entry.
+Language codes come from ``data/languages.yaml`` (keys ``nllb``, ``m2m100``, ``marian``, ``deepl``,
+``google``; English, the source, is its ``source`` entry), so adding a language is adding an entry.
 
 API clients: aiohttp, requests split by count and size, a shared rate limit (minimum interval between
 request starts), bounded concurrency, retries with exponential backoff on 429/529/5xx and connection
@@ -37,20 +37,12 @@ from typing import Literal
 import aiohttp
 from pydantic import Field
 
-from mella.languages import load_languages
+from mella.languages import language, load_languages
 from mella.ratelimit import RateLimiter
 from mella.schema import record_id
 from mella.stages.base import Stage
 from mella.models.mllm import GenerationConfig, MLLMConfig, log_batch, timed
 from mella.resources import PoolConfig, Strict
-
-#: Marian/OPUS-MT target-language tokens (``>>xxx<<``, ISO 639-3 as in the Tatoeba-Challenge models);
-#: used when languages.yaml has no ``marian`` key for a language.
-MARIAN_DEFAULT_CODES = {"ar": "ara", "cs": "ces", "hu": "hun", "ko": "kor", "ru": "rus", "sr": "srp_Cyrl",
-                        "th": "tha", "vi": "vie"}
-
-#: The source language (captions are generated in English) in each MT system's codes.
-ENGLISH_CODES = {"deepl": "EN", "google": "en", "nllb": "eng_Latn", "m2m100": "en", "marian": "eng"}
 
 Backend = Literal["deepl", "google", "seq2seq", "mllm"]
 
@@ -104,19 +96,15 @@ class TranslateConfig(PoolConfig):
 def lang_code(lang: str, system: str) -> str:
     """The code of ``lang`` in MT ``system`` (``nllb``, ``m2m100``, ``deepl``, ``google``, ``marian``).
 
-    Raises ``KeyError`` naming the language and system when languages.yaml has no entry for it.
+    ``lang`` is a target or source language (``en``) of :mod:`mella.languages`.
+    Raises ``KeyError`` naming the language and system when languages.yaml has no entry or code for it.
     """
-    if lang == "en" and system in ENGLISH_CODES:
-        return ENGLISH_CODES[system]
-    langs = load_languages()
-    if lang not in langs:
-        raise KeyError(f"language {lang!r} is not in languages.yaml")
-    code = langs[lang].extra.get(system)
-    if code is None and system == "marian":
-        code = MARIAN_DEFAULT_CODES.get(lang)
+    if system not in ("nllb", "m2m100", "marian", "deepl", "google"):
+        raise KeyError(f"unknown MT system {system!r}")
+    code = getattr(language(lang), system)
     if code is None:
         raise KeyError(f"languages.yaml has no {system!r} code for {lang!r}")
-    return str(code)
+    return code
 
 
 # ======================================================================================= API clients

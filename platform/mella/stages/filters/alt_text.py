@@ -7,13 +7,14 @@ Rules, checked on the whitespace-normalised alt (reasons in brackets):
   ``a1b2c3d4e5f6`` [``alt_filename``];
 - boilerplate (case-folded exact match) — generic words for "image/photo/logo/icon/banner", navigation
   labels ("previous", "next", "home") and placeholders ("null", "undefined"), in English and the
-  target languages [``alt_boilerplate``].
+  target languages (``boilerplate`` in ``languages.yaml``) [``alt_boilerplate``].
 """
 
 from __future__ import annotations
 
 import re
 
+from mella.languages import registry
 from mella.stages.base import Filter
 
 _FILENAME = re.compile(
@@ -22,33 +23,16 @@ _FILENAME = re.compile(
 _CAMERA_ID = re.compile(r"^(img|dsc[nf]?|dcim|pict?|pxl|mvimg|photo|image|screenshot|scan|untitled|file)[\s_\-]*\d{2,}\b", re.I)
 _HEX_OR_DIGITS = re.compile(r"^(?=.*\d)[0-9a-f\-_]{8,}$", re.I)
 
-BOILERPLATE = {
-    # en
-    "image", "img", "images", "photo", "photos", "picture", "pic", "logo", "icon", "banner", "avatar",
-    "thumbnail", "thumb", "spacer", "placeholder", "alt", "alt text", "null", "undefined", "none", "n/a",
-    "untitled", "advertisement", "ad", "ads", "click here", "loading", "arrow", "button", "previous", "prev",
-    "next", "home", "up", "top", "back", "close", "menu", "search", "graphic", "figure", "screenshot",
-    "product site", "documentation site", "note", "tip", "warning", "caution", "important",
-    # ar
-    "صورة", "صور", "شعار", "أيقونة", "ايقونة", "السابق", "التالي", "الرئيسية", "إعلان",
-    # cs
-    "obrázek", "obrazek", "foto", "fotografie", "ikona", "předchozí", "předcházející", "další", "domů",
-    "nahoru", "reklama", "poznámka", "tip", "varování",
-    # hu
-    "kép", "fotó", "logó", "ikon", "előző", "következő", "kezdőlap", "fel", "hirdetés", "megjegyzés", "figyelem",
-    # ko
-    "이미지", "사진", "그림", "로고", "아이콘", "이전", "다음", "홈", "위로", "광고", "배너",
-    # ru
-    "изображение", "картинка", "фото", "фотография", "логотип", "иконка", "назад", "далее", "вперёд",
-    "вперед", "наверх", "домой", "реклама", "примечание", "предупреждение", "совет",
-    # sr
-    "слика", "фотографија", "лого", "икона", "претходно", "следеће", "почетак", "горе",
-    "slika", "fotografija", "ikona", "prethodno", "sledeće", "početak", "gore", "napomena", "напомена",
-    # th
-    "รูปภาพ", "ภาพ", "รูป", "โลโก้", "ไอคอน", "ก่อนหน้า", "ถัดไป", "หน้าแรก", "โฆษณา",
-    # vi
-    "hình ảnh", "ảnh", "hình", "biểu tượng", "trước", "tiếp", "trang chủ", "quảng cáo", "ghi chú",
-}
+_BOILERPLATE: list = [None, frozenset()]  # [the registry it was built from, the words]
+
+
+def boilerplate() -> frozenset[str]:
+    """Case-folded boilerplate alt-texts: the union of every configured language's ``boilerplate``
+    (``languages.yaml``, source language English included: English labels appear on every site)."""
+    langs = registry()
+    if _BOILERPLATE[0] is not langs:
+        _BOILERPLATE[:] = [langs, frozenset(w.casefold() for lg in langs.all().values() for w in lg.boilerplate)]
+    return _BOILERPLATE[1]
 
 
 def alt_problem(alt: str | None) -> str | None:
@@ -60,7 +44,7 @@ def alt_problem(alt: str | None) -> str | None:
         return "alt_too_short"
     if _FILENAME.match(text) or _CAMERA_ID.match(text) or _HEX_OR_DIGITS.match(text):
         return "alt_filename"
-    if text.casefold().strip(" .:!-–—|") in BOILERPLATE:
+    if text.casefold().strip(" .:!-–—|") in boilerplate():
         return "alt_boilerplate"
     return None
 
