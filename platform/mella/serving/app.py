@@ -41,6 +41,7 @@ log = logging.getLogger("ray.serve")
 # redirect_slashes=False: no 307 to the slash-less path (routes are registered both ways instead)
 api = FastAPI(title="MELLA", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
 
+
 class HeaderLimits:
     """ASGI middleware: 431 when a request has more than ``count`` headers or more than ``bytes`` of header names
     + values (RFC 6585 section 5). Ray Serve 2.60 exposes no uvicorn/h11 header settings (``HTTPOptions``
@@ -81,7 +82,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
     """Routing errors (unknown route 404, wrong method 405) in OpenAI's error shape instead of FastAPI's ``detail``."""
     codes = {404: ("unknown_route", "not_found_error"), 405: ("method_not_allowed", "invalid_request_error")}
     code, type_ = codes.get(exc.status_code, ("http_error", "invalid_request_error"))
-    message = f"{request.method} {request.url.path}: {exc.detail}"
+    path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "..."
+    message = f"{request.method} {path}: {exc.detail}"
     resp = _error(ApiError(exc.status_code, message, code, type_=type_))
     for k, v in (exc.headers or {}).items():  # e.g. Allow on 405
         resp.headers[k] = v

@@ -12,6 +12,12 @@ Prompts use the backbone's own chat template and image handling from :mod:`mella
 Qwen2-VL's template with one ``<|image_pad|>`` per image, expanded to
 ``grid_thw.prod() // merge_size**2`` tokens; ``mm_token_type_ids`` (1 on image tokens) as transformers
 5 requires. Batches are left-padded; decoding is greedy unless ``temperature > 0``.
+
+Failure isolation: :meth:`VLMEngine.encode` validates one request completely (sampling numbers, text, image
+size against the backbone, image features, token budget) and raises only :class:`RequestError`; it takes no
+lock (the tokenizer is called with fixed settings, so it mutates no shared state), so the Serve deployment
+runs it per request in a thread before batching. :meth:`VLMEngine.generate_encoded` retries a batch that raises
+one request at a time, so only a request that fails alone gets :class:`GenerationFailed`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,12 @@ Images come inline only: a ``data:image/...;base64,`` URL or bare base64. Remote
 are refused (a server that fetches arbitrary URLs is an SSRF vector). Limits (ServeConfig): decoded
 bytes per image, width × height per image (checked from the header before pixels are decoded, plus
 Pillow's decompression-bomb guard), images per request, messages, ``max_tokens``.
-Deviations from OpenAI: ``temperature`` defaults to 0 (greedy, reproducible evaluation); ``n`` must be
-1 and ``stream`` false.
+Deviations from OpenAI: ``temperature`` defaults to 0 (greedy, reproducible evaluation) and is 0 or at least
+:data:`TEMPERATURE_MIN`; ``n`` must be 1 and ``stream`` false; numbers are strict (no booleans or strings).
+
+Bounded work before validation: JSON is parsed by pydantic-core (bounded nesting, :func:`parse_json`); user text
+is checked by :class:`TextRules` (character budget, Unicode, special tokens of the tokenizer) before it is
+tokenised or any image is decoded.
 """
 
 from __future__ import annotations
