@@ -145,7 +145,7 @@ BAD = {
     "max_tokens_too_large": (_body("mella-hu", max_tokens=10_000), None, 400, "max_tokens_too_large"),
     "stream": (_body("mella-hu", stream=True), None, 400, "unsupported_parameter"),
     "n_2": (_body("mella-hu", n=2), None, 400, "unsupported_parameter"),
-    "reserved_marker": (_body("mella-hu", text="hi <|image_pad|> there"), None, 400, "invalid_request"),
+    "reserved_marker": (_body("mella-hu", text="hi <|image_pad|> there"), None, 400, "special_token"),
     "unknown_model": (_body("mella-xx"), None, 404, "model_not_found"),
     "path_as_model": (_body("../adapters/mella-hu"), None, 404, "model_not_found"),
     "absolute_path_model": (_body("/etc/passwd"), None, 404, "model_not_found"),

@@ -94,6 +94,12 @@ class Backbone:
         i = where[0]
         return ids[:i] + image_tokens + ids[i + 1 :]
 
+    def check_image(self, width: int, height: int) -> None:
+        """Raise ``ValueError`` when this backbone's image processor cannot take a ``width`` × ``height`` px image.
+
+        Checked from the size alone (cheap: before pixels are processed). The base class accepts any size.
+        """
+
     def _pad(self, rows: list[np.ndarray], value: int) -> torch.Tensor:
         out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -119,6 +125,15 @@ class Qwen2VL(Backbone):
 
         proc = Qwen2VLImageProcessorPil.from_pretrained(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         super().__init__("qwen2-vl", AutoTokenizer.from_pretrained(model_path), proc, QWEN2_VL_TEMPLATE, "<|image_pad|>")
+
+    def check_image(self, width: int, height: int) -> None:
+        """Run transformers' own ``smart_resize`` (Qwen2-VL image processor) on the size: it raises ``ValueError``
+        when the aspect ratio is over 200 (e.g. 4096×1 px), which the processor would raise in the middle of a batch."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        p = self.image_processor
+        smart_resize(height, width, factor=p.patch_size * p.merge_size, min_pixels=p.size.shortest_edge,
+                     max_pixels=p.size.longest_edge)
 
     def image_features(self, img: Image.Image) -> tuple[dict[str, np.ndarray], list[int]]:
         """``pixel_values`` float32 ``[patches, C*T*P*P]``, ``image_grid_thw`` int64 ``[1, 3]``; and the image tokens."""

@@ -29,13 +29,15 @@ class ServeConfig(BaseModel):
 
     # validation caps
     max_body_bytes: int = Field(32 * 2**20, ge=1024)  # whole HTTP body; larger -> 413
+    max_headers: int = Field(100, ge=8)  # request headers; more -> 431 (Apache's LimitRequestFields default)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # names + values; larger -> 431 (h11's default buffer, 16 KiB)
     max_image_bytes: int = Field(10 * 2**20, ge=1)  # decoded bytes of one image; larger -> 400
     max_image_pixels: int = Field(4096 * 4096, ge=1)  # width * height of one image; larger -> 400
     max_images_per_request: int = Field(4, ge=0)
     max_messages: int = Field(64, ge=1)
     max_tokens_limit: int = Field(1024, ge=1)  # upper bound for a request's max_tokens
     default_max_tokens: int = Field(256, ge=1)
-    max_prompt_tokens: int = Field(8192, ge=16)  # image tokens included
+    max_prompt_tokens: int = Field(8192, ge=16)  # image tokens included; text over this × the longest token -> 400
 
     # image budget of the model (as in training: mella.train.config)
     image_min_pixels: int = 4 * 28 * 28

@@ -12,10 +12,18 @@ Prompts use the backbone's own chat template and image handling from :mod:`mella
 Qwen2-VL's template with one ``<|image_pad|>`` per image, expanded to
 ``grid_thw.prod() // merge_size**2`` tokens; ``mm_token_type_ids`` (1 on image tokens) as transformers
 5 requires. Batches are left-padded; decoding is greedy unless ``temperature > 0``.
+
+Failure isolation: :meth:`VLMEngine.encode` validates one request completely (sampling numbers, text, image
+size against the backbone, image features, token budget) and raises only :class:`RequestError`; it takes no
+lock (the tokenizer is called with fixed settings, so it mutates no shared state), so the Serve deployment
+runs it per request in a thread before batching. :meth:`VLMEngine.generate_encoded` retries a batch that raises
+one request at a time, so only a request that fails alone gets :class:`GenerationFailed`.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +31,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from mella.serving.protocol import GenRequest, GenResult, RequestError
 from mella.models.backbones import decode_image, load_backbone, load_model
+from mella.serving.protocol import GenerationFailed, GenRequest, GenResult, RequestError, TextRules, check_sampling
 
-#: Strings that would desynchronise image features and tokens, or forge chat turns, if a user wrote them.
-RESERVED_MARKERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>",
-                    "<|im_end|>", "<IMG_CONTEXT>", "<img>", "</img>")
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Encoded:
+    """One validated request: prompt token ids (image tokens expanded), image features, the request."""
+
     ids: list[int]
     features: list[dict[str, np.ndarray]] = field(default_factory=list)
+    req: GenRequest | None = None
 
 
 class VLMEngine:
@@ -47,7 +57,8 @@ class VLMEngine:
         device: ``cpu`` / ``cuda`` / ``cuda:N``; dtype is bfloat16 on CUDA, float32 on CPU unless given.
         min_pixels, max_pixels: Qwen2-VL image budget (pixels; visual tokens = pixels / 28**2).
         max_tiles: InternVL2 dynamic tiles.
-        max_prompt_tokens: longer prompts (image tokens included) raise :class:`RequestError`.
+        max_prompt_tokens: longer prompts (image tokens included) raise :class:`RequestError`; longer texts than
+            ``max_prompt_tokens`` × the longest vocabulary entry are refused before tokenising (:class:`TextRules`).
     """
 
     def __init__(self, backbone: str, model_path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
@@ -63,6 +74,7 @@ class VLMEngine:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.stop_ids = sorted({tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id} - {None})
         self.image_id = tok.convert_tokens_to_ids(self.bb.placeholder)
+        self.rules = TextRules.from_tokenizer(tok, max_prompt_tokens, extra=[self.bb.placeholder])
         self.lock = threading.Lock()
         self.loaded: dict[str, Path] = {}
         self.temporary_loads = 0  # adapters loaded just for one batch (evicted between lookup and use)
@@ -99,7 +111,19 @@ class VLMEngine:
 
     # ------------------------------------------------------------------------------------- encoding
     def encode(self, req: GenRequest) -> _Encoded:
-        """Chat template + image tokens for one request. Raises :class:`RequestError`."""
+        """Validate and encode one request: everything that can fail because of the request fails here, before
+        it joins a batch. Raises :class:`RequestError` (never anything else for a request's content).
+
+        Order (cheapest first): sampling numbers (:func:`check_sampling`), text (:class:`TextRules`: character
+        budget, lone surrogates, every special token of the tokenizer), chat template + tokenising, image size
+        against the backbone (``check_image``, e.g. Qwen2-VL's aspect ratio ≤ 200), image features, token budget.
+        """
+        check_sampling(req)
+        texts = [(None, v) for m in req.messages for kind, v in m["parts"] if kind != "image"]
+        for _, v in texts:
+            if not isinstance(v, str):
+                raise RequestError(f"text part must be a string, got {type(v).__name__}")
+        self.rules.check(texts)
         msgs, images = [], []
         for m in req.messages:
             content = []
@@ -108,8 +132,6 @@ class VLMEngine:
                     images.append(value)
                     content.append({"type": "image"})
                 else:
-                    if any(marker in value for marker in RESERVED_MARKERS):
-                        raise RequestError("text contains a reserved chat/image marker such as <|image_pad|>")
                     content.append({"type": "text", "text": value})
             msgs.append({"role": m["role"], "content": content})
         text = self.bb.tokenizer.apply_chat_template(msgs, chat_template=self.bb.template, add_generation_prompt=True,
@@ -118,21 +140,35 @@ class VLMEngine:
         slots = [i for i, t in enumerate(ids) if t == self.image_id]
         if len(slots) != len(images):
             raise RequestError(f"{len(images)} image(s) but {len(slots)} image placeholders in the prompt")
-        out = _Encoded([])
+        out = _Encoded([], req=req)
         start = 0
         for slot, data in zip(slots, images):
-            try:
-                img = decode_image(data)
-            except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes
-                raise RequestError(f"image cannot be decoded: {exc}") from exc
-            feats, tokens = self.bb.image_features(img)
-            out.ids += ids[start:slot] + tokens
-            out.features.append(feats)
+            out.ids += ids[start:slot] + self._image_tokens(data, out.features)
             start = slot + 1
         out.ids += ids[start:]
         if len(out.ids) > self.max_prompt_tokens:
-            raise RequestError(f"prompt has {len(out.ids)} tokens, more than max_prompt_tokens={self.max_prompt_tokens}")
+            raise RequestError(f"prompt has {len(out.ids)} tokens, more than max_prompt_tokens={self.max_prompt_tokens}",
+                               "prompt_too_long", "messages")
         return out
+
+    def _image_tokens(self, data: bytes, features: list) -> list[int]:
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes
+            raise RequestError(f"image cannot be decoded: {exc}", "invalid_image") from exc
+        try:
+            self.bb.check_image(width, height)
+        except ValueError as exc:
+            raise RequestError(f"image of {width}x{height} px cannot be used by {self.bb.name}: {exc}",
+                               "invalid_image") from exc
+        try:
+            img = decode_image(data)
+            feats, tokens = self.bb.image_features(img)
+        except Exception as exc:  # noqa: BLE001 - Pillow/processor errors on this image are the request's fault
+            raise RequestError(f"image cannot be processed: {type(exc).__name__}: {exc}", "invalid_image") from exc
+        features.append(feats)
+        return tokens
 
     def _collate(self, batch: list[_Encoded]) -> dict[str, torch.Tensor]:
         width = max(len(e.ids) for e in batch)
@@ -154,49 +190,74 @@ class VLMEngine:
 
     # ----------------------------------------------------------------------------------- generation
     def generate(self, requests: list[GenRequest], adapters: list[str | None] | None = None,
-                 paths: dict[str, Path] | None = None) -> list[GenResult | RequestError]:
+                 paths: dict[str, Path] | None = None) -> list[GenResult | RequestError | GenerationFailed]:
         """Generate for ``requests``; ``adapters[i]`` names request i's adapter (None = base model).
+
+        Each request is validated and encoded on its own (:meth:`encode`); a request that fails comes back as
+        its :class:`RequestError` and the others still run (:meth:`generate_encoded`).
+        """
+        items: list[_Encoded | RequestError] = []
+        for r in requests:
+            try:
+                items.append(self.encode(r))
+            except RequestError as exc:
+                items.append(exc)
+        return self.generate_encoded(items, adapters, paths)
+
+    def generate_encoded(self, items: list[_Encoded | RequestError], adapters: list[str | None] | None = None,
+                         paths: dict[str, Path] | None = None) -> list[GenResult | RequestError | GenerationFailed]:
+        """Generate for already encoded requests (a :class:`RequestError` item is passed through).
 
         One ``generate`` call per distinct sampling setting serves every adapter of the batch at once
         (PEFT mixed-adapter batches: ``adapter_names=[...]``, ``"__base__"`` for the base model), so a
-        batch mixing languages costs about what a single-language batch costs.
+        batch mixing languages costs about what a single-language batch costs. If that call raises, its
+        requests are retried one by one, so only the request that still fails alone gets a
+        :class:`GenerationFailed` (a server fault: validation should have caught a request's fault).
 
-        Returns one :class:`GenResult` per request, or the :class:`RequestError` that request raised
-        (the other requests still run). An adapter that is not loaded (LRU eviction between lookup and
-        use) is loaded from ``paths[name]`` for this call and deleted after; ``KeyError`` if no path.
+        An adapter that is not loaded (LRU eviction between lookup and use) is loaded from ``paths[name]``
+        for this call and deleted after; ``KeyError`` if no path.
         """
-        adapters = adapters or [None] * len(requests)
-        if len(adapters) != len(requests):
-            raise ValueError(f"{len(requests)} requests but {len(adapters)} adapter names")
-        results: list[GenResult | RequestError | None] = [None] * len(requests)
+        adapters = adapters or [None] * len(items)
+        if len(adapters) != len(items):
+            raise ValueError(f"{len(items)} requests but {len(adapters)} adapter names")
+        results: list[GenResult | RequestError | GenerationFailed | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
-        encoded: dict[int, _Encoded] = {}
-        for i, r in enumerate(requests):
-            try:
-                encoded[i] = self.encode(r)
-            except RequestError as exc:
-                results[i] = exc
+        for i, e in enumerate(items):
+            if isinstance(e, RequestError):
+                results[i] = e
                 continue
+            r = e.req
             sampled = r.temperature > 0
             key = (r.max_tokens, r.temperature, r.top_p if sampled else 1.0, r.seed if sampled else None)
             groups.setdefault(key, []).append(i)
         with self.lock:
-            missing = sorted({a for i in encoded for a in [adapters[i]] if a is not None and a not in self.loaded})
+            todo = [i for idx in groups.values() for i in idx]
+            missing = sorted({adapters[i] for i in todo if adapters[i] is not None and adapters[i] not in self.loaded})
             for name in missing:
                 if not paths or name not in paths:
                     raise KeyError(f"adapter {name!r} is not loaded and no path was given")
                 self._load(name, Path(paths[name]))
                 self.temporary_loads += 1
             try:
-                for (max_tokens, temperature, top_p, seed), idx in groups.items():
-                    out = self._generate_locked([encoded[i] for i in idx], [adapters[i] for i in idx],
-                                                max_tokens, temperature, top_p, seed)
-                    for i, res in zip(idx, out):
+                for key, idx in groups.items():
+                    for i, res in zip(idx, self._generate_isolated([items[i] for i in idx], [adapters[i] for i in idx],
+                                                                   *key)):
                         results[i] = res
             finally:
                 for name in missing:
                     self._unload(name)
         return results  # type: ignore[return-value]
+
+    def _generate_isolated(self, batch: list[_Encoded], adapters: list[str | None], *sampling) -> list:
+        try:
+            return self._generate_locked(batch, adapters, *sampling)
+        except Exception as exc:  # noqa: BLE001 - retried one by one below; the failure is logged
+            if len(batch) == 1:
+                log.exception("generation failed for one request")
+                return [GenerationFailed(f"{type(exc).__name__}: {exc}")]
+            log.warning("batched generate of %d requests raised %s: %s; retrying them one by one", len(batch),
+                        type(exc).__name__, exc)
+        return [self._generate_isolated([e], [a], *sampling)[0] for e, a in zip(batch, adapters)]
 
     def _generate_locked(self, batch: list[_Encoded], adapters: list[str | None], max_tokens: int, temperature: float,
                          top_p: float, seed: int | None) -> list[GenResult]:

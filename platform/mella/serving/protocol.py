@@ -10,8 +10,12 @@ Images come inline only: a ``data:image/...;base64,`` URL or bare base64. Remote
 are refused (a server that fetches arbitrary URLs is an SSRF vector). Limits (ServeConfig): decoded
 bytes per image, width × height per image (checked from the header before pixels are decoded, plus
 Pillow's decompression-bomb guard), images per request, messages, ``max_tokens``.
-Deviations from OpenAI: ``temperature`` defaults to 0 (greedy, reproducible evaluation); ``n`` must be
-1 and ``stream`` false.
+Deviations from OpenAI: ``temperature`` defaults to 0 (greedy, reproducible evaluation) and is 0 or at least
+:data:`TEMPERATURE_MIN`; ``n`` must be 1 and ``stream`` false; numbers are strict (no booleans or strings).
+
+Bounded work before validation: JSON is parsed by pydantic-core (bounded nesting, :func:`parse_json`); user text
+is checked by :class:`TextRules` (character budget, Unicode, special tokens of the tokenizer) before it is
+tokenised or any image is decoded.
 """
 
 from __future__ import annotations
@@ -19,21 +23,49 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
+import math
 import re
 import time
 import uuid
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import pydantic_core
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mella.serving.config import ServeConfig
 
+#: Smallest sampling temperature above 0. Dividing logits by a smaller one overflows to inf/nan ("probability
+#: tensor contains either inf, nan or element < 0"); vLLM (``sampling_params.py``, ``_MAX_TEMP``) raises
+#: 0 < T < 0.01 to 0.01 for the same reason. We refuse it instead: 0 means greedy.
+TEMPERATURE_MIN = 0.01
+#: ``torch.manual_seed`` accepts seeds in [-0x8000_0000_0000_0000, 0xffff_ffff_ffff_ffff] (torch docs) and raises
+#: ``RuntimeError``/``ValueError: Overflow when unpacking long long`` outside.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
 class RequestError(ValueError):
-    """A request that cannot be served as sent (HTTP 400): too long, reserved markers, bad image."""
+    """A request that cannot be served as sent (HTTP 400): too long, special tokens, bad image, bad sampling.
+
+    ``code``: OpenAI-style machine-readable reason; ``param``: the offending field (dotted path) or None.
+    """
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
+@dataclass
+class GenerationFailed:
+    """A request whose generation raised although it passed validation (a server fault, HTTP 500).
+
+    Returned as a value for that request only: its batch-mates were retried one by one and got their results.
+    """
+
+    message: str
 
 
 @dataclass
@@ -95,26 +127,129 @@ class Message(BaseModel):
     content: str | list[Part]
 
 
-class ChatRequest(BaseModel):
-    """The subset of the OpenAI chat-completions body we serve; unknown fields are ignored."""
+_Temperature = Annotated[float, Field(strict=True, ge=0, le=2)]  # strict: true/"1" are not numbers
 
-    model_config = ConfigDict(extra="ignore")
+
+class ChatRequest(BaseModel):
+    """The subset of the OpenAI chat-completions body we serve; unknown fields are ignored.
+
+    Numbers are strict (``max_tokens: true`` or ``"8"`` are refused, not read as 1 and 8) and finite.
+    """
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
-    n: int = 1
-    stream: bool = False
+    max_tokens: Annotated[int, Field(strict=True, ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(strict=True, ge=1)] | None = None
+    temperature: _Temperature = 0.0
+    top_p: Annotated[float, Field(strict=True, gt=0, le=1)] = 1.0
+    seed: Annotated[int, Field(strict=True, ge=SEED_MIN, le=SEED_MAX)] | None = None
+    n: Annotated[int, Field(strict=True)] = 1
+    stream: Annotated[bool, Field(strict=True)] = False
+
+    @field_validator("temperature")
+    @classmethod
+    def _sane_temperature(cls, v: float) -> float:
+        if 0 < v < TEMPERATURE_MIN:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {TEMPERATURE_MIN}")
+        return v
+
+
+def check_sampling(req: GenRequest) -> None:
+    """The engine-side twin of :class:`ChatRequest`'s number rules (for callers that skip the HTTP layer, e.g.
+    Ray Data evaluation). Raises :class:`RequestError` naming the field."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not is_int(req.max_tokens) or req.max_tokens < 1:
+        raise RequestError(f"max_tokens must be an integer >= 1, got {req.max_tokens!r}", param="max_tokens")
+    if not is_num(req.temperature) or not (req.temperature == 0 or TEMPERATURE_MIN <= req.temperature <= 2):
+        raise RequestError(f"temperature must be 0 or in [{TEMPERATURE_MIN}, 2], got {req.temperature!r}",
+                           param="temperature")
+    if not is_num(req.top_p) or not 0 < req.top_p <= 1:
+        raise RequestError(f"top_p must be in (0, 1], got {req.top_p!r}", param="top_p")
+    if req.seed is not None and (not is_int(req.seed) or not SEED_MIN <= req.seed <= SEED_MAX):
+        raise RequestError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {req.seed!r}", param="seed")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class TextRules:
+    """Checks on user text that need no tokenising: valid Unicode, no special token, a character budget.
+
+    * Special tokens come from the tokenizer: ``all_special_tokens`` plus every added token marked special
+      (``added_tokens_decoder``), plus ``extra`` (e.g. the backbone's image placeholder). A user writing
+      ``<|im_start|>`` or ``<|image_pad|>`` would forge chat turns or desynchronise image features and tokens.
+      Added tokens with ``normalized=True`` are also looked for in the text after the tokenizer's normalizer.
+    * Lone surrogates (``"\\ud800"``) are not encodable: the tokenizer raises ``TypeError`` on them.
+    * ``max_chars = max_prompt_tokens × max_token_chars``, ``max_token_chars`` = the longest vocabulary entry
+      (characters; a byte-level BPE entry has one character per byte, so it bounds the text characters one token
+      can cover): a longer text cannot fit in ``max_prompt_tokens`` tokens and is refused before tokenising
+      (Qwen2-VL: 128 × 8192 = 1,048,576 characters). A normalizer that shrinks text (NFC composing combining
+      marks) could make this refusal conservative; it never lets an over-long prompt through, the token count
+      after tokenising is still checked.
+    """
+
+    def __init__(self, specials: Iterable[str], max_token_chars: int, max_prompt_tokens: int,
+                 normalized_specials: Iterable[str] = (), normalize: Any = None):
+        self.specials = sorted(set(specials), key=lambda t: (-len(t), t))
+        self.max_chars = max_prompt_tokens * max(1, max_token_chars)
+        self.max_prompt_tokens = max_prompt_tokens
+        self._raw = re.compile("|".join(map(re.escape, self.specials))) if self.specials else None
+        norm = sorted(set(normalized_specials), key=lambda t: (-len(t), t))
+        self._norm = re.compile("|".join(map(re.escape, norm))) if norm and normalize else None
+        self._normalize = normalize
+
+    @classmethod
+    def from_tokenizer(cls, tok: Any, max_prompt_tokens: int, extra: Iterable[str] = ()) -> TextRules:
+        """Rules for a transformers tokenizer (reads its special and added tokens and its vocabulary)."""
+        added = {t.content: t for t in tok.added_tokens_decoder.values()}
+        specials = {t for t in tok.all_special_tokens if t} | {c for c, t in added.items() if t.special} | set(extra)
+        normalized = [c for c in specials if c in added and added[c].normalized]
+        normalizer = getattr(getattr(tok, "backend_tokenizer", None), "normalizer", None)
+        return cls(specials, max(map(len, tok.get_vocab())), max_prompt_tokens, normalized,
+                   normalizer.normalize_str if normalizer is not None else None)
+
+    @classmethod
+    def from_pretrained(cls, path: str, max_prompt_tokens: int) -> TextRules:
+        """Rules for the tokenizer saved in a local checkpoint directory ``path``."""
+        from transformers import AutoTokenizer
+
+        return cls.from_tokenizer(AutoTokenizer.from_pretrained(str(path)), max_prompt_tokens)
+
+    def check(self, texts: list[tuple[str | None, str]]) -> None:
+        """``texts``: ``(param, text)`` pairs of one request. Raises :class:`RequestError`: ``prompt_too_long``
+        (checked first, O(1) per text), ``invalid_text`` (lone surrogate), ``special_token``."""
+        total = sum(len(t) for _, t in texts)
+        if total > self.max_chars:
+            raise RequestError(f"prompt text has {total} characters; at most {self.max_chars} can fit in "
+                               f"max_prompt_tokens={self.max_prompt_tokens} tokens", "prompt_too_long", "messages")
+        for param, text in texts:
+            if (m := _SURROGATE.search(text)) is not None:
+                raise RequestError(f"text is not valid Unicode: lone surrogate U+{ord(m.group()):04X} at character "
+                                   f"{m.start()}", "invalid_text", param)
+            m = self._raw.search(text) if self._raw else None
+            if m is None and self._norm is not None:
+                m = self._norm.search(self._normalize(text))
+            if m is not None:
+                raise RequestError(f"text contains the special token {m.group()!r}, which user text may not contain",
+                                   "special_token", param)
 
 
 def parse_json(body: bytes) -> dict:
-    """Body bytes → JSON object. Raises :class:`ApiError` 400 ``invalid_json``."""
+    """Body bytes → JSON object. Raises :class:`ApiError` 400 ``invalid_json``.
+
+    Parsed by pydantic-core's JSON parser (jiter), which bounds the work: nesting deeper than its recursion limit
+    (~250 levels), integers over 4,300 digits, invalid UTF-8, lone surrogate escapes (``"\\ud800"``) and
+    ``NaN``/``Infinity`` all raise ``ValueError`` (Python's ``json`` raises ``RecursionError`` on deep nesting).
+    """
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = pydantic_core.from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", "invalid_json") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object", "invalid_json")
@@ -189,8 +324,27 @@ def decode_image_url(url: str, cfg: ServeConfig, param: str) -> bytes:
     return data
 
 
-def to_gen_request(req: ChatRequest, cfg: ServeConfig) -> GenRequest:
-    """Validated request → engine request (images decoded and checked). Raises :class:`ApiError` 400."""
+def to_gen_request(req: ChatRequest, cfg: ServeConfig, rules: TextRules | None = None) -> GenRequest:
+    """Validated request → engine request (images decoded and checked). Raises :class:`ApiError` 400.
+
+    With ``rules``, all text is checked (character budget, Unicode, special tokens) before any image is decoded.
+    """
+    texts: list[tuple[str | None, str]] = []
+    for i, m in enumerate(req.messages):
+        if isinstance(m.content, str):
+            texts.append((f"messages.{i}.content", m.content))
+        else:
+            for j, p in enumerate(m.content):
+                param = f"messages.{i}.content.{j}"
+                if p.type == "text":
+                    if p.text is None:
+                        raise ApiError(400, "text part without text", "invalid_request", param)
+                    texts.append((f"{param}.text", p.text))
+    if rules is not None:
+        try:
+            rules.check(texts)
+        except RequestError as exc:
+            raise ApiError(400, str(exc), exc.code, exc.param) from exc
     messages, n_images = [], 0
     for i, m in enumerate(req.messages):
         parts: list[tuple[str, Any]] = []
@@ -200,8 +354,6 @@ def to_gen_request(req: ChatRequest, cfg: ServeConfig) -> GenRequest:
             for j, p in enumerate(m.content):
                 param = f"messages.{i}.content.{j}"
                 if p.type == "text":
-                    if p.text is None:
-                        raise ApiError(400, "text part without text", "invalid_request", param)
                     parts.append(("text", p.text))
                     continue
                 if p.image_url is None:
