@@ -196,10 +196,15 @@ def add_image_stages(ds: ray.data.Dataset, cfg: BuildConfig, warc_dir: str | Non
 
 # ------------------------------------------------------------------------------------ runner
 class BuildCorpus:
-    """Run the whole job for one :class:`BuildConfig`. ``run()`` returns the funnel dict."""
+    """Run the whole job for one :class:`BuildConfig`. ``run()`` returns the funnel dict.
 
-    def __init__(self, cfg: BuildConfig, seeds_base_url: str | None = None) -> None:
+    ``progress``: optional ``fn(phase, text)`` called as phases advance (the job's console line,
+    :class:`mella.console.Progress`); a new phase name starts a phase.
+    """
+
+    def __init__(self, cfg: BuildConfig, seeds_base_url: str | None = None, progress=None) -> None:
         self.cfg = cfg
+        self.progress = progress or (lambda phase, text: None)
         self.out = str(cfg.output)
         self.warc_dir = os.path.join(self.out, "warc")
         self.work = os.path.join(self.out, "_work")
@@ -217,7 +222,14 @@ class BuildCorpus:
         hosts: dict = {}
         failures: list[dict] = []
         pages_ok = 0
-        for res in ray.get(refs):
+        self.progress("crawl", f"{len(seeds)} seeds, 0/{len(refs)} shards done")
+        results, pending = [], list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results.extend(ray.get(done))
+            self.progress("crawl", f"{len(results)}/{len(refs)} shards done, {sum(r.pages_ok for r in results)} pages, "
+                                   f"{sum(len(r.failures) for r in results)} failed")
+        for res in results:
             pages_ok += res.pages_ok
             failures.extend(res.failures)
             for h, v in res.hosts.items():
@@ -290,7 +302,7 @@ class BuildCorpus:
             e = f.semantic
             stages.append((EmbedStage, {"cfg": e}))
             decl.append((e.num_cpus, e.num_gpus, e.pool_size))
-        if d.enabled:
+        if d.enabled or d.categorise.enabled:  # categories without D_ling: the CPU EfficientNet by default
             c = d.categorise
             stages.append((MLLMCategoriser if c.backend == "mllm" else EfficientNetCategoriser,
                            {"cfg": c, "stats_dir": d.stats_dir}))
@@ -320,7 +332,11 @@ class BuildCorpus:
                                 batch_format="pyarrow", **res.map_batches_args())
         ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir},
                             **StageResources(num_cpus=0.1).map_batches_args())
-        rows = sum(r["rows"] for r in ds.take_all())
+        self.progress("images", f"{len(files)} WARC file(s): extract → alt-text → langid → fetch → decode → models")
+        rows, t0 = 0, time.monotonic()
+        for r in ds.iter_rows():  # one row per written batch: its row count
+            rows += r["rows"]
+            self.progress("images", f"{rows} candidate rows done ({rows / max(time.monotonic() - t0, 1e-3):.1f}/s)")
         log.info("unit written: %d rows", rows)
 
     def unit_parts(self) -> list[str]:
@@ -330,6 +346,7 @@ class BuildCorpus:
         """Phases 2–3: global exact, pHash and CNN dedup; write d_know/ + rejects/ (+ D_ling) atomically; funnel."""
         f = self.cfg.filters
         parts = self.unit_parts()
+        self.progress("dedup", f"exact, pHash and CNN duplicates over {len(parts)} part file(s)")
         survivors = find_exact_duplicates(parts, f.exact_dedup_key)
         log.info("exact dedup: %d duplicated groups", len(survivors))
         image_groups = (find_exact_duplicates(parts, "image")
@@ -342,6 +359,7 @@ class BuildCorpus:
         dirs = {k: os.path.join(staging, k) for k in ("d_know", "rejects", "d_ling_candidates", "d_ling")}
         for d in dirs.values():
             os.makedirs(d)
+        self.progress("write", f"d_know/ and rejects/ ({len(near)} pHash, {len(semantic)} CNN near-duplicates)")
         if parts:
             ds = ray.data.read_parquet(parts, schema=REJECT_SCHEMA)
             ds = ds.map_batches(ExactDedupStage(survivors, f.exact_dedup_key, image_groups), batch_format="pyarrow",
@@ -391,6 +409,7 @@ class BuildCorpus:
         # captions survive a killed run: keyed by the caption configuration (model, generation parameters)
         cap_key = hashlib.sha1(self.cfg.d_ling.caption.model_dump_json().encode()).hexdigest()[:16]
         cache = os.path.join(self.work, "caption_cache", cap_key)
+        self.progress("d_ling", f"caption → translate → qe over {len(files)} candidate part(s)")
         ds = add_dling_stages(ds, self.cfg.d_ling, categorise=False, caption_cache=cache)
         ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
                             fn_kwargs={"know_dir": ling_dir, "rejects_dir": rejects_dir})

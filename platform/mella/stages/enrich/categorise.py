@@ -158,6 +158,8 @@ class _Strict(BaseModel):
 
 
 class CategoriseConfig(_Strict):
+    enabled: bool = Field(True, description="categorise D_know rows in a plain build too (always on with D_ling); "
+                                            "--no-categorise turns it off")
     backend: Literal["efficientnet", "mllm"] = "efficientnet"
     mllm: MLLMConfig | None = Field(None, description="for backend=mllm")
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=16, repetition_penalty=1.0))
