@@ -45,8 +45,18 @@ HARMLESS = ("Token authentication is enabled for this Ray cluster",
 _level = NORMAL
 
 
-class UsageError(Exception):
-    """A bad invocation or input the user can fix: printed as one line, exit code 2."""
+class UsageError(SystemExit):
+    """A bad invocation or input the user can fix: printed as one line by :func:`run_job`, exit code 2.
+
+    A ``SystemExit`` (code 2, as argparse's own errors), so no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ArgumentParser(argparse.ArgumentParser):
