@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     console.setup(a.quiet, a.verbose)
     train_job, eval_job = _load_job("train"), _load_job("evaluate")
-    data, out = Path(a.data), Path(a.output)
+    data, out = Path(a.data).resolve(), Path(a.output).resolve()
     model_cfg = preflight.check_model_dir(a.model, "--model")
     backbone = train_job.MODEL_TYPES.get(model_cfg.get("model_type"))
     if backbone is None:

@@ -30,6 +30,10 @@ MIX_SOURCES = {"dual": ("d_know", "d_ling"), "know-only": ("d_know",), "ling-onl
                "two-stage": ("d_know", "d_ling")}
 
 
+def _abs(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
 def rows_per_lang(data: Path, source: str) -> dict[str, int]:
     """Rows per ``lang`` in ``data/source/*.parquet`` (reads the ``lang`` column only); {} when absent."""
     import pyarrow.parquet as pq  # noqa: PLC0415
@@ -93,8 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     from mella.train.config import TrainConfig  # noqa: PLC0415
 
     try:
-        cfg = TrainConfig.load(a.config, a.set, data=a.data, lang=a.lang, backbone=backbone, model=a.model,
-                               output=a.output, mix=a.mix, deepspeed=a.deepspeed, num_workers=a.num_workers,
+        # absolute: Ray Train workers do not run in this directory
+        cfg = TrainConfig.load(a.config, a.set, data=_abs(a.data), lang=a.lang, backbone=backbone, model=_abs(a.model),
+                               output=_abs(a.output), mix=a.mix, deepspeed=a.deepspeed, num_workers=a.num_workers,
                                use_gpu=a.use_gpu)
     except ValueError as e:
         if type(e).__name__ == "ValidationError":

@@ -289,8 +289,10 @@ def run_job(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print(f"{prog}: interrupted (committed work is kept; rerun the same command to resume)", file=sys.stderr)
         return 130
     except (UsageError, ValidationError) as e:
-        if debug:
-            raise
+        if debug:  # a UsageError is a SystemExit: Python would exit without printing it
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exc()
         msg = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
