@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         args.base_url = demo.base_url
         console.say(f"demo web: {demo.base_url} (bundled pages from {demo_dir})")
     progress = console.Progress()
-    t0 = time.monotonic()
+    t0, done = time.monotonic(), False
     try:
         import ray  # noqa: PLC0415
 
@@ -193,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(funnel), flush=True)
         print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)  "
               f"[{time.monotonic() - t0:.0f} s]", flush=True)
+        done = True
     finally:
         progress.close()
         if demo is not None:
             demo.stop()
             console.say(f"demo web: {demo.requests} HTTP requests served"
-                        + (" (everything came from the WARCs of the previous run)" if demo.requests == 0 else ""))
+                        + (" (everything came from the WARCs of the previous run)" if done and demo.requests == 0 else ""))
     return 0
 
 

@@ -82,7 +82,6 @@ def setup(quiet: bool = False, verbose: bool = False) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if _level == VERBOSE
                         else "%(levelname)s %(name)s: %(message)s")
     if _level < VERBOSE:
-        filter_stderr()
         import warnings  # noqa: PLC0415
 
         # Ray Data: an actor pool sized for many inputs got one WARC file (the demo); harmless
@@ -273,13 +272,16 @@ def run_job(main: Callable[[list[str] | None], int | None], argv: list[str] | No
 
     :class:`UsageError` and pydantic ``ValidationError`` (a bad setting) → one line on stderr, exit 2;
     any other exception → one line ``error: Type: message (rerun with --debug for the traceback)``,
-    exit 1; with ``--debug`` in ``argv`` the exception propagates (full traceback).
+    exit 1; with ``--debug`` in ``argv`` the traceback is printed too. Unless ``-v``, the known harmless
+    lines are filtered out of this process's stderr (:func:`filter_stderr`).
     """
     from pydantic import ValidationError  # noqa: PLC0415
 
     args = sys.argv[1:] if argv is None else argv
     prog = prog or os.path.basename(sys.argv[0])
     debug = "--debug" in args
+    if not {"-v", "--verbose"} & set(args):
+        filter_stderr()  # a job run as a script owns its fd 2; in-process callers (tests) keep theirs
     try:
         rc = main(argv)
         return rc if isinstance(rc, int) else 0
