@@ -68,7 +68,10 @@ def test_demo_twice_same_funnel_zero_requests_and_a_readable_console(tmp_path):
         assert "D_know total:" in proc.stdout and "semantic_dedup" in proc.stdout
         for phase in ("crawl", "images", "dedup", "write"):
             assert re.search(rf"^{phase}\s+.*\[\d+ s\]$", proc.stdout, re.M), (phase, proc.stdout)
-        assert len(text.splitlines()) <= 45, text
+        # besides the progress lines (one per phase every 10 s when piped, so their number follows the run's
+        # length): the demo server's two lines, the funnel table and the output line
+        other = [line for line in text.splitlines() if line.strip() and not re.match(r"^[a-z_]+ +.*\[\d+ s\]$", line)]
+        assert len(other) <= 25, other
     # categories without D_ling (CPU EfficientNet-lite0, on by default): not all unknown
     import pyarrow.parquet as pq
 
