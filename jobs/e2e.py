@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import shutil
 import socket
 import sys
@@ -69,6 +70,8 @@ def serving(args: dict, port: int):
     from mella.serving.app import application  # noqa: PLC0415
 
     quiet = {"log_level": "INFO" if console.level() == console.VERBOSE else "WARNING"}
+    if console.level() < console.VERBOSE:  # the driver's own "Started Serve ..." INFO lines
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
     try:
         serve.run(application(args), name="mella", route_prefix="/", logging_config=quiet)
