@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 1e-2: a tiny model, few steps)")
     ap.add_argument("--num-cpus", type=int, help="local Ray CPUs (default: all)")
     ap.add_argument("--parallel", type=int, default=1,
-                    help="training runs at a time (default 1: runs side by side share one Ray Data budget in this process)")
+                    help="training runs at a time (default 1; 3 side by side on 2 CPUs stalled: their Ray Data "
+                         "reads found no free CPU)")
     console.add_console_flags(ap)
     a = ap.parse_args(argv)
     console.setup(a.quiet, a.verbose)
