@@ -1,4 +1,4 @@
-# Two commands do all the set-up (README):  make demo   |   make test
+# Two commands do all the set-up (README):  make demo   |   make test   (then: make e2e, docs/training.md)
 # Both create .venv on first use (torch 2.13.0 CPU build first, so nothing pulls CUDA wheels).
 PY ?= python3
 VENV ?= .venv
@@ -12,12 +12,20 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench e2e
 install: $(BIN)/.installed
 
 ## build the corpus from the bundled demo web (local Ray, 127.0.0.1) into ./mella_out
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/build_corpus.py
+
+## the whole loop on the demo corpus (docs/training.md): a tiny RANDOM Qwen2-VL base, one LoRA adapter per
+## language (jobs/train.py), the Serve app, evaluate base vs adapters, the Table-3 report; into $(E2E)/
+E2E ?= mella_e2e
+e2e: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/build_corpus.py --output $(E2E)/corpus -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/make_tiny_model.py --backbone qwen2-vl --output $(E2E)/base-tiny-qwen2-vl
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/e2e.py --data $(E2E)/corpus --model $(E2E)/base-tiny-qwen2-vl --output $(E2E)
 
 ## the whole test suite (pytest's "no tests collected", exit 5, counts as success)
 test: install

@@ -9,24 +9,28 @@
         --mt-model /models/nllb-200-distilled-600M --translate-to hu,th --num-gpus 1
 
 Runs on local Ray, or on a cluster through ``ray job submit --working-dir . -- python jobs/build_corpus.py ...``.
+Inputs are checked before Ray or the demo server starts (mella.preflight): a bad one is one line on
+stderr, exit code 2, nothing written. The demo web listens on 127.0.0.1:8731 (--demo-port): a fixed
+port keeps the URLs, so a rerun into the same --output is served from its WARCs (zero requests).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
+from _bootstrap import ROOT
 
-from mella.config import BuildConfig, apply_overrides, load_yaml  # noqa: E402
+from mella import console, preflight
+from mella.config import BuildConfig, apply_overrides, load_yaml
+from mella.demo import DEFAULT_PORT
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", help="seed file: URLs one a line (or paths, with --base-url), or YAML {lang: [urls]}")
     ap.add_argument("--base-url", help="origin to prefix seed lines that are paths")
     ap.add_argument("--warc", action="append", default=[], help="WARC file or glob (.warc / .warc.gz); repeatable")
@@ -40,10 +44,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
     ap.add_argument("--stage", action="append", default=[], metavar="MODULE:CLASS[@AFTER]",
                     help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER; repeatable")
-    ap.add_argument("--demo-port", type=int, default=0, help="port of the embedded demo web server (0: free port)")
+    ap.add_argument("--demo-port", type=int, default=DEFAULT_PORT,
+                    help=f"port of the embedded demo web on 127.0.0.1 (default {DEFAULT_PORT}; keep it across reruns: "
+                         "the URLs hold it; 0: any free port, a rerun then crawls again)")
     g = ap.add_argument_group("filters (paper B.2; all on by default)")
     g.add_argument("--no-semantic-dedup", action="store_true", help="skip CNN (EfficientNet-lite0) semantic dedup")
     g.add_argument("--no-moderation", action="store_true", help="skip the open_nsfw moderation stage")
+    g.add_argument("--no-categorise", action="store_true",
+                   help="skip the CPU EfficientNet-lite0 categories (4 major / 20 fine) of D_know rows")
     g = ap.add_argument_group("D_ling (paper 3.1.2): caption images without usable alt-text, translate them")
     g.add_argument("--d-ling", action="store_true", help="enable categorise → caption → translate → qe")
     g.add_argument("--caption-model", help="local MLLM checkpoint dir for captioning (and --categoriser mllm)")
@@ -53,8 +61,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     g.add_argument("--mt-model", help="local seq2seq MT checkpoint dir (NLLB-200, M2M100 or multi-target Marian)")
     g.add_argument("--translate-to", help="comma-separated languages for each caption (default: the image page's language)")
     g.add_argument("--num-gpus", type=float, help="GPUs per model actor (caption, translate, categorise, embed, NSFW)")
-    ap.add_argument("-q", "--quiet", action="store_true")
-    return ap.parse_known_args(argv)
+    console.add_console_flags(ap)
+    args, rest = ap.parse_known_args(argv)
+    bad = [o for o in rest if "=" not in o or o.startswith("-")]
+    if bad:
+        raise console.UsageError(f"unrecognized arguments: {' '.join(bad)} (see build_corpus.py --help; "
+                                 "settings go as key=value, e.g. crawl.max_depth=3)")
+    return args, rest
 
 
 def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
@@ -81,6 +94,8 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
         filters.setdefault("semantic", {})["enabled"] = False
     if args.no_moderation:
         filters.setdefault("moderation", {})["enabled"] = False
+    if args.no_categorise:
+        data.setdefault("d_ling", {}).setdefault("categorise", {})["enabled"] = False
     if args.d_ling:
         d = data.setdefault("d_ling", {})
         d["enabled"] = True
@@ -108,48 +123,96 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
         for path in pool_blocks():
             if args.d_ling or not path.startswith("d_ling."):
                 apply_overrides(data, [f"{path}.num_gpus={args.num_gpus}"])
-    apply_overrides(data, [o for o in overrides if "=" in o and not o.startswith("-")])
-    bad = [o for o in overrides if "=" not in o or o.startswith("-")]
-    if bad:
-        raise SystemExit(f"unknown arguments: {bad}")
+    apply_overrides(data, overrides)
     return BuildConfig.model_validate(data)
+
+
+def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
+    """Everything the run needs, before Ray or a server starts (mella.preflight); raises console.UsageError."""
+    if args.seeds:
+        preflight.check_seeds(args.seeds, args.base_url)
+    if cfg.warc:
+        preflight.check_warcs(cfg.warc)
+    preflight.check_langs(cfg.langs)
+    preflight.check_output(cfg.output)
+    d = cfg.d_ling
+    if d.enabled:
+        preflight.check_model_dir(d.caption.mllm.model_path, "--caption-model")
+        if d.categorise.backend == "mllm" and d.categorise.mllm is not None:
+            preflight.check_model_dir(d.categorise.mllm.model_path, "--caption-model")
+        tr = d.translate
+        if tr.backend == "seq2seq":
+            if tr.seq2seq is None or not tr.seq2seq.model_path:
+                raise console.UsageError("--d-ling with --mt-backend seq2seq needs --mt-model DIR (NLLB-200, M2M100 "
+                                         "or a multi-target Marian checkpoint), or --mt-backend mllm|deepl|google")
+            preflight.check_model_dir(tr.seq2seq.model_path, "--mt-model")
+    from mella.plan import PlanError, build_plan  # noqa: PLC0415
+
+    try:  # the plan itself: --stage / stages.extra classes import and place, configured backends exist
+        build_plan(cfg)
+    except (PlanError, ImportError) as e:
+        raise console.UsageError(f"{e} (fix --stage / stages.extra or the stage's config)") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    demo = None
+    console.setup(args.quiet, args.verbose)
+    demo_dir = ROOT / "demo_web"
     if not args.seeds and not args.warc:
         # Embedded default: serve the bundled demo web on 127.0.0.1 and crawl it.
-        from mella.demo import DemoWeb  # noqa: PLC0415
-
-        demo = DemoWeb(ROOT / "demo_web", port=args.demo_port).start()
-        args.seeds = str(ROOT / "demo_web" / "seeds.txt")
-        args.base_url = demo.base_url
+        args.seeds = str(demo_dir / "seeds.txt")
+        args.base_url = f"http://127.0.0.1:{args.demo_port or 1}"  # the real port is known once the server runs
         args.output = args.output or str(Path.cwd() / "mella_out")
         args.allow_private_hosts = args.allow_private_hosts or "127.0.0.1"
         overrides = ["crawl.politeness_delay_s=0", *overrides]
-        print(f"demo web: {demo.base_url} (bundled pages from {ROOT / 'demo_web'})", flush=True)
+        demo_port = args.demo_port
+        preflight.check_port_free(demo_port, "--demo-port")
+    else:
+        demo_port = None
     if not args.output:
-        raise SystemExit("--output is required with --seeds/--warc")
+        raise console.UsageError("--output DIR is required with --seeds/--warc")
     if args.seeds and args.warc:
-        raise SystemExit("give --seeds or --warc, not both")
-    try:
-        cfg = build_config(args, overrides)
-        from mella.runtime import init_ray  # noqa: PLC0415
-        from mella.pipeline import BuildCorpus  # noqa: PLC0415
-        from mella.funnel import format_table  # noqa: PLC0415
+        raise console.UsageError("give --seeds or --warc, not both")
+    if args.d_ling and not args.caption_model and not args.config and not any(o.startswith("d_ling.caption") for o in overrides):
+        raise console.UsageError("--d-ling needs --caption-model DIR (a local Qwen2-VL or InternVL2 checkpoint; "
+                                 "python jobs/make_tiny_model.py --output DIR makes a tiny random one for a trial)")
+    cfg = build_config(args, overrides)
+    check_inputs(args, cfg)
+    # inputs are valid: from here on servers, Ray and the output directory
+    demo = None
+    if demo_port is not None:
+        from mella.demo import DemoWeb  # noqa: PLC0415
 
+        demo = DemoWeb(demo_dir, port=demo_port).start()
+        args.base_url = demo.base_url
+        console.say(f"demo web: {demo.base_url} (bundled pages from {demo_dir})")
+    progress = console.Progress()
+    t0, done = time.monotonic(), False
+    try:
+        import ray  # noqa: PLC0415
+
+        console.quiet_ray()
+        from mella.funnel import format_table  # noqa: PLC0415
+        from mella.pipeline import BuildCorpus  # noqa: PLC0415
+        from mella.runtime import init_ray  # noqa: PLC0415
+
+        progress.start("ray", "starting" if not os.environ.get("RAY_ADDRESS") else f"joining {os.environ['RAY_ADDRESS']}")
         init_ray(cfg.ray.num_cpus)
-        funnel = BuildCorpus(cfg, seeds_base_url=args.base_url).run()
+        progress.update(f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
+        funnel = BuildCorpus(cfg, seeds_base_url=args.base_url, progress=progress.callback()).run()
+        progress.close()
         print(format_table(funnel), flush=True)
-        print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)", flush=True)
+        print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)  "
+              f"[{time.monotonic() - t0:.0f} s]", flush=True)
+        done = True
     finally:
+        progress.close()
         if demo is not None:
             demo.stop()
+            console.say(f"demo web: {demo.requests} HTTP requests served"
+                        + (" (everything came from the WARCs of the previous run)" if done and demo.requests == 0 else ""))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console.run_job(main))

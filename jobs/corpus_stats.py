@@ -14,21 +14,22 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
+from _bootstrap import ROOT  # noqa: F401
 
-from mella import corpus_stats as statistics  # noqa: E402
+from mella import console
+from mella import corpus_stats as statistics
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", required=True, help="build output directory (holds d_know/ and d_ling/)")
     ap.add_argument("--png", help="PNG path (default DIR/statistics.png)")
     ap.add_argument("--json", help="JSON path (default DIR/statistics.json)")
+    console.add_console_flags(ap)
     args = ap.parse_args(argv)
+    console.setup(args.quiet, args.verbose)
     if not any(os.path.isdir(os.path.join(args.output, d)) for d in statistics.DATASETS):
-        print(f"error: {args.output} has neither d_know/ nor d_ling/", file=sys.stderr)
-        return 2
+        raise console.UsageError(f"--output {args.output} has neither d_know/ nor d_ling/: give a build_corpus output directory")
     stats = statistics.write(args.output, args.png, args.json)
     print(f"{'lang':6} {'D_know':>8} {'D_ling':>8} {'total':>8} {'avg chars':>10}")
     for lang, v in stats["per_lang"].items():
@@ -40,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console.run_job(main))

@@ -21,18 +21,34 @@ import os
 import sys
 from pathlib import Path
 
-try:
-    import mella  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+from _bootstrap import ROOT  # noqa: F401
 
 import yaml
 
-from mella.evaluation import EvalConfig, run
+from mella import console, preflight
+
+
+def check_inputs(a: argparse.Namespace) -> None:
+    """Corpus, languages, endpoint URL or model/adapter dirs, before Ray or any request; raises console.UsageError."""
+    data = Path(a.data)
+    if not data.is_dir() or not any((data / s).is_dir() for s in ("d_know", "d_ling")):
+        raise console.UsageError(f"--data {data} holds neither d_know/ nor d_ling/: give a build_corpus output directory")
+    preflight.check_langs(a.langs)
+    if a.endpoint and a.model:
+        raise console.UsageError("give --endpoint URL or --model DIR (Ray Data mode), not both")
+    if not a.endpoint and not a.model:
+        raise console.UsageError("give --endpoint URL (a running serve app) or --model DIR --adapters DIR")
+    if a.endpoint:
+        preflight.check_url(a.endpoint, "--endpoint")
+    if a.model:
+        preflight.check_model_dir(a.model, "--model")
+        if a.adapters and not Path(a.adapters).is_dir():
+            raise console.UsageError(f"--adapters {a.adapters} does not exist: give the directory holding mella-<lang>/ adapters")
+    preflight.check_output(a.output)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="corpus dir with d_know/*.parquet and d_ling/*.parquet")
     ap.add_argument("--langs", nargs="+", required=True)
     ap.add_argument("--output", required=True)
@@ -50,18 +66,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test-max-fraction", type=float, default=0.2)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any EvalConfig field")
     ap.add_argument("--ray-address", help="Ray cluster address for Ray Data mode (default: local)")
+    console.add_console_flags(ap)
     a = ap.parse_args(argv)
+    console.setup(a.quiet, a.verbose)
+    check_inputs(a)
+    from mella.evaluation import EvalConfig, run  # noqa: PLC0415
+
     values = dict(data=a.data, langs=a.langs, output=a.output, endpoint=a.endpoint, token=os.environ.get(a.token_env),
                   model=a.model, adapters=a.adapters, backbone=a.backbone, seeds=a.seeds, temperature=a.temperature,
                   max_tokens=a.max_tokens, keyword_top_k=a.keyword_top_k, n_test=a.n_test,
                   test_max_fraction=a.test_max_fraction)
     if a.method:
         if any("=" not in m for m in a.method):
-            ap.error("--method needs NAME=TEMPLATE")
+            raise console.UsageError("--method needs NAME=TEMPLATE")
         values["methods"] = dict(m.split("=", 1) for m in a.method)
     for item in a.set:
         if "=" not in item:
-            ap.error(f"--set {item!r} is not KEY=VALUE")
+            raise console.UsageError(f"--set {item!r} is not KEY=VALUE")
         key, raw = item.split("=", 1)
         values[key.strip()] = yaml.safe_load(raw)
     cfg = EvalConfig(**{k: v for k, v in values.items() if v is not None})
@@ -71,8 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         from mella.runtime import init_ray
 
+        console.quiet_ray()
         if a.ray_address:
-            ray.init(address=a.ray_address)
+            ray.init(address=a.ray_address, **console.ray_init_kwargs())
         started = not ray.is_initialized()
         init_ray()
     try:
@@ -88,4 +110,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(console.run_job(main))

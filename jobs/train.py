@@ -1,37 +1,82 @@
 """LoRA SFT of one language's adapter on D_know ∪ D_ling (paper 3.3, 4.1; Ray Train + DeepSpeed ZeRO).
 
-    python jobs/train.py --data DIR --lang hu --backbone qwen2-vl --model PATH --output DIR \
+    python jobs/train.py --data DIR --lang hu --model PATH --output DIR [--backbone qwen2-vl|internvl2] \
         [--mix dual|ling-only|know-only|two-stage] [--deepspeed zero2|zero3] [--num-workers N] [--use-gpu] \
         [--config train.yaml] [--set lr=2e-5 --set max_steps=100 ...]
 
 Writes OUTPUT/adapter (PEFT adapter + mella_train.json), OUTPUT/train_log.jsonl, Ray results under
 OUTPUT/ray_results; prints the run summary as JSON. Hyperparameters: mella.train.config.TrainConfig.
+Guide: docs/training.md. Inputs are checked before Ray starts (the corpus holds rows of --lang for the
+mix, --model is a local checkpoint with a config.json of the backbone): a bad one is one line on
+stderr, exit code 2, never a Ray Train retry. --backbone defaults to the checkpoint's model_type.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
 from pathlib import Path
 
-try:
-    import mella  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+from _bootstrap import ROOT  # noqa: F401
 
-import ray
+from mella import console, preflight
 
-from mella.train.config import TrainConfig
-from mella.train.trainer import train
+#: config.json model_type → --backbone (Qwen2-VL; InternVL2 converted to the transformers -hf layout)
+MODEL_TYPES = {"qwen2_vl": "qwen2-vl", "internvl": "internvl2"}
+MIX_SOURCES = {"dual": ("d_know", "d_ling"), "know-only": ("d_know",), "ling-only": ("d_ling",),
+               "two-stage": ("d_know", "d_ling")}
+
+
+def _abs(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def rows_per_lang(data: Path, source: str) -> dict[str, int]:
+    """Rows per ``lang`` in ``data/source/*.parquet`` (reads the ``lang`` column only); {} when absent."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    counts: dict[str, int] = {}
+    for f in sorted(glob.glob(str(data / source / "*.parquet"))):
+        for lang in pq.read_table(f, columns=["lang"])["lang"].to_pylist():
+            counts[lang] = counts.get(lang, 0) + 1
+    return counts
+
+
+def check_inputs(cfg) -> None:
+    """Corpus, language, model and output of a TrainConfig, before Ray; raises console.UsageError."""
+    preflight.check_langs([cfg.lang])
+    data = Path(cfg.data)
+    if not data.is_dir():
+        raise console.UsageError(f"--data {data} does not exist: give a build_corpus output directory (holds d_know/)")
+    sources = MIX_SOURCES[cfg.mix]
+    present = {s: rows_per_lang(data, s) for s in sources}
+    if not any(present.values()):
+        raise console.UsageError(f"--data {data} holds no {' or '.join(s + '/*.parquet' for s in sources)}: "
+                                 "give a build_corpus output directory")
+    missing = [s for s in sources if not present[s].get(cfg.lang)]
+    if cfg.mix in ("ling-only", "know-only", "two-stage") and missing:
+        langs = sorted(set().union(*present.values()))
+        raise console.UsageError(f"--data {data} has no {'/'.join(missing)} rows for --lang {cfg.lang} (mix {cfg.mix}); "
+                                 f"languages present: {','.join(langs) or 'none'}")
+    if len(missing) == len(sources):
+        langs = sorted(set().union(*present.values()))
+        raise console.UsageError(f"--data {data} has no rows for --lang {cfg.lang}; languages present: {','.join(langs)}")
+    model_cfg = preflight.check_model_dir(cfg.model, "--model")
+    kind = MODEL_TYPES.get(model_cfg.get("model_type"))
+    if kind != cfg.backbone:
+        raise console.UsageError(f"--model {cfg.model} is a {model_cfg.get('model_type')!r} checkpoint, not {cfg.backbone}: "
+                                 f"pass the matching --backbone ({', '.join(f'{k} → {v}' for k, v in MODEL_TYPES.items())})")
+    preflight.check_output(cfg.output)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="corpus dir with d_know/*.parquet [and d_ling/*.parquet]")
     ap.add_argument("--lang", required=True)
-    ap.add_argument("--backbone", choices=["qwen2-vl", "internvl2"])
+    ap.add_argument("--backbone", choices=["qwen2-vl", "internvl2"], help="default: from the checkpoint's config.json")
     ap.add_argument("--model", required=True, help="local HF checkpoint dir of the base model")
     ap.add_argument("--output", required=True)
     ap.add_argument("--mix", choices=["dual", "ling-only", "know-only", "two-stage"])
@@ -41,13 +86,37 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--config", help="YAML file with TrainConfig fields")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any TrainConfig field")
     ap.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    console.add_console_flags(ap)
     a = ap.parse_args(argv)
-    cfg = TrainConfig.load(a.config, a.set, data=a.data, lang=a.lang, backbone=a.backbone, model=a.model,
-                           output=a.output, mix=a.mix, deepspeed=a.deepspeed, num_workers=a.num_workers,
-                           use_gpu=a.use_gpu)
+    console.setup(a.quiet, a.verbose)
+    if a.config and not Path(a.config).is_file():
+        raise console.UsageError(f"--config {a.config} does not exist")
+    backbone = a.backbone
+    if backbone is None and Path(a.model, "config.json").is_file():
+        backbone = MODEL_TYPES.get(preflight.check_model_dir(a.model, "--model").get("model_type"))
+    from mella.train.config import TrainConfig  # noqa: PLC0415
+
+    try:
+        # absolute: Ray Train workers do not run in this directory
+        cfg = TrainConfig.load(a.config, a.set, data=_abs(a.data), lang=a.lang, backbone=backbone, model=_abs(a.model),
+                               output=_abs(a.output), mix=a.mix, deepspeed=a.deepspeed, num_workers=a.num_workers,
+                               use_gpu=a.use_gpu)
+    except ValueError as e:
+        if type(e).__name__ == "ValidationError":
+            raise
+        raise console.UsageError(str(e)) from e
+    check_inputs(cfg)
+    # inputs are valid: Ray from here on
+    import ray  # noqa: PLC0415
+
+    from mella.train.trainer import train  # noqa: PLC0415
+
+    console.quiet_ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=a.ray_address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
+        ray.init(address=a.ray_address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 **console.ray_init_kwargs())
+        console.quiet_ray()
     try:
         summary = train(cfg)
     finally:
@@ -58,4 +127,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(console.run_job(main))

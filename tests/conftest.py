@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT / "jobs"))  # jobs/_bootstrap.py, for jobs loaded by path (importlib) in tests
 
 SHARED = Path(os.environ.get("MELLA_SHARED", ROOT.parent / "shared"))
 MINIWEB = SHARED / "miniweb"

@@ -29,12 +29,15 @@ NO_MODELS = {"semantic": {"enabled": False}, "moderation": {"enabled": False}}
 def build(output, seeds=None, warc=None, base_url=None, crawl=None, models=False, **kw) -> dict:
     """Run build_corpus in-process (Ray must be initialised); returns the funnel.
 
-    ``models=False`` turns off the model-backed filters unless ``filters`` says otherwise (they load
-    EfficientNet-lite0 and open_nsfw and cost ~40 s a miniweb crawl on 2 cores); ``models=True``
-    runs the job's defaults.
+    ``models=False`` turns off the model-backed stages unless ``filters`` / ``d_ling.categorise`` say
+    otherwise (they load EfficientNet-lite0 and open_nsfw and cost ~40 s a miniweb crawl on 2 cores);
+    ``models=True`` runs the job's defaults.
     """
     if not models:
         kw["filters"] = {**NO_MODELS, **kw.get("filters", {})}
+        d_ling = dict(kw.get("d_ling", {}))
+        d_ling["categorise"] = {"enabled": False, **d_ling.get("categorise", {})}  # the CPU categoriser is a model too
+        kw["d_ling"] = d_ling
     data = {"output": str(output), "crawl": {**FAST_CRAWL, **(crawl or {})}, **kw}
     if seeds:
         data["seeds"] = str(seeds)

@@ -1,4 +1,9 @@
-"""The embedded demo web: serve ``demo_web/`` (bundled Debian-licensed pages) on 127.0.0.1 with aiohttp."""
+"""The embedded demo web: serve ``demo_web/`` (bundled Debian-licensed pages) on 127.0.0.1 with aiohttp.
+
+``make demo`` serves it on a fixed port (:data:`DEFAULT_PORT`, ``--demo-port`` to change it): page and
+image URLs hold the port, and they are the keys of the run's WARC records and row ids, so the same
+port on a rerun means the same URLs, everything served from ``DIR/warc/`` and zero requests here.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import threading
 from pathlib import Path
 
 from aiohttp import web
+
+#: default port of the demo web (``--demo-port``); fixed so that a rerun's URLs are the first run's
+DEFAULT_PORT = 8731
 
 
 class DemoWeb:
@@ -21,9 +29,15 @@ class DemoWeb:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
+        self.requests = 0  # HTTP requests served (robots.txt included)
 
     async def _start(self) -> None:
-        app = web.Application()
+        @web.middleware
+        async def count(request, handler):
+            self.requests += 1
+            return await handler(request)
+
+        app = web.Application(middlewares=[count])
 
         async def robots(_request):
             return web.Response(text="User-agent: *\nAllow: /\n")

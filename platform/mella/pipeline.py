@@ -96,10 +96,15 @@ def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str, candidates
 
 # ------------------------------------------------------------------------------------ runner
 class BuildCorpus:
-    """Run the whole job for one :class:`BuildConfig`. ``run()`` returns the funnel dict."""
+    """Run the whole job for one :class:`BuildConfig`. ``run()`` returns the funnel dict.
 
-    def __init__(self, cfg: BuildConfig, seeds_base_url: str | None = None) -> None:
+    ``progress``: optional ``fn(phase, text)`` called as phases advance (the job's console line,
+    :class:`mella.console.Progress`); a new phase name starts a phase.
+    """
+
+    def __init__(self, cfg: BuildConfig, seeds_base_url: str | None = None, progress=None) -> None:
         self.cfg = cfg
+        self.progress = progress or (lambda phase, text: None)
         self.out = str(cfg.output)
         self.warc_dir = os.path.join(self.out, "warc")
         self.work = os.path.join(self.out, "_work")
@@ -119,7 +124,14 @@ class BuildCorpus:
         hosts: dict = {}
         failures: list[dict] = []
         pages_ok = 0
-        for res in ray.get(refs):
+        self.progress("crawl", f"{len(seeds)} seeds, 0/{len(refs)} shards done")
+        results, pending = [], list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results.extend(ray.get(done))
+            self.progress("crawl", f"{len(results)}/{len(refs)} shards done, {sum(r.pages_ok for r in results)} pages, "
+                                   f"{sum(len(r.failures) for r in results)} failed")
+        for res in results:
             pages_ok += res.pages_ok
             failures.extend(res.failures)
             for h, v in res.hosts.items():
@@ -177,7 +189,11 @@ class BuildCorpus:
             ds = apply(ds, st, staging)
         ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir},
                             **StageResources(num_cpus=0.1).map_batches_args())
-        rows = sum(r["rows"] for r in ds.take_all())
+        self.progress("images", f"{len(files)} WARC file(s): extract → alt-text → langid → fetch → decode → models")
+        rows, t0 = 0, time.monotonic()
+        for r in ds.iter_rows():  # one row per written batch: its row count
+            rows += r["rows"]
+            self.progress("images", f"{rows} candidate rows done ({rows / max(time.monotonic() - t0, 1e-3):.1f}/s)")
         log.info("unit written: %d rows", rows)
 
     def unit_parts(self) -> list[str]:
@@ -187,6 +203,7 @@ class BuildCorpus:
         """Phases 2–3: the dedup stages' decisions over all units; d_know/ + rejects/ (+ D_ling) written
         atomically; funnel."""
         parts = self.unit_parts()
+        self.progress("dedup", f"exact, pHash and CNN duplicates over {len(parts)} part file(s)")
         decisions_dir = os.path.join(self.work, "decisions")
         os.makedirs(decisions_dir, exist_ok=True)
         upstream: dict[str, str] = {}
@@ -200,6 +217,7 @@ class BuildCorpus:
         dirs = {k: os.path.join(staging, k) for k in ("d_know", "rejects", "d_ling_candidates", "d_ling", "stats")}
         for d in dirs.values():
             os.makedirs(d)
+        self.progress("write", "d_know/ and rejects/")
         if parts:
             ds = ray.data.read_parquet(parts, schema=REJECT_SCHEMA)
             for st in self.global_steps:
@@ -247,6 +265,7 @@ class BuildCorpus:
         if not files:
             log.info("D_ling: no candidates")
             return
+        self.progress("d_ling", f"caption → translate → qe over {len(files)} candidate part(s)")
         ds = ray.data.read_parquet(files, schema=REJECT_SCHEMA)
         for st in self.ling_steps:
             ds = apply(ds, st, stats_dir)

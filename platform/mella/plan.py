@@ -81,7 +81,7 @@ def build_plan(cfg: BuildConfig) -> list[Step]:
             models.append(APIModerationStage(f.moderation))
     if f.semantic.enabled:
         models.append(EmbedStage(f.semantic))
-    if d.enabled:
+    if d.enabled or d.categorise.enabled:  # categories without D_ling: the CPU EfficientNet by default
         c = d.categorise
         models.append((MLLMCategoriser if c.backend == "mllm" else EfficientNetCategoriser)(c, d.stats_dir))
     if models:

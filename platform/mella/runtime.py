@@ -7,6 +7,7 @@ import os
 
 import ray
 
+from mella import console
 from mella.languages import ENV_VAR
 
 
@@ -16,6 +17,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     cluster that happens to run on this machine (``address="local"``; set ``RAY_ADDRESS`` to join one).
     The ``platform/`` directory is put on workers' ``PYTHONPATH`` so ``mella`` imports everywhere, and
     ``$MELLA_LANGUAGES`` (a user's language files, :mod:`mella.languages`) is passed on, as absolute paths.
+    Console: Ray Data progress bars and workers' INFO logs only with ``-v`` (:mod:`mella.console`).
     """
     if ray.is_initialized():
         return
@@ -25,10 +27,12 @@ def init_ray(num_cpus: int | None = None) -> None:
         paths = (os.path.abspath(p) for p in os.environ[ENV_VAR].split(os.pathsep) if p.strip())
         env["env_vars"][ENV_VAR] = os.pathsep.join(paths)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    ctx.enable_progress_bars = console.level() == console.VERBOSE  # else the job's own progress line
     ctx.execution_options.preserve_order = False
+    extra = console.ray_init_kwargs()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=env, logging_level=logging.WARNING)
+        ray.init(runtime_env=env, logging_level=logging.WARNING, **extra)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, **extra)
+    console.quiet_ray()  # ray.init may have reconfigured Ray's loggers

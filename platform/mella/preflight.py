@@ -1,0 +1,122 @@
+"""Input checks every job runs before it starts Ray or a server (README "Jobs validate inputs").
+
+Each check raises :class:`mella.console.UsageError` with one line naming the problem and the fix; none
+creates a file or a directory. URL syntax: RFC 3986 via ``yarl`` (the URL library aiohttp uses).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from yarl import URL
+
+from mella.console import UsageError
+
+
+def check_url(url: str, what: str = "URL") -> str:
+    """``url`` is an absolute http(s) URL with a host and no whitespace; returns it.
+
+    Raises:
+        UsageError: otherwise.
+    """
+    bad = any(c.isspace() for c in url)
+    try:
+        u = URL(url)
+    except (ValueError, TypeError):
+        bad = True
+    else:
+        bad = bad or u.scheme not in ("http", "https") or not u.host
+    if bad:
+        raise UsageError(f"{what} {url!r} is not a valid http(s) URL: write it as http://host/path")
+    return url
+
+
+def check_seeds(path: str, base_url: str | None = None) -> int:
+    """The seeds file exists, parses (:func:`mella.crawl.read_seeds`) and every seed is a valid URL.
+
+    Returns the number of seeds. Raises :class:`UsageError`.
+    """
+    from mella.crawl import read_seeds  # noqa: PLC0415
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"seeds file {path} does not exist: give --seeds FILE (URLs one a line, or YAML {{lang: [urls]}})")
+    if base_url is not None:
+        check_url(base_url, "--base-url")
+    try:
+        seeds = read_seeds(str(p), base_url)
+    except (ValueError, UnicodeDecodeError, OSError, AttributeError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"seeds file {path}: {msg}") from e
+    except Exception as e:  # yaml.YAMLError and friends
+        raise UsageError(f"seeds file {path} does not parse: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    if not seeds:
+        raise UsageError(f"seeds file {path} holds no URL: add one URL a line")
+    for s in seeds:
+        check_url(s.url, f"seed in {path}:")
+    return len(seeds)
+
+
+def check_warcs(patterns: list[str]) -> list[str]:
+    """Every ``--warc`` path/glob matches ``.warc``/``.warc.gz`` files; returns them. Raises :class:`UsageError`."""
+    from mella.warc import expand_warc_paths  # noqa: PLC0415
+
+    try:
+        return expand_warc_paths(patterns)
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}: check the path (quote globs: --warc 'dir/*.warc.gz')") from e
+
+
+def check_langs(langs: list[str]) -> list[str]:
+    """Every code is configured in ``mella/data/languages.yaml``. Raises :class:`UsageError`."""
+    from mella.languages import load_languages  # noqa: PLC0415
+
+    known = load_languages()
+    bad = [x for x in langs if x not in known]
+    if bad:
+        raise UsageError(f"unknown language(s) {','.join(bad)}: use one of {','.join(sorted(known))}, "
+                         f"or add an entry to platform/mella/data/languages.yaml")
+    return langs
+
+
+def check_model_dir(path: str | Path, flag: str) -> dict:
+    """``path`` is a local Hugging Face checkpoint directory: it exists and holds a parseable config.json.
+
+    Returns the parsed config. Raises :class:`UsageError` (hub ids are refused: jobs load local paths).
+    """
+    p = Path(path)
+    hint = "give a local checkpoint directory (python jobs/make_tiny_model.py --output DIR makes a tiny one)"
+    if not p.exists():
+        raise UsageError(f"{flag} {path} does not exist: {hint}")
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise UsageError(f"{flag} {path} holds no config.json: {hint}")
+    try:
+        return json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{flag} {path}/config.json does not parse ({e}): re-download or re-save the checkpoint") from e
+
+
+def check_output(path: str | Path, flag: str = "--output") -> None:
+    """``path`` is not an existing file and its nearest existing parent is a directory. Raises :class:`UsageError`."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path} is a file: give a directory")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is not a directory")
+
+
+def check_port_free(port: int, flag: str) -> None:
+    """TCP ``port`` can be bound on 127.0.0.1 now. Raises :class:`UsageError` naming ``flag``."""
+    if port == 0:
+        return
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise UsageError(f"port {port} on 127.0.0.1 is busy ({e.strerror}): pass {flag} N with a free port") from e

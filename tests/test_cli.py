@@ -1,0 +1,183 @@
+"""Bad invocations of the jobs fail cleanly and early (issue 14): exit code 2, at most 3 lines on stderr naming
+the problem, no traceback (unless --debug), no output folder, and before Ray or the demo web server starts.
+
+Every job runs as a user runs it (a subprocess). ``RAY_ADDRESS`` points at a closed port: a job that reached
+``ray.init`` would fail with a Ray connection error instead of the expected message, so each test also proves
+the check ran before Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import DEMO_WEB, ROOT
+
+from mella.schema import record_id, to_table
+
+PY = sys.executable
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "platform") + os.pathsep + env.get("PYTHONPATH", "")
+    env["RAY_ADDRESS"] = "127.0.0.1:9"  # discard port: nothing listens; ray.init would fail loudly
+    return env
+
+
+def _run(job: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, str(ROOT / "jobs" / job), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=180)
+
+
+def _assert_clean_failure(proc: subprocess.CompletedProcess, out: Path, *needles: str) -> None:
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert 1 <= len(err) <= 3, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "demo web:" not in proc.stdout  # the demo server never started
+    for n in needles:
+        assert n in proc.stderr, (n, proc.stderr)
+    assert not out.exists(), f"{out} was created"
+
+
+def _corpus(root: Path) -> Path:
+    """A one-row D_know corpus (hu) in the build_corpus layout."""
+    row = {"id": record_id("hu", "http://x.test/p", "http://x.test/i.png"), "lang": "hu", "page_url": "http://x.test/p",
+           "image_url": "http://x.test/i.png", "alt_text": "Egy kép", "source": "crawl"}
+    (root / "d_know").mkdir(parents=True)
+    pq.write_table(to_table([row]), root / "d_know" / "part-0.parquet")
+    return root
+
+
+def test_missing_seeds_file(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--seeds", str(tmp_path / "nope.txt"), "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "nope.txt does not exist", "--seeds")
+
+
+def test_malformed_seed_url(tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("https://example.org/ok\nhttp://exa mple.org/\n")
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--seeds", str(seeds), "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "'http://exa mple.org/' is not a valid http(s) URL")
+
+
+def test_seed_that_is_not_a_url(tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("htp:/example.org\n")
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--seeds", str(seeds), "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "is not an http(s) URL")
+
+
+def test_warc_glob_matching_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--warc", str(tmp_path / "crawl" / "*.warc.gz"), "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "no WARC file matches")
+
+
+def test_unknown_language(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", "http://127.0.0.1:1",
+                "--langs", "hu,xx", "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "xx", "languages.yaml")
+
+
+def test_d_ling_without_caption_model(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--d-ling", "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "--d-ling needs --caption-model")
+
+
+def test_d_ling_caption_model_missing(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--d-ling", "--caption-model", str(tmp_path / "qwen"), "--mt-backend", "mllm",
+                "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "--caption-model", "does not exist")
+
+
+def test_unknown_flag(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--bogus", "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "unrecognized arguments: --bogus")
+
+
+def test_demo_port_busy(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = tmp_path / "out"
+        proc = _run("build_corpus.py", "--demo-port", str(port), "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, f"port {port}", "--demo-port")
+
+
+def test_train_model_path_missing(tmp_path):
+    data = _corpus(tmp_path / "corpus")
+    out = tmp_path / "train"
+    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", str(tmp_path / "nonexistent"),
+                "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "--model", "does not exist", "make_tiny_model.py")
+
+
+def test_train_model_dir_without_config(tmp_path):
+    data = _corpus(tmp_path / "corpus")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "train"
+    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--backbone", "qwen2-vl", "--model",
+                str(tmp_path / "empty"), "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "holds no config.json")
+
+
+def test_train_language_not_in_corpus(tmp_path):
+    data = _corpus(tmp_path / "corpus")
+    out = tmp_path / "train"
+    proc = _run("train.py", "--data", str(data), "--lang", "ko", "--model", str(tmp_path / "m"), "--output", str(out),
+                cwd=tmp_path)
+    _assert_clean_failure(proc, out, "no rows for --lang ko", "languages present: hu")
+
+
+def test_train_bad_setting(tmp_path):
+    data = _corpus(tmp_path / "corpus")
+    out = tmp_path / "train"
+    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", str(tmp_path / "m"), "--output", str(out),
+                "--set", "grad_accum=0", cwd=tmp_path)
+    _assert_clean_failure(proc, out, "grad_accum")
+
+
+def test_evaluate_bad_endpoint(tmp_path):
+    data = _corpus(tmp_path / "corpus")
+    out = tmp_path / "eval"
+    proc = _run("evaluate.py", "--data", str(data), "--langs", "hu", "--endpoint", "localhost:8000", "--output", str(out),
+                cwd=tmp_path)
+    _assert_clean_failure(proc, out, "--endpoint", "not a valid http(s) URL")
+
+
+def test_make_tiny_model_unknown_backbone(tmp_path):
+    out = tmp_path / "m"
+    proc = _run("make_tiny_model.py", "--backbone", "llava", "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "invalid choice: 'llava'")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--seeds", str(tmp_path / "nope.txt"), "--output", str(out), "--debug", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "UsageError" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("job", ["build_corpus.py", "train.py", "evaluate.py", "corpus_stats.py", "make_tiny_model.py",
+                                 "e2e.py"])
+def test_every_job_shares_the_bootstrap(job):
+    """Issue 11: every job puts platform/ on sys.path through jobs/_bootstrap.py, and nothing else does it."""
+    text = (ROOT / "jobs" / job).read_text(encoding="utf-8")
+    assert "from _bootstrap import" in text and "sys.path.insert" not in text
