@@ -87,7 +87,7 @@ def test_unknown_language(tmp_path):
     out = tmp_path / "out"
     proc = _run("build_corpus.py", "--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", "http://127.0.0.1:1",
                 "--langs", "hu,xx", "--output", str(out), cwd=tmp_path)
-    _assert_clean_failure(proc, out, "xx", "languages.yaml")
+    _assert_clean_failure(proc, out, "xx", "Add a language")
 
 
 def test_d_ling_without_caption_model(tmp_path):

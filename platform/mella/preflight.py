@@ -70,14 +70,14 @@ def check_warcs(patterns: list[str]) -> list[str]:
 
 
 def check_langs(langs: list[str]) -> list[str]:
-    """Every code is configured in ``mella/data/languages.yaml``. Raises :class:`UsageError`."""
-    from mella.languages import load_languages  # noqa: PLC0415
+    """Every code is configured (``languages.yaml`` or a file named by ``$MELLA_LANGUAGES``). Raises :class:`UsageError`."""
+    from mella.languages import ENV_VAR, load_languages  # noqa: PLC0415
 
     known = load_languages()
     bad = [x for x in langs if x not in known]
     if bad:
         raise UsageError(f"unknown language(s) {','.join(bad)}: use one of {','.join(sorted(known))}, "
-                         f"or add an entry to platform/mella/data/languages.yaml")
+                         f"or add one in a file named by ${ENV_VAR} (README: Add a language)")
     return langs
 
 
