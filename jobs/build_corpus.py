@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         funnel = BuildCorpus(cfg, seeds_base_url=args.base_url).run()
         print(format_table(funnel), flush=True)
         print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)", flush=True)
+        from mella import dataset_card, report  # noqa: PLC0415 - the corpus report and card (jobs/inspect_corpus.py)
+
+        print(f"report: {report.write_report(cfg.output)}\ndataset card: {dataset_card.write_card(cfg.output)}", flush=True)
     finally:
         if demo is not None:
             demo.stop()

@@ -1,6 +1,9 @@
 """See a corpus: write the HTML report and the dataset card of a build output. Thin entry point.
 
-    python jobs/inspect.py DIR [--train RUN_DIR] [--eval EVAL_DIR] [--page-size 48] [--max-pages 5] [--no-card]
+(Not ``jobs/inspect.py``: a script runs with its folder first on ``sys.path``, so a ``jobs/inspect.py``
+would shadow the stdlib ``inspect`` for every job in ``jobs/`` — typing_extensions, pydantic, dataclasses fail.)
+
+    python jobs/inspect_corpus.py DIR [--train RUN_DIR] [--eval EVAL_DIR] [--page-size 48] [--max-pages 5] [--no-card]
 
 Writes ``DIR/report/index.html`` (a static site that opens from file://: funnel chart, statistics figure,
 D_know galleries per language, D_ling rows, rejects by stage and reason, near-duplicate groups, and
@@ -12,18 +15,11 @@ and :mod:`mella.dataset_card`. Exit status 2 on bad arguments; --debug shows tra
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
+from pathlib import Path
 
-# This file is named like the stdlib module ``inspect``: drop its folder from the import path before any
-# import, or ``import inspect`` (in dataclasses, pyarrow, ray, ...) would load this script instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-ROOT = Path(_HERE).parent
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
 
