@@ -126,8 +126,9 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
         rows = []
         for r in sel.rejects.rows.get((stage, reason), []):
             fetched = r.get("width") or stage in NEAR_DUP_STAGES
-            rows.append({**r, "thumb": thumbs.get(f"rej:{r['id']}", ""), "dir": render.text_dir(r.get("lang")),
-                         "no_image": "image not stored" if fetched else f"no image: dropped at {stage}, before decode"})
+            # a rejected alt-text is often not in the page's language: let the bidi algorithm pick the direction
+            rows.append({**r, "thumb": thumbs.get(f"rej:{r['id']}", ""), "dir": "auto", "fetched": bool(fetched),
+                         "no_image": "image not stored" if fetched else f"no image (dropped at {stage})"})
         s["reasons"].append({"reason": reason, "count": n, "rows": rows})
     stage_list = sorted(stages.values(), key=lambda s: STAGE_ORDER.get(s["stage"], 99))
     for s in stage_list:
