@@ -111,7 +111,7 @@ def test_rejects_and_near_duplicate_groups(synthetic):
         assert sec is not None and f"{n} rows" in sec.css_first("h3").text()
         assert len(sec.css(".card")) == min(n, 12)
     # too_small images had been fetched but rejects keep no bytes (and this corpus has no work units)
-    assert "image not stored" in rej.css_first('div[data-reason="too_small"]').text()
+    assert "no thumbnail (image not stored" in rej.css_first('div[data-reason="too_small"]').text()
     assert "no image (dropped at alt_text)" in rej.css_first('div[data-reason="alt_empty"]').text()
     near = _dom(index.parent / "near-duplicates.html")
     for stage, measure in (("phash_dedup", "pHash distance 3 <= 4"), ("semantic_dedup", "cosine 0.9712 >= 0.96")):
@@ -314,7 +314,7 @@ def test_demo_build_writes_report_and_card_rendered_in_chromium(tmp_path):
         assert (sec is not None) == (s["rejected"] > 0), s["stage"]
         if sec is not None:
             assert f'{s["rejected"]} rejected' in sec.css_first("h2").text()
-    # resolution rejects were decoded: their thumbnails come from the committed work units
+    # resolution rejects had been fetched: their thumbnails come from the build's image WARCs
     assert dom.css('div[data-reason="too_small"] img.thumb')
     dom, console = render(report / "near-duplicates.html", tmp_path)
     assert not console

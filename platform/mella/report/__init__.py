@@ -31,7 +31,7 @@ import uuid
 from mella.io import replace_dir
 from mella.report import render
 from mella.report.sample import NEAR_DUP_STAGES, part_files, select
-from mella.report.thumbs import locate, make_thumbnails
+from mella.report.thumbs import image_warcs, locate, make_thumbnails
 from mella.schema import D_LING_STAGES, STAGES
 
 REPORT_DIR = "report"
@@ -58,6 +58,11 @@ def _train_files(train_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(train_dir, "**", "mella_train.json"), recursive=True))[:50]
 
 
+def _fetched(stage: str | None) -> bool:
+    """Whether rows rejected at ``stage`` had their image fetched (stages after ``fetch``)."""
+    return STAGE_ORDER.get(stage or "", -1) > STAGE_ORDER["fetch"]
+
+
 def _pages(prefix: str, n_rows: int, page_size: int) -> list[str]:
     return [f"{prefix}-{p + 1}.html" for p in range(max(1, -(-n_rows // page_size)))]
 
@@ -82,13 +87,16 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
         for rows in bk.rows.values():
             for r in rows:
                 requests[f"{tag}:{r['id']}"] = [(r["_file"], r["_row"])]
-    rej_ids = {r["id"] for rows in sel.rejects.rows.values() for r in rows if r.get("width")}
-    rej_ids |= {r["id"] for g in sel.near.groups.values() for r in g["rows"]}
+    fetched = [r for rows in sel.rejects.rows.values() for r in rows if _fetched(r["stage"])]
+    fetched += [r for g in sel.near.groups.values() for r in g["rows"]]
+    rej_ids = {r["id"] for r in fetched}
     kept_urls = {(lang, url) for (_, lang, url) in sel.near.groups}
     found = locate(out_dir, rej_ids, kept_urls)
     for key, locs in found.items():
         requests.setdefault(key if "\x1f" in key else f"rej:{key}", []).extend((f, r) for f, r, _ in locs)
-    thumbs = make_thumbnails(requests, thumb_px, thumb_num_cpus)
+    thumbs = make_thumbnails(requests, thumb_px, thumb_num_cpus, warc_urls={f"rej:{r['id']}": r["image_url"] for r in fetched
+                                                                            if r.get("image_url")},
+                             warc_files=image_warcs(out_dir))
 
     funnel = {}
     if os.path.exists(os.path.join(out_dir, "funnel.json")):
@@ -125,10 +133,11 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
         s["count"] += n
         rows = []
         for r in sel.rejects.rows.get((stage, reason), []):
-            fetched = r.get("width") or stage in NEAR_DUP_STAGES
+            fetched = _fetched(stage)
             # a rejected alt-text is often not in the page's language: let the bidi algorithm pick the direction
             rows.append({**r, "thumb": thumbs.get(f"rej:{r['id']}", ""), "dir": "auto", "fetched": bool(fetched),
-                         "no_image": "image not stored" if fetched else f"no image (dropped at {stage})"})
+                         "no_image": "no thumbnail (image not stored or not decodable)" if fetched
+                         else f"no image (dropped at {stage})"})
         s["reasons"].append({"reason": reason, "count": n, "rows": rows})
     stage_list = sorted(stages.values(), key=lambda s: STAGE_ORDER.get(s["stage"], 99))
     for s in stage_list:

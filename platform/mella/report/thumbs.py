@@ -6,9 +6,11 @@ report's helper, :func:`mella.evaluation._thumb`: RGB, longest side ``size`` px,
 work is proportional to the number of thumbnails shown, not to the corpus.
 
 Rejects carry no image bytes (:mod:`mella.schema`); their pictures are looked up by id in the build's
-committed work units (``DIR/_work/units/*/parts/*.parquet``, which keep the bytes of every decoded
-image), and the image a near-duplicate was dropped for by ``(lang, image URL)`` in D_know, D_ling, then
-the work units. A row whose image was never fetched (dropped before the fetch stage) has none.
+committed work units (``DIR/_work/units/*/parts/*.parquet``: rows that passed phase 1 keep their bytes
+there, so the global dedup stages' rejects are found) and by image URL in the image WARCs of the build
+(``DIR/warc/images-*.warc``: every image fetched live; one Ray task per WARC file reads it once). The
+image a near-duplicate was dropped for is found by ``(lang, image URL)`` in D_know, D_ling, then the
+work units. A row whose image was never fetched (dropped before the fetch stage) has none.
 """
 
 from __future__ import annotations
@@ -54,12 +56,44 @@ def locate(out_dir: str, ids: set[str], urls: set[tuple[str, str]]) -> dict[str,
     return found
 
 
+def image_warcs(out_dir: str) -> list[str]:
+    """The build's WARC files of live image fetches (``DIR/warc/images-*.warc*``)."""
+    return sorted(glob.glob(os.path.join(out_dir, "warc", "images-*.warc*")))
+
+
+def _thumbs_of_warc(path: str, urls: list[str], keys: list[str], size: int) -> tuple[list[str], list[str]]:
+    """Thumbnails of the response records of ``urls`` in one WARC file (one streaming pass)."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    from mella.evaluation import _thumb
+
+    want: dict[str, list[str]] = defaultdict(list)
+    for url, key in zip(urls, keys):
+        want[str(url)].append(str(key))
+    keys_out, thumbs = [], []
+    with open(path, "rb") as f:
+        for record in ArchiveIterator(f):
+            url = (record.rec_headers.get_header("WARC-Target-URI") or "").strip("<>")
+            if record.rec_type == "response" and url in want:
+                thumb = _thumb(record.content_stream().read(), size)
+                for key in want.pop(url):
+                    keys_out.append(key)
+                    thumbs.append(thumb)
+    return keys_out, thumbs
+
+
 def _thumbs_of_file(batch: dict, size: int) -> dict:
-    """Ray Data UDF: rows ``{path, rows, keys}`` (one part file each) → ``{key, thumb}`` (data URL or "")."""
+    """Ray Data UDF: rows ``{path, rows, keys, urls}`` (one parquet part or WARC file each) → ``{key, thumb}``
+    (data URL, or "" when the row has no bytes or Pillow cannot decode them)."""
     from mella.evaluation import _thumb
 
     keys_out, thumbs = [], []
-    for path, rows, keys in zip(batch["path"], batch["rows"], batch["keys"]):
+    for path, rows, keys, urls in zip(batch["path"], batch["rows"], batch["keys"], batch["urls"]):
+        if not str(path).endswith(".parquet"):
+            k, t = _thumbs_of_warc(str(path), list(urls), list(keys), size)
+            keys_out += k
+            thumbs += t
+            continue
         pf = pq.ParquetFile(path)
         starts = [0]
         for i in range(pf.metadata.num_row_groups):
@@ -77,10 +111,12 @@ def _thumbs_of_file(batch: dict, size: int) -> dict:
     return {"key": keys_out, "thumb": thumbs}
 
 
-def make_thumbnails(requests: dict[str, list[tuple[str, int]]], size: int = THUMB_PX, num_cpus: float = 1) -> dict[str, str]:
-    """``{key: [(part file, row), ...]}`` → ``{key: JPEG data URL}`` for every key some location has bytes for.
+def make_thumbnails(requests: dict[str, list[tuple[str, int]]], size: int = THUMB_PX, num_cpus: float = 1,
+                    warc_urls: dict[str, str] | None = None, warc_files: list[str] = ()) -> dict[str, str]:
+    """``{key: [(part file, row), ...]}`` and ``warc_urls`` ``{key: image URL}`` (looked up in ``warc_files``)
+    → ``{key: JPEG data URL}`` for every key some location has decodable bytes for.
 
-    Runs on the current Ray (call :func:`mella.runtime.init_ray` first); one task per part file.
+    Runs on the current Ray (call :func:`mella.runtime.init_ray` first); one task per file.
     """
     import ray
 
@@ -88,9 +124,14 @@ def make_thumbnails(requests: dict[str, list[tuple[str, int]]], size: int = THUM
     for key, locs in requests.items():
         for path, row in locs:
             by_file[path].append((row, key))
-    if not by_file:
+    items = [{"path": p, "rows": [r for r, _ in v], "keys": [k for _, k in v], "urls": [""] * len(v)}
+             for p, v in sorted(by_file.items())]
+    if warc_urls:
+        keys = sorted(warc_urls)
+        items += [{"path": w, "rows": [0] * len(keys), "keys": keys, "urls": [warc_urls[k] for k in keys]}
+                  for w in warc_files]
+    if not items:
         return {}
-    items = [{"path": p, "rows": [r for r, _ in v], "keys": [k for _, k in v]} for p, v in sorted(by_file.items())]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 64))
     ds = ds.map_batches(_thumbs_of_file, fn_kwargs={"size": size}, batch_size=1, batch_format="numpy",
                         num_cpus=num_cpus)
