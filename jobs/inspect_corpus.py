@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-card", action="store_true", help="do not write DIR/README.md")
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
     from mella.report import check_inputs  # noqa: PLC0415 - light: no Ray, no models
 
@@ -48,10 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         from mella.report import write_report  # noqa: PLC0415
         from mella.runtime import init_ray  # noqa: PLC0415
 
+        import logging  # noqa: PLC0415
+
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         init_ray(args.num_cpus)
         index = write_report(args.dir, args.train, args.eval, page_size=args.page_size, max_pages=args.max_pages)
         if not args.no_card:
-            print(f"dataset card: {dataset_card.write_card(args.dir)}")
+            t0 = time.perf_counter()
+            print(f"dataset card: {dataset_card.write_card(args.dir)} ({time.perf_counter() - t0:.1f} s)")
         print(f"report: {index}")
     except Exception as e:  # noqa: BLE001 - one clear line unless --debug
         if args.debug:

@@ -2,7 +2,8 @@
 and the ``inspect_corpus`` scale benchmark.
 
 Images are real JPEGs drawn with Pillow (gradient, shapes, a label: a few KiB each, 320×240 px) from a pool
-of ``pool`` distinct pictures; every row has its own id. Alt-texts are real sentences in each language's
+of ``pool`` distinct pictures, assigned round-robin in file order (with a pool larger than a parquet page,
+~200 rows, zstd finds no repeats to compress: the parts are as large as real ones); every row has its own id. Alt-texts are real sentences in each language's
 script (Arabic, Thai, Hangul, Cyrillic, Latin with diacritics). Near-duplicate rejects carry the
 ``detail`` the pHash and CNN stages write (``... to <kept image URL>``), pointing at kept D_know images.
 """
@@ -74,8 +75,8 @@ def write_corpus(out_dir: str, know_per_lang: dict[str, int], ling_per_lang: dic
         order = [(lang, k) for k in range(max(per_lang.values(), default=0)) for lang in per_lang if k < per_lang[lang]]
         for f, start in enumerate(range(0, len(order), rows_per_file)):
             rows = []
-            for lang, k in order[start:start + rows_per_file]:
-                r = _row(lang, k, imgs[k % pool], name)
+            for i, (lang, k) in enumerate(order[start:start + rows_per_file], start):
+                r = _row(lang, k, imgs[i % pool], name)
                 if name == "d_ling":
                     r.update(alt_text="", caption_en=f"A screenshot of an installer dialog, number {k}.", text=ALT[lang],
                              mt_backend="nllb:nllb-200-distilled-600M", qe_score=0.81, d_ling_reason="alt_text:alt_empty")

@@ -2,7 +2,7 @@
 
 Input: synthetic build outputs in the real schema (``tests/synthetic_corpus.py``): D_know rows spread over
 8 languages, interleaved across parts of 5,000 rows as the build writes them, each with a real JPEG
-(320×240 px, a pool of 64 distinct pictures, ~5 KiB), plus pHash/CNN near-duplicate and alt-text/resolution
+(320×240 px, a pool of 4,096 distinct pictures, ~5 KiB: parts as large as real ones), plus pHash/CNN near-duplicate and alt-text/resolution
 rejects. Each size is inspected in a fresh process (local Ray, 2 CPUs: thumbnails, statistics figure, the
 card's per-language partitioning of d_know/, the first time), while a sampler sums the proportional set
 size (PSS) of the job's whole process tree (driver, raylet, Ray workers) every 0.1 s. Prints wall time
@@ -42,13 +42,14 @@ def tree_pss(proc: psutil.Process) -> int:
     return total
 
 
-def run_inspect(out: str) -> tuple[float, int, str]:
+def run_inspect(out: str) -> tuple[float, int, float, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "platform"), RAY_USAGE_STATS_ENABLED="0")
     cmd = [sys.executable, str(ROOT / "jobs" / "inspect_corpus.py"), out, "--num-cpus", "2"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
     peak = 0
+    cpu: dict[int, float] = {}  # pid -> last seen user+system CPU seconds (the tree's CPU time, load-independent)
     stop = threading.Event()
 
     def sample():
@@ -56,6 +57,12 @@ def run_inspect(out: str) -> tuple[float, int, str]:
         while not stop.is_set():
             try:
                 peak = max(peak, tree_pss(ps))
+                for p in [ps, *ps.children(recursive=True)]:
+                    try:
+                        t = p.cpu_times()
+                        cpu[p.pid] = t.user + t.system
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
             except psutil.NoSuchProcess:
                 return
             time.sleep(0.1)
@@ -67,7 +74,8 @@ def run_inspect(out: str) -> tuple[float, int, str]:
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"inspect failed: {stdout[-3000:]}")
-    return time.perf_counter() - t0, peak, next((ln for ln in stdout.splitlines() if ln.startswith("report: ")), "")
+    timings = [ln.split(": ", 1)[-1] for ln in stdout.splitlines() if "mella.report: " in ln or ln.startswith("dataset card")]
+    return time.perf_counter() - t0, peak, sum(cpu.values()), "; ".join(timings)
 
 
 def main() -> None:
@@ -84,15 +92,15 @@ def main() -> None:
             t0 = time.perf_counter()
             per_lang = {lang: n // len(LANGS) for lang in LANGS}
             counts = write_corpus(out, per_lang, rows_per_file=5000, near_dups=max(1, n // 100 // len(LANGS)),
-                                  rejects_per_reason=max(1, n // 200 // len(LANGS)), pool=64)
+                                  rejects_per_reason=max(1, n // 200 // len(LANGS)), pool=4096)
             size = sum(f.stat().st_size for f in Path(out).rglob("*.parquet")) / 2**20
             n_rej = sum(counts["rejects"].values())
             print(f"rows={n}: wrote {sum(per_lang.values())} D_know + {n_rej} rejects, {size:.0f} MiB parquet "
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
-            wall, peak, line = run_inspect(out)
+            wall, peak, cpu, line = run_inspect(out)
             results.append((n, wall, peak))
-            print(f"rows={n}: jobs/inspect_corpus.py {wall:.1f} s wall, peak PSS {peak / 2**20:.0f} MiB  {line}",
-                  flush=True)
+            print(f"rows={n}: jobs/inspect_corpus.py {wall:.1f} s wall, {cpu:.1f} CPU s (process tree), "
+                  f"peak PSS {peak / 2**20:.0f} MiB, load average {os.getloadavg()[0]:.1f}\n  {line}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

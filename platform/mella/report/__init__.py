@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import os
 import shutil
 import time
@@ -34,6 +35,7 @@ from mella.report.sample import NEAR_DUP_STAGES, part_files, select
 from mella.report.thumbs import image_warcs, locate, make_thumbnails
 from mella.schema import D_LING_STAGES, STAGES
 
+log = logging.getLogger("mella.report")
 REPORT_DIR = "report"
 STAGE_ORDER = {s: i for i, s in enumerate(STAGES + D_LING_STAGES)}
 
@@ -79,7 +81,10 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
     check_inputs(out_dir, train_dir, eval_dir)
     staging = os.path.join(out_dir, f".staging-report-{uuid.uuid4().hex[:8]}")
     os.makedirs(staging)
+    t0 = time.perf_counter()
     sel = select(out_dir, per_lang=page_size * max_pages, per_reason=per_reason, near_groups=near_groups)
+    log.info("report: counted and sampled %d D_know, %d D_ling, %d reject rows in %.1f s", sum(sel.know.counts.values()),
+             sum(sel.ling.counts.values()), sum(sel.rejects.counts.values()), time.perf_counter() - t0)
 
     # --- thumbnails: sampled D_know/D_ling rows where they are; rejects and kept near-dup images located
     requests: dict[str, list[tuple[str, int]]] = {}
@@ -97,6 +102,7 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
     thumbs = make_thumbnails(requests, thumb_px, thumb_num_cpus, warc_urls={f"rej:{r['id']}": r["image_url"] for r in fetched
                                                                             if r.get("image_url")},
                              warc_files=image_warcs(out_dir))
+    log.info("report: %d thumbnails (Ray tasks) at %.1f s", len(thumbs), time.perf_counter() - t0)
 
     funnel = {}
     if os.path.exists(os.path.join(out_dir, "funnel.json")):
@@ -181,6 +187,7 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
                       lang_funnel=render.lang_funnel(funnel), stats_png=stats_png)
     final = os.path.join(out_dir, REPORT_DIR)
     replace_dir(staging, final)
+    log.info("report: written at %.1f s", time.perf_counter() - t0)
     return os.path.join(final, "index.html")
 
 
