@@ -117,8 +117,9 @@ def card(out_dir: str) -> tuple[dict, str]:
                    for lang, files in names.get(ds, {}).items()} for ds in DATASETS}
     total = sum(sum(c.values()) for c in counts.values())
     langs = sorted({lang for c in counts.values() for lang in c})
-    configs = [{"config_name": "default", "default": True,
+    configs = [{"config_name": "default", "default": True,  # omitted below when there are no rows at all
                 "data_files": [{"split": ds, "path": f"{ds}/*.parquet"} for ds in DATASETS if names.get(ds)]}]
+    configs = [c for c in configs if c["data_files"]]
     for ds in DATASETS:
         if names.get(ds):
             configs.append({"config_name": ds, "data_files": [{"split": lang, "path": f"{ds}/part-{lang}-*.parquet"}

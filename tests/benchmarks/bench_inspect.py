@@ -73,6 +73,8 @@ def run_inspect(out: str) -> tuple[float, int, float, str]:
     stop.set()
     th.join()
     if proc.returncode != 0:
+        if "timed out during startup" in stdout:
+            raise RuntimeError("node timed out during startup")
         raise SystemExit(f"inspect failed: {stdout[-3000:]}")
     timings = [ln.split(": ", 1)[-1] for ln in stdout.splitlines() if "mella.report: " in ln or ln.startswith("dataset card")]
     return time.perf_counter() - t0, peak, sum(cpu.values()), "; ".join(timings)
@@ -97,7 +99,14 @@ def main() -> None:
             n_rej = sum(counts["rejects"].values())
             print(f"rows={n}: wrote {sum(per_lang.values())} D_know + {n_rej} rejects, {size:.0f} MiB parquet "
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
-            wall, peak, cpu, line = run_inspect(out)
+            for attempt in range(3):  # Ray gives its raylet 30 s to register: on an overloaded box, start again
+                try:
+                    wall, peak, cpu, line = run_inspect(out)
+                    break
+                except RuntimeError as e:
+                    print(f"rows={n}: Ray did not start ({e}); retrying", flush=True)
+            else:
+                raise SystemExit("Ray did not start three times")
             results.append((n, wall, peak))
             print(f"rows={n}: jobs/inspect_corpus.py {wall:.1f} s wall, {cpu:.1f} CPU s (process tree), "
                   f"peak PSS {peak / 2**20:.0f} MiB, load average {os.getloadavg()[0]:.1f}\n  {line}", flush=True)
