@@ -33,11 +33,12 @@ from mella.io import replace_dir
 from mella.report import render
 from mella.report.sample import NEAR_DUP_STAGES, part_files, select
 from mella.report.thumbs import image_warcs, locate, make_thumbnails
-from mella.schema import D_LING_STAGES, STAGES
 
 log = logging.getLogger("mella.report")
 REPORT_DIR = "report"
-STAGE_ORDER = {s: i for i, s in enumerate(STAGES + D_LING_STAGES)}
+#: Stage order when ``funnel.json`` is absent (its ``stages`` list is used otherwise): paper 3.1, appendix B.2-B.3.
+DEFAULT_ORDER = ("crawl", "extract", "alt_text", "langid", "fetch", "decode", "resolution", "moderation", "exact_dedup",
+                 "phash_dedup", "semantic_dedup", "caption", "translate", "qe")
 
 
 def check_inputs(out_dir: str, train_dir: str | None = None, eval_dir: str | None = None) -> None:
@@ -60,9 +61,16 @@ def _train_files(train_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(train_dir, "**", "mella_train.json"), recursive=True))[:50]
 
 
-def _fetched(stage: str | None) -> bool:
+def _stage_order(funnel: dict) -> dict[str, int]:
+    names = [s["stage"] for s in funnel.get("stages", [])] or list(DEFAULT_ORDER)
+    if "fetch" not in names:
+        names = list(DEFAULT_ORDER)
+    return {s: i for i, s in enumerate(names)}
+
+
+def _fetched(stage: str | None, order: dict[str, int]) -> bool:
     """Whether rows rejected at ``stage`` had their image fetched (stages after ``fetch``)."""
-    return STAGE_ORDER.get(stage or "", -1) > STAGE_ORDER["fetch"]
+    return order.get(stage or "", -1) > order["fetch"]
 
 
 def _pages(prefix: str, n_rows: int, page_size: int) -> list[str]:
@@ -81,6 +89,11 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
     check_inputs(out_dir, train_dir, eval_dir)
     staging = os.path.join(out_dir, f".staging-report-{uuid.uuid4().hex[:8]}")
     os.makedirs(staging)
+    funnel = {}
+    if os.path.exists(os.path.join(out_dir, "funnel.json")):
+        with open(os.path.join(out_dir, "funnel.json"), encoding="utf-8") as f:
+            funnel = json.load(f)
+    order = _stage_order(funnel)
     t0 = time.perf_counter()
     sel = select(out_dir, per_lang=page_size * max_pages, per_reason=per_reason, near_groups=near_groups)
     log.info("report: counted and sampled %d D_know, %d D_ling, %d reject rows in %.1f s", sum(sel.know.counts.values()),
@@ -92,7 +105,7 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
         for rows in bk.rows.values():
             for r in rows:
                 requests[f"{tag}:{r['id']}"] = [(r["_file"], r["_row"])]
-    fetched = [r for rows in sel.rejects.rows.values() for r in rows if _fetched(r["stage"])]
+    fetched = [r for rows in sel.rejects.rows.values() for r in rows if _fetched(r["stage"], order)]
     fetched += [r for g in sel.near.groups.values() for r in g["rows"]]
     rej_ids = {r["id"] for r in fetched}
     kept_urls = {(lang, url) for (_, lang, url) in sel.near.groups}
@@ -104,10 +117,6 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
                              warc_files=image_warcs(out_dir))
     log.info("report: %d thumbnails (Ray tasks) at %.1f s", len(thumbs), time.perf_counter() - t0)
 
-    funnel = {}
-    if os.path.exists(os.path.join(out_dir, "funnel.json")):
-        with open(os.path.join(out_dir, "funnel.json"), encoding="utf-8") as f:
-            funnel = json.load(f)
     langs = sorted({k for k in sel.know.counts} | {k for k in sel.ling.counts} | set(funnel.get("d_know", {})),
                    key=str)
     nav = {"know": [], "ling": [], "train": train_dir is not None, "eval": eval_dir is not None}
@@ -139,13 +148,13 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
         s["count"] += n
         rows = []
         for r in sel.rejects.rows.get((stage, reason), []):
-            fetched = _fetched(stage)
+            fetched = _fetched(stage, order)
             # a rejected alt-text is often not in the page's language: let the bidi algorithm pick the direction
             rows.append({**r, "thumb": thumbs.get(f"rej:{r['id']}", ""), "dir": "auto", "fetched": bool(fetched),
                          "no_image": "no thumbnail (image not stored or not decodable)" if fetched
                          else f"no image (dropped at {stage})"})
         s["reasons"].append({"reason": reason, "count": n, "rows": rows})
-    stage_list = sorted(stages.values(), key=lambda s: STAGE_ORDER.get(s["stage"], 99))
+    stage_list = sorted(stages.values(), key=lambda s: order.get(s["stage"], 99))
     for s in stage_list:
         s["reasons"].sort(key=lambda r: (-r["count"], str(r["reason"])))
     render.write_page(staging, "rejects.html", "rejects.html", title="Rejects", nav=nav, stages=stage_list,
