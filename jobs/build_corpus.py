@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(funnel), flush=True)
         print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)  "
               f"[{time.monotonic() - t0:.0f} s]", flush=True)
+        from mella import dataset_card, report  # noqa: PLC0415 - the corpus report and card (jobs/inspect_corpus.py)
+
+        print(f"report: {report.write_report(cfg.output)}\ndataset card: {dataset_card.write_card(cfg.output)}", flush=True)
         done = True
     finally:
         progress.close()
