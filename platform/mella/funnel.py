@@ -47,6 +47,7 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
         stages.append({
             "stage": "crawl", "unit": "pages", "in": crawl_stats["pages_ok"] + crawl_stats["pages_failed"],
             "out": crawl_stats["pages_ok"], "rejected": crawl_stats["pages_failed"], "reasons": dict(reasons), "by_lang": {},
+            "cut_off": crawl_stats.get("cut_off", {}),  # URLs never requested: max_pages / max_depth
         })
     pages_in = sum(s.get("pages_in", 0) for s in page_stats)
     pages_out: Counter = Counter()
@@ -55,10 +56,13 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
             if k.startswith("pages_out:"):
                 pages_out[k.split(":", 1)[1]] += v
     reasons = Counter(r["reason"] for r in rejects if r["stage"] == "extract")
+    dropped: Counter = Counter()  # items inside kept pages that never became rows (<picture> sources skipped)
+    for s in page_stats:
+        dropped.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("dropped:")})
     stages.append({
         "stage": "extract", "unit": "pages", "in": pages_in, "out": sum(pages_out.values()),
         "rejected": sum(reasons.values()), "reasons": dict(reasons),
-        "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())},
+        "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())}, "dropped": dict(dropped),
     })
 
     image_rejects = [r for r in rejects if r["stage"] in IMAGE_STAGES]
@@ -89,6 +93,7 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
         "d_know": {lang: kept.get(lang, 0) for lang in langs},
         "d_know_total": sum(kept.values()),
         "hosts": (crawl_stats or {}).get("hosts", {}),
+        "slowest_hosts": (crawl_stats or {}).get("slowest_hosts", []),
     }
     if ling_dir is not None:
         ling = Counter(r["lang"] for r in _read_cols(ling_dir, ["lang"]))
@@ -117,6 +122,9 @@ def format_table(funnel: dict) -> str:
     lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'dropped':>9}  top reasons"]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}:{v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
+        extra = {**s.get("cut_off", {}), **s.get("dropped", {})}
+        if extra:  # never became rows: crawl cut-offs, <picture> sources skipped
+            top += ("; " if top else "") + "not taken: " + ", ".join(f"{k}:{v}" for k, v in sorted(extra.items()))
         lines.append(f"{s['stage']:<16}{s['unit']:<8}{s['in']:>8}{s['out']:>8}{s['rejected']:>9}  {top}")
     lines.append("D_know pairs per language: " + "  ".join(f"{k}={v}" for k, v in funnel["d_know"].items()))
     lines.append(f"D_know total: {funnel['d_know_total']}")

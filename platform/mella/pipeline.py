@@ -38,16 +38,17 @@ import ray
 
 from mella import funnel as funnel_mod
 from mella.config import BuildConfig
-from mella.crawl import crawl_shard, read_seeds, shard_seeds
+from mella.crawl import crawl_shard, merge_results, read_seeds, shard_seeds
 from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet_atomic
 from mella.resources import StageResources
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.filters.alt_text import AltTextStage
+from mella.stages.filters.captions import CaptionCapStage, find_excess_captions
 from mella.stages.base import Chain, reject
 from mella.stages.enrich.categorise import EfficientNetCategoriser, MLLMCategoriser
 from mella.stages.filters.decode import DecodeStage, ResolutionStage
 from mella.stages.dedup.exact import ExactDedupStage, find_exact_duplicates
-from mella.stages.io.extract import NotHTMLError, parse_page
+from mella.stages.io.extract import PageRejected, parse_page
 from mella.stages.io.fetch import ImageFetchStage
 from mella.stages.dling import add_dling_stages
 from mella.stages.filters.langid import LangIDStage, assign_language
@@ -83,13 +84,15 @@ def extract_warc_files(batch: pa.Table, cfg_json: str, stats_dir: str):
             n_pages += 1
             stats["pages_in"] += 1
             try:
-                page = parse_page(rec.url, rec.body, rec.headers, cfg.langid.model_path)
-            except NotHTMLError as e:
+                page = parse_page(rec.url, rec.body, rec.headers, cfg.langid.model_path,
+                                  cfg.crawl.ai_opt_out_directives, cfg.crawl.user_agent)
+            except PageRejected as e:
                 row = {"id": record_id(None, rec.url, None), "page_url": rec.url, "source": source}
-                reject(row, "extract", "not_html", str(e))
+                reject(row, "extract", e.reason, str(e))
                 rows.append(row)
-                stats["pages_rejected:not_html"] += 1
+                stats[f"pages_rejected:{e.reason}"] += 1
             else:
+                stats.update({f"dropped:{k}": v for k, v in page.dropped.items()})
                 cands = [c for c in page.candidate_langs if c in targets]
                 if not cands:
                     lang = page.lang or "und"
@@ -106,8 +109,7 @@ def extract_warc_files(batch: pa.Table, cfg_json: str, stats_dir: str):
                             "id": record_id(lang, rec.url, ref.image_url),
                             "lang": lang,
                             "page_url": rec.url,
-                            "image_url": ref.image_url,
-                            "alt_text": ref.alt_text,
+                            **ref.row_fields(),
                             "page_lang": page.lang_evidence,
                             "source": source,
                         })
@@ -190,6 +192,8 @@ def add_image_stages(ds: ray.data.Dataset, cfg: BuildConfig, warc_dir: str | Non
              "concurrency": r.fetch_concurrency}
     stages = [(ImageFetchStage, fetch), (DecodeStage, {"cfg": cfg.filters}), (ResolutionStage, {"cfg": cfg.filters})]
     res = StageResources(num_cpus=r.fetch_num_cpus, pool_size=r.fetch_actors, max_pool_size=r.fetch_max_actors)
+    # one block per batch: a unit's rows spread over the whole pool, so a slow response holds back one batch only
+    ds = ds.repartition(target_num_rows_per_block=r.batch_size)
     return ds.map_batches(ImageStages, fn_constructor_kwargs={"stages": stages}, batch_size=r.batch_size,
                           batch_format="pyarrow", **res.map_batches_args())
 
@@ -214,18 +218,7 @@ class BuildCorpus:
         task = ray.remote(num_cpus=0.5, max_retries=2)(crawl_shard)
         refs = [task.remote(group, self.cfg.crawl, self.warc_dir, i, self.cfg.offline)
                 for i, group in enumerate(shard_seeds(seeds, n_shards))]
-        hosts: dict = {}
-        failures: list[dict] = []
-        pages_ok = 0
-        for res in ray.get(refs):
-            pages_ok += res.pages_ok
-            failures.extend(res.failures)
-            for h, v in res.hosts.items():
-                agg = hosts.setdefault(h, {"ok": 0, "failed": {}})
-                agg["ok"] += v["ok"]
-                for k, n in v["failed"].items():
-                    agg["failed"][k] = agg["failed"].get(k, 0) + n
-        stats = {"seeds": len(seeds), "pages_ok": pages_ok, "pages_failed": len(failures), "hosts": hosts}
+        stats, failures = merge_results(ray.get(refs), len(seeds))
         rows = []
         for f in failures:
             row = {"id": record_id(None, f["url"], None), "page_url": f["url"], "source": "crawl"}
@@ -311,7 +304,7 @@ class BuildCorpus:
             extract_warc_files, batch_size=1, batch_format="pyarrow", **light,
             fn_kwargs={"cfg_json": cfg.model_dump_json(), "stats_dir": staging},
         )
-        ds = ds.map_batches(AltTextStage(route), batch_format="pyarrow", batch_size=None, **light)
+        ds = ds.map_batches(AltTextStage(route, cfg.filters.max_alt_chars), batch_format="pyarrow", batch_size=None, **light)
         ds = ds.map_batches(LangIDStage(cfg.langid, route), batch_format="pyarrow", batch_size=None, **light)
         ds = add_image_stages(ds, cfg, None if cfg.offline else self.warc_dir, image_warcs)
         stages, res = self._model_stages()
@@ -332,6 +325,7 @@ class BuildCorpus:
         parts = self.unit_parts()
         survivors = find_exact_duplicates(parts, f.exact_dedup_key)
         log.info("exact dedup: %d duplicated groups", len(survivors))
+        excess = find_excess_captions(parts, survivors, f.exact_dedup_key, f.max_pairs_per_image)
         image_groups = (find_exact_duplicates(parts, "image")
                         if self.cfg.d_ling.enabled and f.exact_dedup_key == "image_text" else None)
         near = find_near_duplicates(parts, survivors, f.exact_dedup_key, f.phash)
@@ -346,6 +340,7 @@ class BuildCorpus:
             ds = ray.data.read_parquet(parts, schema=REJECT_SCHEMA)
             ds = ds.map_batches(ExactDedupStage(survivors, f.exact_dedup_key, image_groups), batch_format="pyarrow",
                                 batch_size=self.cfg.ray.batch_size)
+            ds = ds.map_batches(CaptionCapStage(excess), batch_format="pyarrow", batch_size=None)
             ds = ds.map_batches(PhashDedupStage(near), batch_format="pyarrow", batch_size=None)
             ds = ds.map_batches(NearDupStage("semantic_dedup", "semantic_duplicate", semantic), batch_format="pyarrow", batch_size=None)
             ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,

@@ -7,7 +7,12 @@ content-type check) and fetches a batch's URLs concurrently. Responses fetched l
 and a rerun or a ``--warc ... --offline`` replay reads them instead of refetching).
 
 Reject reasons: those of :class:`mella.net.FetchError` (``http_404``, ``timeout``, ``content_type``,
-``too_large``, ``robots_disallowed``, ``private_address``, ``dns_error``, ``not_in_warc`` ...).
+``too_large``, ``robots_disallowed``, ``private_address``, ``dns_error``, ``not_in_warc`` ...), and
+``ai_opt_out`` for an image whose response carries an ``X-Robots-Tag``/``tdm-reservation`` opt-out
+(:mod:`mella.optout`) or whose path ``tdmrep.json`` reserves. Failed URLs are remembered in
+``DIR/warc/failures-images-*.jsonl`` and not requested again on a rerun (:class:`mella.warc.FailureLog`).
+A ``data:`` image (bytes decoded at extraction, ``image_url`` = ``data:<type>;sha256,<hex>``) is
+never fetched: its bytes are already in the row.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from mella.config import CrawlConfig
-from mella.net import FetchError, Fetcher
+from mella.net import CrawlConfig, FetchError, Fetcher
+from mella.optout import header_opt_out
 from mella.stages.base import Stage, reject
-from mella.warc import RotatingWarcWriter, WarcIndex
+from mella.warc import FailureLog, RotatingWarcWriter, WarcIndex
 
 
 class ImageFetchStage(Stage):
@@ -49,8 +54,10 @@ class ImageFetchStage(Stage):
         for p in index_paths:
             self.index.add_file(p, url_filter=_is_image_record)
         self.writer = RotatingWarcWriter(warc_dir, "images", gzip=False) if warc_dir else None
+        self.failures = FailureLog(warc_dir, "images", retry_failed=cfg.retry_failed) if warc_dir else None
         self.loop = asyncio.new_event_loop()
-        self.fetcher = Fetcher(cfg, warc=self.writer, cache=self.index, offline=offline, concurrency=concurrency)
+        self.fetcher = Fetcher(cfg, warc=self.writer, cache=self.index, offline=offline, concurrency=concurrency,
+                               failures=self.failures)
         self.loop.run_until_complete(self.fetcher.__aenter__())
 
     def process(self, rows: list[dict]) -> None:
@@ -73,14 +80,24 @@ class ImageFetchStage(Stage):
 
         for r in rows:
             url = r["image_url"]
+            if url.startswith("data:"):
+                continue
             if url not in by_url:
                 by_url[url] = asyncio.ensure_future(one(url))
         if by_url:
             await asyncio.gather(*by_url.values())
         for r in rows:
+            if r["image_url"].startswith("data:"):
+                body = r.get("image") or b""
+                r.update(image_bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+                continue
             res = by_url[r["image_url"]].result()
             if isinstance(res, FetchError):
                 reject(r, self.name, res.reason, res.detail)
+                continue
+            why = header_opt_out(res.headers, self.cfg.ai_opt_out_directives, self.cfg.user_agent)
+            if why:
+                reject(r, self.name, "ai_opt_out", why)
                 continue
             r["image"] = res.body
             r["image_bytes"] = len(res.body)
@@ -91,6 +108,8 @@ class ImageFetchStage(Stage):
         try:
             if self.writer is not None:
                 self.writer.close()
+            if self.failures is not None:
+                self.failures.close()
             self.loop.run_until_complete(self.fetcher.__aexit__(None, None, None))
         except Exception:
             pass
