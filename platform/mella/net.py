@@ -302,7 +302,9 @@ class Fetcher:
             raise FetchError("bad_url", url)
         if self.cache is not None:
             hit = self.cache.get(url)
-            if hit is not None:
+            # a recorded 5xx/429 is a transient failure: with retry_failed it is asked again (if online)
+            if hit is not None and not (self.cfg.retry_failed and not self.offline
+                                        and (hit.status >= 500 or hit.status in (408, 429))):
                 return _from_warc(hit)
         if self.offline:
             raise FetchError("not_in_warc", url)

@@ -49,7 +49,7 @@ from mella.stages.enrich.categorise import EfficientNetCategoriser, MLLMCategori
 from mella.stages.filters.decode import DecodeStage, ResolutionStage
 from mella.stages.dedup.exact import ExactDedupStage, find_exact_duplicates
 from mella.stages.io.extract import PageRejected, parse_page
-from mella.stages.io.fetch import ImageFetchStage
+from mella.stages.io.fetch import ImageFetchStage, reopen_units_with_transient_failures
 from mella.stages.dling import add_dling_stages
 from mella.stages.filters.langid import LangIDStage, assign_language
 from mella.stages.filters.moderation import APIModerationStage, NSFWStage
@@ -405,6 +405,8 @@ class BuildCorpus:
             log.info("crawl: seeds from %s", self.cfg.seeds)
             crawl_stats = self.crawl()
             log.info("crawl: %d pages, %d failures", crawl_stats["pages_ok"], crawl_stats["pages_failed"])
+        if self.cfg.crawl.retry_failed:
+            log.info("retry-failed: %d unit(s) reopened", reopen_units_with_transient_failures(self.units_dir))
         self.candidates()
         return self.final(crawl_stats)
 

@@ -22,8 +22,9 @@ MAX_PAIRS_PER_IMAGE = 3
 
 
 def find_excess_captions(parquet_files: list[str], survivors: dict[str, str], mode: str,
-                         max_per_image: int = MAX_PAIRS_PER_IMAGE) -> dict[str, str]:
-    """``{row id: detail}`` of the D_know rows beyond the cap (see module docstring).
+                         max_per_image: int = MAX_PAIRS_PER_IMAGE) -> dict[tuple[str, str], str]:
+    """``{(row id, alt_text): detail}`` of the D_know rows beyond the cap (see module docstring; a row
+    id names (lang, page, image URL), so the rows of one ``<img>`` URL under several alts share it).
 
     ``survivors``: :func:`mella.stages.dedup.exact.find_exact_duplicates` for ``mode``. Reads the key
     columns of the active rows in the driver (ids and short strings; the image bytes are not read).
@@ -36,7 +37,7 @@ def find_excess_captions(parquet_files: list[str], survivors: dict[str, str], mo
         for r in t.to_pylist():
             if is_survivor(r, survivors, mode):
                 groups.setdefault((r["lang"], r["pixel_sha256"]), []).append(r)
-    drops: dict[str, str] = {}
+    drops: dict[tuple[str, str], str] = {}
     for (lang, _pix), rows in groups.items():
         if len(rows) <= max_per_image:
             continue
@@ -49,7 +50,7 @@ def find_excess_captions(parquet_files: list[str], survivors: dict[str, str], mo
             if len(kept_alts) < max_per_image:
                 kept_alts.append(alt)
             else:
-                drops[r["id"]] = f"{len(rows)} captions of one picture in {lang}; first {max_per_image} kept"
+                drops[(r["id"], alt)] = f"{len(rows)} captions of one picture in {lang}; first {max_per_image} kept"
     return drops
 
 
@@ -59,11 +60,11 @@ class CaptionCapStage(Stage):
     name = "exact_dedup"
     reads_image = False
 
-    def __init__(self, drops: dict[str, str]) -> None:
+    def __init__(self, drops: dict[tuple[str, str], str]) -> None:
         self.drops = drops
 
     def process(self, rows: list[dict]) -> None:
         for r in rows:
-            detail = self.drops.get(r["id"])
+            detail = self.drops.get((r["id"], r.get("alt_text") or ""))
             if detail is not None:
                 reject(r, self.name, "too_many_captions", detail)

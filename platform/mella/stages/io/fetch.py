@@ -118,3 +118,33 @@ class ImageFetchStage(Stage):
 def _is_image_record(record) -> bool:
     ct = (record.http_headers.get_header("Content-Type") or "") if record.http_headers else ""
     return not ct.lower().startswith(("text/html", "application/xhtml"))
+
+
+def reopen_units_with_transient_failures(units_dir: str) -> int:
+    """``--retry-failed``: uncommit every work unit with a transient ``fetch`` reject (timeout, 5xx ...).
+
+    The unit's ``UNIT.json`` is removed first (the unit is then no longer committed, atomically), then
+    its directory; the next phase 1 runs its WARC files again: every image already recorded is served
+    from ``DIR/warc`` and permanent failures from the failure log, so only the transient ones are
+    requested again. Returns how many units were reopened.
+    """
+    import glob
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from mella.warc import is_transient
+
+    n = 0
+    for marker in glob.glob(os.path.join(units_dir, "*", "UNIT.json")):
+        unit = os.path.dirname(marker)
+        reasons = set()
+        for p in glob.glob(os.path.join(unit, "parts", "*.parquet")):
+            t = pq.read_table(p, columns=["stage", "reason"]).to_pylist()
+            reasons.update(r["reason"] for r in t if r["stage"] == "fetch" and r["reason"])
+        if any(is_transient(r) for r in reasons):
+            os.remove(marker)
+            shutil.rmtree(unit)
+            n += 1
+    return n
