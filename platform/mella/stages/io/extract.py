@@ -249,6 +249,26 @@ def _is_data(v: str | None) -> bool:
     return bool(v) and v.strip()[:5].lower() == "data:"
 
 
+def _lazy_keys(a, suffix: str, known: tuple[str, ...] = ()) -> list[str]:
+    """Lazy-loading attributes: ``known`` first, then any other ``data-*<suffix>`` (``data-lazyimage-srcset``)."""
+    return [k for k in known if k in a] + sorted(k for k in a if k.startswith("data-") and k.endswith(suffix)
+                                                 and k not in known)
+
+
+def _srcset_choice(a) -> str | None:
+    """The candidate of ``srcset`` (largest), unless it is a ``data:`` placeholder and a lazy-loading
+    variant (``data-srcset``, ``data-lazyimage-srcset`` ...) holds a real URL: lazy loaders put the
+    placeholder in ``srcset`` and the real set beside it."""
+    own = _best_candidate(a.get("srcset"))
+    if own and not _is_data(own):
+        return own
+    for key in _lazy_keys(a, "srcset", ("data-srcset",)):
+        best = _best_candidate(a.get(key))
+        if best and not _is_data(best):
+            return best
+    return own
+
+
 def _picture_source(node, dropped: Counter) -> str | None:
     """The ``<source>`` of the ``<picture>`` holding ``node`` to use (see module docstring), counting the others."""
     parent = node.parent
@@ -260,7 +280,7 @@ def _picture_source(node, dropped: Counter) -> str | None:
             continue
         a = src.attributes
         typ = (a.get("type") or "").split(";")[0].strip().lower()
-        best = _best_candidate(a.get("srcset") or a.get("data-srcset"))
+        best = _srcset_choice(a)
         if best and (not typ or typ in _SUPPORTED_TYPES):
             usable.append((bool(a.get("media")), best))
         else:
@@ -273,20 +293,24 @@ def _picture_source(node, dropped: Counter) -> str | None:
 
 
 def _image_src(node, dropped: Counter) -> str | None:
+    """Source of one ``<img>``: the ``<picture>`` source, else the srcset choice, else the first real
+    (non-``data:``) URL of the lazy-loading attributes and ``src``; a ``data:`` URL is used when no real
+    one is given (a srcset's ``data:`` candidate yields to a real lazy ``data-src``: a placeholder)."""
     s = _picture_source(node, dropped)
     if s:
         return s
     a = node.attributes
-    for key in ("srcset", "data-srcset"):
-        s = _best_candidate(a.get(key))
-        if s:
-            return s
-    lazy = [a.get(k).strip() for k in _LAZY_ATTRS if a.get(k) and a.get(k).strip()]
+    chosen = _srcset_choice(a)
+    lazy = [a[k].strip() for k in _lazy_keys(a, "src", _LAZY_ATTRS) if a.get(k) and a[k].strip()]
+    src = (a.get("src") or "").strip()
+    if chosen and not _is_data(chosen):
+        return chosen
     for v in lazy:
         if not _is_data(v):
             return v
-    v = (a.get("src") or "").strip()
-    return v or (lazy[0] if lazy else None)
+    if chosen:
+        return chosen
+    return src if src and not _is_data(src) else (src or next(iter(lazy), None))
 
 
 def data_image(uri: str, max_bytes: int = MAX_DATA_URI_BYTES) -> tuple[str, bytes | None, str | None]:
