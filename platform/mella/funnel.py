@@ -134,6 +134,9 @@ def format_table(funnel: dict) -> str:
     if "d_ling" in funnel:
         lines.append("D_ling pairs per language: " + "  ".join(f"{k}={v}" for k, v in funnel["d_ling"].items()))
         lines.append(f"D_ling total: {funnel['d_ling_total']}")
+    slow = [f"{h['host']} {h['seconds']:.1f}" for h in funnel.get("slowest_hosts", []) if h.get("seconds")]
+    if slow:
+        lines.append("slowest hosts (network seconds): " + "; ".join(slow))
     failed_hosts = {h: v["failed"] for h, v in funnel.get("hosts", {}).items() if v.get("failed")}
     if failed_hosts:
         lines.append("hosts with failures: " + "; ".join(

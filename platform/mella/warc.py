@@ -296,8 +296,9 @@ class FailureLog:
         return rec
 
     def record(self, url: str, reason: str, detail: str = "") -> None:
-        """Append one failure (no-op without a directory, and for ``not_in_warc``: nothing was tried)."""
-        if self.path is None or reason == "not_in_warc":
+        """Append one failure (no-op without a directory; ``not_in_warc`` and ``private_address`` are not
+        recorded: nothing was requested, and the second depends on ``--allow-private-hosts``)."""
+        if self.path is None or reason in ("not_in_warc", "private_address"):
             return
         rec = {"url": url, "reason": reason, "detail": detail[:300], "transient": is_transient(reason),
                "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
