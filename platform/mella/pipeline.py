@@ -192,8 +192,6 @@ def add_image_stages(ds: ray.data.Dataset, cfg: BuildConfig, warc_dir: str | Non
              "concurrency": r.fetch_concurrency}
     stages = [(ImageFetchStage, fetch), (DecodeStage, {"cfg": cfg.filters}), (ResolutionStage, {"cfg": cfg.filters})]
     res = StageResources(num_cpus=r.fetch_num_cpus, pool_size=r.fetch_actors, max_pool_size=r.fetch_max_actors)
-    # one block per batch: a unit's rows spread over the whole pool, so a slow response holds back one batch only
-    ds = ds.repartition(target_num_rows_per_block=r.batch_size)
     return ds.map_batches(ImageStages, fn_constructor_kwargs={"stages": stages}, batch_size=r.batch_size,
                           batch_format="pyarrow", **res.map_batches_args())
 
