@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                     help="let the SSRF guard through: '*' (bare flag) or comma-separated IPs/CIDRs")
     ap.add_argument("--langs", help="comma-separated target languages (default: all configured)")
     ap.add_argument("--max-pages", type=int, help="page budget per registered domain")
+    ap.add_argument("--retry-failed", action="store_true",
+                    help="refetch URLs whose earlier failure was transient (timeouts, 5xx); permanent ones never are")
     ap.add_argument("--config", help="YAML file with BuildConfig fields")
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
     ap.add_argument("--stage", action="append", default=[], metavar="MODULE:CLASS[@AFTER]",
@@ -87,6 +89,8 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
         crawl["allow_private_hosts"] = [x.strip() for x in args.allow_private_hosts.split(",") if x.strip()]
     if args.max_pages is not None:
         crawl["max_pages"] = args.max_pages
+    if args.retry_failed:
+        crawl["retry_failed"] = True
     if args.num_cpus is not None:
         data.setdefault("ray", {})["num_cpus"] = args.num_cpus
     filters = data.setdefault("filters", {})

@@ -89,6 +89,7 @@ import io
 import random
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -173,10 +174,14 @@ _SVG = b"""<?xml version="1.0" encoding="UTF-8"?>
 class ServerURL(str):
     """Base URL of a running test server (``http://127.0.0.1:PORT``) with a request counter.
 
-    ``hits``: ``collections.Counter`` mapping request path -> number of requests received.
+    ``hits``: ``collections.Counter`` mapping request path -> number of requests received;
+    ``hits_qs``: the same keyed by path and query (``/index.html?sid=1``); ``times``: path -> the
+    ``time.monotonic()`` of each request's arrival (seconds).
     """
 
     hits: collections.Counter
+    hits_qs: collections.Counter
+    times: dict
 
 
 class _ServerThread:
@@ -224,16 +229,20 @@ class _ServerThread:
 @contextlib.contextmanager
 def _running(app: web.Application) -> Iterator[ServerURL]:
     hits: collections.Counter = collections.Counter()
+    hits_qs: collections.Counter = collections.Counter()
+    times: dict[str, list[float]] = collections.defaultdict(list)
 
     @web.middleware
     async def count(request: web.Request, handler):
         hits[request.path] += 1
+        hits_qs[request.path_qs] += 1
+        times[request.path].append(time.monotonic())
         return await handler(request)
 
     app.middlewares.append(count)
     with _ServerThread(app) as port:
         url = ServerURL(f"http://127.0.0.1:{port}")
-        url.hits = hits
+        url.hits, url.hits_qs, url.times = hits, hits_qs, times
         yield url
 
 
@@ -506,4 +515,184 @@ def serve_bad_web(*, source_web: Path = DEMO_WEB, slow_s: float = 5.0, flaky_fai
     app = _bad_web_app(Path(source_web), slow_s, flaky_failures, redirect_chain, big_html_bytes,
                        huge_image_bytes, bomb_side)
     with _running(app) as url:
+        yield url
+
+
+# ------------------------------------------------------------------------ crawler web (issue 17)
+CRAWLER_WEB_ROBOTS = (
+    "User-agent: *\n"
+    "Disallow: /*.png$\n"
+    "Disallow: /*?sid=\n"
+    "Allow: /img/*.png$\n"
+    "Disallow: /private/\n"
+    "Allow: /private/public.html\n"
+)
+CRAWLER_WEB_TDMREP = (
+    '[{"location": "/p/reserved/*", "tdm-reservation": 1, "tdm-policy": "https://example.org/policy.json"},'
+    ' {"location": "/img/reserved/*", "tdm-reservation": 1},'
+    ' {"location": "/*", "tdm-reservation": 0}]'
+)
+#: images on /p/slow.html besides the dripping one
+SLOW_PAGE_IMAGES = 8
+GALLERY_ALTS = 6
+
+
+def synthetic_png(seed: int, side: int = 320) -> bytes:
+    """A ``side`` x ``side`` PNG of random 8 x 8 colour blocks (distinct pHash per seed: no near-duplicates)."""
+    rnd = random.Random(seed)
+    small = Image.new("RGB", (8, 8))
+    small.putdata([tuple(rnd.randrange(256) for _ in range(3)) for _ in range(64)])
+    buf = io.BytesIO()
+    small.resize((side, side), Image.NEAREST).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> web.Application:
+    import base64
+
+    pairs = _pairs(source_web)
+    hu_alts = sorted({a for p, a in pairs.items() if p.startswith("hu/") and len(a) > 15})
+    data_png = (source_web / _HU_IMAGES["broken"]).read_bytes()  # the 607 x 472 PNG of the issue
+    data_alt = pairs[_HU_IMAGES["broken"]]
+    seeds = iter(range(1000))
+    img: dict[str, bytes] = {}
+
+    def pic(name: str) -> str:
+        img[name] = synthetic_png(next(seeds))
+        return f"/img/{name}.png"
+
+    alts = iter(hu_alts * 10)
+
+    def tag(src: str, alt: str | None = None, attr: str = "src") -> str:
+        return f'<img {attr}="{src}" alt="{alt or next(alts)}">\n'
+
+    b64 = base64.b64encode(data_png).decode()
+    pages: dict[str, tuple[str, dict]] = {}  # path -> (html, extra headers)
+
+    def page(path: str, title: str, body: str, head: str = '<meta charset="utf-8">', headers=None) -> None:
+        pages[path] = (_page(title, _HU_PROSE + body, head=head), headers or {})
+
+    page("/p/robots.html", "Robots-szabályok", tag("/photo.png") + tag("/photo2.jpg.png") + tag(pic("robots-ok"))
+         + tag("/img/404.png"))
+    page("/p/srcset.html", "Képkészletek", tag(f"{pic('srcset-lo')} 1x, data:image/png;base64,{b64} 2x", data_alt, "srcset")
+         + tag("/cdn/w_800,h_600/photo.jpg 800w, /cdn/w_400,h_300/photo.jpg 400w", None, "srcset"))
+    img["cdn"] = synthetic_png(next(seeds))
+    pic("picture")
+    page("/p/picture.html", "Képelem", '<picture><source type="image/avif" srcset="/img/x.avif">'
+         '<source media="(max-width: 600px)" srcset="/img/mobile.jpg">'
+         '<source srcset="/img/picture.png 1000w, /img/small.png 300w">' + tag("/img/fallback.png") + "</picture>\n")
+    page("/p/data.html", "Beágyazott kép", tag("data:image/png;base64," + base64.b64encode(synthetic_png(900)).decode())
+         + tag("data:image/png;base64,@@@"))
+    page("/p/optout-xrobots.html", "Tiltás fejlécben", tag(pic("optout-page-1")), headers={"X-Robots-Tag": "noai"})
+    page("/p/optout-meta.html", "Tiltás meta elemben", tag(pic("optout-page-2")),
+         head='<meta charset="utf-8"><meta name="robots" content="index, noimageai">')
+    page("/p/optout-tdm.html", "TDM-fenntartás", tag(pic("optout-page-3")), headers={"tdm-reservation": "1"})
+    page("/p/reserved/page.html", "TDM-fenntartott útvonal", tag(pic("optout-page-4")))
+    page("/p/optout-images.html", "Tiltott képek", tag(pic("optout-xrobots")) + tag(pic("optout-tdm"))
+         + tag("/img/reserved/r.jpg") + tag(pic("otherbot")))
+    gallery = pic("gallery")
+    page("/p/gallery.html", "Galéria", "".join(tag(gallery) for _ in range(GALLERY_ALTS)))
+    page("/p/longalt.html", "Hosszú leírás", tag(pic("longalt"), (_HU_PROSE.replace("<p>", "").replace("</p>", "") * 80)[:5000]))
+    page("/p/slow.html", "Lassú kép", tag("/img/drip.png") + "".join(tag(pic(f"s{i}")) for i in range(SLOW_PAGE_IMAGES)))
+    page("/p/norm.html", "Normalizálás", tag(pic("norm")))
+    page("/private/public.html", "Nyilvános", tag(pic("public")))
+    page("/private/secret.html", "Titkos", tag(pic("secret")))
+    for n in range(1, 7):
+        page(f"/p/deep/{n}.html", f"Mélység {n}", f'<p><a href="/p/deep/{n + 1}.html">tovább</a></p>\n')
+    links = [p for p in pages if not p.startswith("/p/deep/")] + [
+        "/p/deep/1.html", "/index.html?sid=12345", "/p/404.html", "/p/500.html",
+        "/p/./norm.html", "/p/%6Eorm.html#top", "/p/../p/norm.html", " /p/no\trm.html ", "/P/../p/norm.html"]
+    index = _page("A bejáró tesztoldala", _HU_PROSE + "<ul>\n" + "".join(
+        f'<li><a href="{p}">link</a></li>\n' for p in links) + "</ul>\n")
+
+    def html(text: str, status: int = 200, headers=None) -> web.Response:
+        return web.Response(text=text, status=status, content_type="text/html", charset="utf-8", headers=headers)
+
+    async def page_handler(request: web.Request) -> web.Response:
+        text, headers = pages[request.path]
+        return html(text, headers=headers)
+
+    async def image(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in img:
+            return html("<p>nincs</p>", 404)
+        headers = {"optout-xrobots": {"X-Robots-Tag": "noimageai"}, "optout-tdm": {"tdm-reservation": "1"},
+                   "otherbot": {"X-Robots-Tag": "otherbot: noai"}}.get(name, {})
+        return web.Response(body=img[name], content_type="image/png", headers=headers)
+
+    async def cdn(request: web.Request) -> web.Response:
+        if request.match_info["spec"] != "w_800,h_600":
+            return html("<p>nincs</p>", 404)
+        return web.Response(body=img["cdn"], content_type="image/jpeg")
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+        resp.content_length = len(data_png)
+        await resp.prepare(request)
+        try:
+            for i in range(int(drip_s / 0.2)):
+                await resp.write(data_png[i:i + 1])
+                await asyncio.sleep(0.2)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return resp
+
+    app = web.Application()
+    add = app.router.add_get
+    add("/", const(lambda: html(index)))
+    add("/index.html", const(lambda: html(index)))
+    pad = ("# " + "x" * 97 + "\n") * (robots_pad_bytes // 100)
+    robots = (CRAWLER_WEB_ROBOTS + pad + ("Disallow: /p/norm.html\n" if pad else "")).encode()
+    add("/robots.txt", const(lambda: web.Response(body=robots, content_type="text/plain")))
+    add("/.well-known/tdmrep.json", const(lambda: web.Response(text=CRAWLER_WEB_TDMREP, content_type="application/json")))
+    for path in pages:
+        add(path, page_handler)
+    add("/p/500.html", const(lambda: html("<p>hiba</p>", 500)))
+    add("/img/drip.png", drip)
+    add("/img/{name}.png", image)
+    add("/cdn/{spec}/photo.jpg", cdn)
+    return app
+
+
+@contextlib.contextmanager
+def serve_crawler_web(*, source_web: Path = DEMO_WEB, drip_s: float = 60.0,
+                      robots_pad_bytes: int = 0) -> Iterator[ServerURL]:
+    """The crawler-on-the-real-web site (issue 17) on 127.0.0.1: RFC 9309 wildcards, srcset, ``<picture>``,
+    ``data:`` images, AI opt-outs, a dripping image, a caption-heavy gallery, a long alt, URL spellings.
+
+    ``robots.txt`` is :data:`CRAWLER_WEB_ROBOTS`, ``/.well-known/tdmrep.json`` :data:`CRAWLER_WEB_TDMREP`.
+    ``robots_pad_bytes`` > 0 pads robots.txt with that many bytes of comment lines and then adds
+    ``Disallow: /p/norm.html`` beyond them (a crawler parsing the first 500 KiB of a 10 MB file never sees it).
+    Expected outcome, path by path (all pages ``<html lang="hu">``, images 320 x 320 synthetic PNGs
+    unless said; alts are genuine Hungarian alt-texts of ``source_web``):
+
+    ==============================  ==============================================  ================================
+    path                            what it holds                                   expected
+    ==============================  ==============================================  ================================
+    ``/p/robots.html``              ``/photo.png``, ``/photo2.jpg.png`` (disallowed  0 requests to them,
+                                    by ``/*.png$``), ``/img/robots-ok.png``          ``robots_disallowed``; kept;
+                                    (``Allow: /img/*.png$``), ``/img/404.png``       ``http_404``
+    ``/index.html?sid=12345``       linked from the index (``Disallow: /*?sid=``)     0 requests
+    ``/private/public.html``        ``Allow`` override inside ``/private/``          fetched, its image kept
+    ``/private/secret.html``        disallowed                                       0 requests
+    ``/p/srcset.html``              ``lo.png 1x, data:… 2x`` (a real 607 x 472 PNG)  data: row kept (``data:`` digest);
+                                    and ``/cdn/w_800,h_600/photo.jpg 800w, …400w``   the w_800,h_600 URL kept
+    ``/p/picture.html``             avif ``<source>``, a ``media`` one, a plain one  ``/img/picture.png`` kept,
+                                    with srcset, fallback ``<img>``                  2 sources skipped (counted)
+    ``/p/data.html``                a data: PNG; a malformed data: URI               kept; ``data_uri_invalid``
+    ``/p/optout-*.html``,           X-Robots-Tag ``noai``; meta robots               ``ai_opt_out`` (extract, or
+    ``/p/reserved/page.html``       ``noimageai``; ``tdm-reservation: 1``; tdmrep    crawl for tdmrep), no image request
+    ``/p/optout-images.html``       images with X-Robots-Tag ``noimageai``,          ``ai_opt_out`` x 3 (the reserved
+                                    ``tdm-reservation: 1``, tdmrep-reserved path;    one never requested); kept
+                                    one with ``otherbot: noai``
+    ``/p/gallery.html``             one picture, ``GALLERY_ALTS`` different alts     3 kept, rest ``too_many_captions``
+    ``/p/longalt.html``             a 5,000-character alt                            ``alt_too_long``
+    ``/p/slow.html``                ``/img/drip.png`` (1 byte / 0.2 s for            ``timeout``; the others kept
+                                    ``drip_s``), then ``SLOW_PAGE_IMAGES`` images
+    ``/p/norm.html``                linked 6 ways (``./``, ``%6E``, ``#top``, tab…)  1 request
+    ``/p/deep/1..6.html``           a link chain                                     cut by ``max_depth``
+    ``/p/404.html``, ``/p/500.html``                                                 ``http_404``; ``http_500``
+    ==============================  ==============================================  ================================
+    """
+    with _running(_crawler_web_app(Path(source_web), drip_s, robots_pad_bytes)) as url:
         yield url

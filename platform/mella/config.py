@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from mella.languages import ENV_VAR, default_targets, load_languages
+from mella.net import CrawlConfig  # config beside its code (HTTP fetching); composed into BuildConfig here
 from mella.stages.filters.moderation import ModerationConfig
 from mella.stages.dedup.phash import PhashConfig
 from mella.stages.dedup.exact import ExactKey
@@ -25,42 +26,13 @@ from mella.resources import PoolConfig, StageResources, Strict
 
 
 
-class CrawlConfig(Strict):
-    """HTTP fetching for pages and images (crawler and image fetch stage)."""
-
-    user_agent: str = "MELLA-corpus-builder/0.1 (+https://github.com/mella-platform/mella; research crawler)"
-    max_pages: int = Field(500, ge=1, description="page budget per registered domain")
-    max_depth: int = Field(6, ge=0, description="link hops from a seed")
-    per_host_concurrency: int = Field(4, ge=1, description="simultaneous requests to one host")
-    politeness_delay_s: float = Field(0.5, ge=0, description="minimum gap between request starts to one host, seconds")
-    connect_timeout_s: float = Field(10.0, gt=0)
-    read_timeout_s: float = Field(20.0, gt=0, description="socket read timeout, seconds")
-    total_timeout_s: float = Field(60.0, gt=0, description="whole request incl. body, seconds")
-    max_retries: int = Field(3, ge=0, description="retries on 429, 5xx, timeouts and connection errors")
-    backoff_base_s: float = Field(0.5, ge=0, description="exponential backoff base: base * 2**attempt seconds")
-    backoff_max_s: float = Field(30.0, ge=0, description="cap on one backoff sleep (also caps Retry-After)")
-    max_redirects: int = Field(5, ge=0)
-    max_page_bytes: int = Field(5 * 2**20, gt=0, description="response-size cap for HTML pages, bytes")
-    max_image_bytes: int = Field(16 * 2**20, gt=0, description="response-size cap for images, bytes")
-    respect_robots: bool = True
-    allow_private_hosts: list[str] = Field(
-        default_factory=list,
-        description="IPs/CIDRs (or '*') the SSRF guard lets through; empty = only global addresses",
-    )
-    skip_link_extensions: list[str] = Field(
-        default_factory=lambda: [
-            ".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico", ".bmp", ".tif", ".tiff", ".pdf", ".zip",
-            ".gz", ".tgz", ".xz", ".bz2", ".7z", ".rar", ".tar", ".mp3", ".mp4", ".avi", ".mov", ".webm", ".ogg",
-            ".wav", ".css", ".js", ".json", ".xml", ".rss", ".exe", ".deb", ".rpm", ".iso", ".dmg", ".apk",
-            ".doc", ".docx", ".xls", ".xlsx", ".ppt", ".pptx", ".odt", ".ods", ".epub",
-        ],
-        description="links ending in these are not followed as pages",
-    )
-
-
 class FilterConfig(DecodeConfig):
-    """Image filters (paper appendix B.2): the decode/resolution fields, then one block per filter stage."""
+    """Image filters (paper appendix B.2): the decode/resolution fields, then the other filters' settings."""
 
+    max_alt_chars: int = Field(1000, ge=1, description="longer alt-texts are rejected (alt_too_long), characters")
+    max_pairs_per_image: int = Field(
+        3, ge=1, description="at most this many rows per distinct picture (pixel_sha256) and language; the "
+        "others are rejected too_many_captions (exact_dedup stage)")
     exact_dedup_key: ExactKey = Field(
         "image_text", description="exact-duplicate key: same pixels and alt-text (pairs), or same pixels (images)"
     )

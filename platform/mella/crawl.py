@@ -9,7 +9,14 @@ read WARC records, so a live crawl and a Common Crawl WARC share one extraction 
 can be replayed with ``--warc DIR/warc/*.warc.gz --offline``.
 
 Resume: responses already in closed WARC shards of ``DIR/warc`` are served from them (no refetch), so a
-rerun after a kill re-walks the same frontier from the recorded pages and fetches only what is missing.
+rerun after a kill re-walks the same frontier from the recorded pages and fetches only what is missing;
+failed URLs are remembered in ``DIR/warc/failures-*.jsonl`` (:class:`mella.warc.FailureLog`) and not
+requested again (transient failures are, with ``crawl.retry_failed``).
+
+Every URL is normalised once (:func:`mella.urls.normalise_url`, via the extraction module's link
+extractor); hosts are counted per origin (``scheme://host:port``), with the URLs cut off by
+``max_pages`` (per registered domain) and ``max_depth`` and the network seconds spent per origin
+(the slowest are reported: the crawl's tail is bounded by ``url_deadline_s`` per URL).
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ import yaml
 from publicsuffixlist import PublicSuffixList
 from selectolax.lexbor import LexborHTMLParser
 
-from mella.config import CrawlConfig
-from mella.net import FetchError, Fetcher
-from mella.stages.io.extract import NotHTMLError, _clean_url, decode_html
-from mella.warc import RotatingWarcWriter, WarcIndex, shard_paths
+from mella.net import CrawlConfig, FetchError, Fetcher
+from mella.stages.io.extract import NotHTMLError, decode_html, page_base, page_links
+from mella.urls import normalise_url, origin
+from mella.warc import FailureLog, RotatingWarcWriter, WarcIndex, shard_paths
+
+#: origins listed under ``slowest_hosts`` in the crawl stats
+SLOWEST_HOSTS = 5
 
 _PSL = None
 
@@ -75,37 +85,35 @@ def read_seeds(path: str, base_url: str | None = None) -> list[Seed]:
             if base_url is None:
                 raise ValueError(f"seed {url!r} is not an http(s) URL (give full URLs or a base URL)")
             url = base_url.rstrip("/") + "/" + url.lstrip("/")
-        out.append(Seed(url, s.lang))
+        norm = normalise_url(None, url)
+        if norm is None:
+            raise ValueError(f"seed {url!r} is not a usable http(s) URL")
+        out.append(Seed(norm, s.lang))
     return out
 
 
 @dataclass
 class CrawlResult:
-    """What one crawl shard did: pages fetched, failures with reasons, per-host counts."""
+    """What one crawl shard did: pages fetched, failures with reasons, per-origin counts.
+
+    ``hosts``: origin → ``{"ok": n, "failed": {reason: n}, "cut_off": {"max_pages"|"max_depth": n},
+    "seconds": network seconds}``.
+    """
 
     pages_ok: int = 0
     failures: list[dict] = field(default_factory=list)  # {url, host, reason, detail, depth}
-    hosts: dict = field(default_factory=dict)  # host -> {"ok": n, "failed": {reason: n}}
+    hosts: dict = field(default_factory=dict)
     warc_paths: list[str] = field(default_factory=list)
 
 
 def _links(url: str, body: bytes, headers: list[tuple[str, str]]) -> list[str]:
+    """Normalised links of a page (the extraction module's extractor, frames included)."""
     try:
         text, _ = decode_html(body, dict((k.lower(), v) for k, v in headers).get("content-type"))
     except NotHTMLError:
         return []
     tree = LexborHTMLParser(text)
-    base = url
-    b = tree.css_first("base[href]")
-    if b is not None:
-        base = _clean_url(url, b.attributes.get("href") or "") or url
-    out = []
-    for node in tree.css("a[href], area[href], frame[src], iframe[src]"):
-        href = node.attributes.get("href") or node.attributes.get("src") or ""
-        u = _clean_url(base, href)
-        if u:
-            out.append(u)
-    return out
+    return page_links(page_base(url, tree), tree, frames=True)
 
 
 async def crawl_async(
@@ -120,8 +128,9 @@ async def crawl_async(
     for p in shard_paths(warc_dir, "pages"):
         cache.add_file(p)
     writer = RotatingWarcWriter(warc_dir, f"pages-s{shard:03d}", max_bytes=64 * 2**20)
+    failures = FailureLog(warc_dir, f"pages-s{shard:03d}", retry_failed=cfg.retry_failed)
     result = CrawlResult()
-    hosts: dict = defaultdict(lambda: {"ok": 0, "failed": Counter()})
+    hosts: dict = defaultdict(lambda: {"ok": 0, "failed": Counter(), "cut_off": Counter()})
     scope = {registered_domain(s.url) for s in seeds}
     pages_per_domain: Counter = Counter()
     seen: set[str] = set()
@@ -132,15 +141,16 @@ async def crawl_async(
             queue.put_nowait((s.url, 0))
     skip_ext = tuple(cfg.skip_link_extensions)
 
-    async with Fetcher(cfg, warc=writer, cache=cache, offline=offline) as fetcher:
+    async with Fetcher(cfg, warc=writer, cache=cache, offline=offline, failures=failures) as fetcher:
 
         async def worker() -> None:
             while True:
                 url, depth = await queue.get()
                 try:
-                    host = urlsplit(url).hostname or ""
+                    host = origin(url)
                     dom = registered_domain(url)
                     if pages_per_domain[dom] >= cfg.max_pages:
+                        hosts[host]["cut_off"]["max_pages"] += 1
                         continue
                     pages_per_domain[dom] += 1
                     try:
@@ -153,14 +163,15 @@ async def crawl_async(
                         continue
                     hosts[host]["ok"] += 1
                     result.pages_ok += 1
-                    if depth >= cfg.max_depth:
-                        continue
                     for link in _links(resp.url, resp.body, resp.headers):
                         if link in seen or registered_domain(link) not in scope:
                             continue
                         if urlsplit(link).path.lower().endswith(skip_ext):
                             continue
                         seen.add(link)
+                        if depth >= cfg.max_depth:
+                            hosts[origin(link)]["cut_off"]["max_depth"] += 1
+                            continue
                         queue.put_nowait((link, depth + 1))
                 finally:
                     queue.task_done()
@@ -174,9 +185,42 @@ async def crawl_async(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             writer.close()
-    result.hosts = {h: {"ok": v["ok"], "failed": dict(v["failed"])} for h, v in hosts.items()}
+            failures.close()
+        seconds = dict(fetcher.seconds_by_origin)
+    result.hosts = {h: {"ok": v["ok"], "failed": dict(v["failed"]), "cut_off": dict(v["cut_off"]),
+                        "seconds": round(seconds.get(h, 0.0), 2)} for h, v in hosts.items()}
     result.warc_paths = writer.closed_paths
     return result
+
+
+def merge_results(results: list[CrawlResult], n_seeds: int) -> tuple[dict, list[dict]]:
+    """Crawl shards' results → (crawl stats for the funnel, failures).
+
+    Stats: ``seeds``, ``pages_ok``, ``pages_failed``, ``hosts`` (per origin, as :class:`CrawlResult`),
+    ``cut_off`` (URLs not crawled because of ``max_pages``/``max_depth``, totals) and ``slowest_hosts``.
+    """
+    hosts: dict = {}
+    failures: list[dict] = []
+    cut: Counter = Counter()
+    for res in results:
+        failures.extend(res.failures)
+        for h, v in res.hosts.items():
+            agg = hosts.setdefault(h, {"ok": 0, "failed": {}, "cut_off": {}, "seconds": 0.0})
+            agg["ok"] += v["ok"]
+            agg["seconds"] = round(agg["seconds"] + v.get("seconds", 0.0), 2)
+            for key in ("failed", "cut_off"):
+                for k, n in v.get(key, {}).items():
+                    agg[key][k] = agg[key].get(k, 0) + n
+            cut.update(v.get("cut_off", {}))
+    stats = {"seeds": n_seeds, "pages_ok": sum(r.pages_ok for r in results), "pages_failed": len(failures),
+             "hosts": hosts, "cut_off": dict(cut), "slowest_hosts": slowest_hosts(hosts)}
+    return stats, failures
+
+
+def slowest_hosts(hosts: dict, n: int = SLOWEST_HOSTS) -> list[dict]:
+    """The ``n`` origins with the most network seconds: ``[{"host", "seconds", "ok", "failed"}]``, slowest first."""
+    top = sorted(hosts.items(), key=lambda kv: -kv[1].get("seconds", 0.0))[:n]
+    return [{"host": h, "seconds": v.get("seconds", 0.0), "ok": v["ok"], "failed": v["failed"]} for h, v in top]
 
 
 def shard_seeds(seeds: list[Seed], num_shards: int) -> list[list[Seed]]:

@@ -48,6 +48,7 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
         stages.append({
             "stage": "crawl", "unit": "pages", "in": crawl_stats["pages_ok"] + crawl_stats["pages_failed"],
             "out": crawl_stats["pages_ok"], "rejected": crawl_stats["pages_failed"], "reasons": dict(reasons), "by_lang": {},
+            "cut_off": crawl_stats.get("cut_off", {}),  # URLs never requested: max_pages / max_depth
         })
     pages_in = sum(s.get("pages_in", 0) for s in page_stats)
     pages_out: Counter = Counter()
@@ -56,10 +57,13 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
             if k.startswith("pages_out:"):
                 pages_out[k.split(":", 1)[1]] += v
     reasons = Counter(r["reason"] for r in rejects if r["stage"] == "extract")
+    dropped: Counter = Counter()  # items inside kept pages that never became rows (<picture> sources skipped)
+    for s in page_stats:
+        dropped.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("dropped:")})
     stages.append({
         "stage": "extract", "unit": "pages", "in": pages_in, "out": sum(pages_out.values()),
         "rejected": sum(reasons.values()), "reasons": dict(reasons),
-        "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())},
+        "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())}, "dropped": dict(dropped),
     })
 
     image_rejects = [r for r in rejects if r["stage"] in image_stages]
@@ -90,6 +94,7 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
         "d_know": {lang: kept.get(lang, 0) for lang in langs},
         "d_know_total": sum(kept.values()),
         "hosts": (crawl_stats or {}).get("hosts", {}),
+        "slowest_hosts": (crawl_stats or {}).get("slowest_hosts", []),
     }
     if ling_dir is not None:
         ling = Counter(r["lang"] for r in _read_cols(ling_dir, ["lang"]))
@@ -120,6 +125,9 @@ def format_table(funnel: dict) -> str:
     lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'dropped':>9}  top reasons"]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}:{v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
+        extra = {**s.get("cut_off", {}), **s.get("dropped", {})}
+        if extra:  # never became rows: crawl cut-offs, <picture> sources skipped
+            top += ("; " if top else "") + "not taken: " + ", ".join(f"{k}:{v}" for k, v in sorted(extra.items()))
         lines.append(f"{s['stage']:<16}{s['unit']:<8}{s['in']:>8}{s['out']:>8}{s['rejected']:>9}  {top}")
     lines.append("D_know pairs per language: " + "  ".join(f"{k}={v}" for k, v in funnel["d_know"].items()))
     lines.append(f"D_know total: {funnel['d_know_total']}")
@@ -129,6 +137,9 @@ def format_table(funnel: dict) -> str:
     if "d_ling" in funnel:
         lines.append("D_ling pairs per language: " + "  ".join(f"{k}={v}" for k, v in funnel["d_ling"].items()))
         lines.append(f"D_ling total: {funnel['d_ling_total']}")
+    slow = [f"{h['host']} {h['seconds']:.1f}" for h in funnel.get("slowest_hosts", []) if h.get("seconds")]
+    if slow:
+        lines.append("slowest hosts (network seconds): " + "; ".join(slow))
     failed_hosts = {h: v["failed"] for h, v in funnel.get("hosts", {}).items() if v.get("failed")}
     if failed_hosts:
         lines.append("hosts with failures: " + "; ".join(

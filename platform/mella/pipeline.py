@@ -37,13 +37,14 @@ import ray
 
 from mella import funnel as funnel_mod
 from mella.config import BuildConfig
-from mella.crawl import crawl_shard, read_seeds, shard_seeds
+from mella.crawl import crawl_shard, merge_results, read_seeds, shard_seeds
 from mella.executor import apply, read_source, stage_stats
 from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet_atomic
 from mella.plan import CRAWL, build_plan, phases, stage_names
 from mella.resources import StageResources
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.base import LIGHT, reject
+from mella.stages.io.fetch import reopen_units_with_transient_failures
 from mella.warc import cleanup_open_shards, expand_warc_paths, shard_paths
 
 log = logging.getLogger("mella.build_corpus")
@@ -121,9 +122,6 @@ class BuildCorpus:
         task = ray.remote(num_cpus=0.5, max_retries=2)(crawl_shard)
         refs = [task.remote(group, self.cfg.crawl, self.warc_dir, i, self.cfg.offline)
                 for i, group in enumerate(shard_seeds(seeds, n_shards))]
-        hosts: dict = {}
-        failures: list[dict] = []
-        pages_ok = 0
         self.progress("crawl", f"{len(seeds)} seeds, 0/{len(refs)} shards done")
         results, pending = [], list(refs)
         while pending:
@@ -131,15 +129,7 @@ class BuildCorpus:
             results.extend(ray.get(done))
             self.progress("crawl", f"{len(results)}/{len(refs)} shards done, {sum(r.pages_ok for r in results)} pages, "
                                    f"{sum(len(r.failures) for r in results)} failed")
-        for res in results:
-            pages_ok += res.pages_ok
-            failures.extend(res.failures)
-            for h, v in res.hosts.items():
-                agg = hosts.setdefault(h, {"ok": 0, "failed": {}})
-                agg["ok"] += v["ok"]
-                for k, n in v["failed"].items():
-                    agg["failed"][k] = agg["failed"].get(k, 0) + n
-        stats = {"seeds": len(seeds), "pages_ok": pages_ok, "pages_failed": len(failures), "hosts": hosts}
+        stats, failures = merge_results(results, len(seeds))
         rows = []
         for f in failures:
             row = {"id": record_id(None, f["url"], None), "page_url": f["url"], "source": "crawl"}
@@ -287,5 +277,7 @@ class BuildCorpus:
             log.info("crawl: seeds from %s", self.cfg.seeds)
             crawl_stats = self.crawl()
             log.info("crawl: %d pages, %d failures", crawl_stats["pages_ok"], crawl_stats["pages_failed"])
+        if self.cfg.crawl.retry_failed:
+            log.info("retry-failed: %d unit(s) reopened", reopen_units_with_transient_failures(self.units_dir))
         self.candidates()
         return self.final(crawl_stats)

@@ -64,8 +64,8 @@ def build_plan(cfg: BuildConfig) -> list[Step]:
     warc_dir = os.path.join(out, "warc")
     pool = cfg.ray.image_pool
     plan: list[Step] = [
-        ExtractStage(cfg.langs, cfg.langid),
-        AltTextStage(route_to_d_ling=route),
+        ExtractStage(cfg.langs, cfg.langid, cfg.crawl.ai_opt_out_directives, cfg.crawl.user_agent),
+        AltTextStage(route_to_d_ling=route, max_chars=f.max_alt_chars),
         LangIDStage(cfg.langid, route_to_d_ling=route),
         Fused([
             ImageFetchStage(cfg.crawl, None if cfg.offline else warc_dir,
@@ -86,7 +86,7 @@ def build_plan(cfg: BuildConfig) -> list[Step]:
         models.append((MLLMCategoriser if c.backend == "mllm" else EfficientNetCategoriser)(c, d.stats_dir))
     if models:
         plan.append(Fused(models, name="ModelStages"))
-    plan.append(ExactDedupStage(f.exact_dedup_key, with_d_ling=d.enabled))
+    plan.append(ExactDedupStage(f.exact_dedup_key, with_d_ling=d.enabled, max_pairs_per_image=f.max_pairs_per_image))
     if f.phash.enabled:
         plan.append(PhashDedupStage(f.phash, f.exact_dedup_key))
     if f.semantic.enabled:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Iterator
 from warcio.archiveiterator import ArchiveIterator
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
+
+from mella.urls import normalise_url
 
 #: Hop-by-hop / encoding headers dropped when writing: the stored payload is already decoded.
 _DROP_HEADERS = {"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"}
@@ -130,6 +133,8 @@ class WarcIndex:
 
     Built by one streaming pass over the files; memory is O(number of records) (URL + path index +
     offset). Used as the fetch cache: a URL present here is served from the WARC instead of the network.
+    Keys are normalised with :func:`mella.urls.normalise_url`, so a capture that spelt a URL
+    differently (``:80``, ``%7E``, upper-case host) still answers the extracted, normalised URL.
     """
 
     def __init__(self) -> None:
@@ -149,18 +154,18 @@ class WarcIndex:
                 url = (record.rec_headers.get_header("WARC-Target-URI") or "").strip("<>")
                 if url_filter is not None and not url_filter(record):
                     continue
-                self._loc[url] = (pi, it.get_record_offset())
+                self._loc[normalise_url(None, url) or url] = (pi, it.get_record_offset())
                 n += 1
         return n
 
     def __contains__(self, url: str) -> bool:
-        return url in self._loc
+        return (normalise_url(None, url) or url) in self._loc
 
     def __len__(self) -> int:
         return len(self._loc)
 
     def get(self, url: str) -> WarcResponse | None:
-        loc = self._loc.get(url)
+        loc = self._loc.get(normalise_url(None, url) or url)
         if loc is None:
             return None
         return read_response_at(self.paths[loc[0]], loc[1])
@@ -197,9 +202,11 @@ class RotatingWarcWriter:
         self._n += 1
 
     def write_response(
-        self, url: str, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, date: datetime
+        self, url: str, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, date: datetime,
+        truncated: bool = False,
     ) -> None:
-        """Write one ``response`` record; ``body`` is the decoded payload (bytes)."""
+        """Write one ``response`` record; ``body`` is the decoded payload (bytes). ``truncated``: the body
+        is the first part of a longer one (ISO 28500 ``WARC-Truncated: length``; robots.txt > 500 KiB)."""
         if self._writer is None:
             self._open()
         hdrs = [(k, v) for k, v in headers if k.lower() not in _DROP_HEADERS]
@@ -210,7 +217,8 @@ class RotatingWarcWriter:
             "response",
             payload=io.BytesIO(body),
             http_headers=http_headers,
-            warc_headers_dict={"WARC-Date": date.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+            warc_headers_dict={"WARC-Date": date.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               **({"WARC-Truncated": "length"} if truncated else {})},
         )
         self._writer.write_record(rec)
         if self._f.tell() >= self.max_bytes:
@@ -243,3 +251,65 @@ def cleanup_open_shards(directory: str) -> int:
         os.remove(p)
         n += 1
     return n
+
+
+# ------------------------------------------------------------------------------- failure log
+#: reasons that will not change on a refetch (the URL is not requested again on a rerun)
+def is_transient(reason: str) -> bool:
+    """True for failures a later try may not repeat: timeouts, connection/DNS errors, 5xx, 408, 429."""
+    return (reason in ("timeout", "connect_error", "server_disconnected", "truncated_response", "dns_error",
+                       "http_408", "http_429", "client_error")
+            or reason.startswith("http_5"))
+
+
+class FailureLog:
+    """Failed fetches remembered beside the WARC shards: ``DIR/failures-PREFIX-<uuid>.jsonl``.
+
+    One JSON object a line, ``{"url", "reason", "detail", "transient", "at"}``, flushed per line (a
+    killed run loses at most a partial last line, which readers skip). On construction every
+    ``failures-*.jsonl`` of ``directory`` is read: :meth:`remembered` answers whether a URL failed
+    before and should not be requested again — permanent failures (4xx, ``too_large``,
+    ``content_type``, ``robots_disallowed``, ``private_address``, redirects, ``ai_opt_out``) always,
+    transient ones (:func:`is_transient`) unless ``retry_failed``. ``directory`` None: remember nothing.
+    """
+
+    def __init__(self, directory: str | None, prefix: str, retry_failed: bool = False) -> None:
+        self.directory, self.retry_failed = directory, retry_failed
+        self.path = os.path.join(directory, f"failures-{prefix}-{uuid.uuid4().hex[:12]}.jsonl") if directory else None
+        self._f = None
+        self._known: dict[str, dict] = {}
+        if directory:
+            for p in sorted(glob.glob(os.path.join(directory, "failures-*.jsonl"))):
+                with open(p, encoding="utf-8") as f:
+                    for line in f:
+                        try:
+                            rec = json.loads(line)
+                            self._known[rec["url"]] = rec
+                        except (ValueError, KeyError, TypeError):
+                            continue  # partial line of a killed run
+
+    def remembered(self, url: str) -> dict | None:
+        """The earlier failure of ``url`` that stands (see class docstring), else None."""
+        rec = self._known.get(url)
+        if rec is None or (rec.get("transient") and self.retry_failed):
+            return None
+        return rec
+
+    def record(self, url: str, reason: str, detail: str = "") -> None:
+        """Append one failure (no-op without a directory; ``not_in_warc`` and ``private_address`` are not
+        recorded: nothing was requested, and the second depends on ``--allow-private-hosts``)."""
+        if self.path is None or reason in ("not_in_warc", "private_address"):
+            return
+        rec = {"url": url, "reason": reason, "detail": detail[:300], "transient": is_transient(reason),
+               "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        self._known[url] = rec
+        if self._f is None:
+            os.makedirs(self.directory, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
+        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None

@@ -100,15 +100,56 @@ def find_exact_duplicates(parquet_files: list[str], mode: str = "image_text", dr
     return {r["group"]: r["min(sort_key)"] for r in agg.iter_rows()}
 
 
+# ------------------------------------------------------------------ caption cap (issue 17)
+#: default ``filters.max_pairs_per_image``
+MAX_PAIRS_PER_IMAGE = 3
+
+
+def find_excess_captions(parquet_files: list[str], survivors: dict[str, str], mode: str,
+                         max_per_image: int = MAX_PAIRS_PER_IMAGE) -> dict[tuple[str, str], str]:
+    """``{(row id, alt_text): detail}`` of the D_know rows beyond the cap (see module docstring; a row
+    id names (lang, page, image URL), so the rows of one ``<img>`` URL under several alts share it).
+
+    ``survivors``: :func:`mella.stages.dedup.exact.find_exact_duplicates` for ``mode``. Reads the key
+    columns of the active rows in the driver (ids and short strings; the image bytes are not read).
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for p in parquet_files:
+        t = pq.read_table(p, columns=KEY_COLUMNS)
+        t = t.filter(pc.and_(pc.and_(pc.is_null(t["reason"]), pc.is_null(t["d_ling_reason"])),
+                             pc.is_valid(t["pixel_sha256"])))
+        for r in t.to_pylist():
+            if is_survivor(r, survivors, mode):
+                groups.setdefault((r["lang"], r["pixel_sha256"]), []).append(r)
+    drops: dict[tuple[str, str], str] = {}
+    for (lang, _pix), rows in groups.items():
+        if len(rows) <= max_per_image:
+            continue
+        rows.sort(key=sort_key)
+        kept_alts: list[str] = []
+        for r in rows:
+            alt = r.get("alt_text") or ""
+            if alt in kept_alts:
+                continue
+            if len(kept_alts) < max_per_image:
+                kept_alts.append(alt)
+            else:
+                drops[(r["id"], alt)] = f"{len(rows)} captions of one picture in {lang}; first {max_per_image} kept"
+    return drops
+
+
 ExactKey = Literal["image_text", "image"]
 
 
-def write_survivors(survivors: dict[str, str], image_groups: dict[str, str], path: str) -> None:
+def write_survivors(survivors: dict[str, str], image_groups: dict[str, str], path: str,
+                    caps: dict[str, str] | None = None) -> None:
     """Exact dedup's decisions as Parquet: ``kind`` (``group``: the run's key mode, ``image``: picture
-    only), ``key`` (group key), ``survivor`` (the survivor's sort key)."""
-    kinds = ["group"] * len(survivors) + ["image"] * len(image_groups)
-    t = pa.table({"kind": kinds, "key": list(survivors) + list(image_groups),
-                  "survivor": list(survivors.values()) + list(image_groups.values())})
+    only, ``caption``: a row over the caption cap), ``key`` (group key; for ``caption`` row id and
+    alt-text), ``survivor`` (the survivor's sort key; for ``caption`` the reject detail)."""
+    caps = caps or {}
+    kinds = ["group"] * len(survivors) + ["image"] * len(image_groups) + ["caption"] * len(caps)
+    t = pa.table({"kind": kinds, "key": list(survivors) + list(image_groups) + list(caps),
+                  "survivor": list(survivors.values()) + list(image_groups.values()) + list(caps.values())})
     write_parquet_atomic(t, path)
 
 
@@ -125,28 +166,40 @@ class ExactDedupStage(DedupStage):
     its language is dropped too (reason ``duplicate``, detail ``already in D_know``) — no GPU time
     for captioning an image we have a native alt-text for. (In ``image`` mode the group key does
     this already.)
+
+    ``max_pairs_per_image`` (``filters.max_pairs_per_image``): at most that many D_know rows per
+    picture and language (:func:`find_excess_captions`); the others are rejected ``too_many_captions``.
     """
 
     name = "exact_dedup"
     reads = ("lang", "pixel_sha256", "alt_text", "page_url", "image_url", "d_ling_reason")
 
-    def __init__(self, mode: ExactKey = "image_text", with_d_ling: bool = False) -> None:
+    def __init__(self, mode: ExactKey = "image_text", with_d_ling: bool = False,
+                 max_pairs_per_image: int | None = None) -> None:
         self.mode = mode
         self.with_d_ling = with_d_ling and mode == "image_text"
+        self.max_pairs_per_image = max_pairs_per_image
 
     def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
         survivors = find_exact_duplicates(parts, self.mode)
         image_groups = find_exact_duplicates(parts, "image") if self.with_d_ling else {}
-        write_survivors(survivors, image_groups, decisions)
+        caps = (find_excess_captions(parts, survivors, self.mode, self.max_pairs_per_image)
+                if self.max_pairs_per_image else {})
+        write_survivors(survivors, image_groups, decisions,
+                        {f"{row_id}{SEP}{alt}": detail for (row_id, alt), detail in caps.items()})
         self.decisions = decisions
 
     def setup(self) -> None:
         self.survivors = load_survivors(self.decisions) if self.decisions else {}
         self.image_groups = load_survivors(self.decisions, "image") if self.decisions and self.with_d_ling else {}
+        self.caps = load_survivors(self.decisions, "caption") if self.decisions and self.max_pairs_per_image else {}
 
     def process(self, rows: list[dict]) -> None:
         for r in rows:
-            if not is_survivor(r, self.survivors, self.mode):
+            cap = self.caps.get(f"{r['id']}{SEP}{r.get('alt_text') or ''}") if self.caps else None
+            if cap is not None and is_survivor(r, self.survivors, self.mode):
+                self.reject(r, "too_many_captions", cap)
+            elif not is_survivor(r, self.survivors, self.mode):
                 _flag, page, img, _id = self.survivors[group_key(r, self.mode)].split(SEP)
                 self.reject(r, "duplicate", f"same as {img} on {page}")
             elif r.get("d_ling_reason") and self.image_groups:

@@ -39,6 +39,7 @@ from pydantic import Field
 
 from mella.languages import language, load_languages
 from mella.ratelimit import RateLimiter
+from mella.retry import Retryable, RetryPolicy, parse_retry_after, retry_async
 from mella.schema import record_id
 from mella.stages.base import Stage
 from mella.models.mllm import GenerationConfig, MLLMConfig, log_batch, timed
@@ -159,21 +160,15 @@ class _APIClient:
             out.append((start, len(texts)))
         return out
 
-    def _backoff(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), self.cfg.backoff_max_s)
-            except ValueError:
-                pass
-        return min(self.cfg.backoff_base_s * 2**attempt, self.cfg.backoff_max_s)
-
     async def _post(self, session: aiohttp.ClientSession, limiter: RateLimiter, texts: list[str], target: str,
                     source: str) -> list[str]:
         url, params, headers, body = self.request(texts, target, source)
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")  # the size batches() measured
         headers = {**headers, "Content-Type": "application/json; charset=utf-8"}
-        last = ""
-        for attempt in range(self.cfg.max_retries + 1):
+        policy = RetryPolicy(retries=self.cfg.max_retries, backoff_base_s=self.cfg.backoff_base_s,
+                             backoff_max_s=self.cfg.backoff_max_s, jitter=0.0)
+
+        async def attempt(_n: int, _left) -> list[str]:
             await limiter.wait()
             self.requests += 1
             retry_after = None
@@ -189,12 +184,13 @@ class _APIClient:
                     last = str(resp.status)
                     if resp.status not in self.retry_statuses:
                         raise TranslationAPIError(f"http_{resp.status}", raw[:300].decode("utf-8", "replace"))
-                    retry_after = resp.headers.get("Retry-After")
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 last = type(e).__name__
-            if attempt < self.cfg.max_retries:
-                await asyncio.sleep(self._backoff(attempt, retry_after))
-        raise TranslationAPIError(f"retries_exhausted_{last}", f"{self.cfg.max_retries + 1} attempts")
+            raise Retryable(TranslationAPIError(f"retries_exhausted_{last}", f"{self.cfg.max_retries + 1} attempts"),
+                            retry_after)
+
+        return await retry_async(attempt, policy)
 
     async def translate_async(self, texts: list[str], lang: str, source_lang: str = "en") -> list[str]:
         """Translate ``texts`` (English by default) into ``lang``; output aligned with input.

@@ -2,6 +2,8 @@
 
 Rules, checked on the whitespace-normalised alt (reasons in brackets):
 - missing ``alt`` attribute or empty string [``alt_empty``];
+- longer than ``filters.max_alt_chars`` characters [``alt_too_long``] (the row keeps the first
+  ``max_alt_chars`` characters, so a 1 MB attribute does not travel to the output);
 - no letters at all (``"2"``, ``"---"``) or a single letter [``alt_too_short``];
 - a file name or camera/CMS id: ``IMG_1234.jpg``, ``DSC01234``, ``photo-2023-01-01.png``,
   ``a1b2c3d4e5f6`` [``alt_filename``];
@@ -35,11 +37,17 @@ def boilerplate() -> frozenset[str]:
     return _BOILERPLATE[1]
 
 
-def alt_problem(alt: str | None) -> str | None:
+#: default ``filters.max_alt_chars``, characters
+MAX_ALT_CHARS = 1000
+
+
+def alt_problem(alt: str | None, max_chars: int = MAX_ALT_CHARS) -> str | None:
     """Reason code why ``alt`` is unusable as a D_know text, or None when it is usable."""
     if alt is None or not alt.strip():
         return "alt_empty"
     text = alt.strip()
+    if len(text) > max_chars:
+        return "alt_too_long"
     if sum(ch.isalpha() for ch in text) < 2:
         return "alt_too_short"
     if _FILENAME.match(text) or _CAMERA_ID.match(text) or _HEX_OR_DIGITS.match(text):
@@ -61,9 +69,16 @@ class AltTextStage(Filter):
     reads = ("alt_text",)
     routable = True
 
-    def __init__(self, route_to_d_ling: bool = False) -> None:
+    def __init__(self, route_to_d_ling: bool = False, max_chars: int = MAX_ALT_CHARS) -> None:
         self.route_to_d_ling = route_to_d_ling
+        self.max_chars = max_chars
 
     def filter(self, row: dict) -> tuple[str, str] | None:
-        problem = alt_problem(row.get("alt_text"))
-        return (problem, repr(row.get("alt_text"))[:200]) if problem else None
+        problem = alt_problem(row.get("alt_text"), self.max_chars)
+        if problem is None:
+            return None
+        if problem == "alt_too_long":  # cut it: a 1 MB alt attribute must not travel on in the row
+            n = len(row["alt_text"])
+            row["alt_text"] = row["alt_text"][: self.max_chars]
+            return problem, f"{n} characters > {self.max_chars}"
+        return problem, repr(row.get("alt_text"))[:200]

@@ -9,6 +9,13 @@ Reasons: ``no_image``, ``format_svg``, ``format_<NAME>``, ``undecodable``, ``dec
 The exact-duplicate key ``pixel_sha256`` is the sha256 of ``"{W}x{H}"`` and the RGBA pixel bytes
 of the first frame, so the same picture stored as PNG and as lossless WebP has one key.
 
+Pixel budget (``filters.decode_max_pixels``): an image with more pixels is decoded reduced by the
+smallest integer factor that fits — JPEG by DCT scaling while decoding (``Image.draft``, 1/2, 1/4,
+1/8: the full-size raster never exists), other formats by ``Image.reduce`` right after decoding,
+before the RGBA conversion and hashing (which would otherwise hold three full-size copies). Width
+and height stay those of the file; ``pixel_sha256`` and pHash are then of the reduced raster
+(deterministic: the same bytes always give the same key).
+
 Resolution: keep only width > ``min_side_px`` and height > ``min_side_px`` (paper: "both its width and
 height exceed 256 pixels"). Reason: ``too_small``. The decode stage applies it to the size in the image
 header, before decoding any pixel (icons and thumbnails, most of the images of a web page, cost a header
@@ -37,6 +44,9 @@ class DecodeConfig(Strict):
     max_image_pixels: int = Field(
         64_000_000, gt=0, description="decompression-bomb guard: larger width*height is rejected unopened"
     )
+    decode_max_pixels: int = Field(
+        16_000_000, gt=0, description="pixel budget of one decode: larger images are decoded reduced "
+        "(JPEG: Image.draft DCT scaling; others: Image.reduce before conversion), px")
     allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
 
 
@@ -84,9 +94,23 @@ def decode_image(data: bytes, cfg: DecodeConfig) -> dict:
             m = cfg.min_side_px
             if not (w > m and h > m):
                 raise TooSmall(f"{w}x{h} px, need both > {m} (header)")
+            budget = getattr(cfg, "decode_max_pixels", None) or w * h
+            factor = 1
+            while (w // factor) * (h // factor) > budget:
+                factor += 1
             try:
                 im.seek(0)
+                if factor > 1 and fmt == "JPEG":
+                    im.draft("RGB", (w // factor, h // factor))
                 im.load()
+                cw, ch = im.size
+                factor = 1
+                while (cw // factor) * (ch // factor) > budget:
+                    factor += 1
+                if factor > 1:
+                    if im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+                        im = im.convert("RGBA")
+                    im = im.reduce(factor)
                 rgba = im.convert("RGBA")
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ValueError("decompression_bomb") from None

@@ -53,7 +53,6 @@ import io
 import json
 import logging
 import os
-import random
 from typing import Literal
 
 import numpy as np
@@ -61,6 +60,7 @@ from PIL import Image
 from pydantic import Field
 
 from mella.ratelimit import RateLimiter
+from mella.retry import Retryable, RetryPolicy, parse_retry_after, retry_async
 from mella.stages.base import Stage, reject
 from mella.resources import PoolConfig, Strict
 
@@ -245,16 +245,8 @@ class ModerationAPIClient:
     def __repr__(self) -> str:  # never show the key
         return f"ModerationAPIClient(url={self.url!r}, format={self.cfg.format!r})"
 
-    def _backoff(self, attempt: int, retry_after: str | None = None) -> float:
-        if retry_after is not None:
-            try:
-                return min(max(float(retry_after), 0.0), self.cfg.backoff_max_s)
-            except ValueError:
-                pass  # an HTTP-date Retry-After: fall back to exponential backoff
-        return min(self.cfg.backoff_base_s * 2**attempt * (1 + 0.25 * random.random()), self.cfg.backoff_max_s)
-
     async def moderate(self, session, limiter: RateLimiter, data_url: str) -> dict[str, tuple[bool, float]]:
-        """One image → ``{category: (flagged, score)}``.
+        """One image → ``{category: (flagged, score)}``; retries by :func:`mella.retry.retry_async`.
 
         Raises:
             MalformedResponse: 200 with a body not in the format (not retried).
@@ -264,11 +256,14 @@ class ModerationAPIClient:
 
         payload = self.fmt.request(self.cfg.model, data_url)
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
-        last = ""
-        for attempt in range(self.cfg.retries + 1):
+        policy = RetryPolicy(retries=self.cfg.retries, backoff_base_s=self.cfg.backoff_base_s,
+                             backoff_max_s=self.cfg.backoff_max_s)
+
+        async def attempt(n: int, _left) -> dict[str, tuple[bool, float]]:
+            if n:
+                self.counters["retries"] += 1
             await limiter.wait()
             self.counters["requests"] += 1
-            retry_after = None
             try:
                 async with session.post(self.url, json=payload, headers=self._headers, timeout=timeout) as resp:
                     if resp.status == 200:
@@ -280,13 +275,13 @@ class ModerationAPIClient:
                     last = f"HTTP {resp.status}"
                     if resp.status != 429 and resp.status < 500:
                         raise RuntimeError(f"moderation API refused the request: {last}")
-                    retry_after = resp.headers.get("Retry-After") if resp.status == 429 else None
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if resp.status == 429 else None
             except (asyncio.TimeoutError, aiohttp.ClientError) as e:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            if attempt < self.cfg.retries:
-                self.counters["retries"] += 1
-                await asyncio.sleep(self._backoff(attempt, retry_after))
-        raise RuntimeError(f"moderation API failed after {self.cfg.retries + 1} attempts: {last}")
+                retry_after = None
+            raise Retryable(RuntimeError(f"moderation API failed after {n + 1} attempts: {last}"), retry_after)
+
+        return await retry_async(attempt, policy)
 
 
 class APIModerationStage(Stage):

@@ -5,9 +5,18 @@ browsers do). Decoding follows the HTML encoding sniffing order (WHATWG "determi
 encoding"): BOM, HTTP ``Content-Type`` charset, ``<meta charset>``/``http-equiv``; when none is given
 or it fails to decode, ``charset-normalizer`` detects it (legacy charsets such as windows-1251).
 
-Image URL per ``<img>`` (resolved against ``<base href>``, else the page URL): the largest
-``srcset``/``data-srcset`` candidate (by ``w`` descriptor, else ``x``), else a lazy-loading attribute
-(``data-src``, ``data-lazy-src``, ``data-original``), else ``src``. ``data:`` URIs are skipped.
+Image URL per ``<img>`` (resolved against ``<base href>``, else the page URL, and normalised once by
+:func:`mella.urls.normalise_url`): inside ``<picture>``, the first ``<source>`` of a supported ``type``
+(JPEG, PNG, WebP, GIF or none given; one without ``media`` first) — the others are counted
+``picture_source_skipped``; else the largest ``srcset``/``data-srcset`` candidate (parsed by the WHATWG
+"parse a srcset attribute" algorithm: commas inside URLs, ``w``/``x`` descriptors, ``data:``
+candidates); else a lazy-loading attribute (``data-src``, ``data-lazy-src``, ``data-original``); else
+``src``. A ``data:`` image (RFC 2397, parsed by ``w3lib``) is decoded here: its bytes travel in the row
+and its ``image_url`` is the stable ``data:<media type>;sha256,<hex digest of the bytes>``; an
+undecodable or oversized one is rejected (``fetch`` stage, ``data_uri_invalid``/``data_uri_too_large``).
+
+AI-training opt-outs (:mod:`mella.optout`): an ``X-Robots-Tag``/``tdm-reservation`` response header
+or a ``<meta name="robots">`` with a disallowed directive raises :class:`PageRejected` (``ai_opt_out``).
 
 Page language evidence, strongest first: ``<html lang>``/``xml:lang``, ``<meta http-equiv=content-language>``
 and ``<meta name=language|dc.language>``, ``og:locale``, the HTTP ``Content-Language`` header, the
@@ -16,22 +25,28 @@ most common ``lang`` attribute inside ``<body>``, and fastText on the page's vis
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urldefrag, urljoin, urlsplit
 
 import charset_normalizer
 from selectolax.lexbor import LexborHTMLParser
+from w3lib.url import parse_data_uri
 
 from mella import lid
 from mella.languages import load_languages, normalise_lang_tag
+from mella.optout import DEFAULT_DIRECTIVES, header_opt_out, meta_opt_out
 from mella.stages.base import Stage
+from mella.urls import normalise_url
 
 _WS = re.compile(r"\s+")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+)""", re.I)
 _LAZY_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url")
-_SKIP_LINK_SCHEMES = ("javascript:", "mailto:", "tel:", "data:", "ftp:", "help:", "file:")
+#: ``<source type>`` values whose images the decode stage accepts (others are skipped and counted)
+_SUPPORTED_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif", "image/apng")
+#: largest ``data:`` image decoded from a page, bytes (the image fetch cap, crawl.max_image_bytes)
+MAX_DATA_URI_BYTES = 16 * 2**20
 
 #: visible text used for page-level LID, characters
 PAGE_LID_CHARS = 3000
@@ -46,6 +61,17 @@ PAGE_CANDIDATE_MIN_SHARE = 0.01
 class ImageRef:
     image_url: str
     alt_text: str | None  # None: no alt attribute; "" : alt=""
+    data: bytes | None = None  # a decoded data: image's bytes
+    error: str | None = None  # data: image that cannot be used: reject reason
+
+    def row_fields(self) -> dict:
+        """Row columns of this candidate (``image_url``, ``alt_text``; a data: image's ``image`` bytes or reject)."""
+        out = {"image_url": self.image_url, "alt_text": self.alt_text}
+        if self.data is not None:
+            out["image"] = self.data
+        if self.error:
+            out.update(stage="fetch", reason=self.error, detail="data: URI in the page")
+        return out
 
 
 @dataclass
@@ -60,10 +86,25 @@ class Page:
     images: list[ImageRef] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     encoding: str = "utf-8"
+    dropped: Counter = field(default_factory=Counter)  # items dropped inside the page: reason -> count
 
 
-class NotHTMLError(ValueError):
+class PageRejected(ValueError):
+    """The page yields no candidates; ``reason`` is the reject reason of the ``extract`` stage."""
+
+    reason = "page_rejected"
+
+
+class NotHTMLError(PageRejected):
     """The body is not a decodable HTML document (binary garbage, NUL bytes)."""
+
+    reason = "not_html"
+
+
+class AIOptOut(PageRejected):
+    """The page opts out of AI training (X-Robots-Tag, ``<meta name=robots>``, TDMRep); message = evidence."""
+
+    reason = "ai_opt_out"
 
 
 def normalise_alt(alt: str | None) -> str | None:
@@ -106,53 +147,187 @@ def decode_html(body: bytes, content_type_header: str | None) -> tuple[str, str]
     return str(best), best.encoding
 
 
-def _largest_srcset(value: str | None) -> str | None:
+def parse_srcset(value: str) -> list[tuple[str, float | None, float | None]]:
+    """Parse a ``srcset`` attribute → ``[(url, width_px or None, density or None)]``, invalid candidates dropped.
+
+    The WHATWG HTML "parse a srcset attribute" algorithm (section 4.8.4.3.10): URLs are runs of
+    non-whitespace (so ``/cdn/w_800,h_600/x.png`` and ``data:image/png;base64,...`` keep their commas;
+    trailing commas end a candidate); descriptors are tokenised with parentheses; a candidate with two
+    width/density descriptors, a zero width or a negative density is dropped. Hand-written: no
+    maintained Python package implements this algorithm (``srcset`` parsers on PyPI split on commas).
+    """
+    out: list[tuple[str, float | None, float | None]] = []
+    pos, n = 0, len(value)
+    ws = " \t\n\r\x0c"
+    while True:
+        while pos < n and (value[pos] in ws or value[pos] == ","):
+            pos += 1
+        if pos >= n:
+            return out
+        start = pos
+        while pos < n and value[pos] not in ws:
+            pos += 1
+        url = value[start:pos]
+        descriptors: list[str] = []
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            while pos < n and value[pos] in ws:
+                pos += 1
+            cur, state = "", "in"
+            while True:
+                c = value[pos] if pos < n else None
+                if state == "in":
+                    if c is not None and c in ws:
+                        if cur:
+                            descriptors.append(cur)
+                            cur = ""
+                        state = "after"
+                    elif c == ",":
+                        pos += 1
+                        if cur:
+                            descriptors.append(cur)
+                        break
+                    elif c == "(":
+                        cur += c
+                        state = "paren"
+                    elif c is None:
+                        if cur:
+                            descriptors.append(cur)
+                        break
+                    else:
+                        cur += c
+                elif state == "paren":
+                    if c == ")":
+                        cur += c
+                        state = "in"
+                    elif c is None:
+                        descriptors.append(cur)
+                        break
+                    else:
+                        cur += c
+                else:  # after descriptor
+                    if c is None:
+                        break
+                    if c not in ws:
+                        state = "in"
+                        continue  # reconsume
+                pos += 1
+        width = density = height = None
+        error = False
+        for d in descriptors:
+            num, unit = d[:-1], d[-1:].lower()
+            try:
+                if unit == "w" and num.isdigit() and width is None and density is None:
+                    width = float(num)
+                    error |= width == 0
+                elif unit == "x" and width is None and density is None and height is None:
+                    density = float(num)
+                    error |= density < 0
+                elif unit == "h" and num.isdigit() and height is None and density is None:
+                    height = float(num)
+                else:
+                    error = True
+            except ValueError:
+                error = True
+        if height is not None and width is None:
+            error = True
+        if not error and url:
+            out.append((url, width, density))
+
+
+def _best_candidate(value: str | None) -> str | None:
+    """Largest candidate of a srcset: by ``w`` (px), else by ``x`` density (none given = 1x)."""
     if not value:
         return None
-    best, best_score = None, -1.0
-    for cand in value.split(","):
-        parts = cand.strip().split()
-        if not parts:
+    cands = parse_srcset(value)
+    if not cands:
+        return None
+    return max(cands, key=lambda c: (c[1] is not None, c[1] or c[2] or 1.0))[0]
+
+
+def _is_data(v: str | None) -> bool:
+    return bool(v) and v.strip()[:5].lower() == "data:"
+
+
+def _lazy_keys(a, suffix: str, known: tuple[str, ...] = ()) -> list[str]:
+    """Lazy-loading attributes: ``known`` first, then any other ``data-*<suffix>`` (``data-lazyimage-srcset``)."""
+    return [k for k in known if k in a] + sorted(k for k in a if k.startswith("data-") and k.endswith(suffix)
+                                                 and k not in known)
+
+
+def _srcset_choice(a) -> str | None:
+    """The candidate of ``srcset`` (largest), unless it is a ``data:`` placeholder and a lazy-loading
+    variant (``data-srcset``, ``data-lazyimage-srcset`` ...) holds a real URL: lazy loaders put the
+    placeholder in ``srcset`` and the real set beside it."""
+    own = _best_candidate(a.get("srcset"))
+    if own and not _is_data(own):
+        return own
+    for key in _lazy_keys(a, "srcset", ("data-srcset",)):
+        best = _best_candidate(a.get(key))
+        if best and not _is_data(best):
+            return best
+    return own
+
+
+def _picture_source(node, dropped: Counter) -> str | None:
+    """The ``<source>`` of the ``<picture>`` holding ``node`` to use (see module docstring), counting the others."""
+    parent = node.parent
+    if parent is None or parent.tag != "picture":
+        return None
+    usable = []
+    for src in parent.iter():
+        if src.tag != "source":
             continue
-        score = 1.0
-        if len(parts) > 1:
-            d = parts[1].lower()
-            try:
-                score = float(d[:-1]) * (1.0 if d.endswith("w") else 1000.0 if d.endswith("x") else 1.0)
-            except ValueError:
-                score = 1.0
-            if d.endswith("x"):
-                score = float(d[:-1] or 1) * 1000.0 if d[:-1].replace(".", "", 1).isdigit() else 1000.0
-        if score > best_score:
-            best, best_score = parts[0], score
-    return best
+        a = src.attributes
+        typ = (a.get("type") or "").split(";")[0].strip().lower()
+        best = _srcset_choice(a)
+        if best and (not typ or typ in _SUPPORTED_TYPES):
+            usable.append((bool(a.get("media")), best))
+        else:
+            dropped["picture_source_skipped"] += 1
+    if not usable:
+        return None
+    usable.sort(key=lambda u: u[0])  # stable: a source without media first
+    dropped["picture_source_skipped"] += len(usable) - 1
+    return usable[0][1]
 
 
-def _image_src(node) -> str | None:
+def _image_src(node, dropped: Counter) -> str | None:
+    """Source of one ``<img>``: the ``<picture>`` source, else the srcset choice, else the first real
+    (non-``data:``) URL of the lazy-loading attributes and ``src``; a ``data:`` URL is used when no real
+    one is given (a srcset's ``data:`` candidate yields to a real lazy ``data-src``: a placeholder)."""
+    s = _picture_source(node, dropped)
+    if s:
+        return s
     a = node.attributes
-    for key in ("srcset", "data-srcset"):
-        s = _largest_srcset(a.get(key))
-        if s and not s.startswith("data:"):
-            return s
-    for key in _LAZY_ATTRS:
-        v = a.get(key)
-        if v and v.strip() and not v.strip().startswith("data:"):
-            return v.strip()
-    v = a.get("src")
-    if v and v.strip() and not v.strip().startswith("data:"):
-        return v.strip()
-    return None
+    chosen = _srcset_choice(a)
+    lazy = [a[k].strip() for k in _lazy_keys(a, "src", _LAZY_ATTRS) if a.get(k) and a[k].strip()]
+    src = (a.get("src") or "").strip()
+    if chosen and not _is_data(chosen):
+        return chosen
+    for v in lazy:
+        if not _is_data(v):
+            return v
+    if chosen:
+        return chosen
+    return src if src and not _is_data(src) else (src or next(iter(lazy), None))
 
 
-def _clean_url(base: str, href: str) -> str | None:
-    href = href.strip()
-    if not href or href.lower().startswith(_SKIP_LINK_SCHEMES) or href.startswith("#"):
-        return None
+def data_image(uri: str, max_bytes: int = MAX_DATA_URI_BYTES) -> tuple[str, bytes | None, str | None]:
+    """``data:`` URI → (stable image_url ``data:<type>;sha256,<hex>``, bytes, None) or (key, None, reason)."""
+    if len(uri) > max_bytes * 4 // 3 + 1024:
+        return "data:;sha256," + hashlib.sha256(uri.encode("utf-8", "replace")).hexdigest(), None, "data_uri_too_large"
     try:
-        url = urldefrag(urljoin(base, href))[0]
-    except ValueError:
-        return None
-    return url if urlsplit(url).scheme in ("http", "https") else None
+        parsed = parse_data_uri(uri.strip())
+    except (ValueError, TypeError):
+        return "data:;sha256," + hashlib.sha256(uri.encode("utf-8", "replace")).hexdigest(), None, "data_uri_invalid"
+    key = f"data:{parsed.media_type};sha256,{hashlib.sha256(parsed.data).hexdigest()}"
+    if not parsed.data:
+        return key, None, "data_uri_invalid"
+    if len(parsed.data) > max_bytes:
+        return key, None, "data_uri_too_large"
+    return key, parsed.data, None
 
 
 def _visible_text(tree: LexborHTMLParser) -> str:
@@ -241,28 +416,58 @@ def page_language(
     return None, "undetermined", candidates
 
 
+def page_base(url: str, tree: LexborHTMLParser) -> str:
+    """The URL relative references of a page resolve against: ``<base href>`` if usable, else ``url``."""
+    base_node = tree.css_first("base[href]")
+    if base_node is not None:
+        joined = normalise_url(url, base_node.attributes.get("href") or "")
+        if joined:
+            return joined
+    return url
+
+
+def page_links(base: str, tree: LexborHTMLParser, frames: bool = False) -> list[str]:
+    """Normalised http(s) URLs of ``<a href>``/``<area href>`` (and ``<frame>``/``<iframe src>`` with
+    ``frames``), in document order; the crawler's frontier and :class:`Page` ``links``."""
+    sel = "a[href], area[href]" + (", frame[src], iframe[src]" if frames else "")
+    out = []
+    for node in tree.css(sel):
+        u = normalise_url(base, node.attributes.get("href") or node.attributes.get("src") or "")
+        if u:
+            out.append(u)
+    return out
+
+
 def parse_page(
-    url: str, body: bytes, headers: list[tuple[str, str]] | None = None, lid_model: str | None = None
+    url: str, body: bytes, headers: list[tuple[str, str]] | None = None, lid_model: str | None = None,
+    opt_out_directives=DEFAULT_DIRECTIVES, user_agent: str = "",
 ) -> Page:
     """Parse one HTML response into a :class:`Page`.
 
     Args:
         url: the page's final URL (after redirects).
         body: raw response body (bytes, any charset).
-        headers: HTTP response headers (for ``Content-Type`` charset and ``Content-Language``).
+        headers: HTTP response headers (for ``Content-Type`` charset, ``Content-Language`` and opt-outs).
+        opt_out_directives: X-Robots-Tag / meta robots directives that opt the page out (``crawl.ai_opt_out_directives``).
+        user_agent: our User-Agent (directives addressed to its product token apply too).
 
     Raises:
         NotHTMLError: the body cannot be decoded as a text document.
+        AIOptOut: the page opts out of AI training (see module docstring).
     """
     hdr = {k.lower(): v for k, v in (headers or [])}
+    why = header_opt_out(headers or [], opt_out_directives, user_agent)
+    if why:
+        raise AIOptOut(why)
     text, enc = decode_html(body, hdr.get("content-type"))
     tree = LexborHTMLParser(text)
-    base = url
-    base_node = tree.css_first("base[href]")
-    if base_node is not None:
-        joined = _clean_url(url, base_node.attributes.get("href") or "")
-        if joined:
-            base = joined
+    url = normalise_url(None, url) or url
+    base = page_base(url, tree)
+    metas = [((m.attributes.get("name") or "").strip().lower(), m.attributes.get("content") or "")
+             for m in tree.css("meta[name][content]")]
+    why = meta_opt_out(metas, opt_out_directives, user_agent)
+    if why:
+        raise AIOptOut(why)
 
     declared: list[tuple[str, str]] = []
     html = tree.css_first("html")
@@ -284,24 +489,26 @@ def parse_page(
 
     images: list[ImageRef] = []
     seen: set[tuple[str, str | None]] = set()
+    dropped: Counter = Counter()
     for node in tree.css("img"):
-        src = _image_src(node)
+        src = _image_src(node, dropped)
         if not src:
             continue
-        img_url = _clean_url(base, src)
+        data = err = None
+        if _is_data(src):
+            img_url, data, err = data_image(src)
+        else:
+            img_url = normalise_url(base, src)
         if not img_url:
+            dropped["image_url_unusable"] += 1
             continue
         alt = normalise_alt(node.attributes.get("alt")) if "alt" in node.attributes else None
         if (img_url, alt) in seen:
             continue
         seen.add((img_url, alt))
-        images.append(ImageRef(img_url, alt))
+        images.append(ImageRef(img_url, alt, data, err))
 
-    links: list[str] = []
-    for node in tree.css("a[href], area[href]"):
-        u = _clean_url(base, node.attributes.get("href") or "")
-        if u:
-            links.append(u)
+    links = page_links(base, tree)
 
     title = tree.css_first("title")
     vis = _visible_text(tree)
@@ -317,27 +524,33 @@ def parse_page(
         images=images,
         links=links,
         encoding=enc,
+        dropped=dropped,
     )
 
 
 class ExtractStage(Stage):
     """The source stage: WARC files → one candidate row per ``<img>`` of every target-language page.
 
-    HTML ``200`` responses are parsed (:func:`parse_page`); each image gets its language from the
-    page's candidate languages (:func:`mella.stages.filters.langid.assign_language`). Pages whose
-    language is not a target, or whose bytes are not HTML, become one reject row each
-    (``image_url`` null, reasons ``page_lang_not_target`` / ``not_html``). Per-file page counts go
-    to ``stats_dir/pages-<sha1>.json`` for the funnel. Runs as Ray tasks, one WARC file per task.
+    HTML ``200`` responses are parsed (:func:`parse_page`, AI-training opt-outs honoured); each image
+    gets its language from the page's candidate languages
+    (:func:`mella.stages.filters.langid.assign_language`). Pages whose language is not a target, whose
+    bytes are not HTML, or that opt out become one reject row each (``image_url`` null, reasons
+    ``page_lang_not_target`` / ``not_html`` / ``ai_opt_out``). Per-file page counts and the image
+    candidates a page drops (``dropped:<reason>``) go to ``stats_dir/pages-<sha1>.json`` for the
+    funnel. Runs as Ray tasks, one WARC file per task.
     """
 
     name = "extract"
-    writes = ("id", "lang", "page_url", "image_url", "alt_text", "page_lang", "source")
+    writes = ("id", "lang", "page_url", "image_url", "alt_text", "page_lang", "source", "image")  # image: data: URIs
     rejects = True
     pages_per_batch = 16
 
-    def __init__(self, langs: list[str], langid_cfg) -> None:
+    def __init__(self, langs: list[str], langid_cfg, opt_out_directives=DEFAULT_DIRECTIVES,
+                 user_agent: str | None = None) -> None:
         self.targets = set(langs)
         self.langid_cfg = langid_cfg
+        self.opt_out_directives = list(opt_out_directives)
+        self.user_agent = user_agent
 
     def read(self, path: str, source: str, stats_dir: str):
         """Yield lists of row dicts (REJECT_SCHEMA keys), ``pages_per_batch`` pages at a time."""
@@ -360,13 +573,15 @@ class ExtractStage(Stage):
             n_pages += 1
             stats["pages_in"] += 1
             try:
-                page = parse_page(rec.url, rec.body, rec.headers, self.langid_cfg.model_path)
-            except NotHTMLError as e:
+                page = parse_page(rec.url, rec.body, rec.headers, self.langid_cfg.model_path,
+                                  self.opt_out_directives, self.user_agent)
+            except PageRejected as e:
                 row = {"id": record_id(None, rec.url, None), "page_url": rec.url, "source": source}
-                reject(row, self.name, "not_html", str(e))
+                reject(row, self.name, e.reason, str(e))
                 rows.append(row)
-                stats["pages_rejected:not_html"] += 1
+                stats[f"pages_rejected:{e.reason}"] += 1
             else:
+                stats.update({f"dropped:{k}": v for k, v in page.dropped.items()})
                 cands = [c for c in page.candidate_langs if c in self.targets]
                 if not cands:
                     lang = page.lang or "und"
@@ -380,7 +595,7 @@ class ExtractStage(Stage):
                     for ref in page.images:
                         lang = assign_language(ref.alt_text, cands, self.langid_cfg)
                         rows.append({"id": record_id(lang, rec.url, ref.image_url), "lang": lang,
-                                     "page_url": rec.url, "image_url": ref.image_url, "alt_text": ref.alt_text,
+                                     "page_url": rec.url, **ref.row_fields(),
                                      "page_lang": page.lang_evidence, "source": source})
             if n_pages % self.pages_per_batch == 0 and rows:
                 yield rows

@@ -7,7 +7,12 @@ content-type check) and fetches a batch's URLs concurrently. Responses fetched l
 and a rerun or a ``--warc ... --offline`` replay reads them instead of refetching).
 
 Reject reasons: those of :class:`mella.net.FetchError` (``http_404``, ``timeout``, ``content_type``,
-``too_large``, ``robots_disallowed``, ``private_address``, ``dns_error``, ``not_in_warc`` ...).
+``too_large``, ``robots_disallowed``, ``private_address``, ``dns_error``, ``not_in_warc`` ...), and
+``ai_opt_out`` for an image whose response carries an ``X-Robots-Tag``/``tdm-reservation`` opt-out
+(:mod:`mella.optout`) or whose path ``tdmrep.json`` reserves. Failed URLs are remembered in
+``DIR/warc/failures-images-*.jsonl`` and not requested again on a rerun (:class:`mella.warc.FailureLog`).
+A ``data:`` image (bytes decoded at extraction, ``image_url`` = ``data:<type>;sha256,<hex>``) is
+never fetched: its bytes are already in the row.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from mella.config import CrawlConfig
-from mella.net import FetchError, Fetcher
+from mella.net import CrawlConfig, FetchError, Fetcher
+from mella.optout import header_opt_out
 from mella.stages.base import Stage
-from mella.warc import RotatingWarcWriter, WarcIndex, shard_paths
+from mella.warc import FailureLog, RotatingWarcWriter, WarcIndex, shard_paths
 
 
 class ImageFetchStage(Stage):
@@ -54,14 +59,18 @@ class ImageFetchStage(Stage):
         for p in dict.fromkeys(paths):
             self.index.add_file(p, url_filter=_is_image_record)
         self.writer = RotatingWarcWriter(self.warc_dir, "images", gzip=False) if self.warc_dir else None
+        self.failures = (FailureLog(self.warc_dir, "images", retry_failed=self.cfg.retry_failed)
+                         if self.warc_dir else None)
         self.loop = asyncio.new_event_loop()
         self.fetcher = Fetcher(self.cfg, warc=self.writer, cache=self.index, offline=self.offline,
-                               concurrency=self.concurrency)
+                               concurrency=self.concurrency, failures=self.failures)
         self.loop.run_until_complete(self.fetcher.__aenter__())
 
     def teardown(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.failures is not None:
+            self.failures.close()
         self.loop.run_until_complete(self.fetcher.__aexit__(None, None, None))
         self.loop.close()
 
@@ -85,14 +94,24 @@ class ImageFetchStage(Stage):
 
         for r in rows:
             url = r["image_url"]
+            if url.startswith("data:"):
+                continue
             if url not in by_url:
                 by_url[url] = asyncio.ensure_future(one(url))
         if by_url:
             await asyncio.gather(*by_url.values())
         for r in rows:
+            if r["image_url"].startswith("data:"):
+                body = r.get("image") or b""
+                r.update(image_bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+                continue
             res = by_url[r["image_url"]].result()
             if isinstance(res, FetchError):
                 self.reject(r, res.reason, res.detail)
+                continue
+            why = header_opt_out(res.headers, self.cfg.ai_opt_out_directives, self.cfg.user_agent)
+            if why:
+                self.reject(r, "ai_opt_out", why)
                 continue
             r["image"] = res.body
             r["image_bytes"] = len(res.body)
@@ -103,3 +122,33 @@ class ImageFetchStage(Stage):
 def _is_image_record(record) -> bool:
     ct = (record.http_headers.get_header("Content-Type") or "") if record.http_headers else ""
     return not ct.lower().startswith(("text/html", "application/xhtml"))
+
+
+def reopen_units_with_transient_failures(units_dir: str) -> int:
+    """``--retry-failed``: uncommit every work unit with a transient ``fetch`` reject (timeout, 5xx ...).
+
+    The unit's ``UNIT.json`` is removed first (the unit is then no longer committed, atomically), then
+    its directory; the next phase 1 runs its WARC files again: every image already recorded is served
+    from ``DIR/warc`` and permanent failures from the failure log, so only the transient ones are
+    requested again. Returns how many units were reopened.
+    """
+    import glob
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from mella.warc import is_transient
+
+    n = 0
+    for marker in glob.glob(os.path.join(units_dir, "*", "UNIT.json")):
+        unit = os.path.dirname(marker)
+        reasons = set()
+        for p in glob.glob(os.path.join(unit, "parts", "*.parquet")):
+            t = pq.read_table(p, columns=["stage", "reason"]).to_pylist()
+            reasons.update(r["reason"] for r in t if r["stage"] == "fetch" and r["reason"])
+        if any(is_transient(r) for r in reasons):
+            os.remove(marker)
+            shutil.rmtree(unit)
+            n += 1
+    return n
