@@ -22,10 +22,11 @@ demo: install
 ## the whole loop on the demo corpus (docs/training.md): a tiny RANDOM Qwen2-VL base, one LoRA adapter per
 ## language (jobs/train.py), the Serve app, evaluate base vs adapters, the Table-3 report; into $(E2E)/
 E2E ?= mella_e2e
+E2E_LANGS ?=
 e2e: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/build_corpus.py --output $(E2E)/corpus -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/make_tiny_model.py --backbone qwen2-vl --output $(E2E)/base-tiny-qwen2-vl
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/e2e.py --data $(E2E)/corpus --model $(E2E)/base-tiny-qwen2-vl --output $(E2E)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python jobs/e2e.py --data $(E2E)/corpus --model $(E2E)/base-tiny-qwen2-vl --output $(E2E) $(if $(E2E_LANGS),--langs $(E2E_LANGS))
 
 ## the whole test suite (pytest's "no tests collected", exit 5, counts as success)
 test: install

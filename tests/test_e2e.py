@@ -84,16 +84,17 @@ def test_make_e2e(tmp_path):
     """`make e2e` as the README says (the venv exists: `-o` keeps make from reinstalling it)."""
     venv = Path(PY).parent.parent
     e2e = tmp_path / "e2e"
-    proc = subprocess.run(["make", "-C", str(ROOT), "-o", f"{venv}/bin/.installed", "e2e", f"VENV={venv}", f"E2E={e2e}"],
+    proc = subprocess.run(["make", "-C", str(ROOT), "-o", f"{venv}/bin/.installed", "e2e", f"VENV={venv}", f"E2E={e2e}",
+                           "E2E_LANGS=hu"],  # one adapter keeps CI's share to minutes; `make e2e` trains every language
                           env=_env(), capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
     # the demo corpus has D_know only (D_ling needs a captioning model): keyword accuracy, base and MELLA rows
-    assert "**Keyword Accuracy**" in out and "| AR | CS | HU | KO | RU | SR |" in out, out
+    assert "**Keyword Accuracy**" in out and "| HU |" in out, out
     assert "| base-tiny-qwen2-vl | - |" in out and "| base-tiny-qwen2-vl | MELLA |" in out, out
     assert "TINY RANDOM-WEIGHT" in out and "Qwen2-VL-7B-Instruct" in out
     summary = json.loads((e2e / "e2e.json").read_text())
-    assert set(summary["langs"]) == {"ar", "cs", "hu", "ko", "ru", "sr"}  # every demo language with D_know rows
+    assert summary["langs"] == ["hu"]  # E2E_LANGS; without it every demo language with D_know rows
     for lang in summary["langs"]:
         assert (e2e / "adapters" / f"mella-{lang}" / "adapter_model.safetensors").is_file()
         assert f"adapter {lang}" in out
