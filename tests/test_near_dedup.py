@@ -138,13 +138,13 @@ def test_nsfw_rejected_with_score_screenshots_pass(built):
     assert [s["stage"] for s in funnel["stages"]][-3:] == ["exact_dedup", "phash_dedup", "semantic_dedup"]
 
 
-def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path):
+def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path, ray_session):
     """image_text key: same picture with two alt-texts → both pairs kept, a repeated pair dropped; D_ling
     candidates: one per picture and language, none for a picture that already is a D_know pair."""
     import pyarrow.parquet as pq
 
     from mella.schema import REJECT_SCHEMA, to_table
-    from mella.stages.dedup.exact import ExactDedupStage, find_exact_duplicates
+    from mella.stages.dedup.exact import ExactDedupStage
 
     def row(i, pix, alt=None, routed=False):
         return {"id": f"id{i}", "lang": "hu", "page_url": f"http://s/p{i}", "image_url": f"http://s/i{i}.png",
@@ -155,8 +155,8 @@ def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path):
             row(5, "B", routed=True), row(6, "B", "kép.png", routed=True)]                  # B: D_ling only, twice
     path = tmp_path / "part.parquet"
     pq.write_table(to_table(rows, REJECT_SCHEMA), path)
-    stage = ExactDedupStage(find_exact_duplicates([str(path)], "image_text"), "image_text",
-                            find_exact_duplicates([str(path)], "image"))
+    stage = ExactDedupStage("image_text", with_d_ling=True)
+    stage.find([str(path)], str(tmp_path / "exact.parquet"), {})  # distributed group-by → decisions by part
     out = {r["id"]: r for r in stage(to_table(rows, REJECT_SCHEMA)).to_pylist()}
     assert [i for i, r in sorted(out.items()) if r["reason"] is None] == ["id1", "id2", "id5"]
     assert "already in D_know" in out["id4"]["detail"] and out["id3"]["reason"] == "duplicate"

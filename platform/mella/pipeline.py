@@ -191,6 +191,7 @@ class BuildCorpus:
         parts = self.unit_parts()
         decisions_dir = os.path.join(self.work, "decisions")
         os.makedirs(decisions_dir, exist_ok=True)
+        remove_stale(decisions_dir)
         upstream: dict[str, str] = {}
         for st in self.global_steps:
             if hasattr(st, "find"):

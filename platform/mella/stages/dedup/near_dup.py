@@ -134,7 +134,7 @@ def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Ta
     if pairs is None or pairs.num_rows == 0:
         return empty
     ends = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
-    rec = ray.data.read_parquet(images_dir, columns=["lang", "img", "apps", *RANK]) \
+    rec = ray.data.read_parquet(images_dir).select_columns(["lang", "img", "apps", *RANK]) \
         .map_batches(_endpoints, batch_format="pyarrow", fn_kwargs={"ends": ends}).to_arrow_refs()
     rec = pa.concat_tables(ray.get(rec)) if rec else None
     rec = rec.sort_by([(c, "ascending") for c in RANK])

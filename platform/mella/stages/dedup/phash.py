@@ -104,7 +104,7 @@ def phash_pairs(images_dir: str, n_images: int, threshold: int):
     tables of :mod:`mella.phash_index` as band rows, shuffled by (table, band key), pairs found per bucket."""
     m = choose_num_substrings(max(n_images, 2), threshold)
     p = num_partitions(n_images * num_tables(m, threshold))
-    bands = ray.data.read_parquet(images_dir, columns=["lang", "img", "phash"]).map_batches(
+    bands = ray.data.read_parquet(images_dir).select_columns(["lang", "img", "phash"]).map_batches(
         _bands, batch_format="pyarrow", fn_kwargs={"m": m, "threshold": threshold, "p": p})
     return bands.groupby("bucket", num_partitions=p).map_groups(
         _bucket_pairs, batch_format="pyarrow", fn_kwargs={"m": m, "threshold": threshold})

@@ -284,7 +284,7 @@ def _fit_centroids(images_dir: str, lang: str, n: int, k: int, cfg: "SemanticDed
     return spherical_kmeans(x, k, iters=cfg.kmeans_iters, seed=cfg.seed, fit_sample=cfg.fit_sample)
 
 
-def _assign(t: pa.Table, centroids: dict, n_probe: int, p: int) -> pa.Table:
+def _assign_clusters(t: pa.Table, centroids: dict, n_probe: int, p: int) -> pa.Table:
     """Each image → one row per cluster among its ``n_probe`` nearest centroids (of its language), with the
     shuffle bucket of (lang, cluster) in ``[0, p)``."""
     cents = ray.get(centroids["ref"]) if "ref" in centroids else centroids
@@ -356,15 +356,15 @@ class SemanticDedupStage(NearDupStage):
         n = distinct_images(parts, upstream, ["embedding", "phash"], images)
         if n < 2:
             return drops_from_pairs(None, images, None)
-        counts = {r["lang"]: r["count()"] for r in ray.data.read_parquet(images, columns=["lang"]).groupby("lang").count().take_all()}
+        counts = {r["lang"]: r["count()"] for r in ray.data.read_parquet(images).select_columns(["lang"]).groupby("lang").count().take_all()}
         ks = {lang: (cfg.n_clusters or (1 if c <= BRUTE_FORCE_MAX else math.ceil(math.sqrt(c)))) for lang, c in counts.items()}
         fit = ray.remote(num_cpus=1)(_fit_centroids)
         refs = {lang: fit.remote(images, lang, counts[lang], min(k, counts[lang]), cfg) for lang, k in ks.items() if k > 1}
         centroids = dict(zip(refs, ray.get(list(refs.values()))))  # k × 1280 floats per language: O(sqrt(n))
         p = num_partitions(n * cfg.n_probe, rows_per_partition=10_000)
         corr = cfg.corroborated_threshold if cfg.corroborated_threshold is not None else 2.0
-        pairs = ray.data.read_parquet(images, columns=["lang", "img", "phash", "embedding"]).map_batches(
-            _assign, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe, "p": p}
+        pairs = ray.data.read_parquet(images).select_columns(["lang", "img", "phash", "embedding"]).map_batches(
+            _assign_clusters, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe, "p": p}
         ).groupby("bucket", num_partitions=p).map_groups(
             _cluster_pairs, batch_format="pyarrow",
             fn_kwargs={"search": min(cfg.threshold, corr), "threshold": cfg.threshold, "corr": corr,
