@@ -24,15 +24,19 @@ Two parts, run as two passes of the pipeline:
    pass in priority order (largest ``width * height``, then smallest ``id``) keeps an image unless
    a *kept* higher-priority image is within the threshold — the one survivor rule of
    :mod:`mella.survivor`, shared with pHash dedup — so a chain A~B~C with A≁C keeps A and C.
-   :func:`find_semantic_near_duplicates` is the build_corpus form (keyed by image, the survivor rule of
-   :mod:`mella.stages.dedup.near_dup`); a :class:`mella.stages.dedup.near_dup.NearDupStage` then rejects the dropped
-   rows with reason ``semantic_duplicate``.
+   :class:`SemanticDedupStage` is the build_corpus form, distributed (issue 12, after NeMo Curator's
+   semantic-dedup workflow): distinct images with their embeddings written as Parquet, k-means per
+   language fitted on a bounded sample in one Ray task, clusters assigned in ``map_batches``, images
+   shuffled by cluster (each with its ``n_probe`` nearest), pairwise cosine per cluster in tasks, pairs
+   to Parquet, then the survivor rule of :mod:`mella.stages.dedup.near_dup` over the pairs; rows of
+   dropped images are rejected with reason ``semantic_duplicate``.
 
 Cost: k-means O(s·k·d·iters) on a seeded sample of s ≤ ``fit_sample`` rows, one O(n·k·d)
 assignment pass, and pairwise O(p²·Σ_c m_c²·d) for cluster sizes m_c and ``n_probe`` = p
 (Σ m_c² ≈ n²/k when balanced, so k ≈ √n balances the terms: the default; overall O(n·k + Σ m_c²)
-dot products of length d). Memory: the n × 1280 float32 embeddings (5 KiB a row) plus one
-``chunk × chunk`` similarity block. SemDeDup (p = 1) misses pairs split across two clusters; each
+dot products of length d). Memory in :func:`semantic_pairs`: the n × 1280 float32 embeddings (5 KiB a
+row) plus one ``chunk × chunk`` similarity block; in the build's stage, one cluster bucket per task and
+the k-means sample (≤ ``fit_sample`` rows) in one task. SemDeDup (p = 1) misses pairs split across two clusters; each
 row is therefore compared within its p = 2 nearest clusters by default (multi-probe, as in IVF
 indexes). ``tests/benchmarks/measure_semantic_threshold.py`` reports the pair recall against
 brute force for p = 1 and 2.
