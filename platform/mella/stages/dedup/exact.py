@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mella.stages.base import DedupStage
-from mella.stages.dedup.shuffle import AppliesDecisions, active_rows, task_shuffle, count_rows, hex_bucket, num_partitions, write_decisions
+from mella.stages.dedup.shuffle import AppliesDecisions, active_rows, row_key, task_shuffle, count_rows, hex_bucket, num_partitions, write_decisions
 
 KEY_COLUMNS = ["lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason", "d_ling_reason"]
 SEP = "\x1f"
@@ -73,6 +73,7 @@ def _key_rows(batch: pa.Table, mode: str, p: int) -> pa.Table:
     image = _keys(batch, "image")["group"]
     act = batch.filter(pc.is_null(batch["reason"])) if "reason" in batch.column_names else batch
     return keys.append_column("image", image).append_column("part", act["part"]).append_column("id", act["id"]) \
+        .append_column("key", row_key(act)) \
         .append_column("bucket", pa.array(hex_bucket(act["pixel_sha256"].to_pylist(), p)))
 
 
@@ -92,14 +93,14 @@ def exact_bucket(t: pa.Table, with_d_ling: bool) -> pa.Table:
     t = t.join(best, "group")
     dup = pc.not_equal(t["sort_key"], t["best"])
     d = t.filter(dup)
-    out = [pa.table({"part": d["part"], "id": d["id"], "reason": pa.array(["duplicate"] * d.num_rows, pa.string()),
+    out = [pa.table({"part": d["part"], "id": d["id"], "key": d["key"], "reason": pa.array(["duplicate"] * d.num_rows, pa.string()),
                      "detail": pa.array(_detail("same as ", d["best"].to_pylist()), pa.string())})]
     if with_d_ling:
         img_best = t.group_by("image").aggregate([("sort_key", "min")]).rename_columns(["image", "img_best"])
         s = t.filter(pc.invert(dup)).join(img_best, "image")
         routed = pc.starts_with(s["sort_key"], "1" + SEP)
         s = s.filter(pc.and_(routed, pc.starts_with(s["img_best"], "0" + SEP)))
-        out.append(pa.table({"part": s["part"], "id": s["id"],
+        out.append(pa.table({"part": s["part"], "id": s["id"], "key": s["key"],
                              "reason": pa.array(["duplicate"] * s.num_rows, pa.string()),
                              "detail": pa.array(_detail("already in D_know: ", s["img_best"].to_pylist()), pa.string())}))
     return pa.concat_tables(out)
@@ -121,7 +122,7 @@ class ExactDedupStage(AppliesDecisions, DedupStage):
     """
 
     name = "exact_dedup"
-    reads = ("id",)
+    reads = ("id", "alt_text")
 
     def __init__(self, mode: ExactKey = "image_text", with_d_ling: bool = False) -> None:
         if mode not in ("image_text", "image"):

@@ -173,7 +173,7 @@ class NearDupStage(AppliesDecisions, DedupStage):
     dropped image (reason ``reason``); the final pass rejects them."""
 
     reason: ClassVar[str] = "near_duplicate"
-    reads = ("id",)
+    reads = ("id", "alt_text")
 
     def find_drops(self, parts: list[str], work: str, upstream: list[str]) -> pa.Table:  # pragma: no cover
         """``(lang, pixel_sha256, detail)`` of the dropped images; intermediate files under ``work``."""
@@ -185,7 +185,7 @@ class NearDupStage(AppliesDecisions, DedupStage):
             if parts and self.cfg.enabled:
                 up = list(upstream.values())
                 drops = self.find_drops(parts, decisions + ".work", up)
-                rows = active_rows(parts, ["lang", "pixel_sha256"], up, with_part=True)
+                rows = active_rows(parts, ["lang", "pixel_sha256", "alt_text"], up, with_part=True)
                 ds = rows_to_decisions(rows, drops, self.reason, count_rows(parts))
             write_decisions(ds, decisions)
         self.decisions = decisions

@@ -38,8 +38,15 @@ from mella.schema import REJECT_SCHEMA, conform
 
 #: Key rows per shuffle partition: a bucket's key columns stay a few MB (pixel hex, URLs, ids).
 ROWS_PER_PARTITION = 50_000
-DECISION_SCHEMA = pa.schema([("part", pa.string()), ("id", pa.string()), ("reason", pa.string()),
-                             ("detail", pa.string())])
+DECISION_SCHEMA = pa.schema([("part", pa.string()), ("id", pa.string()), ("key", pa.string()),
+                             ("reason", pa.string()), ("detail", pa.string())])
+SEP = "\x1f"
+
+
+def row_key(t: pa.Table) -> pa.Array:
+    """The key a decision names a row by: ``id \\x1f alt_text`` (a row id names (lang, page, image URL),
+    which one ``<img>`` shown under several alt-texts shares; the alt-text tells those rows apart)."""
+    return pc.binary_join_element_wise(t["id"], pc.fill_null(t["alt_text"], ""), SEP)
 
 
 @contextlib.contextmanager
@@ -85,7 +92,7 @@ def hex_u64(hex_keys) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ decisions by part
-def part_decisions(path: str | None, part: str, columns=("id", "reason", "detail")) -> pa.Table:
+def part_decisions(path: str | None, part: str, columns=("key", "reason", "detail")) -> pa.Table:
     """The decisions of one part (rows of ``DECISION_SCHEMA`` with ``part == part``); empty for no path."""
     if not path:
         return DECISION_SCHEMA.empty_table().select(list(columns))
@@ -113,13 +120,13 @@ def write_decisions(ds, path: str) -> int:
 # ----------------------------------------------------------------------------------- reading rows
 def read_part(part: str, columns: list[str], upstream: list[str]) -> pa.Table:
     """``columns`` of one part's active rows (``reason`` null) not rejected by the ``upstream`` decisions."""
-    cols = list(dict.fromkeys(["id", "reason", *columns]))
+    cols = list(dict.fromkeys(["id", "alt_text", "reason", *columns]))
     t = pq.read_table(part, columns=cols)
     t = t.filter(pc.is_null(t["reason"]))
     for path in upstream:
-        gone = part_decisions(path, part, ("id",))["id"]
+        gone = part_decisions(path, part, ("key",))["key"]
         if len(gone):
-            t = t.filter(pc.invert(pc.is_in(t["id"], value_set=gone)))
+            t = t.filter(pc.invert(pc.is_in(row_key(t), value_set=gone)))
     return t.select(list(dict.fromkeys(["id", *columns])))
 
 
@@ -154,16 +161,18 @@ def rows_to_decisions(rows, drops: pa.Table, reason: str, n_rows: int):
 def _tag(t: pa.Table, p: int, side: int) -> pa.Table:
     n = t.num_rows
     col = lambda c: t[c] if c in t.column_names else pa.nulls(n, pa.string())  # noqa: E731
+    key = row_key(t) if side == 0 else pa.nulls(n, pa.string())
     return pa.table({"bucket": hex_bucket(t["pixel_sha256"].to_pylist(), p), "side": pa.array([side] * n, pa.int8()),
-                     "part": col("part"), "id": col("id"), "lang": t["lang"], "pixel_sha256": t["pixel_sha256"],
+                     "part": col("part"), "id": col("id"), "key": key, "lang": t["lang"], "pixel_sha256": t["pixel_sha256"],
                      "detail": col("detail")})
 
 
 def _join_bucket(t: pa.Table, reason: str) -> pa.Table:
-    rows = t.filter(pc.equal(t["side"], 0)).select(["part", "id", "lang", "pixel_sha256"])
+    rows = t.filter(pc.equal(t["side"], 0)).select(["part", "id", "key", "lang", "pixel_sha256"])
     drops = t.filter(pc.equal(t["side"], 1)).select(["lang", "pixel_sha256", "detail"])
     j = rows.join(drops, ["lang", "pixel_sha256"], join_type="inner")
-    return pa.table({"part": j["part"], "id": j["id"], "reason": pa.array([reason] * j.num_rows, pa.string()),
+    return pa.table({"part": j["part"], "id": j["id"], "key": j["key"],
+                     "reason": pa.array([reason] * j.num_rows, pa.string()),
                      "detail": j["detail"]})
 
 
@@ -177,10 +186,11 @@ def apply_decisions(t: pa.Table, part: str, stages) -> tuple[pa.Table, dict]:
         active = pc.is_null(t["reason"])
         d = part_decisions(st.decisions, part)
         n_in = pc.sum(active).as_py() or 0
-        hit = pc.and_(active, pc.is_in(t["id"], value_set=d["id"])) if d.num_rows else None
+        keys = row_key(t)
+        hit = pc.and_(active, pc.is_in(keys, value_set=d["key"])) if d.num_rows else None
         rejected = Counter()
         if hit is not None and pc.any(hit).as_py():
-            idx = pc.index_in(t["id"], value_set=d["id"])
+            idx = pc.index_in(keys, value_set=d["key"])
             detail = pc.take(d["detail"], pc.fill_null(idx, 0))
             reason = pc.take(d["reason"], pc.fill_null(idx, 0))
             t = t.set_column(t.schema.get_field_index("stage"), "stage",
@@ -220,8 +230,9 @@ class AppliesDecisions:
         if not self.decisions or not rows:
             return
         ids = [r["id"] for r in rows]
-        d = pq.read_table(self.decisions, columns=["id", "reason", "detail"], filters=[("id", "in", ids)])
-        found = dict(zip(d["id"].to_pylist(), zip(d["reason"].to_pylist(), d["detail"].to_pylist())))
+        d = pq.read_table(self.decisions, columns=["key", "reason", "detail"], filters=[("id", "in", ids)])
+        found = dict(zip(d["key"].to_pylist(), zip(d["reason"].to_pylist(), d["detail"].to_pylist())))
         for r in rows:
-            if r["id"] in found:
-                self.reject(r, *found[r["id"]])
+            key = f"{r['id']}{SEP}{r.get('alt_text') or ''}"
+            if key in found:
+                self.reject(r, *found[key])
