@@ -14,7 +14,9 @@ within 4 bits for 100 % of JPEG q70 re-encodes, 99.2 % of 90 % resizes, 81.5 % o
 and 35.7 % of 2 % crops (threshold 6: 100 / 100 / 92.9 / 64.6 %). But distinct screenshots of one
 dialog in two states (installer steps, tutorial steps) are often 4–6 bits apart. Without the
 same-page rule, threshold 6 removed 33 distinct miniweb images (D_know recall of PAIRS_expected
-0.917) and 4 removed 15 (0.958); with it, threshold 4 removes 6 and recall is 0.976. Crops and colour
+0.917) and 4 removed 15 (0.958); with it, threshold 4 removes 6 and recall is 0.976. With the
+refined rule (same page *and* same normalised alt-text = near-duplicates, issue 12) one more goes: the
+GIMP Oilify before/after pair shown under one alt-text (``tests/data/miniweb_decisions.tsv``). Crops and colour
 changes are left to CNN semantic dedup. Photo corpora can afford 6–8 (``filters.phash.threshold``).
 """
 
