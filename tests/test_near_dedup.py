@@ -138,7 +138,7 @@ def test_nsfw_rejected_with_score_screenshots_pass(built):
     assert [s["stage"] for s in funnel["stages"]][-3:] == ["exact_dedup", "phash_dedup", "semantic_dedup"]
 
 
-def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path):
+def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path, ray_session):
     """image_text key: same picture with two alt-texts → both pairs kept, a repeated pair dropped; D_ling
     candidates: one per picture and language, none for a picture that already is a D_know pair."""
     import pyarrow.parquet as pq
@@ -156,7 +156,7 @@ def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path):
     path = tmp_path / "part.parquet"
     pq.write_table(to_table(rows, REJECT_SCHEMA), path)
     stage = ExactDedupStage("image_text", with_d_ling=True)
-    stage.find([str(path)], str(tmp_path / "decisions.parquet"), {})  # the global step, then the row stage
+    stage.find([str(path)], str(tmp_path / "exact.parquet"), {})  # distributed group-by → decisions by part
     out = {r["id"]: r for r in stage(to_table(rows, REJECT_SCHEMA)).to_pylist()}
     assert [i for i, r in sorted(out.items()) if r["reason"] is None] == ["id1", "id2", "id5"]
     assert "already in D_know" in out["id4"]["detail"] and out["id3"]["reason"] == "duplicate"

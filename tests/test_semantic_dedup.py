@@ -153,13 +153,20 @@ def test_embed_stage_in_ray_actor_pool(ray_session, corpus):
     assert [(d, k) for d, k, _ in drops] == [("r98", "r00")]
 
 
-def test_corroborated_pairs_need_both_cosine_and_phash(tmp_path):
+def test_corroborated_pairs_need_both_cosine_and_phash(tmp_path, ray_session):
     """Cosine ≥ threshold drops on its own; cosine in [corroborated_threshold, threshold) drops only with the
     pHashes within corroborated_phash_bits; ``corroborated_threshold=None`` turns that off."""
     import pyarrow.parquet as pq
 
     from mella.schema import REJECT_SCHEMA, to_table
-    from mella.stages.dedup.semantic import find_semantic_near_duplicates
+    from mella.stages.dedup.semantic import SemanticDedupStage
+
+    def find_semantic_near_duplicates(parts, cfg, name):
+        st = SemanticDedupStage(cfg)
+        st.find(parts, str(tmp_path / f"{name}.parquet"), {})
+        t = pq.read_table(st.decisions)
+        by_id = {r["id"]: (r["lang"], r["pixel_sha256"]) for r in rows}
+        return {by_id[i]: d for i, d in zip(t["id"].to_pylist(), t["detail"].to_pylist())}
 
     basis = np.eye(EMBED_DIM, dtype=np.float32)
 
@@ -182,8 +189,8 @@ def test_corroborated_pairs_need_both_cosine_and_phash(tmp_path):
     pq.write_table(to_table(rows, REJECT_SCHEMA), part)
     url = {(r["lang"], r["pixel_sha256"]): r["image_url"].rsplit("/", 1)[1][0] for r in rows}
 
-    drops = find_semantic_near_duplicates([part], {}, "image_text", SemanticDedupConfig())
+    drops = find_semantic_near_duplicates([part], SemanticDedupConfig(), "on")
     assert {url[k]: v.split(" to ")[0] for k, v in drops.items()} == {
         "b": "cosine 0.9550 >= 0.95 and pHash 8 bits <= 10", "d": "cosine 0.9700 >= 0.96"}
-    off = find_semantic_near_duplicates([part], {}, "image_text", SemanticDedupConfig(corroborated_threshold=None))
+    off = find_semantic_near_duplicates([part], SemanticDedupConfig(corroborated_threshold=None), "off")
     assert {url[k] for k in off} == {"d"}

@@ -43,7 +43,8 @@ from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet
 from mella.plan import CRAWL, build_plan, phases, stage_names
 from mella.resources import StageResources
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
-from mella.stages.base import LIGHT, reject
+from mella.stages.base import LIGHT, DedupStage, reject
+from mella.stages.dedup.shuffle import read_applied
 from mella.stages.io.fetch import reopen_units_with_transient_failures
 from mella.warc import cleanup_open_shards, expand_warc_paths, shard_paths
 
@@ -196,6 +197,7 @@ class BuildCorpus:
         self.progress("dedup", f"exact, pHash and CNN duplicates over {len(parts)} part file(s)")
         decisions_dir = os.path.join(self.work, "decisions")
         os.makedirs(decisions_dir, exist_ok=True)
+        remove_stale(decisions_dir)
         upstream: dict[str, str] = {}
         for st in self.global_steps:
             if hasattr(st, "find"):
@@ -209,9 +211,15 @@ class BuildCorpus:
             os.makedirs(d)
         self.progress("write", "d_know/ and rejects/")
         if parts:
-            ds = ray.data.read_parquet(parts, schema=REJECT_SCHEMA)
+            # the dedup stages' decisions are applied part by part (mella.stages.dedup.shuffle.read_applied):
+            # each task holds one part and that part's decisions, never all of them
+            dedup = [st for st in self.global_steps if isinstance(st, DedupStage)]
+            ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=len(parts))
+            ds = ds.map_batches(read_applied, batch_size=1, batch_format="pyarrow", **LIGHT.map_batches_args(),
+                                fn_kwargs={"stages": dedup, "stats_dir": dirs["stats"]})
             for st in self.global_steps:
-                ds = apply(ds, st, dirs["stats"])
+                if not isinstance(st, DedupStage):
+                    ds = apply(ds, st, dirs["stats"])
             ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
                                 fn_kwargs={"know_dir": dirs["d_know"], "rejects_dir": dirs["rejects"],
                                            "candidates_dir": dirs["d_ling_candidates"] if self.cfg.d_ling.enabled else None})

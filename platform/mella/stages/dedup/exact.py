@@ -14,27 +14,25 @@ Images routed to D_ling (``d_ling_reason`` set: their alt-text is unusable) use 
 ``ROUTED_TEXT`` in place of the alt-text, so each image yields one D_ling candidate per language.
 
 Survivor of a group, deterministic whatever the arrival order or sharding: a D_know row before a
-D_ling candidate, then the smallest ``(page_url, image_url, id)``. Only groups with ≥ 2 members come back. Up to
-``DRIVER_MAX_ROWS`` key rows are aggregated with pyarrow in the driver; above that a Ray Data
-``groupby`` (hash shuffle across the cluster, one partition per million rows) does it.
+D_ling candidate, then the smallest ``(page_url, image_url, id)``.
+
+Distributed (issue 12): the key rows of every part are hash-partitioned by ``pixel_sha256`` (every
+key mode includes it) with a Ray Data ``groupby(bucket).map_groups``; each bucket groups its rows
+with pyarrow and emits the rejected rows — ``(part, id, reason, detail)`` — which are written as a
+Parquet dataset sorted by part (:mod:`mella.stages.dedup.shuffle`) and applied part by part.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import ray
-from ray.data.aggregate import Count, Min
 
-from mella.io import write_parquet_atomic
 from mella.stages.base import DedupStage
+from mella.stages.dedup.shuffle import AppliesDecisions, active_rows, row_key, task_shuffle, count_rows, hex_bucket, num_partitions, write_decisions
 
-KEY_COLUMNS = ["id", "lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason", "d_ling_reason"]
-DRIVER_MAX_ROWS = 2_000_000
+KEY_COLUMNS = ["lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason", "d_ling_reason"]
 SEP = "\x1f"
 #: Stands in for the alt-text of D_ling candidates in the ``image_text`` key (cannot occur in HTML text).
 ROUTED_TEXT = "\x00d_ling"
@@ -51,12 +49,6 @@ def group_key(r: dict, mode: str) -> str:
 def sort_key(r: dict) -> str:
     """The survivor order within a group: D_know rows first, then ``(page_url, image_url, id)``."""
     return SEP.join(("1" if r.get("d_ling_reason") else "0", r.get("page_url") or "", r.get("image_url") or "", r["id"]))
-
-
-def is_survivor(r: dict, survivors: dict[str, str], mode: str) -> bool:
-    """Whether row ``r`` survives exact dedup given :func:`find_exact_duplicates`' result."""
-    best = survivors.get(group_key(r, mode))
-    return best is None or best == sort_key(r)
 
 
 def _group_key(t: pa.Table, mode: str) -> pa.Array:
@@ -76,90 +68,74 @@ def _keys(batch: pa.Table, mode: str) -> pa.Table:
     return pa.table({"group": _group_key(batch, mode), "sort_key": sort_key})
 
 
-def find_exact_duplicates(parquet_files: list[str], mode: str = "image_text", driver_max_rows: int = DRIVER_MAX_ROWS) -> dict[str, str]:
-    """``{group key: survivor sort key}`` for every group with ≥ 2 active rows (see module docstring).
-
-    Raises:
-        ValueError: unknown ``mode``.
-    """
-    if mode not in ("image_text", "image"):
-        raise ValueError(f"exact dedup key must be 'image_text' or 'image', not {mode!r}")
-    if not parquet_files:
-        return {}
-    n_rows = sum(pq.read_metadata(p).num_rows for p in parquet_files)
-    if n_rows <= driver_max_rows:
-        keys = pa.concat_tables([_keys(pq.read_table(p, columns=KEY_COLUMNS), mode) for p in parquet_files])
-        agg = keys.group_by("group").aggregate([("sort_key", "min"), ("sort_key", "count")])
-        agg = agg.filter(pc.greater(agg["sort_key_count"], 1))
-        return dict(zip(agg["group"].to_pylist(), agg["sort_key_min"].to_pylist()))
-    ds = ray.data.read_parquet(parquet_files, columns=KEY_COLUMNS)
-    ds = ds.map_batches(_keys, batch_format="pyarrow", fn_kwargs={"mode": mode})
-    parts = max(1, math.ceil(n_rows / 1_000_000))
-    agg = ds.groupby("group", num_partitions=parts).aggregate(Min("sort_key"), Count())
-    agg = agg.filter(lambda r: r["count()"] > 1)
-    return {r["group"]: r["min(sort_key)"] for r in agg.iter_rows()}
+def _key_rows(batch: pa.Table, mode: str, p: int) -> pa.Table:
+    keys = _keys(batch, mode)
+    image = _keys(batch, "image")["group"]
+    act = batch.filter(pc.is_null(batch["reason"])) if "reason" in batch.column_names else batch
+    return keys.append_column("image", image).append_column("part", act["part"]).append_column("id", act["id"]) \
+        .append_column("key", row_key(act)) \
+        .append_column("bucket", pa.array(hex_bucket(act["pixel_sha256"].to_pylist(), p)))
 
 
-# ------------------------------------------------------------------ caption cap (issue 17)
-#: default ``filters.max_pairs_per_image``
-MAX_PAIRS_PER_IMAGE = 3
+def _detail(prefix: str, best: list[str]) -> list[str]:
+    out = []
+    for b in best:
+        _flag, page, img, _id = b.split(SEP)
+        out.append(f"{prefix}{img} on {page}")
+    return out
 
 
-def find_excess_captions(parquet_files: list[str], survivors: dict[str, str], mode: str,
-                         max_per_image: int = MAX_PAIRS_PER_IMAGE) -> dict[tuple[str, str], str]:
-    """``{(row id, alt_text): detail}`` of the D_know rows beyond the cap (see module docstring; a row
-    id names (lang, page, image URL), so the rows of one ``<img>`` URL under several alts share it).
-
-    ``survivors``: :func:`mella.stages.dedup.exact.find_exact_duplicates` for ``mode``. Reads the key
-    columns of the active rows in the driver (ids and short strings; the image bytes are not read).
-    """
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for p in parquet_files:
-        t = pq.read_table(p, columns=KEY_COLUMNS)
-        t = t.filter(pc.and_(pc.and_(pc.is_null(t["reason"]), pc.is_null(t["d_ling_reason"])),
-                             pc.is_valid(t["pixel_sha256"])))
-        for r in t.to_pylist():
-            if is_survivor(r, survivors, mode):
-                groups.setdefault((r["lang"], r["pixel_sha256"]), []).append(r)
-    drops: dict[tuple[str, str], str] = {}
-    for (lang, _pix), rows in groups.items():
-        if len(rows) <= max_per_image:
-            continue
-        rows.sort(key=sort_key)
-        kept_alts: list[str] = []
-        for r in rows:
-            alt = r.get("alt_text") or ""
-            if alt in kept_alts:
-                continue
-            if len(kept_alts) < max_per_image:
-                kept_alts.append(alt)
-            else:
-                drops[(r["id"], alt)] = f"{len(rows)} captions of one picture in {lang}; first {max_per_image} kept"
-    return drops
+def exact_bucket(t: pa.Table, with_d_ling: bool, max_pairs_per_image: int | None = None) -> pa.Table:
+    """One bucket's rejected rows (DECISION_SCHEMA) from its key rows (``group``, ``image``, ``sort_key``,
+    ``part``, ``id``): every row of a group but its survivor; with ``with_d_ling``, every surviving D_ling
+    candidate whose picture's best row is a D_know pair; with ``max_pairs_per_image``, the surviving D_know
+    rows of one picture and language beyond the first N in survivor order (``too_many_captions``, issue 17:
+    a page showing one picture under 400 alts would otherwise put 400 rows of it into D_know)."""
+    best = t.group_by("group").aggregate([("sort_key", "min")]).rename_columns(["group", "best"])
+    t = t.join(best, "group")
+    dup = pc.not_equal(t["sort_key"], t["best"])
+    d = t.filter(dup)
+    out = [pa.table({"part": d["part"], "id": d["id"], "key": d["key"], "reason": pa.array(["duplicate"] * d.num_rows, pa.string()),
+                     "detail": pa.array(_detail("same as ", d["best"].to_pylist()), pa.string())})]
+    if with_d_ling:
+        img_best = t.group_by("image").aggregate([("sort_key", "min")]).rename_columns(["image", "img_best"])
+        s = t.filter(pc.invert(dup)).join(img_best, "image")
+        routed = pc.starts_with(s["sort_key"], "1" + SEP)
+        s = s.filter(pc.and_(routed, pc.starts_with(s["img_best"], "0" + SEP)))
+        out.append(pa.table({"part": s["part"], "id": s["id"], "key": s["key"],
+                             "reason": pa.array(["duplicate"] * s.num_rows, pa.string()),
+                             "detail": pa.array(_detail("already in D_know: ", s["img_best"].to_pylist()), pa.string())}))
+    if max_pairs_per_image:
+        s = t.filter(pc.invert(dup))
+        s = s.filter(pc.starts_with(s["sort_key"], "0" + SEP))  # D_know survivors (D_ling candidates are no captions)
+        rows = sorted(zip(s["image"].to_pylist(), s["sort_key"].to_pylist(), s["part"].to_pylist(),
+                          s["id"].to_pylist(), s["key"].to_pylist()))
+        counts: dict[str, int] = {}
+        for img, _sk, *_ in rows:
+            counts[img] = counts.get(img, 0) + 1
+        seen: dict[str, int] = {}
+        cut = {"part": [], "id": [], "key": [], "detail": []}
+        for img, _sk, part, rid, key in rows:
+            seen[img] = seen.get(img, 0) + 1
+            if seen[img] > max_pairs_per_image:
+                cut["part"].append(part)
+                cut["id"].append(rid)
+                cut["key"].append(key)
+                cut["detail"].append(f"{counts[img]} captions of one picture in {img.split(SEP)[0]}; "
+                                     f"first {max_pairs_per_image} kept")
+        if cut["id"]:
+            out.append(pa.table({"part": pa.array(cut["part"], t.schema.field("part").type),
+                                 "id": pa.array(cut["id"], t.schema.field("id").type),
+                                 "key": pa.array(cut["key"], t.schema.field("key").type),
+                                 "reason": pa.array(["too_many_captions"] * len(cut["id"]), pa.string()),
+                                 "detail": pa.array(cut["detail"], pa.string())}))
+    return pa.concat_tables(out)
 
 
 ExactKey = Literal["image_text", "image"]
 
 
-def write_survivors(survivors: dict[str, str], image_groups: dict[str, str], path: str,
-                    caps: dict[str, str] | None = None) -> None:
-    """Exact dedup's decisions as Parquet: ``kind`` (``group``: the run's key mode, ``image``: picture
-    only, ``caption``: a row over the caption cap), ``key`` (group key; for ``caption`` row id and
-    alt-text), ``survivor`` (the survivor's sort key; for ``caption`` the reject detail)."""
-    caps = caps or {}
-    kinds = ["group"] * len(survivors) + ["image"] * len(image_groups) + ["caption"] * len(caps)
-    t = pa.table({"kind": kinds, "key": list(survivors) + list(image_groups) + list(caps),
-                  "survivor": list(survivors.values()) + list(image_groups.values()) + list(caps.values())})
-    write_parquet_atomic(t, path)
-
-
-def load_survivors(path: str, kind: str = "group") -> dict[str, str]:
-    """``{group key: survivor sort key}`` of :func:`write_survivors`' ``kind`` rows (empty for no file)."""
-    t = pq.read_table(path, filters=[("kind", "=", kind)], columns=["key", "survivor"])
-    return dict(zip(t["key"].to_pylist(), t["survivor"].to_pylist()))
-
-
-class ExactDedupStage(DedupStage):
+class ExactDedupStage(AppliesDecisions, DedupStage):
     """Reject every row of a duplicated group except its survivor (reason ``duplicate``).
 
     ``with_d_ling`` (``image_text`` mode): a D_ling candidate whose picture is also a D_know pair in
@@ -167,43 +143,34 @@ class ExactDedupStage(DedupStage):
     for captioning an image we have a native alt-text for. (In ``image`` mode the group key does
     this already.)
 
-    ``max_pairs_per_image`` (``filters.max_pairs_per_image``): at most that many D_know rows per
-    picture and language (:func:`find_excess_captions`); the others are rejected ``too_many_captions``.
+    ``max_pairs_per_image`` (``filters.max_pairs_per_image``): at most that many D_know rows per picture
+    and language, the first in survivor order; the others are rejected ``too_many_captions``.
+
+    Raises:
+        ValueError: unknown ``mode``.
     """
 
     name = "exact_dedup"
-    reads = ("lang", "pixel_sha256", "alt_text", "page_url", "image_url", "d_ling_reason")
+    reads = ("id", "alt_text")
 
     def __init__(self, mode: ExactKey = "image_text", with_d_ling: bool = False,
                  max_pairs_per_image: int | None = None) -> None:
+        if mode not in ("image_text", "image"):
+            raise ValueError(f"exact dedup key must be 'image_text' or 'image', not {mode!r}")
         self.mode = mode
         self.with_d_ling = with_d_ling and mode == "image_text"
         self.max_pairs_per_image = max_pairs_per_image
 
     def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
-        survivors = find_exact_duplicates(parts, self.mode)
-        image_groups = find_exact_duplicates(parts, "image") if self.with_d_ling else {}
-        caps = (find_excess_captions(parts, survivors, self.mode, self.max_pairs_per_image)
-                if self.max_pairs_per_image else {})
-        write_survivors(survivors, image_groups, decisions,
-                        {f"{row_id}{SEP}{alt}": detail for (row_id, alt), detail in caps.items()})
+        """Distributed group-by (module docstring) → ``decisions`` (DECISION_SCHEMA, sorted by part)."""
+        with task_shuffle():
+            ds = None
+            if parts:
+                p = num_partitions(count_rows(parts))
+                rows = active_rows(parts, KEY_COLUMNS, list(upstream.values()), with_part=True)
+                ds = rows.map_batches(_key_rows, batch_format="pyarrow", fn_kwargs={"mode": self.mode, "p": p})
+                ds = ds.groupby("bucket", num_partitions=p).map_groups(
+                    exact_bucket, batch_format="pyarrow",
+                    fn_kwargs={"with_d_ling": self.with_d_ling, "max_pairs_per_image": self.max_pairs_per_image})
+            write_decisions(ds, decisions)
         self.decisions = decisions
-
-    def setup(self) -> None:
-        self.survivors = load_survivors(self.decisions) if self.decisions else {}
-        self.image_groups = load_survivors(self.decisions, "image") if self.decisions and self.with_d_ling else {}
-        self.caps = load_survivors(self.decisions, "caption") if self.decisions and self.max_pairs_per_image else {}
-
-    def process(self, rows: list[dict]) -> None:
-        for r in rows:
-            cap = self.caps.get(f"{r['id']}{SEP}{r.get('alt_text') or ''}") if self.caps else None
-            if cap is not None and is_survivor(r, self.survivors, self.mode):
-                self.reject(r, "too_many_captions", cap)
-            elif not is_survivor(r, self.survivors, self.mode):
-                _flag, page, img, _id = self.survivors[group_key(r, self.mode)].split(SEP)
-                self.reject(r, "duplicate", f"same as {img} on {page}")
-            elif r.get("d_ling_reason") and self.image_groups:
-                best = self.image_groups.get(group_key(r, "image"), "")
-                if best.startswith("0" + SEP):  # the picture's best row is a D_know pair
-                    _flag, page, img, _id = best.split(SEP)
-                    self.reject(r, "duplicate", f"already in D_know: {img} on {page}")

@@ -3,7 +3,8 @@
 Each decoded image gets a 64-bit pHash (``imagehash.phash``, in :mod:`mella.stages.filters.decode`). Within
 each target language, distinct images whose pHashes are within ``threshold`` bits (Hamming distance)
 are near-duplicates; :func:`mella.phash_index.find_pairs` finds every such pair with an exact
-multi-index hash (sub-quadratic; Ray-partitioned above ``ray_min_images``), and the survivor rule of
+multi-index hash (sub-quadratic), run distributed: each table's band key shuffled with Ray Data,
+pairs found per bucket in tasks and written as Parquet (:func:`phash_pairs`); the survivor rule of
 :mod:`mella.stages.dedup.near_dup` (priority, same-page exemption) decides which images go. Every row
 showing a dropped image is rejected (reason ``near_duplicate``, detail: distance and the kept image).
 
@@ -13,20 +14,27 @@ within 4 bits for 100 % of JPEG q70 re-encodes, 99.2 % of 90 % resizes, 81.5 % o
 and 35.7 % of 2 % crops (threshold 6: 100 / 100 / 92.9 / 64.6 %). But distinct screenshots of one
 dialog in two states (installer steps, tutorial steps) are often 4–6 bits apart. Without the
 same-page rule, threshold 6 removed 33 distinct miniweb images (D_know recall of PAIRS_expected
-0.917) and 4 removed 15 (0.958); with it, threshold 4 removes 6 and recall is 0.976. Crops and colour
+0.917) and 4 removed 15 (0.958); with it, threshold 4 removes 6 and recall is 0.976. With the
+refined rule (same page *and* same normalised alt-text = near-duplicates, issue 12) one more goes: the
+GIMP Oilify before/after pair shown under one alt-text (``tests/data/miniweb_decisions.tsv``). Crops and colour
 changes are left to CNN semantic dedup. Photo corpora can afford 6–8 (``filters.phash.threshold``).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray
 from pydantic import Field
 
+from mella.phash_index import _GOLDEN, _substring_masks, choose_num_substrings, hashes_from_hex, num_tables, popcount64
 from mella.resources import Strict
-from mella.phash_index import find_pairs, find_pairs_distributed, hashes_from_hex
-from mella.stages.dedup.exact import load_survivors
-from mella.stages.dedup.near_dup import ImageKey, NearDupStage, distinct_images, greedy_drops, write_drops
+from mella.stages.dedup.near_dup import NearDupStage, distinct_images, drops_from_pairs, write_pairs
+from mella.stages.dedup.shuffle import num_partitions
 
 
 class PhashConfig(Strict):
@@ -34,38 +42,80 @@ class PhashConfig(Strict):
 
     enabled: bool = True
     threshold: int = Field(4, ge=0, le=32, description="max Hamming distance (bits) of near-duplicate pHashes")
-    ray_min_images: int = Field(500_000, ge=1, description="use Ray tasks to find pairs above this many images")
 
 
-def find_near_duplicates(parquet_files: list[str], exact_survivors: dict[str, str], exact_mode: str,
-                         cfg: PhashConfig) -> dict[ImageKey, str]:
-    """``{(lang, pixel_sha256): detail}`` for every distinct image to drop as a pHash near-duplicate.
+def _bands(t: pa.Table, m: int, threshold: int, p: int) -> pa.Table:
+    """One row per (image, multi-index table): the table's substring bits of the pHash (``masked``) and the
+    shuffle bucket of (table, masked) in ``[0, p)``."""
+    h = hashes_from_hex(t["phash"].to_pylist())
+    subs = _substring_masks(m)
+    out = []
+    for k, combo in enumerate(itertools.combinations(range(m), m - threshold)):
+        mask = np.uint64(0)
+        for c in combo:
+            mask |= subs[c]
+        masked = h & mask
+        with np.errstate(over="ignore"):
+            mix = (masked ^ np.uint64(k)) * _GOLDEN
+        out.append(pa.table({"bucket": pa.array((mix >> np.uint64(33)).astype(np.int64) % p),
+                             "table": pa.array(np.full(len(h), k, np.int16)), "lang": t["lang"],
+                             "img": t["img"], "h": pa.array(h), "masked": pa.array(masked)}))
+    return pa.concat_tables(out) if out else t.slice(0, 0)
 
-    Only rows still active after exact dedup take part (``exact_survivors`` from
-    :func:`mella.stages.dedup.exact.find_exact_duplicates`); images, priority and the same-page rule
-    are those of :mod:`mella.stages.dedup.near_dup`.
-    """
-    if not cfg.enabled or not parquet_files:
-        return {}
-    by_lang, t = distinct_images(parquet_files, exact_survivors, exact_mode, "phash")
-    drops: dict[ImageKey, str] = {}
-    for imgs in by_lang.values():
-        if len(imgs.keys) < 2:
-            continue
-        hashes = hashes_from_hex(t["phash"].take(pa.array(imgs.rows)).to_pylist())
-        if len(imgs.keys) >= cfg.ray_min_images:
-            pairs, dists = find_pairs_distributed(hashes, cfg.threshold, num_partitions=2)
-        else:
-            pairs, dists = find_pairs(hashes, cfg.threshold)
-        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        for d, (s, dist) in greedy_drops(imgs, pairs[:, 0], pairs[:, 1], np.asarray(dists)).items():
-            drops[imgs.keys[d]] = f"pHash distance {int(dist)} <= {cfg.threshold} to {imgs.urls[s]}"
-    return drops
+
+def _bucket_pairs(t: pa.Table, m: int, threshold: int) -> pa.Table:
+    """Pairs within ``threshold`` bits among one bucket's band rows: equal (table, lang, masked) runs,
+    verified exactly and emitted only by the pair's first agreeing table (proof in :mod:`mella.phash_index`)."""
+    subs = _substring_masks(m)
+    combos = list(itertools.combinations(range(m), m - threshold))
+    lang_codes = pc.dictionary_encode(t["lang"]).combine_chunks()
+    lcode = lang_codes.indices.to_numpy()
+    tab, masked = t["table"].to_numpy(), t["masked"].to_numpy()
+    h, img = t["h"].to_numpy(), t["img"].to_numpy()
+    o = np.lexsort((img, masked, lcode, tab))
+    tab, masked, lcode, h, img = tab[o], masked[o], lcode[o], h[o], img[o]
+    n = len(o)
+    same = lambda a, b: (tab[a] == tab[b]) & (masked[a] == masked[b]) & (lcode[a] == lcode[b])  # noqa: E731
+    p = np.flatnonzero(same(np.arange(n - 1), np.arange(1, n))) if n > 1 else np.empty(0, np.int64)
+    oi, oj, od = [], [], []
+    d = 1
+    while p.size:
+        a, b = p, p + d
+        x = h[a] ^ h[b]
+        dist = popcount64(x)
+        ok = dist <= threshold
+        for k in np.unique(tab[a[ok]]) if ok.any() else []:  # C is the first s agreeing substrings
+            sel = ok & (tab[a] == k)
+            for e in [subs[c] for c in range(combos[k][-1]) if c not in combos[k]]:
+                ok[sel] &= (x[sel] & e) != 0
+        oi.append(a[ok])
+        oj.append(b[ok])
+        od.append(dist[ok])
+        d += 1
+        p = p[p + d < n]
+        p = p[same(p, p + d)]
+    a, b = (np.concatenate(oi), np.concatenate(oj)) if oi else (np.empty(0, np.int64),) * 2
+    dist = np.concatenate(od) if od else np.empty(0, np.uint8)
+    langs = pa.DictionaryArray.from_arrays(pa.array(lcode[a], pa.int32()), lang_codes.dictionary).cast(pa.string())
+    return pa.table({"lang": langs, "a": pa.array(np.minimum(img[a], img[b])), "b": pa.array(np.maximum(img[a], img[b])),
+                     "dist": pa.array(dist.astype(np.float64))})
+
+
+def phash_pairs(images_dir: str, n_images: int, threshold: int):
+    """Ray Dataset of every pair of distinct images (per language) within ``threshold`` bits: the multi-index
+    tables of :mod:`mella.phash_index` as band rows, shuffled by (table, band key), pairs found per bucket."""
+    m = choose_num_substrings(max(n_images, 2), threshold)
+    p = num_partitions(n_images * num_tables(m, threshold))
+    bands = ray.data.read_parquet(images_dir).select_columns(["lang", "img", "phash"]).map_batches(
+        _bands, batch_format="pyarrow", fn_kwargs={"m": m, "threshold": threshold, "p": p})
+    return bands.groupby("bucket", num_partitions=p).map_groups(
+        _bucket_pairs, batch_format="pyarrow", fn_kwargs={"m": m, "threshold": threshold})
 
 
 class PhashDedupStage(NearDupStage):
-    """pHash near-duplicates (paper appendix B.2): :func:`find_near_duplicates` over all parts, rows of
-    dropped images rejected with reason ``near_duplicate``."""
+    """pHash near-duplicates (paper appendix B.2): distinct images (:func:`distinct_images`), pairs within
+    ``threshold`` bits (:func:`phash_pairs`), the survivor rule over the pairs; rows of dropped images
+    rejected with reason ``near_duplicate``."""
 
     name = "phash_dedup"
     reason = "near_duplicate"
@@ -73,7 +123,10 @@ class PhashDedupStage(NearDupStage):
     def __init__(self, cfg: PhashConfig, exact_mode: str = "image_text") -> None:
         self.cfg, self.exact_mode = cfg, exact_mode
 
-    def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
-        survivors = load_survivors(upstream["exact_dedup"]) if "exact_dedup" in upstream else {}
-        write_drops(find_near_duplicates(parts, survivors, self.exact_mode, self.cfg), decisions)
-        self.decisions = decisions
+    def find_drops(self, parts: list[str], work: str, upstream: list[str]) -> pa.Table:
+        images = os.path.join(work, "images")
+        n = distinct_images(parts, upstream, ["phash"], images)
+        pairs = write_pairs(phash_pairs(images, n, self.cfg.threshold), os.path.join(work, "pairs")) if n > 1 else None
+        dist = pairs["dist"].to_pylist() if pairs is not None else []
+        t = self.cfg.threshold
+        return drops_from_pairs(pairs, images, lambda k, url: f"pHash distance {int(dist[k])} <= {t} to {url}")

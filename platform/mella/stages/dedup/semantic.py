@@ -24,15 +24,19 @@ Two parts, run as two passes of the pipeline:
    pass in priority order (largest ``width * height``, then smallest ``id``) keeps an image unless
    a *kept* higher-priority image is within the threshold — the one survivor rule of
    :mod:`mella.survivor`, shared with pHash dedup — so a chain A~B~C with A≁C keeps A and C.
-   :func:`find_semantic_near_duplicates` is the build_corpus form (keyed by image, the survivor rule of
-   :mod:`mella.stages.dedup.near_dup`); a :class:`mella.stages.dedup.near_dup.NearDupStage` then rejects the dropped
-   rows with reason ``semantic_duplicate``.
+   :class:`SemanticDedupStage` is the build_corpus form, distributed (issue 12, after NeMo Curator's
+   semantic-dedup workflow): distinct images with their embeddings written as Parquet, k-means per
+   language fitted on a bounded sample in one Ray task, clusters assigned in ``map_batches``, images
+   shuffled by cluster (each with its ``n_probe`` nearest), pairwise cosine per cluster in tasks, pairs
+   to Parquet, then the survivor rule of :mod:`mella.stages.dedup.near_dup` over the pairs; rows of
+   dropped images are rejected with reason ``semantic_duplicate``.
 
 Cost: k-means O(s·k·d·iters) on a seeded sample of s ≤ ``fit_sample`` rows, one O(n·k·d)
 assignment pass, and pairwise O(p²·Σ_c m_c²·d) for cluster sizes m_c and ``n_probe`` = p
 (Σ m_c² ≈ n²/k when balanced, so k ≈ √n balances the terms: the default; overall O(n·k + Σ m_c²)
-dot products of length d). Memory: the n × 1280 float32 embeddings (5 KiB a row) plus one
-``chunk × chunk`` similarity block. SemDeDup (p = 1) misses pairs split across two clusters; each
+dot products of length d). Memory in :func:`semantic_pairs`: the n × 1280 float32 embeddings (5 KiB a
+row) plus one ``chunk × chunk`` similarity block; in the build's stage, one cluster bucket per task and
+the k-means sample (≤ ``fit_sample`` rows) in one task. SemDeDup (p = 1) misses pairs split across two clusters; each
 row is therefore compared within its p = 2 nearest clusters by default (multi-probe, as in IVF
 indexes). ``tests/benchmarks/measure_semantic_threshold.py`` reports the pair recall against
 brute force for p = 1 and 2.
@@ -61,17 +65,22 @@ turns it off.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
 from pydantic import Field
 
 from mella import phash_index, survivor
-from mella.stages.dedup.exact import load_survivors
-from mella.stages.dedup.near_dup import NearDupStage, distinct_images, greedy_drops, load_drops, write_drops
+from mella.stages.dedup.near_dup import NearDupStage, distinct_images, drops_from_pairs, write_pairs
+from mella.stages.dedup.shuffle import hex_bucket, num_partitions
 from mella.stages.enrich.embed import EMBED_DIM, EmbedConfig  # noqa: F401  (EMBED_DIM: re-exported)
 
 log = logging.getLogger(__name__)
@@ -264,52 +273,80 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
     return sorted(((ids[d], ids[s], float(c)) for d, (s, c) in dropped.items()), key=lambda t: t[0])
 
 
-def find_semantic_near_duplicates(parquet_files: list[str], exact_survivors: dict[str, str], exact_mode: str,
-                                  cfg: SemanticDedupConfig, skip=()) -> dict[tuple[str, str], str]:
-    """``{(lang, pixel_sha256): detail}`` for every distinct image the pipeline drops as a CNN near-duplicate.
+#: Up to this many distinct images of one language, CNN dedup compares all pairs (one cluster): exact, and
+#: cheaper than k-means at this size (2048² dot products of 1280 floats ≈ 5 GFLOP).
+BRUTE_FORCE_MAX = 2048
 
-    The build_corpus form of the method: the distinct images of :mod:`mella.stages.dedup.near_dup` (active
-    after exact dedup, minus ``skip`` = the pHash stage's drops), per language, their embeddings
-    compared by :func:`semantic_pairs` (k-means + within-cluster cosine), and the shared survivor rule
-    (D_know first, largest, same-page exemption). A pair is a near-duplicate when its cosine is
-    ≥ ``cfg.threshold``, or ≥ ``cfg.corroborated_threshold`` with pHashes within
-    ``cfg.corroborated_phash_bits`` (module docstring). Memory: 5 KiB per active row.
-    """
-    if not cfg.enabled or not parquet_files:
-        return {}
-    corr = cfg.corroborated_threshold if cfg.corroborated_threshold is not None else 2.0
-    search = min(cfg.threshold, corr)
-    by_lang, t = distinct_images(parquet_files, exact_survivors, exact_mode, "embedding", skip, extra_columns=["phash"])
-    drops: dict[tuple[str, str], str] = {}
-    for imgs in by_lang.values():
-        if len(imgs.keys) < 2:
+
+def _fit_centroids(images_dir: str, lang: str, n: int, k: int, cfg: "SemanticDedupConfig") -> np.ndarray:
+    """Ray task: spherical k-means for one language on a bounded, seeded sample (≤ ``fit_sample`` × ~1.2 rows
+    read, by the pixel-hash key ``u``). Returns (k, 1280) float32 centroids."""
+    frac = min(1.0, 1.2 * cfg.fit_sample / max(n, 1))
+    t = pq.read_table(images_dir, columns=["pixel_sha256", "embedding"], filters=[("lang", "==", lang), ("u", "<", frac)])
+    t = t.sort_by("pixel_sha256")
+    x = t["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(t.num_rows, -1)
+    return spherical_kmeans(x, k, iters=cfg.kmeans_iters, seed=cfg.seed, fit_sample=cfg.fit_sample)
+
+
+def _assign_clusters(t: pa.Table, centroids: dict, n_probe: int, p: int) -> pa.Table:
+    """Each image → one row per cluster among its ``n_probe`` nearest centroids (of its language), with the
+    shuffle bucket of (lang, cluster) in ``[0, p)``."""
+    cents = ray.get(centroids["ref"]) if "ref" in centroids else centroids
+    out = []
+    for lang in pc.unique(t["lang"]).to_pylist():
+        s = t.filter(pc.equal(t["lang"], lang))
+        c = cents.get(lang)
+        if c is None:
+            near = np.zeros((s.num_rows, 1), np.int64)
+        else:
+            x = s["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(s.num_rows, -1)
+            q = max(1, min(n_probe, len(c)))
+            near = np.argpartition(-(x @ c.T), q - 1, axis=1)[:, :q]
+        rows = np.repeat(np.arange(s.num_rows), near.shape[1])
+        cl = near.reshape(-1)
+        lb = hex_bucket([hashlib.sha1(lang.encode()).hexdigest()], 1 << 30)[0]
+        e = s.take(pa.array(rows))
+        out.append(pa.table({"bucket": pa.array((cl + lb) % p), "cluster": pa.array(cl), "lang": e["lang"],
+                             "img": e["img"], "phash": e["phash"], "embedding": e["embedding"]}))
+    return pa.concat_tables(out) if out else t.slice(0, 0).select(["lang", "img", "phash", "embedding"])
+
+
+def _cluster_pairs(t: pa.Table, search: float, threshold: float, corr: float, bits: int) -> pa.Table:
+    """Pairs with cosine ≥ ``search`` within each (lang, cluster) of one bucket, kept when cosine ≥ ``threshold``
+    or (≥ ``corr`` and pHash within ``bits``); columns lang, a, b (uint64, a < b), dist (cosine), bits."""
+    out = []
+    key = pc.binary_join_element_wise(t["lang"], pc.cast(t["cluster"], pa.string()), "\x1f")
+    for g in pc.unique(key).to_pylist():
+        s = t.filter(pc.equal(key, g))
+        if s.num_rows < 2:
             continue
-        rows = pa.array(imgs.rows)
-        emb = t["embedding"].take(rows).combine_chunks()
-        x = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(imgs.keys), -1)
-        i, j, cos = semantic_pairs(x, search, cfg.n_clusters, n_probe=cfg.n_probe, kmeans_iters=cfg.kmeans_iters,
-                                   fit_sample=cfg.fit_sample, seed=cfg.seed)
-        bits = np.full(len(i), 64, np.uint8)
-        if len(i) and corr <= 1:
-            hx = t["phash"].take(rows).to_pylist()
-            known = np.array([v is not None for v in hx])
-            h = phash_index.hashes_from_hex([v or "0" * 16 for v in hx])
-            bits = np.where(known[i] & known[j], phash_index.hamming(h[i], h[j]), 64).astype(np.uint8)
-        keep = (cos >= cfg.threshold) | ((cos >= corr) & (bits <= cfg.corroborated_phash_bits))
-        i, j, cos, bits = i[keep], j[keep], cos[keep], bits[keep]
-        pair_bits = {(a, b): int(d) for a, b, d in zip(i.tolist(), j.tolist(), bits.tolist())}
-        for d, (k, c) in greedy_drops(imgs, i, j, cos).items():
-            if c >= cfg.threshold:
-                drops[imgs.keys[d]] = f"cosine {c:.4f} >= {cfg.threshold} to {imgs.urls[k]}"
-            else:
-                drops[imgs.keys[d]] = (f"cosine {c:.4f} >= {corr} and pHash {pair_bits[(min(d, k), max(d, k))]} bits "
-                                       f"<= {cfg.corroborated_phash_bits} to {imgs.urls[k]}")
-    return drops
+        x = s["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(s.num_rows, -1)
+        a, b, c = (np.concatenate(v) for v in _pairs_within(x, np.arange(s.num_rows), search, 2048))
+        if not len(a):
+            continue
+        hx = s["phash"].to_pylist()
+        known = np.array([v is not None for v in hx])
+        h = phash_index.hashes_from_hex([v or "0" * 16 for v in hx])
+        d = np.where(known[a] & known[b], phash_index.hamming(h[a], h[b]), 64).astype(np.int64)
+        keep = (c >= threshold) | ((c >= corr) & (d <= bits))
+        img = s["img"].to_numpy()
+        a, b, c, d = a[keep], b[keep], c[keep], d[keep]
+        out.append(pa.table({"lang": pa.array([s["lang"][0].as_py()] * len(a), pa.string()),
+                             "a": pa.array(np.minimum(img[a], img[b])), "b": pa.array(np.maximum(img[a], img[b])),
+                             "dist": pa.array(c.astype(np.float64)), "bits": pa.array(d)}))
+    if not out:
+        return pa.table({"lang": pa.array([], pa.string()), "a": pa.array([], pa.uint64()),
+                         "b": pa.array([], pa.uint64()), "dist": pa.array([], pa.float64()), "bits": pa.array([], pa.int64())})
+    return pa.concat_tables(out)
 
 
 class SemanticDedupStage(NearDupStage):
-    """CNN semantic near-duplicates: :func:`find_semantic_near_duplicates` over all parts (skipping the
-    pHash stage's drops), rows of dropped images rejected with reason ``semantic_duplicate``."""
+    """CNN semantic near-duplicates, distributed (after NeMo Curator's semantic dedup): the distinct images
+    (after exact and pHash dedup) with their embeddings written as Parquet; per language, k-means fitted on
+    a bounded sample in one Ray task (all pairs, one cluster, up to ``BRUTE_FORCE_MAX`` images); clusters
+    assigned in ``map_batches`` (each image to its ``n_probe`` nearest); images shuffled by cluster;
+    pairwise cosine per cluster in tasks; pairs to Parquet; the survivor rule over the pairs. Rows of
+    dropped images rejected with reason ``semantic_duplicate``."""
 
     name = "semantic_dedup"
     reason = "semantic_duplicate"
@@ -317,8 +354,34 @@ class SemanticDedupStage(NearDupStage):
     def __init__(self, cfg: SemanticDedupConfig, exact_mode: str = "image_text") -> None:
         self.cfg, self.exact_mode = cfg, exact_mode
 
-    def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
-        survivors = load_survivors(upstream["exact_dedup"]) if "exact_dedup" in upstream else {}
-        skip = load_drops(upstream.get("phash_dedup"))
-        write_drops(find_semantic_near_duplicates(parts, survivors, self.exact_mode, self.cfg, skip=skip), decisions)
-        self.decisions = decisions
+    def find_drops(self, parts: list[str], work: str, upstream: list[str]) -> pa.Table:
+        cfg = self.cfg
+        images = os.path.join(work, "images")
+        n = distinct_images(parts, upstream, ["embedding", "phash"], images)
+        if n < 2:
+            return drops_from_pairs(None, images, None)
+        counts = {r["lang"]: r["count()"] for r in ray.data.read_parquet(images).select_columns(["lang"]).groupby("lang").count().take_all()}
+        ks = {lang: (cfg.n_clusters or (1 if c <= BRUTE_FORCE_MAX else math.ceil(math.sqrt(c)))) for lang, c in counts.items()}
+        fit = ray.remote(num_cpus=1)(_fit_centroids)
+        refs = {lang: fit.remote(images, lang, counts[lang], min(k, counts[lang]), cfg) for lang, k in ks.items() if k > 1}
+        centroids = dict(zip(refs, ray.get(list(refs.values()))))  # k × 1280 floats per language: O(sqrt(n))
+        p = num_partitions(n * cfg.n_probe, rows_per_partition=10_000)
+        corr = cfg.corroborated_threshold if cfg.corroborated_threshold is not None else 2.0
+        pairs = ray.data.read_parquet(images).select_columns(["lang", "img", "phash", "embedding"]).map_batches(
+            _assign_clusters, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe, "p": p}
+        ).groupby("bucket", num_partitions=p).map_groups(
+            _cluster_pairs, batch_format="pyarrow",
+            fn_kwargs={"search": min(cfg.threshold, corr), "threshold": cfg.threshold, "corr": corr,
+                       "bits": cfg.corroborated_phash_bits})
+        pairs = write_pairs(pairs, os.path.join(work, "pairs"))
+        if pairs is not None and pairs.num_rows:  # a pair shared by two probed clusters comes twice
+            pairs = pairs.group_by(["lang", "a", "b"]).aggregate([("dist", "max"), ("bits", "min")]) \
+                .rename_columns(["lang", "a", "b", "dist", "bits"])
+        cos = pairs["dist"].to_pylist() if pairs is not None else []
+        bits = pairs["bits"].to_pylist() if pairs is not None else []
+
+        def describe(k: int, url: str) -> str:
+            if cos[k] >= cfg.threshold:
+                return f"cosine {cos[k]:.4f} >= {cfg.threshold} to {url}"
+            return f"cosine {cos[k]:.4f} >= {corr} and pHash {bits[k]} bits <= {cfg.corroborated_phash_bits} to {url}"
+        return drops_from_pairs(pairs, images, describe)

@@ -1,0 +1,238 @@
+"""The distributed plumbing of the global dedup phase: per-part reads, hash buckets, decisions by part.
+
+No global stage holds O(rows) data in one process (issue 12; after NeMo Curator's semantic-dedup
+workflow and datatrove's MinHash dedup, where every step writes files for the next):
+
+- **Rows** are read one work-unit part per Ray task (:func:`active_rows`): the part's active rows
+  minus those the earlier dedup stages reject, looked up in *that part's slice* of their decisions.
+- **Groups** (exact keys, distinct images, pHash bands, k-means clusters) are hash-partitioned with a
+  Ray Data ``groupby(bucket).map_groups`` (a shuffle across the cluster): one call per bucket, which
+  groups its rows with pyarrow. :func:`num_partitions` sizes the buckets from the row count and the
+  cluster's CPUs, never a constant.
+- **Decisions** (``part``, ``id``, ``reason``, ``detail``: one row per rejected row) are a Parquet
+  dataset sorted by ``part`` (:func:`write_decisions`); :func:`part_decisions` reads the slice of
+  one part, pruned by the row groups' min/max statistics. The final pass applies them part by part
+  (:func:`read_applied`): a worker holds one part's decisions, never a dict of all groups.
+
+The driver handles file paths, counts and — for the near-duplicate survivor rule — the candidate
+pairs (see :mod:`mella.stages.dedup.near_dup`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from mella.io import replace_dir, write_json_atomic
+from mella.schema import REJECT_SCHEMA, conform
+
+#: Key rows per shuffle partition: a bucket's key columns stay a few MB (pixel hex, URLs, ids).
+ROWS_PER_PARTITION = 50_000
+DECISION_SCHEMA = pa.schema([("part", pa.string()), ("id", pa.string()), ("key", pa.string()),
+                             ("reason", pa.string()), ("detail", pa.string())])
+SEP = "\x1f"
+
+
+def row_key(t: pa.Table) -> pa.Array:
+    """The key a decision names a row by: ``id \\x1f alt_text`` (a row id names (lang, page, image URL),
+    which one ``<img>`` shown under several alt-texts shares; the alt-text tells those rows apart)."""
+    return pc.binary_join_element_wise(t["id"], pc.fill_null(t["alt_text"], ""), SEP)
+
+
+@contextlib.contextmanager
+def task_shuffle():
+    """Ray Data's sort-based (pull) shuffle for the global phase's group-bys: plain tasks. Ray 2.60's
+    default hash shuffle keeps aggregator actors holding CPUs until the dataset ends, which starves the
+    later operators of a small cluster (seen on 2 CPUs: the sort after a group-by never scheduled)."""
+    from ray.data.context import DataContext, ShuffleStrategy  # noqa: PLC0415
+
+    ctx = DataContext.get_current()
+    old = ctx.shuffle_strategy
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        yield
+    finally:
+        ctx.shuffle_strategy = old
+
+
+def cluster_cpus() -> int:
+    """CPUs of the running Ray cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def num_partitions(n_rows: int, rows_per_partition: int = ROWS_PER_PARTITION) -> int:
+    """Shuffle partitions for ``n_rows``: ``ceil(n_rows / rows_per_partition)``, at least the cluster's CPUs."""
+    return max(cluster_cpus(), math.ceil(n_rows / rows_per_partition))
+
+
+def count_rows(parts: list[str]) -> int:
+    """Rows in the unit parts, from their Parquet footers (no data read)."""
+    return sum(pq.read_metadata(p).num_rows for p in parts)
+
+
+def hex_bucket(hex_keys, n: int, offset: int = 0) -> np.ndarray:
+    """Bucket in ``[0, n)`` of each hex digest (sha256/sha1 text; uniform bits), from 8 hex digits at ``offset``;
+    a null key goes to bucket 0. Returns int64 (len(hex_keys),)."""
+    return np.fromiter(((int(k[offset:offset + 8], 16) if k else 0) % n for k in hex_keys), np.int64, len(hex_keys))
+
+
+def hex_u64(hex_keys) -> np.ndarray:
+    """The first 64 bits of each hex digest as uint64 (a compact image id; 0 for a null key)."""
+    return np.fromiter(((int(k[:16], 16) if k else 0) for k in hex_keys), np.uint64, len(hex_keys))
+
+
+# ------------------------------------------------------------------------------ decisions by part
+def part_decisions(path: str | None, part: str, columns=("key", "reason", "detail")) -> pa.Table:
+    """The decisions of one part (rows of ``DECISION_SCHEMA`` with ``part == part``); empty for no path."""
+    if not path:
+        return DECISION_SCHEMA.empty_table().select(list(columns))
+    return pq.read_table(path, columns=list(columns), filters=[("part", "==", part)])
+
+
+def write_decisions(ds, path: str) -> int:
+    """Write a Ray Dataset of ``DECISION_SCHEMA`` rows (or None) to the Parquet dataset ``path``, sorted by part.
+
+    Written to a staging directory and swapped in whole (a rerun replaces it). Returns the row count
+    (a small summary for the driver)."""
+    staging = f"{path}.staging-{uuid.uuid4().hex[:8]}"
+    os.makedirs(staging)
+    n = 0
+    if ds is not None:
+        ds = ds.sort(["part", "id"])
+        ds.write_parquet(staging)
+        n = sum(pq.read_metadata(os.path.join(staging, f)).num_rows for f in os.listdir(staging))
+    if not any(f.endswith(".parquet") for f in os.listdir(staging)):
+        pq.write_table(DECISION_SCHEMA.empty_table(), os.path.join(staging, "empty.parquet"))
+    replace_dir(staging, path)
+    return n
+
+
+# ----------------------------------------------------------------------------------- reading rows
+def read_part(part: str, columns: list[str], upstream: list[str]) -> pa.Table:
+    """``columns`` of one part's active rows (``reason`` null) not rejected by the ``upstream`` decisions."""
+    cols = list(dict.fromkeys(["id", "alt_text", "reason", *columns]))
+    t = pq.read_table(part, columns=cols)
+    t = t.filter(pc.is_null(t["reason"]))
+    for path in upstream:
+        gone = part_decisions(path, part, ("key",))["key"]
+        if len(gone):
+            t = t.filter(pc.invert(pc.is_in(row_key(t), value_set=gone)))
+    return t.select(list(dict.fromkeys(["id", *columns])))
+
+
+def _read_parts(batch: pa.Table, columns: list[str], upstream: list[str], with_part: bool):
+    for part in batch["part"].to_pylist():
+        t = read_part(part, columns, upstream)
+        if with_part:
+            t = t.append_column("part", pa.array([part] * t.num_rows, pa.string()))
+        yield t
+
+
+def active_rows(parts: list[str], columns: list[str], upstream: list[str], with_part: bool = False):
+    """Ray Dataset of the active rows of ``parts`` (one read task per part), minus upstream decisions."""
+    ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
+    return ds.map_batches(_read_parts, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+                          fn_kwargs={"columns": columns, "upstream": list(upstream), "with_part": with_part})
+
+
+def rows_to_decisions(rows, drops: pa.Table, reason: str, n_rows: int):
+    """Join the image-level drops (``lang``, ``pixel_sha256``, ``detail``; O(drops)) with the active rows
+    (a Ray Dataset with ``part``, ``id``, ``lang``, ``pixel_sha256``) → a Dataset of DECISION_SCHEMA rows:
+    every row showing a dropped image, with ``reason``. A hash join by pixel bucket (Ray Data shuffle)."""
+    if drops.num_rows == 0:
+        return None
+    p = num_partitions(n_rows)
+    left = rows.map_batches(_tag, batch_format="pyarrow", fn_kwargs={"p": p, "side": 0})
+    right = ray.data.from_arrow(drops).map_batches(_tag, batch_format="pyarrow", fn_kwargs={"p": p, "side": 1})
+    return left.union(right).groupby("bucket", num_partitions=p).map_groups(
+        _join_bucket, batch_format="pyarrow", fn_kwargs={"reason": reason})
+
+
+def _tag(t: pa.Table, p: int, side: int) -> pa.Table:
+    n = t.num_rows
+    col = lambda c: t[c] if c in t.column_names else pa.nulls(n, pa.string())  # noqa: E731
+    key = row_key(t) if side == 0 else pa.nulls(n, pa.string())
+    return pa.table({"bucket": hex_bucket(t["pixel_sha256"].to_pylist(), p), "side": pa.array([side] * n, pa.int8()),
+                     "part": col("part"), "id": col("id"), "key": key, "lang": t["lang"], "pixel_sha256": t["pixel_sha256"],
+                     "detail": col("detail")})
+
+
+def _join_bucket(t: pa.Table, reason: str) -> pa.Table:
+    rows = t.filter(pc.equal(t["side"], 0)).select(["part", "id", "key", "lang", "pixel_sha256"])
+    drops = t.filter(pc.equal(t["side"], 1)).select(["lang", "pixel_sha256", "detail"])
+    j = rows.join(drops, ["lang", "pixel_sha256"], join_type="inner")
+    return pa.table({"part": j["part"], "id": j["id"], "key": j["key"],
+                     "reason": pa.array([reason] * j.num_rows, pa.string()),
+                     "detail": j["detail"]})
+
+
+# ------------------------------------------------------------------------------- the final pass
+def apply_decisions(t: pa.Table, part: str, stages) -> tuple[pa.Table, dict]:
+    """Mark the rows of ``t`` (one part, REJECT_SCHEMA) that the dedup ``stages`` reject (in order: a row
+    keeps the first stage's reason), freeing their image and embedding. Returns (table, per-stage counters)."""
+    counts = {}
+    for st in stages:
+        t0, c0 = time.perf_counter(), time.process_time()
+        active = pc.is_null(t["reason"])
+        d = part_decisions(st.decisions, part)
+        n_in = pc.sum(active).as_py() or 0
+        keys = row_key(t)
+        hit = pc.and_(active, pc.is_in(keys, value_set=d["key"])) if d.num_rows else None
+        rejected = Counter()
+        if hit is not None and pc.any(hit).as_py():
+            idx = pc.index_in(keys, value_set=d["key"])
+            detail = pc.take(d["detail"], pc.fill_null(idx, 0))
+            reason = pc.take(d["reason"], pc.fill_null(idx, 0))
+            t = t.set_column(t.schema.get_field_index("stage"), "stage",
+                             pc.if_else(hit, pa.scalar(st.name), t["stage"]))
+            t = t.set_column(t.schema.get_field_index("reason"), "reason", pc.if_else(hit, reason, t["reason"]))
+            t = t.set_column(t.schema.get_field_index("detail"), "detail", pc.if_else(hit, detail, t["detail"]))
+            for col in ("image", "embedding"):
+                i = t.schema.get_field_index(col)
+                t = t.set_column(i, col, pc.if_else(hit, pa.scalar(None, t.schema.field(col).type), t[col]))
+            rejected.update(reason.filter(hit).to_pylist())
+        counts[st.name] = {"rows_in": n_in, "rejected": dict(rejected), "wall_s": time.perf_counter() - t0,
+                           "cpu_s": time.process_time() - c0, "batches": 1}
+    return t, counts
+
+
+def read_applied(batch: pa.Table, stages, stats_dir: str | None):
+    """Ray Data generator UDF of the final pass: each part (``part`` column) read whole, the dedup stages'
+    decisions for that part applied (:func:`apply_decisions`); counters to ``stats_dir/stage-*.json``."""
+    for part in batch["part"].to_pylist():
+        t, counts = apply_decisions(conform(pq.read_table(part), REJECT_SCHEMA), part, stages)
+        if stats_dir:
+            write_json_atomic(counts, os.path.join(stats_dir, f"stage-{uuid.uuid4().hex}.json"))
+        yield t
+
+
+class AppliesDecisions:
+    """Row-stage form of a dedup stage's decisions (the :class:`~mella.stages.base.DedupStage` contract) for
+    tools and tests: each batch reads only the decisions naming its row ids (a filtered scan, memory
+    O(batch)). The build applies them part by part instead (:func:`read_applied`)."""
+
+    decisions: str | None = None
+
+    def setup(self) -> None:
+        """Nothing is loaded: :meth:`process` looks its rows up."""
+
+    def process(self, rows: list[dict]) -> None:
+        if not self.decisions or not rows:
+            return
+        ids = [r["id"] for r in rows]
+        d = pq.read_table(self.decisions, columns=["key", "reason", "detail"], filters=[("id", "in", ids)])
+        found = dict(zip(d["key"].to_pylist(), zip(d["reason"].to_pylist(), d["detail"].to_pylist())))
+        for r in rows:
+            key = f"{r['id']}{SEP}{r.get('alt_text') or ''}"
+            if key in found:
+                self.reject(r, *found[key])

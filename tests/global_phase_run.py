@@ -1,0 +1,31 @@
+"""Run the build's global phase (the dedup stages' ``find`` in plan order, as ``BuildCorpus.final`` does) on
+given parts; shared by tests/test_global_phase.py and tests/benchmarks/bench_global_phase.py."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+
+from mella.stages.dedup.exact import ExactDedupStage
+from mella.stages.dedup.phash import PhashConfig, PhashDedupStage
+from mella.stages.dedup.semantic import SemanticDedupConfig, SemanticDedupStage
+
+
+def run_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig | None = None) -> dict:
+    """Find every dedup stage's decisions into ``work/decisions`` and return ``{row id: (stage, reason, detail)}``
+    (read back from the decision files, the first stage's reason winning, as the final pass applies them)."""
+    stages = [ExactDedupStage("image_text", with_d_ling=True), PhashDedupStage(PhashConfig()),
+              SemanticDedupStage(semantic or SemanticDedupConfig())]
+    upstream: dict[str, str] = {}
+    for st in stages:
+        path = os.path.join(work, "decisions", f"{st.name}.parquet")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        st.find(parts, path, dict(upstream))
+        upstream[st.name] = path
+    out: dict = {}
+    for st in stages:
+        t = pq.read_table(upstream[st.name])
+        for i, r, d in zip(t["id"].to_pylist(), t["reason"].to_pylist(), t["detail"].to_pylist()):
+            out.setdefault(i, (st.name, r, d))
+    return out
