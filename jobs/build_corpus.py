@@ -17,6 +17,7 @@ port keeps the URLs, so a rerun into the same --output is served from its WARCs 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -205,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         progress.update(f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
         funnel = BuildCorpus(cfg, seeds_base_url=args.base_url, progress=progress.callback()).run()
         progress.close()
-        print(format_table(funnel), flush=True)
+        timing_path = Path(cfg.output) / "stage_stats.json"
+        timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.exists() else None
+        print(format_table(funnel, timing), flush=True)
         print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)  "
               f"[{time.monotonic() - t0:.0f} s]", flush=True)
         from mella import dataset_card, report  # noqa: PLC0415 - the corpus report and card (jobs/inspect_corpus.py)

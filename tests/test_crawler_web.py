@@ -4,6 +4,7 @@ the finished output, then a rerun with ``retry_failed``, all against the same li
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 
 import pytest
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow  # three builds of one site (~1 min each on 2 busy
 
 DEADLINE = 5.0
 CRAWL = {"url_deadline_s": DEADLINE, "total_timeout_s": 3.0, "read_timeout_s": 1.5, "max_retries": 2, "max_depth": 3}
-RAY = {"batch_size": 4, "fetch_actors": 2}
+RAY = {"image_pool": {"batch_size": 4, "pool_size": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +30,14 @@ def web(tmp_path_factory, ray_session):
         first = Counter(url.hits_qs)
         times = {k: list(v) for k, v in url.times.items()}
         kept, rejects = read_dir(out / "d_know"), read_dir(out / "rejects")
+        timing = json.loads((out / "stage_stats.json").read_text())
         funnel2 = build(out, seeds=seeds, base_url=url, crawl=CRAWL, ray=RAY)
         second = Counter(url.hits_qs) - first
         kept2 = read_dir(out / "d_know")
         before_retry = Counter(url.hits_qs)
         build(out, seeds=seeds, base_url=url, crawl={**CRAWL, "retry_failed": True}, ray=RAY)
         third = Counter(url.hits_qs) - before_retry
-    return {"url": url, "funnel": funnel, "kept": kept, "rejects": rejects, "hits": first, "times": times,
+    return {"url": url, "funnel": funnel, "timing": timing, "kept": kept, "rejects": rejects, "hits": first, "times": times,
             "funnel2": funnel2, "rerun_hits": second, "kept2": kept2, "retry_hits": third}
 
 
@@ -124,7 +126,7 @@ def test_hosts_by_origin_cut_offs_and_slowest_hosts(web):
     assert set(f["hosts"]) == {web["url"]}
     assert f["hosts"][web["url"]]["cut_off"]["max_depth"] >= 1 and web["hits"].get("/p/deep/5.html", 0) == 0
     assert _stage(web, "crawl")["cut_off"]["max_depth"] >= 1
-    assert f["slowest_hosts"][0]["host"] == web["url"]
+    assert web["timing"]["crawl"]["slowest_hosts"][0]["host"] == web["url"]  # timings: stage_stats.json
     assert "http_404" in _reasons(web, "/p/404.html") and "http_404" in _reasons(web, "/img/404.png")
 
 

@@ -93,8 +93,9 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
         "stages": stages,
         "d_know": {lang: kept.get(lang, 0) for lang in langs},
         "d_know_total": sum(kept.values()),
-        "hosts": (crawl_stats or {}).get("hosts", {}),
-        "slowest_hosts": (crawl_stats or {}).get("slowest_hosts", []),
+        # counts only: the funnel of a rerun equals the first run's (network seconds are timings: stage_stats.json)
+        "hosts": {h: {k: v for k, v in agg.items() if k != "seconds"}
+                  for h, agg in (crawl_stats or {}).get("hosts", {}).items()},
     }
     if ling_dir is not None:
         ling = Counter(r["lang"] for r in _read_cols(ling_dir, ["lang"]))
@@ -120,8 +121,9 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
     return out
 
 
-def format_table(funnel: dict) -> str:
-    """Human-readable funnel: one line per stage, then D_know per language."""
+def format_table(funnel: dict, timing: dict | None = None) -> str:
+    """Human-readable funnel: one line per stage, then D_know per language; with ``timing`` (the build's
+    ``stage_stats.json``) also the slowest crawled hosts."""
     lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'dropped':>9}  top reasons"]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}:{v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
@@ -137,7 +139,8 @@ def format_table(funnel: dict) -> str:
     if "d_ling" in funnel:
         lines.append("D_ling pairs per language: " + "  ".join(f"{k}={v}" for k, v in funnel["d_ling"].items()))
         lines.append(f"D_ling total: {funnel['d_ling_total']}")
-    slow = [f"{h['host']} {h['seconds']:.1f}" for h in funnel.get("slowest_hosts", []) if h.get("seconds")]
+    slow = [f"{h['host']} {h['seconds']:.1f}" for h in (timing or {}).get("crawl", {}).get("slowest_hosts", [])
+            if h.get("seconds")]
     if slow:
         lines.append("slowest hosts (network seconds): " + "; ".join(slow))
     failed_hosts = {h: v["failed"] for h, v in funnel.get("hosts", {}).items() if v.get("failed")}

@@ -243,6 +243,9 @@ class BuildCorpus:
                                     candidates_dir=dirs["d_ling_candidates"],
                                     ling_dir=dirs["d_ling"] if self.cfg.d_ling.enabled else None)
         timing = stage_stats([os.path.join(self.units_dir, u) for u in os.listdir(self.units_dir)] + [dirs["stats"]])
+        if crawl_stats:  # network seconds per origin: timings, not counts (funnel.json stays equal across reruns)
+            timing["crawl"] = {"slowest_hosts": crawl_stats.get("slowest_hosts", []),
+                               "host_seconds": {h: v.get("seconds", 0.0) for h, v in crawl_stats.get("hosts", {}).items()}}
         replace_dir(dirs["d_know"], os.path.join(self.out, "d_know"))
         replace_dir(dirs["rejects"], os.path.join(self.out, "rejects"))
         if self.cfg.d_ling.enabled:
