@@ -105,7 +105,7 @@ class Job:
 
 
 # demo-web settings of the other tests, but timeouts that outlast a hold of the web server
-CRAWL = {**FAST_CRAWL, "read_timeout_s": 600.0, "total_timeout_s": 900.0}
+CRAWL = {**FAST_CRAWL, "read_timeout_s": 600.0, "total_timeout_s": 900.0, "url_deadline_s": 900.0}  # requests are held
 
 
 def build_args(out: Path, base_url: str, *extra: str) -> list[str]:
