@@ -25,7 +25,6 @@ import asyncio
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import yaml
@@ -234,7 +233,3 @@ def shard_seeds(seeds: list[Seed], num_shards: int) -> list[list[Seed]]:
 def crawl_shard(seeds: list[Seed], cfg: CrawlConfig, warc_dir: str, shard: int, offline: bool = False) -> CrawlResult:
     """Synchronous wrapper for a Ray task: run :func:`crawl_async` in a fresh event loop."""
     return asyncio.run(crawl_async(seeds, cfg, warc_dir, shard, offline))
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)

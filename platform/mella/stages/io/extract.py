@@ -79,13 +79,10 @@ class Page:
     """What extraction learns from one page."""
 
     url: str
-    text: str
     lang: str | None  # decided language code (any language, not only targets)
     lang_evidence: str  # e.g. "html:hu", "lid-lines:th(0.97)"
     candidate_langs: list[str] = field(default_factory=list)  # configured languages present, best first
     images: list[ImageRef] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
-    encoding: str = "utf-8"
     dropped: Counter = field(default_factory=Counter)  # items dropped inside the page: reason -> count
 
 
@@ -428,7 +425,7 @@ def page_base(url: str, tree: LexborHTMLParser) -> str:
 
 def page_links(base: str, tree: LexborHTMLParser, frames: bool = False) -> list[str]:
     """Normalised http(s) URLs of ``<a href>``/``<area href>`` (and ``<frame>``/``<iframe src>`` with
-    ``frames``), in document order; the crawler's frontier and :class:`Page` ``links``."""
+    ``frames``), in document order: the crawler's frontier."""
     sel = "a[href], area[href]" + (", frame[src], iframe[src]" if frames else "")
     out = []
     for node in tree.css(sel):
@@ -508,8 +505,6 @@ def parse_page(
         seen.add((img_url, alt))
         images.append(ImageRef(img_url, alt, data, err))
 
-    links = page_links(base, tree)
-
     title = tree.css_first("title")
     vis = _visible_text(tree)
     if title is not None and title.text(strip=True):
@@ -517,13 +512,10 @@ def parse_page(
     lang, evidence, candidates = page_language(declared, vis, lid_model)
     return Page(
         url=url,
-        text=vis,
         lang=lang,
         lang_evidence=evidence,
         candidate_langs=candidates,
         images=images,
-        links=links,
-        encoding=enc,
         dropped=dropped,
     )
 
