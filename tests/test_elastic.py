@@ -241,7 +241,8 @@ def ray_env(request):
 
 class HeldWeb:
     """The demo web on 127.0.0.1 (``url``). Between ``hold()`` and ``release()`` image requests wait
-    (pages and robots.txt are answered); ``held`` counts the requests that had to wait."""
+    (pages, robots.txt and the crawler's ``/.well-known/tdmrep.json`` are answered); ``held`` counts the
+    requests that had to wait."""
 
     def __init__(self):
         self.url = ""
@@ -251,7 +252,8 @@ class HeldWeb:
 
     @web.middleware
     async def _gate(self, request: web.Request, handler):
-        if not request.path.endswith((".html", ".txt")) and not self._open.is_set():
+        page = request.path.endswith((".html", ".txt")) or request.path.startswith("/.well-known/")  # + TDMRep
+        if not page and not self._open.is_set():
             self.held += 1  # handlers run on the server's one event loop thread
             while not self._open.is_set():
                 await asyncio.sleep(0.05)
