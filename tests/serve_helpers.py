@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import socket
 from pathlib import Path
+
+from ports import free_port
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
 
@@ -36,11 +37,6 @@ def make_adapters(base: Path, root: Path, names: list[str], rank: int = 4) -> di
     return out
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def data_url(path: Path | bytes, mime: str = "image/png") -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from ports import free_port
 
 pytestmark = [pytest.mark.slow]
 PY = sys.executable
@@ -28,12 +29,6 @@ def _env() -> dict:
     return env
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _demo(out: Path, port: int) -> subprocess.CompletedProcess:
@@ -52,7 +47,7 @@ def _requests(proc: subprocess.CompletedProcess) -> int:
 
 
 def test_demo_twice_same_funnel_zero_requests_and_a_readable_console(tmp_path):
-    out, port = tmp_path / "mella_out", _free_port()
+    out, port = tmp_path / "mella_out", free_port()
     first = _demo(out, port)
     funnel1 = (out / "funnel.json").read_text()
     second = _demo(out, port)

@@ -46,7 +46,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from ray.cluster_utils import Cluster
 from conftest import DEMO_WEB, ROOT
 from conftest_train import MAX_PIXELS, MIN_PIXELS, checkpoint_committed, tiny_qwen2vl, write_corpus
 from helpers import FAST_CRAWL, path_of, read_dir
+from ports import free_port
 from webserver import ALLOW_ALL, _running
 
 pytestmark = pytest.mark.slow
@@ -137,18 +137,14 @@ def d_know_rows(out) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------------ cluster
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_args(num_cpus: int, **extra) -> dict:
     """A raylet on 127.0.0.1 with its own free ports (other Ray clusters share this machine)."""
     return {"num_cpus": num_cpus, "object_store_memory": 100 * 2**20, "node_ip_address": "127.0.0.1",
-            "object_manager_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
-            "metrics_agent_port": _free_port(), "metrics_export_port": _free_port(),
-            "runtime_env_agent_port": _free_port(), **extra}
+            "object_manager_port": free_port(), "dashboard_agent_listen_port": free_port(),
+            "metrics_agent_port": free_port(), "metrics_export_port": free_port(),
+            "runtime_env_agent_port": free_port(), **extra}
 
 
 def _start(make, attempts: int = 3):
@@ -167,11 +163,11 @@ class LocalCluster:
     """A ``Cluster`` with a 0-CPU head, plus the environment of its drivers and its state API."""
 
     def __init__(self, env: dict[str, str]):
-        port = _free_port()
+        port = free_port()
         self.dashboard = f"http://127.0.0.1:{port}"
         self.cluster = _start(lambda: Cluster(initialize_head=True, head_node_args=_node_args(
             0, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-            gcs_server_port=_free_port(), ray_client_server_port=_free_port(),
+            gcs_server_port=free_port(), ray_client_server_port=free_port(),
             # the GCS declares a node dead after 5 failed health checks: 1 s apart instead of 3 s
             # (a killed raylet fails each at once; a slow one still has 10 s to answer each)
             _system_config={"health_check_period_ms": 1000})))

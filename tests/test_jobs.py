@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from conftest import DEMO_WEB, ROOT
 from helpers import build, pair_keys
 from oracle import recall
+from ports import free_port
 from webserver import serve_directory
 
 pytestmark = [pytest.mark.slow]
@@ -81,10 +81,6 @@ def test_kill_midway_then_rerun_equals_uninterrupted(tmp_path, ray_session):
     assert not glob.glob(str(out / "warc" / "*.open"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -98,13 +94,13 @@ def ray_head(tmp_path):
 
     env = _env()
     env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     temp_dir = Path("/tmp") / f"rayhead-{os.getpid()}-{gcs}"
     cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
-           "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+           "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
     log = open(tmp_path / "ray_head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
