@@ -204,7 +204,7 @@ def test_decode_pixel_budget_bounds_memory(tmp_path):
 
     Peak RSS is the child's own VmHWM (/proc/self/status, reset at exec), compared between two fresh
     processes that import the same modules, so the difference is the decode's (a full decode holds >= 75 MB
-    of RGB plus the RGBA copy; the budgeted one a 1/4-scale draft). ``getrusage``'s ``ru_maxrss`` is no good
+    of RGB plus the bytes it hashes; the budgeted one a 1/4-scale draft). ``getrusage``'s ``ru_maxrss`` is no good
     here: Linux keeps it across fork + exec, so the child reported the pytest process's 1 GB peak.
     """
     path = tmp_path / "big.jpg"
@@ -238,3 +238,38 @@ def test_decode_budget_keeps_small_images_exact():
     a = decode_image(buf.getvalue(), FilterConfig())
     b = decode_image(buf.getvalue(), FilterConfig(decode_max_pixels=10**9))
     assert a == b
+
+
+def test_image_fetch_stage_serves_concurrent_batches_from_one_loop(tmp_path):
+    """The image pool runs ``batches_per_actor`` batches of one fetch stage at once, from several threads: every
+    batch gets its images, and each WARC shard holds whole records (a replay serves every image)."""
+    import hashlib
+    import threading
+
+    from mella.stages.io.fetch import ImageFetchStage
+    from mella.warc import WarcIndex, shard_paths
+    from webserver import serve_directory
+
+    from conftest import DEMO_WEB
+
+    paths = sorted(p.relative_to(DEMO_WEB).as_posix() for p in DEMO_WEB.rglob("*.png"))[:48]
+    assert len(paths) == 48
+    warc = tmp_path / "warc"
+    warc.mkdir()
+    with serve_directory(DEMO_WEB) as url:
+        batches = [[{"image_url": f"{url}/{p}", "reason": None} for p in paths[i::4]] for i in range(4)]
+        stage = ImageFetchStage(CrawlConfig(**CFG), str(warc), [], concurrency=8)
+        with stage:
+            threads = [threading.Thread(target=stage.process, args=(b,)) for b in batches]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert stage.helper_cpu_s() > 0
+    rows = [r for b in batches for r in b]
+    assert all(r.get("reason") is None and r["sha256"] == hashlib.sha256((DEMO_WEB / r["image_url"].split("/", 3)[3])
+                                                                          .read_bytes()).hexdigest() for r in rows)
+    index = WarcIndex()
+    for p in shard_paths(str(warc), "images"):
+        index.add_file(p)
+    assert all(r["image_url"] in index for r in rows)

@@ -24,10 +24,14 @@ def test_fixed_and_elastic_pools():
     cpu = StageResources(num_cpus=0.5, pool_size=1, max_pool_size=8).map_batches_args()
     assert (cpu["compute"].min_size, cpu["compute"].max_size) == (1, 8)
     assert "num_gpus" not in cpu
+    threaded = StageResources(num_cpus=0.25, pool_size=2, batches_per_actor=3).map_batches_args()["compute"]
+    assert (threaded.max_concurrent_calls_per_actor, threaded.enable_true_multi_threading) == (3, True)
+    assert cpu["compute"].max_concurrent_calls_per_actor is None
 
 
 @pytest.mark.parametrize("bad", [{"max_pool_size": 2}, {"pool_size": 4, "max_pool_size": 2}, {"pool_size": 0},
-                                 {"num_gpus": -1}, {"cpus": 1}])
+                                 {"num_gpus": -1}, {"cpus": 1},
+                                 {"batches_per_actor": 2}, {"pool_size": 1, "batches_per_actor": 0}])
 def test_bad_declarations_are_rejected(bad):
     with pytest.raises(ValidationError):
         StageResources(**bad)
@@ -54,3 +58,27 @@ def test_pool_actor_lost_mid_batch_is_recreated_and_the_batch_retried(ray_sessio
         **StageResources(num_cpus=0.5, pool_size=1, max_pool_size=2).map_batches_args())
     assert sorted(r["id"] for r in ds.take_all()) == [2 * i for i in range(40)]
     assert marker.exists()  # an actor did die
+
+
+def test_a_pool_actor_runs_batches_per_actor_batches_at_once(ray_session):
+    """With ``batches_per_actor=2`` one actor runs two batches at the same time: each call waits at a
+    two-party barrier, which only a second concurrent call can open (one at a time, it times out)."""
+    import threading
+
+    import ray
+
+    class Meets:
+        def __init__(self):
+            self.barrier = threading.Barrier(2, timeout=120)
+            self.threads = set()
+
+        def __call__(self, batch):
+            self.barrier.wait()
+            self.threads.add(threading.get_ident())
+            return {"id": batch["id"], "threads": [len(self.threads)] * len(batch["id"])}
+
+    ds = ray.data.range(8, override_num_blocks=4).map_batches(
+        Meets, batch_size=2, **StageResources(num_cpus=0.5, pool_size=1, batches_per_actor=2).map_batches_args())
+    rows = ds.take_all()
+    assert sorted(r["id"] for r in rows) == list(range(8))
+    assert max(r["threads"] for r in rows) == 2

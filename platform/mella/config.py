@@ -67,9 +67,13 @@ class ImagePoolConfig(Strict):
     num_cpus: float = Field(0.25, gt=0, description="logical CPUs per actor (1 on cluster CPU nodes)")
     concurrency: int = Field(32, ge=1, description="simultaneous image requests per actor")
     batch_size: int = Field(64, ge=1, description="rows per Ray Data batch")
+    batches_per_actor: int = Field(
+        2, ge=1, description="batches an actor runs at once, one thread each: one batch's downloads are awaited "
+        "while another's images decode (Pillow and hashlib release the GIL); 1: fetch, then decode")
 
     def stage_resources(self) -> StageResources:
-        return StageResources(num_cpus=self.num_cpus, pool_size=self.pool_size, max_pool_size=self.max_pool_size)
+        return StageResources(num_cpus=self.num_cpus, pool_size=self.pool_size, max_pool_size=self.max_pool_size,
+                              batches_per_actor=self.batches_per_actor)
 
 
 class RayConfig(Strict):

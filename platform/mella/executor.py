@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -50,6 +51,14 @@ class _Runner:
         self.counts = {s.name: {"rows_in": 0, "rejected": Counter(), "wall_s": 0.0, "cpu_s": 0.0, "batches": 0}
                        for s in stages}
         self.stats_file = (os.path.join(stats_dir, f"stage-{uuid.uuid4().hex}.json") if stats_dir else None)
+        self._lock = threading.Lock()  # a pool actor may run several batches at once (batches_per_actor)
+
+    def __getstate__(self) -> dict:  # a TaskRunner is pickled into Ray tasks; a lock is not picklable
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def run(self, batch: pa.Table) -> pa.Table:
         batch = conform(batch, REJECT_SCHEMA)
@@ -59,18 +68,23 @@ class _Runner:
             active = [r for r in rows if r.get("reason") is None]
             if not active:
                 continue
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = time.perf_counter(), time.thread_time()
             before = {id(r) for r in rows if r.get("reason") is not None}
             out = s.process(active)
             if out is not None:  # one row → several (translate): rejected rows keep their place first
                 rows = [r for r in rows if id(r) in before] + out
-            c = self.counts[s.name]
-            c["rows_in"] += len(active)
-            c["batches"] += 1
-            c["wall_s"] += time.perf_counter() - t0
-            c["cpu_s"] += time.process_time() - c0
-            c["rejected"].update(r["reason"] if r.get("stage") == s.name else f"{r.get('stage')}:{r['reason']}"
-                                 for r in rows if r.get("reason") is not None and id(r) not in before)
+            wall = time.perf_counter() - t0
+            # CPU seconds of the thread that ran the stage (process time would count the other batches' threads)
+            cpu = time.thread_time() - c0
+            new = Counter(r["reason"] if r.get("stage") == s.name else f"{r.get('stage')}:{r['reason']}"
+                          for r in rows if r.get("reason") is not None and id(r) not in before)
+            with self._lock:
+                c = self.counts[s.name]
+                c["rows_in"] += len(active)
+                c["batches"] += 1
+                c["wall_s"] += wall
+                c["cpu_s"] += cpu
+                c["rejected"].update(new)
         out_t = to_table(rows, REJECT_SCHEMA)
         if not self.heavy:  # the heavy columns were never converted: take them from the input, nulled on rejects
             kept = pc.is_null(out_t["reason"])
@@ -82,7 +96,10 @@ class _Runner:
 
     def _write_stats(self) -> None:
         if self.stats_file:
-            write_json_atomic({k: {**v, "rejected": dict(v["rejected"])} for k, v in self.counts.items()}, self.stats_file)
+            with self._lock:
+                helper = {s.name: s.helper_cpu_s() for s in self.stages}
+                write_json_atomic({k: {**v, "cpu_s": v["cpu_s"] + helper[k], "rejected": dict(v["rejected"])}
+                                   for k, v in self.counts.items()}, self.stats_file)
 
 
 class PoolRunner(_Runner):

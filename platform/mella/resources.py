@@ -50,9 +50,15 @@ class StageResources(BaseModel):
             actors (a callable class that loads its model once in ``__init__``).
         max_pool_size: makes the pool elastic: Ray Data scales it between ``pool_size`` and this
             with the backlog. None keeps it fixed (the default, as GPU pools should be).
+        batches_per_actor: batches one pool actor runs at once, each in its own thread (Ray Data's
+            ``ActorPoolStrategy(max_concurrent_calls_per_actor=N, enable_true_multi_threading=True)``).
+            For a stage that waits on I/O and then computes in code that releases the GIL (Pillow,
+            hashlib, zlib): one batch's downloads are awaited while another's images decode, so the
+            actor's core stays busy. The stage must be thread-safe. 1 (the default): one at a time.
 
     Raises:
-        pydantic.ValidationError: ``max_pool_size`` without ``pool_size``, or smaller than it.
+        pydantic.ValidationError: ``max_pool_size`` without ``pool_size``, or smaller than it;
+            ``batches_per_actor`` > 1 without ``pool_size``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +68,7 @@ class StageResources(BaseModel):
     memory: int | None = Field(None, ge=0, description="bytes reserved per task/actor for scheduling")
     pool_size: int | None = Field(None, ge=1, description="actors in the pool; None: Ray tasks")
     max_pool_size: int | None = Field(None, ge=1, description="elastic pool upper bound; None: fixed size")
+    batches_per_actor: int = Field(1, ge=1, description="batches a pool actor runs at once, one thread each")
 
     @model_validator(mode="after")
     def _check_pool(self) -> "StageResources":
@@ -70,6 +77,8 @@ class StageResources(BaseModel):
                 raise ValueError("max_pool_size needs pool_size (an elastic pool is an actor pool)")
             if self.max_pool_size < self.pool_size:
                 raise ValueError(f"max_pool_size {self.max_pool_size} < pool_size {self.pool_size}")
+        if self.batches_per_actor > 1 and self.pool_size is None:
+            raise ValueError("batches_per_actor > 1 needs pool_size (threads of a pool actor)")
         return self
 
     def map_batches_args(self) -> dict[str, Any]:
@@ -82,8 +91,10 @@ class StageResources(BaseModel):
         if self.memory:
             args["memory"] = self.memory
         if self.pool_size is not None:
+            threads = ({"max_concurrent_calls_per_actor": self.batches_per_actor, "enable_true_multi_threading": True}
+                       if self.batches_per_actor > 1 else {})
             args["compute"] = ray.data.ActorPoolStrategy(min_size=self.pool_size,
-                                                         max_size=self.max_pool_size or self.pool_size)
+                                                         max_size=self.max_pool_size or self.pool_size, **threads)
         return args
 
 

@@ -10,10 +10,18 @@ strings) is served on 127.0.0.1 by an aiohttp server in its own process, and pus
   bomb guard, header-size gate, pixel sha256, pHash) → resolution → parquet, then the global exact
   and pHash near-duplicate passes (no model stages: img2dataset has none).
 
-Prints images/s of each and the ratios. img2dataset pins pandas<3, so it runs from its own virtualenv,
-created on first use under ``~/.cache/mella-bench/img2dataset`` (``--img2dataset PATH`` to use another).
+Prints, per pipeline, the median wall time of interleaved repeats, images/s, CPU-seconds per image (all
+processes of the tool: img2dataset's process tree; our driver, Ray's GCS/raylet and every worker — the
+server is excluded from both) and peak RSS of those process trees, then the ratios; for ours also the
+per-stage CPU ms per image from ``stage_stats`` and the split between the streaming stages and the
+global exact + pHash phase (img2dataset has no dedup). Our kept rows are checked against an independent
+reference (the served files decoded with Pillow, size > 256 px, ``imagehash.phash`` of the RGBA frame):
+same ids, same pHashes.
 
-    python tests/benchmarks/bench_throughput.py [--copies 6] [--processes 2 --threads 16] [--fetch-actors 2]
+img2dataset pins pandas<3, so it runs from its own virtualenv, created on first use under
+``~/.cache/mella-bench/img2dataset`` (``--img2dataset PATH`` to use another).
+
+    python tests/benchmarks/bench_throughput.py [--repeats 3] [--copies 6] [--processes 2 --threads 16] [--fetch-actors 2]
 """
 
 from __future__ import annotations
@@ -26,8 +34,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "platform"))
@@ -68,14 +79,100 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_img2dataset(exe: str, url_list: str, out: str, processes: int, threads: int, extra: list[str]) -> float:
+class TreeSampler:
+    """CPU seconds and peak RSS of process trees, sampled every ``period_s`` in a thread.
+
+    ``roots()`` gives the processes to follow (with their descendants) at each sample; ``exclude`` the pids
+    never counted (the image server). CPU = the sum over every pid seen of its last user + system time
+    (a process that exits between samples loses at most ``period_s`` of CPU); peak RSS = the largest sum
+    of the trees' resident sets at one sample.
+    """
+
+    def __init__(self, roots, exclude: set[int], period_s: float = 0.1) -> None:
+        self.roots, self.exclude, self.period_s = roots, exclude, period_s
+        self.cpu: dict[int, float] = {}
+        self.base: dict[int, float] = {}
+        self.peak_rss = 0
+        self.names: dict[int, str] = {}
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        rss = 0
+        for root in self.roots():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for q in procs:
+                if q.pid in self.exclude:
+                    continue
+                try:
+                    t = q.cpu_times()
+                    self.cpu[q.pid] = t.user + t.system
+                    rss += q.memory_info().rss
+                    old = self.names.get(q.pid, "")
+                    if not old.startswith("ray::") or old.startswith("ray::IDLE"):  # a worker's title comes late
+                        self.names[q.pid] = _kind(q)
+                except psutil.Error:
+                    pass
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def __enter__(self) -> "TreeSampler":
+        self._sample()
+        self.base = dict(self.cpu)  # CPU already spent before the measured work (the driver's imports)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._sample()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(v - self.base.get(pid, 0.0) for pid, v in self.cpu.items())
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        """CPU seconds per kind of process (Ray worker title up to its first '(' — the last one seen —, else the
+        executable's name)."""
+        out: dict[str, float] = {}
+        for pid, v in self.cpu.items():
+            k = self.names.get(pid, "?")
+            out[k] = out.get(k, 0.0) + v - self.base.get(pid, 0.0)
+        return out
+
+
+def _kind(q: psutil.Process) -> str:
+    cmd = q.cmdline()
+    title = cmd[0] if cmd else q.name()
+    if title.startswith("ray::"):
+        return title.split("(", 1)[0] + ("(" + title.split("(", 2)[1].rstrip(")") + ")" if title.count("(") > 1 else "")
+    if q.pid == os.getpid():
+        return "driver (this process)"
+    return os.path.basename(title) + (" " + os.path.basename(cmd[1]) if len(cmd) > 1 and "python" in title else "")
+
+
+def run_img2dataset(exe: str, url_list: str, out: str, processes: int, threads: int, extra: list[str],
+                    server_pid: int) -> tuple[float, float, int]:
+    """One img2dataset run: (wall s, CPU s of its process tree, peak RSS bytes of that tree)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [exe, "--url_list", url_list, "--input_format", "txt", "--output_folder", out, "--output_format", "parquet",
            "--processes_count", str(processes), "--thread_count", str(threads), "--resize_mode", "no",
            "--number_sample_per_shard", "1000", "--enable_wandb", "False", "--timeout", "20", "--retries", "0", *extra]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = psutil.Process(proc.pid)
+    with TreeSampler(lambda: [root], {server_pid}) as sampler:
+        rc = proc.wait()
+    wall = time.perf_counter() - t0
+    if rc:
+        raise SystemExit(f"img2dataset failed with exit code {rc}")
+    return wall, sampler.cpu_s, sampler.peak_rss
 
 
 def count_img2dataset_ok(out: str) -> int:
@@ -88,15 +185,17 @@ def count_img2dataset_ok(out: str) -> int:
     return n
 
 
-def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int) -> tuple[float, int]:
+def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int, server_pid: int,
+             batches_per_actor: int) -> dict:
     """Our image stages as build_corpus plans them (the ``ImageStages`` step of :func:`mella.plan.build_plan`,
     same resources and batch size, run by :func:`mella.executor.apply`), parts written, then the global exact
-    and pHash stages (find + apply)."""
+    and pHash stages (find + apply). Returns wall times, rows, CPU s and peak RSS of the driver + Ray process
+    tree, the per-stage counters and the kept rows' (id, pHash)."""
     import pyarrow.parquet as pq
     import ray
 
     from mella.config import BuildConfig
-    from mella.executor import apply
+    from mella.executor import apply, stage_stats
     from mella.pipeline import write_parts
     from mella.plan import build_plan
     from mella.schema import REJECT_SCHEMA, record_id, to_table
@@ -106,33 +205,73 @@ def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int) -> 
 
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    stats_dir = os.path.join(out, "stats")
+    os.makedirs(stats_dir)
     cfg = BuildConfig.model_validate({
         "output": out,
         "crawl": {"allow_private_hosts": ["127.0.0.1"], "politeness_delay_s": 0, "per_host_concurrency": concurrency,
                   "max_retries": 0, "respect_robots": True},
-        "ray": {"image_pool": {"pool_size": fetch_actors, "concurrency": concurrency}},
+        "ray": {"image_pool": {"pool_size": fetch_actors, "concurrency": concurrency,
+                               "batches_per_actor": batches_per_actor}},
     })
     image_step = next(s for s in build_plan(cfg) if isinstance(s, Fused) and s.name == "ImageStages")
     rows = [{"id": record_id("hu", "bench", u), "lang": "hu", "page_url": "bench", "image_url": u,
              "alt_text": "kép", "source": "crawl"} for u in urls]
     block = cfg.ray.image_pool.batch_size
-    t0 = time.perf_counter()
-    ds = ray.data.from_arrow([to_table(rows[i:i + block], REJECT_SCHEMA) for i in range(0, len(rows), block)])
-    ds = apply(ds, image_step)
-    ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": os.path.join(out, "parts")})
-    ds.take_all()
-    t_stream = time.perf_counter() - t0
-    parts = sorted(glob.glob(os.path.join(out, "parts", "*.parquet")))
-    exact, phash = ExactDedupStage("image"), PhashDedupStage(cfg.filters.phash, "image")
-    exact.find(parts, os.path.join(out, "exact.parquet"), {})
-    phash.find(parts, os.path.join(out, "phash.parquet"), {"exact_dedup": exact.decisions})
-    n_ok = 0
-    for p in parts:
-        t = phash(exact(pq.read_table(p)))
-        n_ok += t.num_rows  # rows that went through every stage (kept or counted reject)
-    total = time.perf_counter() - t0
-    print(f"  ours: streaming stages {t_stream:.1f} s, global exact + pHash {total - t_stream:.1f} s", flush=True)
-    return total, n_ok
+    me = psutil.Process()
+    with TreeSampler(lambda: [me], {server_pid}) as sampler:
+        t0 = time.perf_counter()
+        ds = ray.data.from_arrow([to_table(rows[i:i + block], REJECT_SCHEMA) for i in range(0, len(rows), block)])
+        ds = apply(ds, image_step, stats_dir)
+        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"out_dir": os.path.join(out, "parts")})
+        ds.take_all()
+        t_stream = time.perf_counter() - t0
+        cpu_stream = sampler.cpu_s
+        parts = sorted(glob.glob(os.path.join(out, "parts", "*.parquet")))
+        exact, phash = ExactDedupStage("image"), PhashDedupStage(cfg.filters.phash, "image")
+        exact.find(parts, os.path.join(out, "exact.parquet"), {})
+        phash.find(parts, os.path.join(out, "phash.parquet"), {"exact_dedup": exact.decisions})
+        n_ok = 0
+        for p in parts:
+            t = phash(exact(pq.read_table(p)))
+            n_ok += t.num_rows  # rows that went through every stage (kept or counted reject)
+        total = time.perf_counter() - t0
+    kept = []
+    for p in parts:  # after the streaming stages, before the global dedup: what the reference predicts
+        for r in pq.read_table(p, columns=["id", "phash", "reason"]).to_pylist():
+            if r["reason"] is None:
+                kept.append((r["id"], r["phash"]))
+    return {"wall": total, "stream": t_stream, "rows": n_ok, "cpu": sampler.cpu_s, "cpu_stream": cpu_stream,
+            "rss": sampler.peak_rss, "stages": stage_stats([stats_dir]), "kept": sorted(kept),
+            "by_kind": sampler.cpu_by_kind()}
+
+
+def reference_kept(urls: list[str], base: str) -> list[tuple[str, str]]:
+    """(id, pHash) the image stages must keep, computed without them: each served file opened with Pillow,
+    kept when both sides exceed 256 px, pHash = ``imagehash.phash`` of its RGBA frame."""
+    import io
+
+    import imagehash
+    from PIL import Image
+
+    from mella.schema import record_id
+
+    by_path: dict[str, str | None] = {}
+    out = []
+    for u in urls:
+        path = u[len(base):].split("?", 1)[0]
+        if path not in by_path:
+            by_path[path] = None
+            try:
+                with Image.open(io.BytesIO((MINIWEB / path).read_bytes())) as im:
+                    if im.width > 256 and im.height > 256 and im.format in ("JPEG", "PNG", "WEBP", "GIF"):
+                        by_path[path] = str(imagehash.phash(im.convert("RGBA"), hash_size=8))
+            except Exception:  # noqa: BLE001 - not an image Pillow decodes: not kept by either side
+                pass
+        if by_path[path] is not None:
+            out.append((record_id("hu", "bench", u), by_path[path]))
+    return sorted(out)
 
 
 def main() -> None:
@@ -144,7 +283,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32, help="our requests in flight per fetch actor")
     ap.add_argument("--img2dataset", help="path of an img2dataset executable (default: own venv)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each pipeline (medians reported)")
+    ap.add_argument("--batches-per-actor", type=int, default=2, help="ray.image_pool.batches_per_actor of ours")
     args = ap.parse_args()
+
+    import statistics
+
+    import ray
+
+    from mella.runtime import init_ray
 
     exe = ensure_img2dataset(args.img2dataset)
     port = free_port()
@@ -157,39 +303,63 @@ def main() -> None:
         url_list = os.path.join(tmp, "urls.txt")
         Path(url_list).write_text("\n".join(urls) + "\n")
         print(f"{len(urls)} distinct URLs over {len(image_paths())} real miniweb images, server 127.0.0.1:{port}")
-
-        import statistics
-
-        import ray
-
-        from mella.runtime import init_ray
+        expected = reference_kept(urls, base)
 
         # interleaved repeats (A, B, A, B...) so that outside load hits both sides alike; medians reported
-        times: dict[str, list[float]] = {"cmp": [], "dl": [], "ours": []}
+        runs: dict[str, list[tuple[float, float, int]]] = {"cmp": [], "dl": [], "ours": [], "stream": []}
+        ours: list[dict] = []
         for rep in range(args.repeats):
-            times["cmp"].append(run_img2dataset(exe, url_list, os.path.join(tmp, f"i2d_cmp{rep}"), args.processes,
-                                                args.threads, ["--min_image_size", "256"]))
+            runs["cmp"].append(run_img2dataset(exe, url_list, os.path.join(tmp, f"i2d_cmp{rep}"), args.processes,
+                                               args.threads, ["--min_image_size", "256"], server.pid))
             ok_cmp = count_img2dataset_ok(os.path.join(tmp, f"i2d_cmp{rep}"))
-            init_ray(num_cpus=2)
+            init_ray(num_cpus=2)  # Ray start-up is paid once per job, before its first stage: not timed
             ray.data.DataContext.get_current().enable_progress_bars = False
-            t, n_ours = run_ours(urls, os.path.join(tmp, "ours"), args.fetch_actors, args.concurrency)
-            times["ours"].append(t)
+            o = run_ours(urls, os.path.join(tmp, "ours"), args.fetch_actors, args.concurrency, server.pid,
+                         args.batches_per_actor)
             ray.shutdown()
-            times["dl"].append(run_img2dataset(exe, url_list, os.path.join(tmp, f"i2d_dl{rep}"), args.processes,
-                                               args.threads, ["--disable_all_reencoding", "True"]))
+            if o["kept"] != expected:
+                missing, extra = set(expected) - set(o["kept"]), set(o["kept"]) - set(expected)
+                raise SystemExit(f"ours kept other rows than the reference: {len(missing)} missing, {len(extra)} extra, "
+                                 f"e.g. {sorted(missing)[:2]} {sorted(extra)[:2]}")
+            ours.append(o)
+            runs["ours"].append((o["wall"], o["cpu"], o["rss"]))
+            runs["stream"].append((o["stream"], o["cpu_stream"], o["rss"]))
+            runs["dl"].append(run_img2dataset(exe, url_list, os.path.join(tmp, f"i2d_dl{rep}"), args.processes,
+                                              args.threads, ["--disable_all_reencoding", "True"], server.pid))
             ok_dl = count_img2dataset_ok(os.path.join(tmp, f"i2d_dl{rep}"))
-            print(f"repeat {rep}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
-        t_i2d_cmp, t_i2d_dl, t_ours = (statistics.median(times[k]) for k in ("cmp", "dl", "ours"))
+            print(f"repeat {rep}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in runs.items()), flush=True)
         n = len(urls)
-        r_cmp, r_dl, r_ours = n / t_i2d_cmp, n / t_i2d_dl, n / t_ours
-        print(f"{'pipeline (median of ' + str(args.repeats) + ' interleaved runs)':<58}{'wall s':>9}{'img/s':>9}")
-        print(f"{'img2dataset --min_image_size 256 (decode + size check)':<58}{t_i2d_cmp:>9.1f}{r_cmp:>9.0f}   ({ok_cmp} kept)")
-        print(f"{'img2dataset --disable_all_reencoding (download only)':<58}{t_i2d_dl:>9.1f}{r_dl:>9.0f}   ({ok_dl} ok)")
-        print(f"{'mella fetch → decode → resolution → exact → pHash':<58}{t_ours:>9.1f}{r_ours:>9.0f}   ({n_ours} rows)")
-        print(f"ratio ours / img2dataset comparable setting: {r_ours / r_cmp:.2f}x (target >= 1.5x)")
-        print(f"ratio ours / img2dataset download-only bound: {r_ours / r_dl:.2f}x")
-        print(f"processes {args.processes} x threads {args.threads} for img2dataset; {args.fetch_actors} fetch actors x "
-              f"{args.concurrency} requests for ours; 2 CPUs")
+        med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in runs.items()}
+        rows = [("img2dataset --min_image_size 256 (decode + size check)", "cmp", f"({ok_cmp} kept)"),
+                ("img2dataset --disable_all_reencoding (download only)", "dl", f"({ok_dl} ok)"),
+                ("mella fetch → decode → resolution (streaming stages)", "stream", f"({len(expected)} kept)"),
+                ("mella ... → global exact + pHash dedup", "ours", f"({ours[-1]['rows']} rows)")]
+        print(f"{'pipeline (median of ' + str(args.repeats) + ' interleaved runs)':<58}{'wall s':>8}{'img/s':>7}"
+              f"{'CPU ms/img':>11}{'peak RSS MiB':>13}")
+        for label, k, note in rows:
+            w, c, r = med[k]
+            print(f"{label:<58}{w:>8.1f}{n / w:>7.0f}{1000 * c / n:>11.2f}{r / 2**20:>13.0f}   {note}")
+        r_cmp = med["cmp"][0]
+        print(f"ratio ours (streaming stages) / img2dataset comparable setting: {r_cmp / med['stream'][0]:.2f}x wall, "
+              f"{med['cmp'][1] / med['stream'][1]:.2f}x CPU per image (target >= 1.5x)")
+        print(f"ratio ours (with global exact + pHash dedup) / img2dataset comparable setting: {r_cmp / med['ours'][0]:.2f}x")
+        print(f"ratio ours (streaming stages) / img2dataset download-only bound: {med['dl'][0] / med['stream'][0]:.2f}x")
+        print(f"kept rows: ids and pHashes equal to the reference's ({len(expected)}) in every repeat")
+        print("our stages, CPU ms per input row (median over repeats; the thread or event loop running the stage):")
+        for name in ours[0]["stages"]:
+            per_row = [o["stages"][name]["cpu_ms_per_row"] or 0 for o in ours]
+            rows_in = ours[0]["stages"][name]["rows_in"]
+            print(f"  {name:<12} {statistics.median(per_row):7.2f} ms x {rows_in} rows = "
+                  f"{statistics.median(per_row) * rows_in / n:5.2f} ms per URL")
+        print("our CPU ms per URL by process (median over repeats; streaming stages and global phase together):")
+        kinds = sorted({k for o in ours for k in o["by_kind"]}, key=lambda k: -ours[0]["by_kind"].get(k, 0))
+        for k in kinds:
+            v = statistics.median(o["by_kind"].get(k, 0.0) for o in ours)
+            if v >= 0.05 * n / 1000:
+                print(f"  {k:<60} {1000 * v / n:6.2f}")
+        print(f"processes {args.processes} x threads {args.threads} for img2dataset; {args.fetch_actors} actors x "
+              f"{args.batches_per_actor} batches x {args.concurrency} requests for ours; 2 CPUs; "
+              f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         server.terminate()
         server.wait()

@@ -81,6 +81,11 @@ class Stage:
         """Work on the active rows in place; return None, or a new list of rows that replaces them."""
         raise NotImplementedError
 
+    def helper_cpu_s(self) -> float:
+        """CPU seconds spent so far in threads the stage runs itself (an event loop), which the executor cannot
+        see from the thread calling :meth:`process`; added to the stage's ``cpu_s`` counter. 0 for most stages."""
+        return 0.0
+
     def reject(self, row: dict, reason: str, detail: str = "") -> None:
         """Drop ``row`` under this stage's name (see :func:`reject`)."""
         reject(row, self.name, reason, detail)

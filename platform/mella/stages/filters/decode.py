@@ -6,8 +6,11 @@ WebP, GIF — first frame), their declared size must be ≤ ``max_image_pixels``
 Reasons: ``no_image``, ``format_svg``, ``format_<NAME>``, ``undecodable``, ``decompression_bomb``,
 ``truncated``, ``corrupt``.
 
-The exact-duplicate key ``pixel_sha256`` is the sha256 of ``"{W}x{H}"`` and the RGBA pixel bytes
-of the first frame, so the same picture stored as PNG and as lossless WebP has one key.
+The exact-duplicate key ``pixel_sha256`` (:func:`pixel_key`) is a function of the first frame's RGBA
+pixels alone, so the same picture stored as PNG (RGB, RGBA or palette) and as lossless WebP has one key.
+It hashes the RGB bytes of a fully opaque frame and the RGBA bytes otherwise, taken from the decoded
+buffer as it is when its mode already is that form (JPEG and most PNG decode to RGB): no RGBA copy of
+every photo.
 
 Pixel budget (``filters.decode_max_pixels``): an image with more pixels is decoded reduced by the
 smallest integer factor that fits — JPEG by DCT scaling while decoding (``Image.draft``, 1/2, 1/4,
@@ -111,15 +114,36 @@ def decode_image(data: bytes, cfg: DecodeConfig) -> dict:
                     if im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
                         im = im.convert("RGBA")
                     im = im.reduce(factor)
-                rgba = im.convert("RGBA")
+                im.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ValueError("decompression_bomb") from None
             except (OSError, SyntaxError, ValueError, EOFError) as e:
                 raise ValueError("truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt") from None
-            digest = hashlib.sha256(f"{w}x{h}".encode())
-            digest.update(rgba.tobytes())
-            phash = hash_to_hex(phash64(rgba))
-    return {"width": w, "height": h, "format": fmt, "pixel_sha256": digest.hexdigest(), "phash": phash}
+            key, canonical = pixel_key(im, (w, h))
+            phash = hash_to_hex(phash64(canonical))
+    return {"width": w, "height": h, "format": fmt, "pixel_sha256": key, "phash": phash}
+
+
+def pixel_key(im: Image.Image, size: tuple[int, int] | None = None) -> tuple[str, Image.Image]:
+    """The exact-duplicate key of a decoded frame, and the RGB or RGBA image it hashed.
+
+    Key = sha256 of ``"{W}x{H}:RGB:"`` + the RGB bytes when every pixel is opaque, else of
+    ``"{W}x{H}:RGBA:"`` + the RGBA bytes (``W``, ``H`` = ``size``, the file's size in px; default the
+    frame's). Both forms are functions of the frame's RGBA pixels, and the form is part of what is
+    hashed, so two frames get one key exactly when their RGBA pixels are equal (``tests/test_decode_key.py``
+    proves it on the miniweb's images stored as RGB, RGBA, palette and lossless WebP). An RGB frame
+    (JPEG, most PNG) is hashed from its own buffer, an RGBA one after checking its alpha band; other
+    modes (P, L, LA, CMYK ...) are converted to RGBA first.
+    """
+    w, h = size or im.size
+    if im.mode != "RGB":
+        if im.mode != "RGBA":
+            im = im.convert("RGBA")
+        if im.getextrema()[3] == (255, 255):
+            im = im.convert("RGB")
+    digest = hashlib.sha256(f"{w}x{h}:{im.mode}:".encode())
+    digest.update(im.tobytes())
+    return digest.hexdigest(), im
 
 
 class DecodeStage(Stage):

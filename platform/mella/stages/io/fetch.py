@@ -2,7 +2,9 @@
 
 Runs as a Ray Data actor pool (``ActorPoolStrategy``); each actor owns one event loop, one aiohttp
 session (:class:`mella.net.Fetcher`: robots.txt, SSRF guard, per-host limits, retries, size cap,
-content-type check) and fetches a batch's URLs concurrently. Responses fetched live are written to
+content-type check) in its own thread, and fetches a batch's URLs concurrently; several batches may be in
+flight at once (``ray.image_pool.batches_per_actor``): their downloads share the loop while the
+calling threads decode. Responses fetched live are written to
 ``DIR/warc/images-*.warc`` (uncompressed; one closed shard per batch, so a killed job keeps every finished batch
 and a rerun or a ``--warc ... --offline`` replay reads them instead of refetching).
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
+import time
 
 from mella.net import CrawlConfig, FetchError, Fetcher
 from mella.optout import header_opt_out
@@ -61,32 +65,61 @@ class ImageFetchStage(Stage):
         self.writer = RotatingWarcWriter(self.warc_dir, "images", gzip=False) if self.warc_dir else None
         self.failures = (FailureLog(self.warc_dir, "images", retry_failed=self.cfg.retry_failed)
                          if self.warc_dir else None)
+        # One event loop per actor, in its own thread: every batch the actor runs at once (the image pool's
+        # batches_per_actor threads) shares its aiohttp session, per-host limits and request cap, and the
+        # WARC writer and failure log are only ever touched from this thread.
         self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="fetch-loop", daemon=True)
+        self._loop_thread.start()
         self.fetcher = Fetcher(self.cfg, warc=self.writer, cache=self.index, offline=self.offline,
                                concurrency=self.concurrency, failures=self.failures)
-        self.loop.run_until_complete(self.fetcher.__aenter__())
+        self._run(self._open())
 
-    def teardown(self) -> None:
+    async def _open(self) -> None:
+        await self.fetcher.__aenter__()
+        self._sem = asyncio.Semaphore(self.concurrency)
+        self._loop_clock = time.pthread_getcpuclockid(threading.get_ident())
+
+    async def _close(self) -> None:
+        await self.fetcher.__aexit__(None, None, None)
         if self.writer is not None:
             self.writer.close()
         if self.failures is not None:
             self.failures.close()
-        self.loop.run_until_complete(self.fetcher.__aexit__(None, None, None))
-        self.loop.close()
+
+    async def _rotate(self) -> None:
+        if self.writer is not None:
+            self.writer.rotate()
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def teardown(self) -> None:
+        try:
+            self._run(self._close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._loop_thread.join()
+            self.loop.close()
+
+    def helper_cpu_s(self) -> float:
+        """CPU seconds of the actor's event-loop thread (requests, WARC writing) so far."""
+        clock = getattr(self, "_loop_clock", None)
+        return time.clock_gettime(clock) if clock is not None and self._loop_thread.is_alive() else 0.0
 
     def process(self, rows: list[dict]) -> None:
         try:
-            self.loop.run_until_complete(self._fetch_all(rows))
+            self._run(self._fetch_all(rows))
         finally:
-            if self.writer is not None:
-                self.writer.rotate()
+            # this batch's records are all written: close the shard holding them (a concurrent batch's
+            # later records go to the next shard), so a killed job keeps every finished batch
+            self._run(self._rotate())
 
     async def _fetch_all(self, rows: list[dict]) -> None:
-        sem = asyncio.Semaphore(self.concurrency)
         by_url: dict[str, asyncio.Task] = {}
 
         async def one(url: str):
-            async with sem:
+            async with self._sem:  # the actor's request cap, shared by its concurrent batches
                 try:
                     return await self.fetcher.get(url, "image")
                 except FetchError as e:
