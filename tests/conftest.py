@@ -17,6 +17,17 @@ SHARED = Path(os.environ.get("MELLA_SHARED", ROOT.parent / "shared"))
 MINIWEB = SHARED / "miniweb"
 DEMO_WEB = ROOT / "demo_web"
 
+def job_env() -> dict[str, str]:
+    """Environment of a job run as a subprocess: this interpreter's ``bin`` first on PATH (``python`` in a Ray
+    job entrypoint must be it; CI runs .venv/bin/python without activating the venv), ``platform/`` on
+    PYTHONPATH, no RAY_ADDRESS (the job starts its own local Ray)."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(ROOT / "platform") + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
 

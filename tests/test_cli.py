@@ -8,7 +8,6 @@ the check ran before Ray.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DEMO_WEB, ROOT
+from conftest import DEMO_WEB, ROOT, job_env
 
 from mella.schema import record_id, to_table
 
@@ -24,10 +23,7 @@ PY = sys.executable
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "platform") + os.pathsep + env.get("PYTHONPATH", "")
-    env["RAY_ADDRESS"] = "127.0.0.1:9"  # discard port: nothing listens; ray.init would fail loudly
-    return env
+    return {**job_env(), "RAY_ADDRESS": "127.0.0.1:9"}  # discard port: nothing listens; ray.init would fail loudly
 
 
 def _run(job: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

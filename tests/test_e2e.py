@@ -4,7 +4,6 @@ console) and `make e2e` (corpus → tiny model → adapters → Serve → Table-
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, job_env
 from ports import free_port
 
 pytestmark = [pytest.mark.slow]
@@ -21,12 +20,6 @@ PY = sys.executable
 RAY_INFO = re.compile(r"(\tINFO |\bINFO \S+\.py:\d+ --|\[[^\]]* I \d+ \d+\] )")
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = str(Path(PY).parent) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(ROOT / "platform") + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 
@@ -34,7 +27,7 @@ def _env() -> dict:
 def _demo(out: Path, port: int) -> subprocess.CompletedProcess:
     """What `make demo` runs (python jobs/build_corpus.py), into ``out``, on demo port ``port`` (piped: not a TTY)."""
     proc = subprocess.run([PY, str(ROOT / "jobs" / "build_corpus.py"), "--output", str(out), "--demo-port", str(port)],
-                          cwd=out.parent, env=_env(), capture_output=True, text=True, timeout=900)
+                          cwd=out.parent, env=job_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -81,7 +74,7 @@ def test_make_e2e(tmp_path):
     e2e = tmp_path / "e2e"
     proc = subprocess.run(["make", "-C", str(ROOT), "-o", f"{venv}/bin/.installed", "e2e", f"VENV={venv}", f"E2E={e2e}",
                            "E2E_LANGS=hu"],  # one adapter keeps CI's share to minutes; `make e2e` trains every language
-                          env=_env(), capture_output=True, text=True, timeout=1500)
+                          env=job_env(), capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
     # the demo corpus has D_know only (D_ling needs a captioning model): keyword accuracy, base and MELLA rows

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_WEB, ROOT
+from conftest import DEMO_WEB, ROOT, job_env
 from helpers import build, pair_keys
 from oracle import recall
 from ports import free_port
@@ -24,13 +24,6 @@ pytestmark = [pytest.mark.slow]
 PY = sys.executable
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    # `python` in a job entrypoint must be this interpreter (CI runs .venv/bin/python without activating it)
-    env["PATH"] = str(Path(PY).parent) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(ROOT / "platform") + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def _job_cmd(url: str, out: Path) -> list[str]:
@@ -41,7 +34,7 @@ def _job_cmd(url: str, out: Path) -> list[str]:
 
 def test_demo_default_command(tmp_path):
     """README command 1: no arguments → bundled demo web on 127.0.0.1 → ./mella_out."""
-    proc = subprocess.run([PY, str(ROOT / "jobs" / "build_corpus.py"), "--num-cpus", "2"], cwd=tmp_path, env=_env(),
+    proc = subprocess.run([PY, str(ROOT / "jobs" / "build_corpus.py"), "--num-cpus", "2"], cwd=tmp_path, env=job_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "D_know total:" in proc.stdout and "langid" in proc.stdout
@@ -60,7 +53,7 @@ def test_kill_midway_then_rerun_equals_uninterrupted(tmp_path, ray_session):
               crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0}, models=True)  # the job's defaults: all filters
         reference = pair_keys(tmp_path / "ref")
         out = tmp_path / "out"
-        proc = subprocess.Popen(_job_cmd(url, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        proc = subprocess.Popen(_job_cmd(url, out), env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         deadline = time.time() + 300
         # kill once the image stage has closed at least one WARC shard (phase 1 is under way)
@@ -72,7 +65,7 @@ def test_kill_midway_then_rerun_equals_uninterrupted(tmp_path, ray_session):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         assert not (out / "funnel.json").exists()
-        proc = subprocess.run(_job_cmd(url, out), env=_env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(_job_cmd(url, out), env=job_env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert pair_keys(out) == reference
     ids = [r for p in glob.glob(str(out / "d_know" / "*.parquet")) for r in __import__("pyarrow.parquet").parquet.read_table(p, columns=["id"]).column("id").to_pylist()]
@@ -92,7 +85,7 @@ def ray_head(tmp_path):
     """
     import urllib.request
 
-    env = _env()
+    env = job_env()
     env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
     gcs, dash = free_port(), free_port()
     temp_dir = Path("/tmp") / f"rayhead-{os.getpid()}-{gcs}"

@@ -48,7 +48,7 @@ from mella.optout import DEFAULT_DIRECTIVES, parse_tdmrep, tdmrep_reserved
 from mella.ratelimit import RateLimiter
 from mella.retry import Retryable, RetryPolicy, parse_retry_after, retry_async
 from mella.urls import normalise_url, origin
-from mella.warc import FailureLog, RotatingWarcWriter, WarcIndex, WarcResponse
+from mella.warc import FailureLog, HasHeaders, RotatingWarcWriter, WarcIndex, WarcResponse
 
 #: RFC 9309 2.5: "crawlers SHOULD parse at least the first 500 kibibytes"
 ROBOTS_MAX_BYTES = 500 * 1024
@@ -113,7 +113,7 @@ class FetchError(Exception):
 
 
 @dataclass
-class Response:
+class Response(HasHeaders):
     """A successful fetch: final ``url`` after redirects, HTTP ``status``, headers, ``body`` bytes."""
 
     url: str
@@ -123,17 +123,6 @@ class Response:
     fetched_at: datetime
     from_cache: bool = False
     redirects: list[str] = field(default_factory=list)
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return default
-
-    @property
-    def content_type(self) -> str:
-        return (self.header("content-type") or "").split(";")[0].strip().lower()
 
 
 # ------------------------------------------------------------------------------------ SSRF guard

@@ -27,8 +27,28 @@ from mella.urls import normalise_url
 _DROP_HEADERS = {"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"}
 
 
+class HasHeaders:
+    """Header lookups of an HTTP response with ``headers``: a list of (name, value) (a fetched one,
+    :class:`mella.net.Response`, or a recorded one, :class:`WarcResponse`)."""
+
+    headers: list[tuple[str, str]]
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (case-insensitive), else ``default``."""
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    @property
+    def content_type(self) -> str:
+        """Media type without parameters, lower-cased (``""`` when absent)."""
+        return (self.header("content-type") or "").split(";")[0].strip().lower()
+
+
 @dataclass
-class WarcResponse:
+class WarcResponse(HasHeaders):
     """One HTTP response record.
 
     ``body`` is the decoded payload (chunked transfer and content-encoding removed) in bytes;
@@ -42,18 +62,6 @@ class WarcResponse:
     date: datetime
     path: str = ""
     offset: int = -1
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return default
-
-    @property
-    def content_type(self) -> str:
-        """Media type without parameters, lower-cased (``""`` when absent)."""
-        return (self.header("content-type") or "").split(";")[0].strip().lower()
 
 
 def expand_warc_paths(patterns: list[str]) -> list[str]:

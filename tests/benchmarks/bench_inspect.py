@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,18 +27,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from procs import TreeSampler  # noqa: E402
 from synthetic_corpus import LANGS, write_corpus  # noqa: E402
-
-
-def tree_pss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
 
 
 def run_inspect(out: str) -> tuple[float, int, float, str]:
@@ -48,36 +39,15 @@ def run_inspect(out: str) -> tuple[float, int, float, str]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
-    peak = 0
-    cpu: dict[int, float] = {}  # pid -> last seen user+system CPU seconds (the tree's CPU time, load-independent)
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                peak = max(peak, tree_pss(ps))
-                for p in [ps, *ps.children(recursive=True)]:
-                    try:
-                        t = p.cpu_times()
-                        cpu[p.pid] = t.user + t.system
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    stdout, _ = proc.communicate()
-    stop.set()
-    th.join()
+    with TreeSampler(lambda: [ps], memory="pss") as sampler:  # the job's whole tree: driver, raylet, workers
+        stdout, _ = proc.communicate()
+    peak, cpu = sampler.peak, sampler.cpu_s
     if proc.returncode != 0:
         if "timed out during startup" in stdout:
             raise RuntimeError("node timed out during startup")
         raise SystemExit(f"inspect failed: {stdout[-3000:]}")
     timings = [ln.split(": ", 1)[-1] for ln in stdout.splitlines() if "mella.report: " in ln or ln.startswith("dataset card")]
-    return time.perf_counter() - t0, peak, sum(cpu.values()), "; ".join(timings)
+    return time.perf_counter() - t0, peak, cpu, "; ".join(timings)
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "platform"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import TreeSampler  # noqa: E402
 
 
 def crawl_demo(out: str) -> list[str]:
@@ -50,16 +52,6 @@ def replicate(warcs: list[str], factor: int, out_dir: str) -> None:
         w.close()
 
 
-def tree_pss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
-
-
 def run_job(warc_dir: str, out: str) -> tuple[float, int, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "platform"))
     cmd = [sys.executable, str(ROOT / "jobs" / "build_corpus.py"), "--warc", os.path.join(warc_dir, "*.warc.gz"),
@@ -67,23 +59,9 @@ def run_job(warc_dir: str, out: str) -> tuple[float, int, str]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     ps = psutil.Process(proc.pid)
-    peak = 0
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                peak = max(peak, tree_pss(ps))
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    stdout, _ = proc.communicate()
-    stop.set()
-    th.join()
+    with TreeSampler(lambda: [ps], memory="pss") as sampler:
+        stdout, _ = proc.communicate()
+    peak = sampler.peak
     if proc.returncode != 0:
         raise SystemExit(f"job failed: {stdout[-2000:]}")
     total = next((ln for ln in stdout.splitlines() if ln.startswith("D_know total")), "")

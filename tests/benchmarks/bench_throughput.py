@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,12 +41,23 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "platform"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import TreeSampler  # noqa: E402
 MINIWEB = Path(os.environ.get("MELLA_SHARED", ROOT.parent / "shared")) / "miniweb"
 
 SERVER = r"""
-import sys
+import asyncio, sys
 from aiohttp import web
-app = web.Application()
+latency = float(sys.argv[3]) / 1000 if len(sys.argv) > 3 else 0.0
+
+@web.middleware
+async def delay(request, handler):  # a real host's round trip, for every response
+    if latency:
+        await asyncio.sleep(latency)
+    return await handler(request)
+
+app = web.Application(middlewares=[delay])
 app.router.add_get("/robots.txt", lambda r: web.Response(text="User-agent: *\nAllow: /\n"))
 app.router.add_static("/", sys.argv[1])
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), access_log=None, print=None)
@@ -79,84 +89,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class TreeSampler:
-    """CPU seconds and peak RSS of process trees, sampled every ``period_s`` in a thread.
-
-    ``roots()`` gives the processes to follow (with their descendants) at each sample; ``exclude`` the pids
-    never counted (the image server). CPU = the sum over every pid seen of its last user + system time
-    (a process that exits between samples loses at most ``period_s`` of CPU); peak RSS = the largest sum
-    of the trees' resident sets at one sample.
-    """
-
-    def __init__(self, roots, exclude: set[int], period_s: float = 0.1) -> None:
-        self.roots, self.exclude, self.period_s = roots, exclude, period_s
-        self.cpu: dict[int, float] = {}
-        self.base: dict[int, float] = {}
-        self.peak_rss = 0
-        self.names: dict[int, str] = {}
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        rss = 0
-        for root in self.roots():
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
-            for q in procs:
-                if q.pid in self.exclude:
-                    continue
-                try:
-                    t = q.cpu_times()
-                    self.cpu[q.pid] = t.user + t.system
-                    rss += q.memory_info().rss
-                    old = self.names.get(q.pid, "")
-                    if not old.startswith("ray::") or old.startswith("ray::IDLE"):  # a worker's title comes late
-                        self.names[q.pid] = _kind(q)
-                except psutil.Error:
-                    pass
-        self.peak_rss = max(self.peak_rss, rss)
-
-    def __enter__(self) -> "TreeSampler":
-        self._sample()
-        self.base = dict(self.cpu)  # CPU already spent before the measured work (the driver's imports)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period_s):
-            self._sample()
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    @property
-    def cpu_s(self) -> float:
-        return sum(v - self.base.get(pid, 0.0) for pid, v in self.cpu.items())
-
-    def cpu_by_kind(self) -> dict[str, float]:
-        """CPU seconds per kind of process (Ray worker title up to its first '(' — the last one seen —, else the
-        executable's name)."""
-        out: dict[str, float] = {}
-        for pid, v in self.cpu.items():
-            k = self.names.get(pid, "?")
-            out[k] = out.get(k, 0.0) + v - self.base.get(pid, 0.0)
-        return out
-
-
-def _kind(q: psutil.Process) -> str:
-    cmd = q.cmdline()
-    title = cmd[0] if cmd else q.name()
-    if title.startswith("ray::"):
-        return title.split("(", 1)[0] + ("(" + title.split("(", 2)[1].rstrip(")") + ")" if title.count("(") > 1 else "")
-    if q.pid == os.getpid():
-        return "driver (this process)"
-    return os.path.basename(title) + (" " + os.path.basename(cmd[1]) if len(cmd) > 1 and "python" in title else "")
-
-
 def run_img2dataset(exe: str, url_list: str, out: str, processes: int, threads: int, extra: list[str],
                     server_pid: int) -> tuple[float, float, int]:
     """One img2dataset run: (wall s, CPU s of its process tree, peak RSS bytes of that tree)."""
@@ -172,7 +104,7 @@ def run_img2dataset(exe: str, url_list: str, out: str, processes: int, threads: 
     wall = time.perf_counter() - t0
     if rc:
         raise SystemExit(f"img2dataset failed with exit code {rc}")
-    return wall, sampler.cpu_s, sampler.peak_rss
+    return wall, sampler.cpu_s, sampler.peak
 
 
 def count_img2dataset_ok(out: str) -> int:
@@ -243,7 +175,7 @@ def run_ours(urls: list[str], out: str, fetch_actors: int, concurrency: int, ser
             if r["reason"] is None:
                 kept.append((r["id"], r["phash"]))
     return {"wall": total, "stream": t_stream, "rows": n_ok, "cpu": sampler.cpu_s, "cpu_stream": cpu_stream,
-            "rss": sampler.peak_rss, "stages": stage_stats([stats_dir]), "kept": sorted(kept),
+            "rss": sampler.peak, "stages": stage_stats([stats_dir]), "kept": sorted(kept),
             "by_kind": sampler.cpu_by_kind()}
 
 
@@ -284,6 +216,9 @@ def main() -> None:
     ap.add_argument("--img2dataset", help="path of an img2dataset executable (default: own venv)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each pipeline (medians reported)")
     ap.add_argument("--batches-per-actor", type=int, default=2, help="ray.image_pool.batches_per_actor of ours")
+    ap.add_argument("--ab-batches-per-actor", type=int, help="also run our streaming stages with this value, "
+                    "interleaved (an A/B of the fetch/decode overlap)")
+    ap.add_argument("--latency-ms", type=float, default=0.0, help="delay every response of the image server")
     args = ap.parse_args()
 
     import statistics
@@ -294,7 +229,7 @@ def main() -> None:
 
     exe = ensure_img2dataset(args.img2dataset)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(MINIWEB), str(port)])
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(MINIWEB), str(port), str(args.latency_ms)])
     time.sleep(2)
     try:
         base = f"http://127.0.0.1:{port}/"
@@ -302,7 +237,8 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="mella-bench-")
         url_list = os.path.join(tmp, "urls.txt")
         Path(url_list).write_text("\n".join(urls) + "\n")
-        print(f"{len(urls)} distinct URLs over {len(image_paths())} real miniweb images, server 127.0.0.1:{port}")
+        print(f"{len(urls)} distinct URLs over {len(image_paths())} real miniweb images, server 127.0.0.1:{port}, "
+              f"{args.latency_ms:g} ms added per response")
         expected = reference_kept(urls, base)
 
         # interleaved repeats (A, B, A, B...) so that outside load hits both sides alike; medians reported
@@ -324,6 +260,13 @@ def main() -> None:
             ours.append(o)
             runs["ours"].append((o["wall"], o["cpu"], o["rss"]))
             runs["stream"].append((o["stream"], o["cpu_stream"], o["rss"]))
+            if args.ab_batches_per_actor:
+                init_ray(num_cpus=2)
+                ray.data.DataContext.get_current().enable_progress_bars = False
+                o = run_ours(urls, os.path.join(tmp, "ours_ab"), args.fetch_actors, args.concurrency, server.pid,
+                             args.ab_batches_per_actor)
+                ray.shutdown()
+                runs.setdefault("ab", []).append((o["stream"], o["cpu_stream"], o["rss"]))
             runs["dl"].append(run_img2dataset(exe, url_list, os.path.join(tmp, f"i2d_dl{rep}"), args.processes,
                                               args.threads, ["--disable_all_reencoding", "True"], server.pid))
             ok_dl = count_img2dataset_ok(os.path.join(tmp, f"i2d_dl{rep}"))
@@ -334,6 +277,8 @@ def main() -> None:
                 ("img2dataset --disable_all_reencoding (download only)", "dl", f"({ok_dl} ok)"),
                 ("mella fetch → decode → resolution (streaming stages)", "stream", f"({len(expected)} kept)"),
                 ("mella ... → global exact + pHash dedup", "ours", f"({ours[-1]['rows']} rows)")]
+        if "ab" in runs:
+            rows.insert(3, (f"mella streaming stages, batches_per_actor={args.ab_batches_per_actor}", "ab", "(A/B)"))
         print(f"{'pipeline (median of ' + str(args.repeats) + ' interleaved runs)':<58}{'wall s':>8}{'img/s':>7}"
               f"{'CPU ms/img':>11}{'peak RSS MiB':>13}")
         for label, k, note in rows:
@@ -342,6 +287,9 @@ def main() -> None:
         r_cmp = med["cmp"][0]
         print(f"ratio ours (streaming stages) / img2dataset comparable setting: {r_cmp / med['stream'][0]:.2f}x wall, "
               f"{med['cmp'][1] / med['stream'][1]:.2f}x CPU per image (target >= 1.5x)")
+        if "ab" in med:
+            print(f"A/B: batches_per_actor={args.batches_per_actor} vs {args.ab_batches_per_actor}: "
+                  f"{med['ab'][0] / med['stream'][0]:.2f}x faster (wall of the streaming stages)")
         print(f"ratio ours (with global exact + pHash dedup) / img2dataset comparable setting: {r_cmp / med['ours'][0]:.2f}x")
         print(f"ratio ours (streaming stages) / img2dataset download-only bound: {med['dl'][0] / med['stream'][0]:.2f}x")
         print(f"kept rows: ids and pHashes equal to the reference's ({len(expected)}) in every repeat")

@@ -3,7 +3,7 @@
 No global stage holds O(rows) data in one process (issue 12; after NeMo Curator's semantic-dedup
 workflow and datatrove's MinHash dedup, where every step writes files for the next):
 
-- **Rows** are read one work-unit part per Ray task (:func:`active_rows`): the part's active rows
+- **Rows** are read part by part in Ray tasks (:func:`active_rows`): each part's active rows
   minus those the earlier dedup stages reject, looked up in *that part's slice* of their decisions.
 - **Groups** (exact keys, distinct images, pHash bands, k-means clusters) are hash-partitioned with a
   Ray Data ``groupby(bucket).map_groups`` (a shuffle across the cluster): one call per bucket, which
@@ -138,10 +138,18 @@ def _read_parts(batch: pa.Table, columns: list[str], upstream: list[str], with_p
         yield t
 
 
+def read_tasks(parts: list[str], rows_per_task: int = ROWS_PER_PARTITION) -> int:
+    """Read tasks for ``parts``: one per ``rows_per_task`` rows (from the footers), at least the cluster's CPUs,
+    at most one per part. A build writes a part per batch, so small corpora have many tiny parts: one task
+    each made Ray's per-task start-up the whole cost of the global phase (52 parts of 64 rows: ~3 s)."""
+    return max(1, min(len(parts), max(cluster_cpus(), math.ceil(count_rows(parts) / rows_per_task))))
+
+
 def active_rows(parts: list[str], columns: list[str], upstream: list[str], with_part: bool = False):
-    """Ray Dataset of the active rows of ``parts`` (one read task per part), minus upstream decisions."""
-    ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
-    return ds.map_batches(_read_parts, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+    """Ray Dataset of the active rows of ``parts`` minus upstream decisions (:func:`read_tasks` tasks, each
+    reading its parts one at a time, a table per part)."""
+    ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=read_tasks(parts))
+    return ds.map_batches(_read_parts, batch_size=None, batch_format="pyarrow", num_cpus=0.5,
                           fn_kwargs={"columns": columns, "upstream": list(upstream), "with_part": with_part})
 
 
