@@ -3,9 +3,10 @@
 Synthetic unit parts of N rows with the real column types (sha1 ids, sha256 pixel keys, 64-bit pHash
 hex, 1280-d unit float32 embeddings) and planted exact, pHash, CNN and same-page duplicates
 (``tests/synthetic_parts.py``) are run through the job's own dedup stages (``find`` in plan order, as
-``BuildCorpus.final``) on a local 3-node ``ray.cluster_utils.Cluster``. Each N runs in a fresh
-driver process; a sampler records every 0.2 s the resident set size of the driver and, per Ray
-node, of its raylet and all its worker processes. Prints a table: wall time, driver peak RSS, peak
+``BuildCorpus.final``) on a local 3-node ``ray.cluster_utils.Cluster``. Each N's parts are written by
+one process and run in a fresh driver process (which never holds the synthetic rows); a sampler
+records every 0.2 s the resident set size of the driver and, per Ray node, of its raylet and all its
+worker processes. Prints a table: wall time, driver peak RSS, peak
 RSS per node, recall of the planted duplicates (of each planted pair exactly one row dropped) and
 precision (dropped rows that belong to a planted pair).
 
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -55,11 +57,11 @@ def run_one(n: int, work: str, nodes: int, cpus: float, dim: int) -> dict:
     from ray.cluster_utils import Cluster
 
     from global_phase_run import run_global_phase
-    from synthetic_parts import make_parts
 
-    t0 = time.time()
-    data = make_parts(os.path.join(work, "parts"), n, n_parts=max(8, n // 20_000), dim=dim, seed=0)
-    gen_s = time.time() - t0
+    with open(os.path.join(work, "planted.json"), encoding="utf-8") as f:
+        data = json.load(f)  # written by the --generate process: the driver never held the synthetic rows
+    data["planted"] = {c: tuple(v) for c, v in data["planted"].items()}
+    gen_s = data["gen_s"]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus})
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=cpus)
@@ -85,6 +87,7 @@ def run_one(n: int, work: str, nodes: int, cpus: float, dim: int) -> dict:
     stop.set()
     th.join()
     found = sum((c in got) != (o in got) for c, (_k, o) in data["planted"].items())
+    missed = [(k, c, o, got.get(c), got.get(o)) for c, (k, o) in data["planted"].items() if (c in got) == (o in got)]
     planted_rows = set(data["planted"]) | {o for _k, o in data["planted"].values()}
     false = [i for i, v in got.items() if i not in planted_rows and "already in D_know" not in v[2]]
     dropped_planted = sum(1 for i, v in got.items() if i in planted_rows)
@@ -95,7 +98,18 @@ def run_one(n: int, work: str, nodes: int, cpus: float, dim: int) -> dict:
             "node_peak_mib": [round(peaks[f"node{i}"] / 2**20) for i in range(len(raylets))],
             "planted": len(data["planted"]), "recall": found / max(1, len(data["planted"])),
             "precision": dropped_planted / max(1, dropped_planted + len(false)), "false_drops": len(false),
-            "dropped": len(got)}
+            "dropped": len(got), "missed_kinds": dict(Counter(m[0] for m in missed)), "missed_examples": missed[:3]}
+
+
+def generate(n: int, work: str, dim: int) -> None:
+    """``--generate`` process body: the synthetic parts and their answers (``planted.json``)."""
+    from synthetic_parts import make_parts
+
+    t0 = time.time()
+    data = make_parts(os.path.join(work, "parts"), n, n_parts=max(8, n // 20_000), dim=dim, seed=0)
+    data["gen_s"] = round(time.time() - t0, 1)
+    with open(os.path.join(work, "planted.json"), "w", encoding="utf-8") as f:
+        json.dump(data, f)
 
 
 def main() -> None:
@@ -106,7 +120,11 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--generate", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.generate:
+        generate(a.generate, a.work, a.dim)
+        return
     if a.child:
         print("RESULT " + json.dumps(run_one(a.child, a.work, a.nodes, a.cpus_per_node, a.dim)), flush=True)
         return
@@ -114,6 +132,7 @@ def main() -> None:
     for n in a.sizes:
         work = tempfile.mkdtemp(prefix=f"bench_global_{n}_")
         try:
+            subprocess.run([sys.executable, __file__, "--generate", str(n), "--work", work, "--dim", str(a.dim)], check=True)
             out = subprocess.run([sys.executable, __file__, "--child", str(n), "--work", work, "--nodes", str(a.nodes),
                                   "--cpus-per-node", str(a.cpus_per_node), "--dim", str(a.dim)],
                                  capture_output=True, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "1"})
