@@ -82,3 +82,34 @@ def test_a_pool_actor_runs_batches_per_actor_batches_at_once(ray_session):
     rows = ds.take_all()
     assert sorted(r["id"] for r in rows) == list(range(8))
     assert max(r["threads"] for r in rows) == 2
+
+
+def test_stage_cpu_counts_the_threads_a_stage_starts(tmp_path):
+    """A stage's ``cpu_s`` counts CPU its own worker threads burn (a model library's intra-op threads), not only
+    the calling thread's: the process clock when batches run one at a time, as they do by default."""
+    import glob
+    import json
+    import threading
+    import time
+
+    from mella.executor import TaskRunner
+    from mella.schema import REJECT_SCHEMA, to_table
+    from mella.stages.base import Stage
+
+    class Spins(Stage):
+        name = "spins"
+
+        def process(self, rows):
+            def burn():
+                end = time.thread_time() + 0.3
+                while time.thread_time() < end:
+                    pass
+
+            t = threading.Thread(target=burn)
+            t.start()
+            t.join()
+
+    batch = to_table([{"id": "a", "lang": "hu"}], REJECT_SCHEMA)
+    TaskRunner([Spins()], str(tmp_path)).run(batch)
+    (path,) = glob.glob(str(tmp_path / "stage-*.json"))
+    assert json.load(open(path))["spins"]["cpu_s"] >= 0.25

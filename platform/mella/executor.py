@@ -44,9 +44,14 @@ def step_name(step: Step) -> str:
 class _Runner:
     """Runs the stages of one step on REJECT_SCHEMA batches (see the module docstring)."""
 
-    def __init__(self, stages: list[Stage], stats_dir: str | None = None) -> None:
+    def __init__(self, stages: list[Stage], stats_dir: str | None = None, concurrent: bool = False) -> None:
         self.stages = stages
         self.stats_dir = stats_dir
+        # CPU clock of a stage's counter: the whole process (a model's own threads count too), unless the runner
+        # runs several batches at once (a pool's batches_per_actor), where the process clock would also count
+        # the other batches: then the calling thread's, plus the threads the stage runs itself (helper_cpu_s)
+        self.concurrent = concurrent
+        self._clock = time.thread_time if concurrent else time.process_time
         self.heavy = any(s.reads_image for s in stages)
         self.counts = {s.name: {"rows_in": 0, "rejected": Counter(), "wall_s": 0.0, "cpu_s": 0.0, "batches": 0}
                        for s in stages}
@@ -68,14 +73,13 @@ class _Runner:
             active = [r for r in rows if r.get("reason") is None]
             if not active:
                 continue
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), self._clock()
             before = {id(r) for r in rows if r.get("reason") is not None}
             out = s.process(active)
             if out is not None:  # one row → several (translate): rejected rows keep their place first
                 rows = [r for r in rows if id(r) in before] + out
             wall = time.perf_counter() - t0
-            # CPU seconds of the thread that ran the stage (process time would count the other batches' threads)
-            cpu = time.thread_time() - c0
+            cpu = self._clock() - c0
             new = Counter(r["reason"] if r.get("stage") == s.name else f"{r.get('stage')}:{r['reason']}"
                           for r in rows if r.get("reason") is not None and id(r) not in before)
             with self._lock:
@@ -97,7 +101,7 @@ class _Runner:
     def _write_stats(self) -> None:
         if self.stats_file:
             with self._lock:
-                helper = {s.name: s.helper_cpu_s() for s in self.stages}
+                helper = {s.name: s.helper_cpu_s() if self.concurrent else 0.0 for s in self.stages}
                 write_json_atomic({k: {**v, "cpu_s": v["cpu_s"] + helper[k], "rejected": dict(v["rejected"])}
                                    for k, v in self.counts.items()}, self.stats_file)
 
@@ -107,8 +111,8 @@ class PoolRunner(_Runner):
     Ray Data shuts the actor down gracefully (it deletes the UDF object, ``__del__`` — the only hook
     Ray Data 2.60 offers, ``ActorPoolMapOperator.__ray_shutdown__``; a killed actor has nothing to release)."""
 
-    def __init__(self, stages: list[Stage], stats_dir: str | None = None) -> None:
-        super().__init__(stages, stats_dir)
+    def __init__(self, stages: list[Stage], stats_dir: str | None = None, concurrent: bool = False) -> None:
+        super().__init__(stages, stats_dir, concurrent)
         for s in self.stages:
             s.setup()
 
@@ -143,7 +147,8 @@ def apply(ds, step: Step, stats_dir: str | None = None):
     if step.resources.pool_size is not None:
         # a subclass named after the step: what Ray's dashboard and state API show for the pool
         runner = type(step_name(step), (PoolRunner,), {"__doc__": PoolRunner.__doc__})
-        return ds.map_batches(runner, fn_constructor_kwargs={"stages": stages, "stats_dir": stats_dir},
+        return ds.map_batches(runner, fn_constructor_kwargs={"stages": stages, "stats_dir": stats_dir,
+                                                             "concurrent": step.resources.batches_per_actor > 1},
                               batch_size=step.batch_size, batch_format="pyarrow", **args)
     fn = TaskRunner(stages, stats_dir)
     fn.__name__ = step_name(step)  # what Ray Data names the operator

@@ -83,7 +83,8 @@ class Stage:
 
     def helper_cpu_s(self) -> float:
         """CPU seconds spent so far in threads the stage runs itself (an event loop), which the executor cannot
-        see from the thread calling :meth:`process`; added to the stage's ``cpu_s`` counter. 0 for most stages."""
+        see from the thread calling :meth:`process`; added to the stage's ``cpu_s`` counter when its pool runs several
+        batches at once (otherwise the process CPU clock already counts them). 0 for most stages."""
         return 0.0
 
     def reject(self, row: dict, reason: str, detail: str = "") -> None:
