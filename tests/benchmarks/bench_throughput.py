@@ -44,6 +44,10 @@ sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procs import TreeSampler  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))
+from ports import free_port  # noqa: E402
+
 MINIWEB = Path(os.environ.get("MELLA_SHARED", ROOT.parent / "shared")) / "miniweb"
 
 SERVER = r"""
@@ -79,14 +83,6 @@ def ensure_img2dataset(explicit: str | None) -> str:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "img2dataset==1.47.0"], check=True)
     return str(exe)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_img2dataset(exe: str, url_list: str, out: str, processes: int, threads: int, extra: list[str],
