@@ -114,12 +114,11 @@ def decode_image(data: bytes, cfg: DecodeConfig) -> dict:
                     if im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
                         im = im.convert("RGBA")
                     im = im.reduce(factor)
-                im.load()
+                key, canonical = pixel_key(im, (w, h))  # converts what is not RGB/RGBA: a failure is a reject
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ValueError("decompression_bomb") from None
             except (OSError, SyntaxError, ValueError, EOFError) as e:
                 raise ValueError("truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt") from None
-            key, canonical = pixel_key(im, (w, h))
             phash = hash_to_hex(phash64(canonical))
     return {"width": w, "height": h, "format": fmt, "pixel_sha256": key, "phash": phash}
 
