@@ -194,3 +194,18 @@ def test_corroborated_pairs_need_both_cosine_and_phash(tmp_path, ray_session):
         "b": "cosine 0.9550 >= 0.95 and pHash 8 bits <= 10", "d": "cosine 0.9700 >= 0.96"}
     off = find_semantic_near_duplicates([part], SemanticDedupConfig(corroborated_threshold=None), "off")
     assert {url[k] for k in off} == {"d"}
+
+
+def test_probe_clusters_two_nearest_plus_those_within_the_margin():
+    from mella.stages.dedup.semantic import probe_clusters
+
+    cent = np.eye(5, dtype=np.float32)
+    # cosines to the 5 centroids: row 0 clear (0.9, 0.3, ...), row 1 near three boundaries, row 2 near all
+    x = np.array([[0.9, 0.3, 0.1, 0.0, 0.0], [0.5, 0.497, 0.495, 0.2, 0.0], [0.4] * 5], np.float32)
+    rows, cl = probe_clusters(x, cent, n_probe=4, margin=0.01)
+    got = {r: sorted(cl[rows == r].tolist()) for r in range(3)}
+    assert got == {0: [0, 1], 1: [0, 1, 2], 2: sorted(got[2])} and len(got[2]) == 4  # capped at n_probe
+    rows, cl = probe_clusters(x, cent, n_probe=1, margin=0.01)  # SemDeDup: the nearest only
+    assert rows.tolist() == [0, 1, 2] and cl[:2].tolist() == [0, 0]
+    rows, cl = probe_clusters(x, cent, n_probe=4, margin=0.0)  # no margin: the 2 nearest (ties all probed)
+    assert np.bincount(rows).tolist() == [2, 2, 4]

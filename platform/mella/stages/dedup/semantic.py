@@ -27,19 +27,21 @@ Two parts, run as two passes of the pipeline:
    :class:`SemanticDedupStage` is the build_corpus form, distributed (issue 12, after NeMo Curator's
    semantic-dedup workflow): distinct images with their embeddings written as Parquet, k-means per
    language fitted on a bounded sample in one Ray task, clusters assigned in ``map_batches``, images
-   shuffled by cluster (each with its ``n_probe`` nearest), pairwise cosine per cluster in tasks, pairs
+   shuffled by cluster (each with the clusters it probes), pairwise cosine per cluster in tasks, pairs
    to Parquet, then the survivor rule of :mod:`mella.stages.dedup.near_dup` over the pairs; rows of
    dropped images are rejected with reason ``semantic_duplicate``.
 
 Cost: k-means O(s·k·d·iters) on a seeded sample of s ≤ ``fit_sample`` rows, one O(n·k·d)
-assignment pass, and pairwise O(p²·Σ_c m_c²·d) for cluster sizes m_c and ``n_probe`` = p
+assignment pass, and pairwise O(p²·Σ_c m_c²·d) for cluster sizes m_c and p probes a row on average
 (Σ m_c² ≈ n²/k when balanced, so k ≈ √n balances the terms: the default; overall O(n·k + Σ m_c²)
 dot products of length d). Memory in :func:`semantic_pairs`: the n × 1280 float32 embeddings (5 KiB a
 row) plus one ``chunk × chunk`` similarity block; in the build's stage, one cluster bucket per task and
-the k-means sample (≤ ``fit_sample`` rows) in one task. SemDeDup (p = 1) misses pairs split across two clusters; each
-row is therefore compared within its p = 2 nearest clusters by default (multi-probe, as in IVF
-indexes). ``tests/benchmarks/measure_semantic_threshold.py`` reports the pair recall against
-brute force for p = 1 and 2.
+the k-means sample (≤ ``fit_sample`` rows) in one task. SemDeDup (one cluster a row) misses pairs split across
+two clusters; each row is therefore also compared within every cluster whose centroid is almost as near as its
+own (:func:`probe_clusters`: within ``probe_margin`` cosine, at most ``n_probe`` clusters; multi-probe, as in IVF
+indexes). ``tests/benchmarks/measure_probe_recall.py`` measures that rule's misses on isotropic vectors (the
+worst case) and ``tests/benchmarks/measure_semantic_threshold.py`` the pair recall against brute force on
+the real images.
 
 Default threshold 0.96, measured by ``tests/benchmarks/measure_semantic_threshold.py`` on the 261
 pixel-distinct PNG/JPEG miniweb images > 256 px (screenshots, GIMP filter examples) and their
@@ -92,6 +94,14 @@ DEFAULT_THRESHOLD = 0.96
 #: independent signals each just short of their own threshold (measured in the module docstring).
 DEFAULT_CORROBORATED_THRESHOLD = 0.95
 DEFAULT_CORROBORATED_PHASH_BITS = 10
+#: Multi-probe search: each row joins its 2 nearest clusters and every other cluster whose centroid cosine is
+#: within ``DEFAULT_PROBE_MARGIN`` of the nearest's, at most ``DEFAULT_N_PROBE`` clusters. Measured by
+#: ``tests/benchmarks/measure_probe_recall.py`` on isotropic 1280-d unit vectors (the worst case for k-means:
+#: no cluster structure), k = 708 (500k rows of one language), 20,000 planted pairs. Pairs at cosine 0.995 missed:
+#: 2 nearest 140, 4 nearest 0, this rule 0 at 2.75 probes a row (pairwise cost x1.9 of 2 nearest); at cosine
+#: 0.96 (the threshold): 2 nearest 1,963, 4 nearest 62, this rule 252; margin 0.02 (at most 6) 0 at x5.6 cost.
+DEFAULT_N_PROBE = 4
+DEFAULT_PROBE_MARGIN = 0.01
 
 
 class SemanticDedupConfig(EmbedConfig):
@@ -105,7 +115,11 @@ class SemanticDedupConfig(EmbedConfig):
     corroborated_phash_bits: int = Field(DEFAULT_CORROBORATED_PHASH_BITS, ge=0, le=64,
                                          description="max pHash Hamming distance (bits) that corroborates a cosine")
     n_clusters: int | None = Field(None, ge=1, description="k of k-means; None → ceil(sqrt(n)) per group")
-    n_probe: int = Field(2, ge=1, description="each row is compared within its n_probe nearest clusters (1 = SemDeDup)")
+    n_probe: int = Field(DEFAULT_N_PROBE, ge=1,
+                         description="at most this many clusters per row: its nearest, and others within probe_margin")
+    probe_margin: float = Field(DEFAULT_PROBE_MARGIN, ge=0, le=2,
+                                description="a row also joins every cluster whose centroid cosine is within this of "
+                                            "its nearest's (0 with n_probe 1 = SemDeDup)")
     kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations of the spherical k-means")
     fit_sample: int = Field(100_000, ge=1, description="k-means is fitted on at most this many rows (seeded sample)")
     seed: int = Field(0, description="seed of the k-means sample and initialisation")
@@ -156,6 +170,35 @@ def _assign(x: np.ndarray, c: np.ndarray, chunk: int) -> np.ndarray:
                           [np.empty(0, np.int64)]).astype(np.int64)
 
 
+def probe_clusters(x: np.ndarray, centroids: np.ndarray, n_probe: int = DEFAULT_N_PROBE,
+                   margin: float = DEFAULT_PROBE_MARGIN, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """The clusters each row is searched in: its two nearest centroids, and every other centroid whose cosine to
+    the row is within ``margin`` of the nearest's, at most ``n_probe`` in all (multi-probe, as in IVF indexes;
+    adaptive: a row near several boundaries probes more clusters; ``n_probe = 1`` is SemDeDup's one cluster).
+
+    Args:
+        x: (n, d) float32 L2-normalised rows.
+        centroids: (k, d) float32 unit rows.
+
+    Returns:
+        (rows, clusters): int64 arrays (m,), n ≤ m ≤ n · n_probe; row ``rows[i]`` joins cluster ``clusters[i]``.
+    """
+    n, k = x.shape[0], centroids.shape[0]
+    q = max(1, min(n_probe, k))
+    rows, clusters = [], []
+    for s in range(0, n, chunk):
+        sim = x[s : s + chunk] @ centroids.T
+        top = np.argpartition(-sim, q - 1, axis=1)[:, :q] if q < k else np.tile(np.arange(k), (sim.shape[0], 1))
+        val = np.take_along_axis(sim, top, axis=1)
+        rank = np.argsort(np.argsort(-val, axis=1, kind="stable"), axis=1)  # 0 = nearest among the q
+        keep = (rank < 2) | (val >= val.max(axis=1, keepdims=True) - margin)
+        rows.append(s + np.nonzero(keep)[0])
+        clusters.append(top[keep])
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(clusters).astype(np.int64)
+
+
 def _pairs_within(x: np.ndarray, members: np.ndarray, threshold: float, chunk: int):
     """All pairs (i < j) of ``members`` with cosine ≥ threshold: chunk × chunk blocks of the upper triangle."""
     out_i, out_j, out_c = [], [], []
@@ -173,14 +216,15 @@ def _pairs_within(x: np.ndarray, members: np.ndarray, threshold: float, chunk: i
     return out_i, out_j, out_c
 
 
-def semantic_pairs(x: np.ndarray, threshold: float, n_clusters: int | None = None, *, n_probe: int = 2,
-                   kmeans_iters: int = 20, fit_sample: int = 100_000, seed: int = 0, chunk: int = 2048):
-    """Pairs with cosine ≥ ``threshold`` that share one of their ``n_probe`` nearest k-means clusters.
+def semantic_pairs(x: np.ndarray, threshold: float, n_clusters: int | None = None, *, n_probe: int = DEFAULT_N_PROBE,
+                   probe_margin: float = DEFAULT_PROBE_MARGIN, kmeans_iters: int = 20, fit_sample: int = 100_000,
+                   seed: int = 0, chunk: int = 2048):
+    """Pairs with cosine ≥ ``threshold`` that share a probed k-means cluster (:func:`probe_clusters`).
 
-    Each row joins the member lists of its ``n_probe`` nearest centroids (multi-probe: a pair that
-    straddles a cluster boundary is still compared when each row's second-nearest centroid is the
-    other's nearest; SemDeDup itself uses ``n_probe = 1``); pairs are searched exactly within each
-    list. ``n_probe`` multiplies the pairwise cost by about ``n_probe²``.
+    Each row joins the member lists of its probed clusters (multi-probe: a pair that straddles a cluster
+    boundary is still compared when one row also probes the other's cluster; SemDeDup itself uses one
+    cluster, ``n_probe = 1``); pairs are searched exactly within each list. The pairwise cost grows with the
+    square of the mean number of probes a row.
 
     Args:
         x: (n, d) float32 L2-normalised rows.
@@ -194,11 +238,7 @@ def semantic_pairs(x: np.ndarray, threshold: float, n_clusters: int | None = Non
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     cent = spherical_kmeans(x, k, iters=kmeans_iters, seed=seed, fit_sample=fit_sample)
-    p = max(1, min(n_probe, k))
-    near = np.concatenate([np.argpartition(-(x[s : s + 8192] @ cent.T), p - 1, axis=1)[:, :p]
-                           for s in range(0, n, 8192)])  # (n, p) ids of each row's p nearest clusters
-    point = np.repeat(np.arange(n), p)
-    cluster = near.reshape(-1)
+    point, cluster = probe_clusters(x, cent, n_probe, probe_margin)
     o = np.lexsort((point, cluster))
     point, cluster = point[o], cluster[o]
     pi, pj, pc = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.float32)]
@@ -215,7 +255,8 @@ def semantic_pairs(x: np.ndarray, threshold: float, n_clusters: int | None = Non
 
 def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Sequence | None = None,
                              threshold: float = DEFAULT_THRESHOLD, n_clusters: int | None = None, *,
-                             groups: Sequence | None = None, n_probe: int = 2, kmeans_iters: int = 20,
+                             groups: Sequence | None = None, n_probe: int = DEFAULT_N_PROBE,
+                             probe_margin: float = DEFAULT_PROBE_MARGIN, kmeans_iters: int = 20,
                              fit_sample: int = 100_000, seed: int = 0, chunk: int = 2048) -> list[tuple[object, object, float]]:
     """SemDeDup-style semantic near-duplicates (see the module docstring for method and cost).
 
@@ -225,7 +266,7 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
         priority: (n,) numbers, larger survives first (e.g. ``width * height``); default all equal.
         threshold: cosine ≥ threshold makes two rows near-duplicates, in (0, 1].
         n_clusters: k per group; default ``ceil(sqrt(group size))``.
-        n_probe: each row is compared within its ``n_probe`` nearest clusters (:func:`semantic_pairs`).
+        n_probe, probe_margin: the clusters a row is compared in (:func:`probe_clusters`).
         groups: optional (n,) keys (e.g. ``lang``): pairs are only formed within a group, so the same
             picture may survive once per target language, like the exact-dedup stage.
         chunk: rows per similarity block (memory ≈ 4 · chunk · cluster size bytes).
@@ -261,7 +302,8 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
         parts = [np.nonzero(keys == g)[0] for g in sorted(set(keys.tolist()))]
     pi, pj, pcos = [], [], []
     for idx in parts:
-        a, b, c = semantic_pairs(x[idx], threshold, n_clusters, n_probe=n_probe, kmeans_iters=kmeans_iters,
+        a, b, c = semantic_pairs(x[idx], threshold, n_clusters, n_probe=n_probe, probe_margin=probe_margin,
+                                 kmeans_iters=kmeans_iters,
                                  fit_sample=fit_sample, seed=seed, chunk=chunk)
         pi.append(idx[a])
         pj.append(idx[b])
@@ -288,22 +330,19 @@ def _fit_centroids(images_dir: str, lang: str, n: int, k: int, cfg: "SemanticDed
     return spherical_kmeans(x, k, iters=cfg.kmeans_iters, seed=cfg.seed, fit_sample=cfg.fit_sample)
 
 
-def _assign_clusters(t: pa.Table, centroids: dict, n_probe: int, p: int) -> pa.Table:
-    """Each image → one row per cluster among its ``n_probe`` nearest centroids (of its language), with the
-    shuffle bucket of (lang, cluster) in ``[0, p)``."""
+def _assign_clusters(t: pa.Table, centroids: dict, n_probe: int, margin: float, p: int) -> pa.Table:
+    """Each image → one row per cluster it probes among its language's centroids (:func:`probe_clusters`), with
+    the shuffle bucket of (lang, cluster) in ``[0, p)``."""
     cents = ray.get(centroids["ref"]) if "ref" in centroids else centroids
     out = []
     for lang in pc.unique(t["lang"]).to_pylist():
         s = t.filter(pc.equal(t["lang"], lang))
         c = cents.get(lang)
         if c is None:
-            near = np.zeros((s.num_rows, 1), np.int64)
+            rows, cl = np.arange(s.num_rows, dtype=np.int64), np.zeros(s.num_rows, np.int64)
         else:
             x = s["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(s.num_rows, -1)
-            q = max(1, min(n_probe, len(c)))
-            near = np.argpartition(-(x @ c.T), q - 1, axis=1)[:, :q]
-        rows = np.repeat(np.arange(s.num_rows), near.shape[1])
-        cl = near.reshape(-1)
+            rows, cl = probe_clusters(x, c, n_probe, margin)
         lb = hex_bucket([hashlib.sha1(lang.encode()).hexdigest()], 1 << 30)[0]
         e = s.take(pa.array(rows))
         out.append(pa.table({"bucket": pa.array((cl + lb) % p), "cluster": pa.array(cl), "lang": e["lang"],
@@ -344,7 +383,7 @@ class SemanticDedupStage(NearDupStage):
     """CNN semantic near-duplicates, distributed (after NeMo Curator's semantic dedup): the distinct images
     (after exact and pHash dedup) with their embeddings written as Parquet; per language, k-means fitted on
     a bounded sample in one Ray task (all pairs, one cluster, up to ``BRUTE_FORCE_MAX`` images); clusters
-    assigned in ``map_batches`` (each image to its ``n_probe`` nearest); images shuffled by cluster;
+    assigned in ``map_batches`` (each image to the clusters it probes); images shuffled by cluster;
     pairwise cosine per cluster in tasks; pairs to Parquet; the survivor rule over the pairs. Rows of
     dropped images rejected with reason ``semantic_duplicate``."""
 
@@ -365,10 +404,11 @@ class SemanticDedupStage(NearDupStage):
         fit = ray.remote(num_cpus=1)(_fit_centroids)
         refs = {lang: fit.remote(images, lang, counts[lang], min(k, counts[lang]), cfg) for lang, k in ks.items() if k > 1}
         centroids = dict(zip(refs, ray.get(list(refs.values()))))  # k × 1280 floats per language: O(sqrt(n))
-        p = num_partitions(n * cfg.n_probe, rows_per_partition=10_000)
+        p = num_partitions(n * min(cfg.n_probe, 3), rows_per_partition=10_000)  # ~2.5 probes a row at the default margin
         corr = cfg.corroborated_threshold if cfg.corroborated_threshold is not None else 2.0
         pairs = ray.data.read_parquet(images).select_columns(["lang", "img", "phash", "embedding"]).map_batches(
-            _assign_clusters, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe, "p": p}
+            _assign_clusters, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe,
+                                                   "margin": cfg.probe_margin, "p": p}
         ).groupby("bucket", num_partitions=p).map_groups(
             _cluster_pairs, batch_format="pyarrow",
             fn_kwargs={"search": min(cfg.threshold, corr), "threshold": cfg.threshold, "corr": corr,
