@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # three builds of one site (~1 min each on 2 busy
 
 DEADLINE = 5.0
 CRAWL = {"url_deadline_s": DEADLINE, "total_timeout_s": 3.0, "read_timeout_s": 1.5, "max_retries": 2, "max_depth": 3}
-RAY = {"image_pool": {"batch_size": 4, "pool_size": 2}}
+RAY = {"image_pool": {"batch_size": 4, "pool_size": 2}, "records_per_slice": 1}  # one page a block: the slow pages apart
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def web(tmp_path_factory, ray_session):
     out = tmp / "out"
     with serve_crawler_web() as url:
         funnel = build(out, seeds=seeds, base_url=url, crawl=CRAWL, ray=RAY)
+        page_files = len(list((out / "warc").glob("pages-*.warc.gz")))
         first = Counter(url.hits_qs)
         times = {k: list(v) for k, v in url.times.items()}
         kept, rejects = read_dir(out / "d_know"), read_dir(out / "rejects")
@@ -37,7 +38,7 @@ def web(tmp_path_factory, ray_session):
         before_retry = Counter(url.hits_qs)
         build(out, seeds=seeds, base_url=url, crawl={**CRAWL, "retry_failed": True}, ray=RAY)
         third = Counter(url.hits_qs) - before_retry
-    return {"url": url, "funnel": funnel, "timing": timing, "kept": kept, "rejects": rejects, "hits": first, "times": times,
+    return {"url": url, "funnel": funnel, "page_files": page_files, "timing": timing, "kept": kept, "rejects": rejects, "hits": first, "times": times,
             "funnel2": funnel2, "rerun_hits": second, "kept2": kept2, "retry_hits": third}
 
 
@@ -114,6 +115,16 @@ def test_slow_image_delays_others_by_at_most_its_deadline(web):
     assert times["/img/drip.png"][-1] - times["/img/drip.png"][0] < DEADLINE  # the retry starts inside the deadline
     assert max(others) - times["/img/drip.png"][0] < DEADLINE + 4.0
     assert all(len(_kept(web, f"/img/s{i}.png")) == 1 for i in range(SLOW_PAGE_IMAGES))
+
+
+def test_slow_images_in_one_warc_file_do_not_queue_behind_each_other(web):
+    # /p/slow.html and /p/slow2.html are in the crawl's one page WARC file; their slices are separate blocks, so
+    # the two dripping images are fetched at once, not one deadline after the other (one block: one actor, in turn)
+    assert web["page_files"] == 1
+    t1, t2 = web["times"]["/img/drip.png"][0], web["times"]["/img/drip2.png"][0]
+    assert abs(t2 - t1) < DEADLINE / 2, (t1, t2)
+    assert _reasons(web, "/img/drip2.png") == ["timeout"]
+    assert len(_kept(web, "/img/s2-0.png")) == 1
 
 
 def test_urls_normalised_once(web):

@@ -10,7 +10,7 @@ import pytest
 
 from mella.config import CrawlConfig
 from mella.net import AddressPolicy, FetchError, Fetcher
-from mella.warc import RotatingWarcWriter, WarcIndex, cleanup_open_shards, iter_responses
+from mella.warc import RotatingWarcWriter, WarcIndex, cleanup_open_shards, iter_responses, slice_offsets
 from webserver import serve_bad_web
 
 
@@ -83,3 +83,47 @@ def test_warc_roundtrip_index_and_atomic_shards(tmp_path):
     w2.write_response("http://a.example/", 200, "OK", [], b"x", now)
     assert cleanup_open_shards(str(tmp_path)) == 1
     assert len(list(tmp_path.glob("*.warc.gz"))) == 1 and os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_warc_slices_read_the_file_exactly_once_and_survive_damage(tmp_path, gz):
+    from mella.stages.filters.langid import LangIDConfig
+    from mella.stages.io.extract import ExtractStage
+
+    w = RotatingWarcWriter(str(tmp_path), "pages", gzip=gz)
+    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    for i in range(23):
+        w.write_response(f"http://a.example/p{i}.html", 200, "OK", [("Content-Type", "text/html")],
+                         f"<html lang=hu><p>{i}</p><img src=/i{i}.png alt='kép {i}'></html>".encode(), now)
+    w.close()
+    (path,) = map(str, tmp_path.glob("pages-*.warc*"))
+    whole = list(iter_responses(path))
+    offsets = slice_offsets(path, 5)
+    assert len(offsets) == 5 and offsets[0] == 0 and offsets == sorted(offsets)
+    sliced = [[r for r in iter_responses(path, o, 5)] for o in offsets]
+    assert [len(s) for s in sliced] == [5, 5, 5, 5, 3]
+    assert [(r.url, r.offset) for s in sliced for r in s] == [(r.url, r.offset) for r in whole]
+    assert slice_offsets(path, 100) == [0]
+    with pytest.raises(ValueError):
+        slice_offsets(path, 0)
+    # a damaged file: sliced up to the damage; the extract stage counts it and keeps what it read
+    cut = tmp_path / ("cut.warc.gz" if gz else "cut.warc")
+    cut.write_bytes(open(path, "rb").read()[: offsets[2]] + b"garbage, not a WARC record\r\n\r\n" * 8)
+    cut_offsets = slice_offsets(str(cut), 5)
+    assert cut_offsets == offsets[:2]  # the damaged record would start the third slice: the last slice reads on
+    crawl = CrawlConfig()
+    stage = ExtractStage(["hu"], LangIDConfig(), crawl.ai_opt_out_directives, crawl.user_agent)
+    stats = tmp_path / "stats"
+    stats.mkdir()
+    limits = [5] * (len(cut_offsets) - 1) + [None]  # as build_corpus reads slices: the last one to the end
+    rows = [r for o, n in zip(cut_offsets, limits) for batch in stage.read(str(cut), "warc", str(stats), o, n) for r in batch]
+    assert {r["page_url"] for r in rows} == {f"http://a.example/p{i}.html" for i in range(10)}
+    import json
+    counts = [json.loads(p.read_text()) for p in stats.glob("pages-*.json")]
+    assert sum(c.get("dropped:warc_unreadable", 0) for c in counts) == 1
+    assert sum(c["pages_in"] for c in counts) == 10
+    # not a WARC at all: one slice, counted, no rows, no exception
+    junk = tmp_path / "junk.warc"
+    junk.write_bytes(b"<html>this is not a WARC</html>")
+    assert slice_offsets(str(junk), 5) == [0]
+    assert not [r for batch in stage.read(str(junk), "warc", str(stats), 0, 5) for r in batch]

@@ -594,6 +594,7 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
     page("/p/gallery.html", "Galéria", "".join(tag(gallery) for _ in range(GALLERY_ALTS)))
     page("/p/longalt.html", "Hosszú leírás", tag(pic("longalt"), (_HU_PROSE.replace("<p>", "").replace("</p>", "") * 80)[:5000]))
     page("/p/slow.html", "Lassú kép", tag("/img/drip.png") + "".join(tag(pic(f"s{i}")) for i in range(SLOW_PAGE_IMAGES)))
+    page("/p/slow2.html", "Másik lassú kép", tag("/img/drip2.png") + tag(pic("s2-0")) + tag(pic("s2-1")))
     page("/p/norm.html", "Normalizálás", tag(pic("norm")))
     page("/private/public.html", "Nyilvános", tag(pic("public")))
     page("/private/secret.html", "Titkos", tag(pic("secret")))
@@ -649,6 +650,7 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
         add(path, page_handler)
     add("/p/500.html", const(lambda: html("<p>hiba</p>", 500)))
     add("/img/drip.png", drip)
+    add("/img/drip2.png", drip)
     add("/img/{name}.png", image)
     add("/cdn/{spec}/photo.jpg", cdn)
     return app
@@ -689,6 +691,8 @@ def serve_crawler_web(*, source_web: Path = DEMO_WEB, drip_s: float = 60.0,
     ``/p/longalt.html``             a 5,000-character alt                            ``alt_too_long``
     ``/p/slow.html``                ``/img/drip.png`` (1 byte / 0.2 s for            ``timeout``; the others kept
                                     ``drip_s``), then ``SLOW_PAGE_IMAGES`` images
+    ``/p/slow2.html``               ``/img/drip2.png`` (the same drip), 2 images     ``timeout``, fetched while drip.png
+                                                                                     is (another WARC slice)
     ``/p/norm.html``                linked 6 ways (``./``, ``%6E``, ``#top``, tab…)  1 request
     ``/p/deep/1..6.html``           a link chain                                     cut by ``max_depth``
     ``/p/404.html``, ``/p/500.html``                                                 ``http_404``; ``http_500``

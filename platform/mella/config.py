@@ -81,6 +81,9 @@ class RayConfig(Strict):
 
     image_pool: ImagePoolConfig = Field(default_factory=ImagePoolConfig)
     files_per_group: int = Field(8, ge=1, description="input WARC shards per committed work unit")
+    records_per_slice: int = Field(
+        16, ge=1, description="WARC response records per extract task: a unit's rows reach the image pool as one "
+        "block per slice, spread over its actors, so a slow host holds back one slice's batch, not the unit")
     num_cpus: int | None = Field(None, description="local Ray only: CPUs to use (default: all)")
 
 

@@ -156,9 +156,10 @@ def apply(ds, step: Step, stats_dir: str | None = None):
 
 
 def read_source(batch: pa.Table, source_stage, stats_dir: str) -> Iterator[pa.Table]:
-    """Ray Data generator UDF for the plan's source stage: rows ``{path, source}`` → record batches."""
-    for path, source in zip(batch["path"].to_pylist(), batch["source"].to_pylist()):
-        for rows in source_stage.read(path, source, stats_dir):
+    """Ray Data generator UDF for the plan's source stage: rows ``{path, source, offset, limit}`` (one slice of
+    a WARC file, :func:`mella.warc.slice_offsets`) → record batches."""
+    for item in batch.to_pylist():
+        for rows in source_stage.read(item["path"], item["source"], stats_dir, item["offset"], item["limit"]):
             yield to_table(rows, REJECT_SCHEMA)
 
 

@@ -46,7 +46,7 @@ from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_ta
 from mella.stages.base import LIGHT, DedupStage, reject
 from mella.stages.dedup.shuffle import read_applied
 from mella.stages.io.fetch import reopen_units_with_transient_failures
-from mella.warc import cleanup_open_shards, expand_warc_paths, shard_paths
+from mella.warc import cleanup_open_shards, expand_warc_paths, shard_paths, slice_offsets
 
 log = logging.getLogger("mella.build_corpus")
 
@@ -173,7 +173,12 @@ class BuildCorpus:
     def _run_unit(self, files: list[str], source: str, staging: str) -> None:
         parts_dir = os.path.join(staging, "parts")
         os.makedirs(parts_dir, exist_ok=True)
-        ds = ray.data.from_items([{"path": p, "source": source} for p in files], override_num_blocks=len(files))
+        k = self.cfg.ray.records_per_slice
+        index = ray.remote(num_cpus=LIGHT.num_cpus, max_retries=2)(slice_offsets)
+        offsets = ray.get([index.remote(p, k) for p in files])  # O(files x slices) per unit, never O(rows)
+        items = [{"path": p, "source": source, "offset": o, "limit": k if i < len(offs) - 1 else None}  # last: to the end
+                 for p, offs in zip(files, offsets) for i, o in enumerate(offs)]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(read_source, batch_size=1, batch_format="pyarrow", **LIGHT.map_batches_args(),
                             fn_kwargs={"source_stage": self.source, "stats_dir": staging})
         for st in self.unit_steps:

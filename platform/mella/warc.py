@@ -12,16 +12,21 @@ import glob
 import io
 import json
 import os
+import logging
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator
 
 from warcio.archiveiterator import ArchiveIterator
+from warcio.exceptions import ArchiveLoadFailed
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from mella.urls import normalise_url
+
+log = logging.getLogger(__name__)
 
 #: Hop-by-hop / encoding headers dropped when writing: the stored payload is already decoded.
 _DROP_HEADERS = {"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"}
@@ -113,18 +118,59 @@ def _to_response(record, path: str, offset_of=lambda: -1) -> WarcResponse | None
     )
 
 
-def iter_responses(path: str) -> Iterator[WarcResponse]:
+def iter_responses(path: str, offset: int = 0, limit: int | None = None) -> Iterator[WarcResponse]:
     """Stream the ``response`` records of one WARC file (gzip or plain), in file order.
+
+    Args:
+        offset: byte offset of a record to start at (a :func:`slice_offsets` value; 0: the whole file).
+        limit: stop after this many response records (None: to the end).
 
     Memory is bounded by one record. Raises ``warcio.exceptions.ArchiveLoadFailed`` on a file that
     is not a WARC.
     """
+    n = 0
     with open(path, "rb") as f:
+        f.seek(offset)
         it = ArchiveIterator(f)
         for record in it:
-            resp = _to_response(record, path, it.get_record_offset)
+            if limit is not None and n >= limit:
+                return
+            resp = _to_response(record, path, it.get_record_offset)  # absolute: warcio counts from the seek
             if resp is not None:
+                n += 1
                 yield resp
+
+
+def slice_offsets(path: str, records_per_slice: int) -> list[int]:
+    """Byte offsets that cut one WARC file into slices of ``records_per_slice`` response records each.
+
+    One pass over the file's record headers (warcio decompresses, nothing is parsed), so a large
+    file — a Common Crawl WARC holds ~40,000 responses in ~1 GB — is extracted by many Ray tasks and
+    its rows reach the image pool as many blocks instead of one. Each offset starts a record
+    (a gzip member in a ``.warc.gz``, as the WARC 1.1 spec's annex D recommends), so
+    :func:`iter_responses` ``(path, offset, records_per_slice)`` reads exactly one slice; read the last
+    one without a limit, so that damage which stopped the indexing is met (and counted) by the extract stage.
+
+    Returns:
+        ascending offsets (bytes), the first 0; ``[0]`` for a file with ≤ ``records_per_slice`` responses.
+    Raises:
+        ValueError: ``records_per_slice`` < 1. A file unreadable from some point on (truncated, not a WARC) is
+        sliced up to there; :meth:`mella.stages.io.extract.ExtractStage.read` counts the damage.
+    """
+    if records_per_slice < 1:
+        raise ValueError(f"records_per_slice must be >= 1, got {records_per_slice}")
+    offsets, n = [0], 0
+    with open(path, "rb") as f:
+        it = ArchiveIterator(f)
+        try:
+            for record in it:
+                if record.rec_type == "response" and record.http_headers is not None:
+                    if n and n % records_per_slice == 0:
+                        offsets.append(it.get_record_offset())
+                    n += 1
+        except (ArchiveLoadFailed, EOFError, OSError, zlib.error) as e:  # truncated or not a WARC: slices up to the
+            log.warning("%s: unreadable WARC after %d responses (%s)", path, n, e)  # damage; extract counts it
+    return offsets
 
 
 def read_response_at(path: str, offset: int) -> WarcResponse | None:

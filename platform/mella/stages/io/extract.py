@@ -529,7 +529,7 @@ class ExtractStage(Stage):
     bytes are not HTML, or that opt out become one reject row each (``image_url`` null, reasons
     ``page_lang_not_target`` / ``not_html`` / ``ai_opt_out``). Per-file page counts and the image
     candidates a page drops (``dropped:<reason>``) go to ``stats_dir/pages-<sha1>.json`` for the
-    funnel. Runs as Ray tasks, one WARC file per task.
+    funnel. Runs as Ray tasks, one slice of a WARC file (``RayConfig.records_per_slice`` responses) per task.
     """
 
     name = "extract"
@@ -544,11 +544,18 @@ class ExtractStage(Stage):
         self.opt_out_directives = list(opt_out_directives)
         self.user_agent = user_agent
 
-    def read(self, path: str, source: str, stats_dir: str):
-        """Yield lists of row dicts (REJECT_SCHEMA keys), ``pages_per_batch`` pages at a time."""
+    def read(self, path: str, source: str, stats_dir: str, offset: int = 0, limit: int | None = None):
+        """Yield lists of row dicts (REJECT_SCHEMA keys), ``pages_per_batch`` pages at a time, from the
+        response records of ``path`` starting at byte ``offset`` (at most ``limit``; see
+        :func:`mella.warc.slice_offsets`). A file that stops being readable WARC (truncated, corrupt
+        gzip) ends its slice there, counted as ``dropped:warc_unreadable`` in the page stats."""
         import hashlib
+        import logging
         import os
+        import zlib
         from collections import Counter
+
+        from warcio.exceptions import ArchiveLoadFailed
 
         from mella.io import write_json_atomic
         from mella.schema import record_id
@@ -559,7 +566,17 @@ class ExtractStage(Stage):
         stats: Counter = Counter()
         rows: list[dict] = []
         n_pages = 0
-        for rec in iter_responses(path):
+        records = iter_responses(path, offset, limit)
+        while True:
+            try:
+                rec = next(records)
+            except StopIteration:
+                break
+            except (ArchiveLoadFailed, EOFError, OSError, zlib.error, ValueError) as e:
+                logging.getLogger(__name__).warning("%s: unreadable WARC after byte %d (%s: %s); rest of the slice skipped",
+                                                    path, offset, type(e).__name__, e)
+                stats["dropped:warc_unreadable"] += 1
+                break
             if rec.status != 200 or rec.content_type not in ("text/html", "application/xhtml+xml"):
                 continue
             n_pages += 1
@@ -594,5 +611,5 @@ class ExtractStage(Stage):
                 rows = []
         if rows:
             yield rows
-        name = hashlib.sha1(path.encode()).hexdigest()[:16]
-        write_json_atomic({"path": path, **stats}, os.path.join(stats_dir, f"pages-{name}.json"))
+        name = hashlib.sha1(f"{path}@{offset}".encode()).hexdigest()[:16]
+        write_json_atomic({"path": path, "offset": offset, **stats}, os.path.join(stats_dir, f"pages-{name}.json"))
