@@ -190,6 +190,28 @@ def test_failure_log_remembers_permanent_and_transient_until_retry_failed(tmp_pa
     assert [f for f in os.listdir(tmp_path) if f.startswith("failures-")]
 
 
+def test_url_deadline_is_enforced_inside_the_fetcher(tmp_path):
+    """The per-URL deadline (2 s) ends a response that drips 1 byte / 0.2 s even though the per-request total
+    timeout (30 s) and the socket read timeout (20 s) would let it run on: a recorded ``timeout`` within the
+    deadline (plus a margin for robots.txt/tdmrep and a busy machine), the request not retried after it."""
+    deadline = 2.0
+    cfg = CrawlConfig(**{**CFG, "total_timeout_s": 30.0, "read_timeout_s": 20.0, "url_deadline_s": deadline,
+                         "max_retries": 3, "max_timeout_retries": 1})
+    log = FailureLog(str(tmp_path), "t")
+    with serve_crawler_web(drip_s=60.0) as url:
+        t0 = time.monotonic()
+        [res] = _fetch_all(cfg, [url + "/img/drip.png"], "image", failures=log)
+        elapsed = time.monotonic() - t0
+        hits = url.hits["/img/drip.png"]
+    log.close()
+    assert isinstance(res, FetchError) and res.reason == "timeout", res
+    assert "per-URL deadline" in res.detail  # the deadline fired, not the (30 s) request timeout
+    assert elapsed < deadline + 4.0, elapsed
+    assert 1 <= hits <= 2  # a timeout is retried at most once, and never after the deadline is spent
+    rec = log.remembered(url + "/img/drip.png")
+    assert rec["reason"] == "timeout" and rec["transient"]  # counted: in the failure log, as transient
+
+
 def test_max_pages_cut_off_counted_per_origin(tmp_path):
     with serve_crawler_web() as url:
         res = asyncio.run(crawl_async([Seed(url + "/index.html")], CrawlConfig(**{**CFG, "max_pages": 3}),
