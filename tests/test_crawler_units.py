@@ -190,6 +190,83 @@ def test_failure_log_remembers_permanent_and_transient_until_retry_failed(tmp_pa
     assert [f for f in os.listdir(tmp_path) if f.startswith("failures-")]
 
 
+def test_url_deadline_is_enforced_inside_the_fetcher(tmp_path):
+    """The per-URL deadline (2 s) ends a response that drips 1 byte / 0.2 s even though the per-request total
+    timeout (30 s) and the socket read timeout (20 s) would let it run on: a recorded ``timeout`` within the
+    deadline (plus a margin for robots.txt/tdmrep and a busy machine), the request not retried after it."""
+    deadline = 2.0
+    cfg = CrawlConfig(**{**CFG, "total_timeout_s": 30.0, "read_timeout_s": 20.0, "url_deadline_s": deadline,
+                         "max_retries": 3, "max_timeout_retries": 1})
+    log = FailureLog(str(tmp_path), "t")
+    with serve_crawler_web(drip_s=60.0) as url:
+        t0 = time.monotonic()
+        [res] = _fetch_all(cfg, [url + "/img/drip.png"], "image", failures=log)
+        elapsed = time.monotonic() - t0
+        hits = url.hits["/img/drip.png"]
+    log.close()
+    assert isinstance(res, FetchError) and res.reason == "timeout", res
+    assert "per-URL deadline" in res.detail  # the deadline fired, not the (30 s) request timeout
+    assert elapsed < deadline + 4.0, elapsed
+    assert 1 <= hits <= 2  # a timeout is retried at most once, and never after the deadline is spent
+    rec = log.remembered(url + "/img/drip.png")
+    assert rec["reason"] == "timeout" and rec["transient"]  # counted: in the failure log, as transient
+
+
+def _rerun_fetch(cfg, warc_dir, urls, retry_failed=False):
+    """One run over ``warc_dir`` wired as the image fetch stage and the crawler are: a WARC writer, the
+    recorded responses as cache, the failure log beside them. Returns each URL's reason (or its status)."""
+    from mella.warc import RotatingWarcWriter, WarcIndex, shard_paths
+
+    cfg = cfg.model_copy(update={"retry_failed": retry_failed})
+
+    async def go():
+        cache = WarcIndex()
+        for p in shard_paths(warc_dir, "images"):
+            cache.add_file(p)
+        writer = RotatingWarcWriter(warc_dir, "images", gzip=False)
+        failures = FailureLog(warc_dir, "images", retry_failed=retry_failed)
+        out = []
+        try:
+            async with Fetcher(cfg, warc=writer, cache=cache, failures=failures) as f:
+                for u, kind in urls:
+                    try:
+                        out.append((await f.get(u, kind)).status)
+                    except FetchError as e:
+                        out.append(e.reason)
+        finally:
+            writer.close()
+            failures.close()
+        return out
+    return asyncio.run(go())
+
+
+def test_failures_without_a_warc_record_are_not_refetched_on_rerun(tmp_path):
+    """A rerun over the same output makes no request for a permanent failure that left no WARC record (too
+    large by Content-Length, too large while streaming: the body is never written), so only the failure log
+    can remember it; a transient one without a record (a timeout) is asked again only with ``retry_failed``.
+    (404/500 answers are WARC records, so the end-to-end rerun test alone would not show this.)"""
+    from webserver import serve_bad_web
+
+    cfg = CrawlConfig(**{**CFG, "max_retries": 0, "max_image_bytes": 2**20, "max_page_bytes": 2**20})
+    warc_dir = str(tmp_path / "warc")
+    with serve_bad_web(slow_s=4.0, big_html_bytes=2 * 2**20, huge_image_bytes=2 * 2**20, bomb_side=1000) as url:
+        urls = [(url + "/img/huge.jpg", "image"), (url + "/img/huge-chunked.jpg", "image"),
+                (url + "/p/big-chunked.html", "page"), (url + "/img/slow.png", "image"), (url + "/img/ok.png", "image")]
+        first = _rerun_fetch(cfg, warc_dir, urls)
+        before = dict(url.hits)
+        again = _rerun_fetch(cfg, warc_dir, urls)
+        mid = dict(url.hits)
+        retried = _rerun_fetch(cfg, warc_dir, urls, retry_failed=True)
+        after = dict(url.hits)
+    assert first == ["too_large", "too_large", "too_large", "timeout", 200]
+    assert again == first and retried == first
+    assert all(before[p] == 1 for p in ("/img/huge.jpg", "/img/huge-chunked.jpg", "/p/big-chunked.html",
+                                        "/img/slow.png", "/img/ok.png", "/robots.txt"))
+    assert mid == before  # rerun: zero requests (robots.txt and ok.png from the WARC, failures from the log)
+    diff = {p: after[p] - mid.get(p, 0) for p in after if after[p] != mid.get(p, 0)}
+    assert diff == {"/img/slow.png": 1}  # retry_failed: only the transient failure is asked again
+
+
 def test_max_pages_cut_off_counted_per_origin(tmp_path):
     with serve_crawler_web() as url:
         res = asyncio.run(crawl_async([Seed(url + "/index.html")], CrawlConfig(**{**CFG, "max_pages": 3}),

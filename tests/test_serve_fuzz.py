@@ -208,6 +208,10 @@ def test_json_depth_and_numbers_bounded():
     from mella.serving.protocol import ApiError, parse_json
 
     assert parse_json(b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}")["a"]
+    # the limit docs/serving.md states: 201 levels (the object + 200 arrays) parse, 202 do not
+    assert parse_json(b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}")["a"]
+    with pytest.raises(ApiError, match="recursion limit"):
+        parse_json(b'{"a": ' + b"[" * 201 + b"]" * 201 + b"}")
     for body in (b"[" * 990 + b"]" * 990, _deep(100_000), b'{"a": ' + b"9" * 5000 + b"}", b'{"a": NaN}',
                  b'{"a": "\\ud800"}', b'{"a": Infinity}'):
         t0 = time.monotonic()

@@ -244,8 +244,9 @@ def parse_json(body: bytes) -> dict:
     """Body bytes → JSON object. Raises :class:`ApiError` 400 ``invalid_json``.
 
     Parsed by pydantic-core's JSON parser (jiter), which bounds the work: nesting deeper than its recursion limit
-    (~250 levels), integers over 4,300 digits, invalid UTF-8, lone surrogate escapes (``"\\ud800"``) and
-    ``NaN``/``Infinity`` all raise ``ValueError`` (Python's ``json`` raises ``RecursionError`` on deep nesting).
+    (about 200 levels: 201 nested arrays parse, 202 do not, measured with pydantic-core 2.50.5), integers over
+    4,300 digits, invalid UTF-8, lone surrogate escapes (``"\\ud800"``) and ``NaN``/``Infinity`` all raise
+    ``ValueError`` (Python's ``json`` raises ``RecursionError`` on deep nesting).
     """
     try:
         data = pydantic_core.from_json(body, allow_inf_nan=False)
