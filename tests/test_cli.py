@@ -171,9 +171,27 @@ def test_debug_shows_the_traceback(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("job", ["build_corpus.py", "train.py", "evaluate.py", "corpus_stats.py", "make_tiny_model.py",
-                                 "e2e.py"])
+JOBS = sorted(p.name for p in (ROOT / "jobs").glob("*.py") if p.name != "_bootstrap.py")
+
+
+def test_the_job_list_is_the_folder():
+    assert {"build_corpus.py", "train.py", "evaluate.py", "inspect_corpus.py"} <= set(JOBS)
+
+
+@pytest.mark.parametrize("job", JOBS)
 def test_every_job_shares_the_bootstrap(job):
-    """Issue 11: every job puts platform/ on sys.path through jobs/_bootstrap.py, and nothing else does it."""
+    """Issue 11: every job puts platform/ on sys.path through jobs/_bootstrap.py, and nothing else does it;
+    and every job parses with the one-line-error parser and runs under console.run_job (issue 14)."""
     text = (ROOT / "jobs" / job).read_text(encoding="utf-8")
     assert "from _bootstrap import" in text and "sys.path.insert" not in text
+    assert "console.ArgumentParser(" in text and "argparse.ArgumentParser(" not in text
+    assert "console.run_job(main)" in text
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_job_refuses_an_unknown_flag_in_one_line(job, tmp_path):
+    out = tmp_path / "out"
+    proc = _run(job, "--bogus", "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, f"{job}: error: ")
+    # argparse names missing required arguments before unknown ones
+    assert "unrecognized arguments: --bogus" in proc.stderr or "arguments are required" in proc.stderr, proc.stderr
