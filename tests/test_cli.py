@@ -105,6 +105,30 @@ def test_unknown_flag(tmp_path):
     _assert_clean_failure(proc, out, "unrecognized arguments: --bogus")
 
 
+def test_stage_flag_lands_in_the_config_and_the_plan(tmp_path):
+    """``--stage MODULE:CLASS@AFTER`` (issue 11) becomes ``stages.extra`` and a plan step right after AFTER."""
+    import build_corpus
+
+    from mella.plan import build_plan, stage_names
+
+    args, rest = build_corpus.parse_args(["--seeds", str(DEMO_WEB / "seeds.txt"), "--output", str(tmp_path / "out"),
+                                          "--stage", "test_user_stage:AspectRatioFilter@resolution"])
+    cfg = build_corpus.build_config(args, rest)
+    assert cfg.stages.extra == ["test_user_stage:AspectRatioFilter@resolution"]
+    plan = build_plan(cfg)
+    names = stage_names(plan)
+    assert names.index("aspect_ratio") == names.index("resolution") + 1
+    assert [s.name for s in plan].index("aspect_ratio") == [s.name for s in plan].index("ImageStages") + 1
+
+
+def test_stage_flag_unknown_module(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", "http://127.0.0.1:1",
+                "--stage", "nosuch.mod:X", "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "nosuch.mod", "--stage")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_demo_port_busy(tmp_path):
     import socket
 
