@@ -50,3 +50,50 @@ def test_stages_do_not_import_pipeline_or_plan():
 
 def test_platform_is_not_a_package():
     assert not (PKG.parent / "__init__.py").exists()  # it would shadow the stdlib `platform` (STACK.md)
+
+
+ROOT = PKG.parents[1]
+REF = __import__("re").compile(r"\bmella(?:\.[A-Za-z_]\w*)+")
+LOGGERS = {"mella.build_corpus"}  # logger names, not modules
+
+
+def _defines(path: Path, name: str) -> bool:
+    """Whether module ``path`` defines ``name`` at top level (def, class, assignment, import)."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == name for a in node.names):
+            return True
+    return False
+
+
+def dangling_reference(ref: str) -> bool:
+    """``mella.a.b.name``: the longest prefix that is a module under platform/, and the next part defined in it."""
+    parts = ref.split(".")
+    for i in range(len(parts), 0, -1):
+        base = ROOT / "platform" / Path(*parts[:i])
+        module = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if module.exists():
+            return i < len(parts) and not _defines(module, parts[i])
+    return True
+
+
+def test_docstrings_and_docs_name_modules_that_exist():
+    """Issue 11: after the layout change no docstring or doc points at a module or function that is gone
+    (``mella.stages.dling.add_dling_stages``, ``mella.stages.phash_dedup``...)."""
+    files = [*(ROOT / "platform").rglob("*.py"), *(ROOT / "docs").rglob("*.md"), ROOT / "README.md",
+             *(ROOT / "jobs").glob("*.py"), *(ROOT / "serve").rglob("*.py"), *(ROOT / "cluster").rglob("*.md")]
+    refs = {(str(f.relative_to(ROOT)), m.group(0).rstrip("."))
+            for f in files for m in REF.finditer(f.read_text(encoding="utf-8"))}
+    assert len(refs) > 100
+    assert sorted(r for r in refs if r[1] not in LOGGERS and dangling_reference(r[1])) == []
+
+
+def test_dangling_reference_check_can_fail():
+    assert dangling_reference("mella.stages.dling.add_dling_stages") and dangling_reference("mella.stages.phash_dedup")
+    assert not dangling_reference("mella.plan.build_plan") and not dangling_reference("mella.stages.dedup.phash")
+    assert dangling_reference("mella.plan.no_such_function")
