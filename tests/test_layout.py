@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PKG = Path(__file__).resolve().parents[1] / "platform" / "mella"
 
 
@@ -97,3 +99,31 @@ def test_dangling_reference_check_can_fail():
     assert dangling_reference("mella.stages.dling.add_dling_stages") and dangling_reference("mella.stages.phash_dedup")
     assert not dangling_reference("mella.plan.build_plan") and not dangling_reference("mella.stages.dedup.phash")
     assert dangling_reference("mella.plan.no_such_function")
+
+
+def test_one_strict_base_for_configs():
+    """Issue 11: every configuration class forbids unknown keys by subclassing mella.resources.Strict; the
+    ``extra="forbid"`` setting is written once (StageResources, a frozen value object, declares its own)."""
+    copies = sorted(str(f.relative_to(PKG)) for f in PKG.rglob("*.py")
+                    if 'extra="forbid"' in f.read_text(encoding="utf-8") and f.name != "resources.py")
+    assert copies == []
+    from mella.evaluation import EvalConfig
+    from mella.languages import Language, Languages
+    from mella.net import CrawlConfig
+    from mella.resources import Strict
+    from mella.serving.config import ServeConfig
+    from mella.train.config import TrainConfig
+
+    for cls in (CrawlConfig, TrainConfig, ServeConfig, EvalConfig, Language, Languages):
+        assert issubclass(cls, Strict) and cls.model_config.get("extra") == "forbid", cls
+
+
+def test_eval_pool_size_is_named_like_every_pool():
+    import pydantic
+
+    from mella.evaluation import EvalConfig
+
+    base = dict(data="/d", output="/o", langs=["hu"], model="/m")
+    assert EvalConfig(**base, pool_size=3).pool_size == 3
+    with pytest.raises(pydantic.ValidationError, match="num_actors"):
+        EvalConfig(**base, num_actors=3)
