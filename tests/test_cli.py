@@ -158,6 +158,51 @@ def test_train_model_dir_without_config(tmp_path):
     _assert_clean_failure(proc, out, "holds no config.json")
 
 
+def test_train_model_dir_without_weights(tmp_path):
+    """A checkpoint folder with its config.json but no weights (an interrupted download) fails before Ray."""
+    data = _corpus(tmp_path / "corpus")
+    model = tmp_path / "qwen"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    (model / "tokenizer.json").write_text("{}")
+    out = tmp_path / "train"
+    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", str(model), "--output", str(out),
+                cwd=tmp_path)
+    _assert_clean_failure(proc, out, "has a config.json but no weights", "*.safetensors")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_model_dir_without_weights(tmp_path):
+    data = _corpus(tmp_path / "corpus")
+    model = tmp_path / "qwen"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    out = tmp_path / "eval"
+    proc = _run("evaluate.py", "--data", str(data), "--langs", "hu", "--model", str(model), "--output", str(out),
+                cwd=tmp_path)
+    _assert_clean_failure(proc, out, "--model", "no weights")
+
+
+def test_model_hub_id_is_refused_with_the_fix(tmp_path):
+    """``--model Qwen/Qwen2-VL-2B-Instruct`` (no hub here): one line saying to download it, not 4 retries and 430 lines."""
+    data = _corpus(tmp_path / "corpus")
+    out = tmp_path / "train"
+    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", "Qwen/Qwen2-VL-2B-Instruct", "--output",
+                str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "hub ids are not accepted here", "download the checkpoint and pass its directory")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                                     "pytorch_model.bin.index.json"])
+def test_model_dir_with_weights_passes(tmp_path, weights):
+    from mella.preflight import check_model_dir
+
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    (tmp_path / weights).write_bytes(b"x")
+    assert check_model_dir(tmp_path, "--model") == {"model_type": "qwen2_vl"}
+
+
 def test_train_language_not_in_corpus(tmp_path):
     data = _corpus(tmp_path / "corpus")
     out = tmp_path / "train"
