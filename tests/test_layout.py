@@ -127,3 +127,34 @@ def test_eval_pool_size_is_named_like_every_pool():
     assert EvalConfig(**base, pool_size=3).pool_size == 3
     with pytest.raises(pydantic.ValidationError, match="num_actors"):
         EvalConfig(**base, num_actors=3)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation but ``-``/``_`` dropped, spaces to ``-``."""
+    import re
+
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_doc_links_resolve():
+    """Relative links in README.md and docs/*.md point at files that exist and, with ``#x``, at a heading there
+    (docs/d_ling.md → README "Add a stage" / "Add a language"; docs/training.md ↔ docs/d_ling.md)."""
+    import re
+
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    bad = []
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in link.findall(doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s):, mailto:
+            path, _, frag = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            if not dest.exists():
+                bad.append((doc.name, target))
+            elif frag and dest.suffix == ".md":
+                heads = {_anchor(h) for h in re.findall(r"^#+ (.+)$", dest.read_text(encoding="utf-8"), re.M)}
+                if frag not in heads:
+                    bad.append((doc.name, target))
+    assert bad == []
+    assert "README.md#add-a-stage" in (ROOT / "docs" / "d_ling.md").read_text(encoding="utf-8")
+    assert "convert_internvl_weights_to_hf.py" in (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
