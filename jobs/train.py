@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     console.setup(a.quiet, a.verbose)
     if a.config and not Path(a.config).is_file():
         raise console.UsageError(f"--config {a.config} does not exist")
+    preflight.check_not_hub_id(a.model, "--model")  # before the path is made absolute below
     backbone = a.backbone
     if backbone is None and Path(a.model, "config.json").is_file():
         backbone = MODEL_TYPES.get(preflight.check_model_dir(a.model, "--model").get("model_type"))

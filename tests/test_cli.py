@@ -105,6 +105,30 @@ def test_unknown_flag(tmp_path):
     _assert_clean_failure(proc, out, "unrecognized arguments: --bogus")
 
 
+def test_stage_flag_lands_in_the_config_and_the_plan(tmp_path):
+    """``--stage MODULE:CLASS@AFTER`` (issue 11) becomes ``stages.extra`` and a plan step right after AFTER."""
+    import build_corpus
+
+    from mella.plan import build_plan, stage_names
+
+    args, rest = build_corpus.parse_args(["--seeds", str(DEMO_WEB / "seeds.txt"), "--output", str(tmp_path / "out"),
+                                          "--stage", "test_user_stage:AspectRatioFilter@resolution"])
+    cfg = build_corpus.build_config(args, rest)
+    assert cfg.stages.extra == ["test_user_stage:AspectRatioFilter@resolution"]
+    plan = build_plan(cfg)
+    names = stage_names(plan)
+    assert names.index("aspect_ratio") == names.index("resolution") + 1
+    assert [s.name for s in plan].index("aspect_ratio") == [s.name for s in plan].index("ImageStages") + 1
+
+
+def test_stage_flag_unknown_module(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("build_corpus.py", "--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", "http://127.0.0.1:1",
+                "--stage", "nosuch.mod:X", "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "nosuch.mod", "--stage")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_demo_port_busy(tmp_path):
     import socket
 
@@ -132,6 +156,51 @@ def test_train_model_dir_without_config(tmp_path):
     proc = _run("train.py", "--data", str(data), "--lang", "hu", "--backbone", "qwen2-vl", "--model",
                 str(tmp_path / "empty"), "--output", str(out), cwd=tmp_path)
     _assert_clean_failure(proc, out, "holds no config.json")
+
+
+def test_train_model_dir_without_weights(tmp_path):
+    """A checkpoint folder with its config.json but no weights (an interrupted download) fails before Ray."""
+    data = _corpus(tmp_path / "corpus")
+    model = tmp_path / "qwen"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    (model / "tokenizer.json").write_text("{}")
+    out = tmp_path / "train"
+    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", str(model), "--output", str(out),
+                cwd=tmp_path)
+    _assert_clean_failure(proc, out, "has a config.json but no weights", "*.safetensors")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_model_dir_without_weights(tmp_path):
+    data = _corpus(tmp_path / "corpus")
+    model = tmp_path / "qwen"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    out = tmp_path / "eval"
+    proc = _run("evaluate.py", "--data", str(data), "--langs", "hu", "--model", str(model), "--output", str(out),
+                cwd=tmp_path)
+    _assert_clean_failure(proc, out, "--model", "no weights")
+
+
+def test_model_hub_id_is_refused_with_the_fix(tmp_path):
+    """``--model Qwen/Qwen2-VL-2B-Instruct`` (no hub here): one line saying to download it, not 4 retries and 430 lines."""
+    data = _corpus(tmp_path / "corpus")
+    out = tmp_path / "train"
+    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", "Qwen/Qwen2-VL-2B-Instruct", "--output",
+                str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "hub ids are not accepted here", "download the checkpoint and pass its directory")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                                     "pytorch_model.bin.index.json"])
+def test_model_dir_with_weights_passes(tmp_path, weights):
+    from mella.preflight import check_model_dir
+
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    (tmp_path / weights).write_bytes(b"x")
+    assert check_model_dir(tmp_path, "--model") == {"model_type": "qwen2_vl"}
 
 
 def test_train_language_not_in_corpus(tmp_path):
@@ -171,9 +240,27 @@ def test_debug_shows_the_traceback(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("job", ["build_corpus.py", "train.py", "evaluate.py", "corpus_stats.py", "make_tiny_model.py",
-                                 "e2e.py"])
+JOBS = sorted(p.name for p in (ROOT / "jobs").glob("*.py") if p.name != "_bootstrap.py")
+
+
+def test_the_job_list_is_the_folder():
+    assert {"build_corpus.py", "train.py", "evaluate.py", "inspect_corpus.py"} <= set(JOBS)
+
+
+@pytest.mark.parametrize("job", JOBS)
 def test_every_job_shares_the_bootstrap(job):
-    """Issue 11: every job puts platform/ on sys.path through jobs/_bootstrap.py, and nothing else does it."""
+    """Issue 11: every job puts platform/ on sys.path through jobs/_bootstrap.py, and nothing else does it;
+    and every job parses with the one-line-error parser and runs under console.run_job (issue 14)."""
     text = (ROOT / "jobs" / job).read_text(encoding="utf-8")
     assert "from _bootstrap import" in text and "sys.path.insert" not in text
+    assert "console.ArgumentParser(" in text and "argparse.ArgumentParser(" not in text
+    assert "console.run_job(main)" in text
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_job_refuses_an_unknown_flag_in_one_line(job, tmp_path):
+    out = tmp_path / "out"
+    proc = _run(job, "--bogus", "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, f"{job}: error: ")
+    # argparse names missing required arguments before unknown ones
+    assert "unrecognized arguments: --bogus" in proc.stderr or "arguments are required" in proc.stderr, proc.stderr

@@ -180,7 +180,7 @@ def api_stage(api, **kw) -> APIModerationStage:
     api.script.clear()
     api.requests.clear()
     opts = dict(enabled=True, base_url=api.base_url, api_key_env=KEY_ENV, backoff_base_s=0.01, rps=100,
-                timeout_s=5, retries=3) | kw
+                timeout_s=5, max_retries=3) | kw
     return APIModerationStage(ModerationConfig(api=ModerationAPIConfig(**opts)))
 
 
@@ -217,7 +217,7 @@ def test_api_5xx_retried_then_exhausted(api, key_env):
     api.script[:] = ["503", "503"]
     assert run(st, {"red": RED})["red"]["reason"] == "moderation:violence"
     assert st.counters["retries"] == 2
-    st = api_stage(api, retries=2)
+    st = api_stage(api, max_retries=2)
     api.script[:] = ["503"] * 3
     r = run(st, {"blue": BLUE})["blue"]
     assert r["reason"] == "moderation_api_error" and "HTTP 503" in r["detail"] and len(api.requests) == 3
@@ -239,7 +239,7 @@ def test_api_malformed_response_counted_or_kept(api, key_env):
 
 
 def test_api_timeout(api, key_env):
-    st = api_stage(api, timeout_s=0.3, retries=1)
+    st = api_stage(api, timeout_s=0.3, max_retries=1)
     api.script[:] = ["slow", "slow"]
     t0 = time.monotonic()
     r = run(st, {"a": BLUE})["a"]
@@ -275,3 +275,18 @@ def test_api_key_missing_wrong_and_never_leaked(api, monkeypatch, caplog):
 def test_unknown_format_rejected(api, key_env):
     with pytest.raises(ValueError, match="unknown moderation API format"):
         ModerationAPIClient(ModerationAPIConfig(format="acme", api_key_env=KEY_ENV))
+
+
+def test_retry_count_has_one_name_across_http_clients():
+    """Crawler, MT API and moderation API configs all call the retry count ``max_retries`` (issue 11)."""
+    import pydantic
+
+    from mella.net import CrawlConfig
+    from mella.stages.enrich.translate import APIConfig
+
+    for cls in (CrawlConfig, APIConfig, ModerationAPIConfig):
+        assert "max_retries" in cls.model_fields, cls
+        assert "retries" not in cls.model_fields, cls
+    assert ModerationAPIConfig(max_retries=2).max_retries == 2
+    with pytest.raises(pydantic.ValidationError):
+        ModerationAPIConfig(retries=2)  # the old name is refused, not silently ignored

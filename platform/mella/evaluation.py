@@ -29,9 +29,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from mella import metrics
+from mella.resources import Strict
 from mella.split import split_by_image
 from mella.train.prompts import prompts_for
 
@@ -184,7 +185,7 @@ class _EngineActor:
 
 
 def generate_ray_data(bodies: list[dict], *, backbone: str, model: str, adapters: str | None, base_name: str,
-                      engine_kwargs: dict | None = None, batch_size: int = 8, num_actors: int = 1,
+                      engine_kwargs: dict | None = None, batch_size: int = 8, pool_size: int = 1,
                       num_cpus: float = 1, num_gpus: float = 0) -> list[str]:
     """Ray Data batch inference for chat bodies made by :func:`chat_body` (same engine as the server)."""
     import ray
@@ -198,7 +199,7 @@ def generate_ray_data(bodies: list[dict], *, backbone: str, model: str, adapters
     ds = ray.data.from_items(rows).map_batches(
         _EngineActor, fn_constructor_kwargs=dict(backbone=backbone, model=model, adapters=adapters,
                                                  base_name=base_name, engine_kwargs=engine_kwargs or {}),
-        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=num_cpus,
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=pool_size), num_cpus=num_cpus,
         num_gpus=num_gpus, batch_format="numpy")
     texts = {int(r["key"]): str(r["text"]) for r in ds.take_all()}
     return [texts[k] for k in range(len(bodies))]
@@ -392,10 +393,8 @@ def write_report(out_dir: Path, *, items: list[Item], outputs: list[Output], row
 
 
 # --------------------------------------------------------------------------------------------- the job
-class EvalConfig(BaseModel):
+class EvalConfig(Strict):
     """Settings of one evaluation run (jobs/evaluate.py). Exactly one of ``endpoint`` / ``model``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: Path  # corpus dir with d_know/*.parquet and d_ling/*.parquet (the one training used)
     output: Path
@@ -419,7 +418,7 @@ class EvalConfig(BaseModel):
     base_model_name: str | None = None
     engine: dict = Field(default_factory=dict)  # VLMEngine kwargs (min_pixels, max_pixels, device ...)
     batch_size: int = 8
-    num_actors: int = 1
+    pool_size: int = Field(1, ge=1, description="engine actors in the Ray Data pool (the name every pool size has)")
     num_cpus: float = 1
     num_gpus: float = 0
 
@@ -467,7 +466,7 @@ def run(cfg: EvalConfig) -> dict:
     else:
         texts = generate_ray_data(bodies, backbone=cfg.backbone, model=str(cfg.model),
                                   adapters=str(cfg.adapters) if cfg.adapters else None, base_name=base,
-                                  engine_kwargs=cfg.engine, batch_size=cfg.batch_size, num_actors=cfg.num_actors,
+                                  engine_kwargs=cfg.engine, batch_size=cfg.batch_size, pool_size=cfg.pool_size,
                                   num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     outputs = [Output(it.lang, it.source, it.id, seed, method, m, t) for (it, seed, method, m), t in zip(jobs, texts)]
     rows, facts = score(items, outputs, cfg.keyword_top_k)

@@ -27,7 +27,9 @@ from typing import Literal
 import regex
 import Stemmer
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mella.resources import Strict
 
 #: environment variable naming extra language files (``os.pathsep``-separated paths)
 ENV_VAR = "MELLA_LANGUAGES"
@@ -38,10 +40,10 @@ class LanguageFileError(ValueError):
     """A languages file is unreadable or invalid; the message names the file and the language."""
 
 
-class Language(BaseModel):
+class Language(Strict):
     """One language's facts (keys documented at the top of ``languages.yaml``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)  # unknown keys are refused by Strict
 
     code: str = Field(pattern=r"^[a-z]{2,3}$", description="ISO 639-1/-3 code = BCP 47 primary subtag")
     name: str = Field(min_length=1)
@@ -101,10 +103,10 @@ class Language(BaseModel):
         return self
 
 
-class Languages(BaseModel):
+class Languages(Strict):
     """All languages: ``targets`` (corpus languages) and ``source`` (English: captions, MT source)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)  # unknown keys are refused by Strict
 
     targets: dict[str, Language]
     source: dict[str, Language] = Field(default_factory=dict)

@@ -42,10 +42,11 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 from protego import Protego
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mella.optout import DEFAULT_DIRECTIVES, parse_tdmrep, tdmrep_reserved
 from mella.ratelimit import RateLimiter
+from mella.resources import Strict
 from mella.retry import Retryable, RetryPolicy, parse_retry_after, retry_async
 from mella.urls import normalise_url, origin
 from mella.warc import FailureLog, HasHeaders, RotatingWarcWriter, WarcIndex, WarcResponse
@@ -56,10 +57,8 @@ _ALLOW_ALL = Protego.parse("")
 _DISALLOW_ALL = Protego.parse("User-agent: *\nDisallow: /\n")
 
 
-class CrawlConfig(BaseModel):
+class CrawlConfig(Strict):
     """HTTP fetching for pages and images (crawler and image fetch stage); seconds and bytes."""
-
-    model_config = ConfigDict(extra="forbid")
 
     user_agent: str = "MELLA-corpus-builder/0.1 (+https://github.com/mella-platform/mella; research crawler)"
     max_pages: int = Field(500, ge=1, description="page budget per registered domain")

@@ -396,7 +396,14 @@ def _priority_order(n: int, pixels, ids) -> np.ndarray:
 
 def near_duplicate_drops(hashes, threshold: int, *, pixels=None, ids=None, num_partitions: int | None = None,
                          num_substrings: int | None = None):
-    """Global, deterministic pHash near-duplicate removal (greedy by priority, module docstring).
+    """Global, deterministic pHash near-duplicate removal (greedy by priority, module docstring), in one process.
+
+    Not what build_corpus runs: the build uses the distributed stage
+    :class:`mella.stages.dedup.phash.PhashDedupStage` (pairs found in Ray tasks over every work unit's
+    Parquet parts, the survivor rule applied by :func:`mella.stages.dedup.near_dup.drops_from_pairs`).
+    This is the single-process, in-memory form of the same method, for measurement scripts
+    (``tests/benchmarks/measure_phash_threshold.py``) and tests; both apply the one survivor rule of
+    :func:`mella.survivor.greedy_drops`, so they drop the same images for the same priorities.
 
     Args:
         hashes: array-like (n,) of 64-bit pHashes.

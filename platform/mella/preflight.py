@@ -7,6 +7,7 @@ creates a file or a directory. URL syntax: RFC 3986 via ``yarl`` (the URL librar
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -81,21 +82,45 @@ def check_langs(langs: list[str]) -> list[str]:
     return langs
 
 
-def check_model_dir(path: str | Path, flag: str) -> dict:
-    """``path`` is a local Hugging Face checkpoint directory: it exists and holds a parseable config.json.
+#: Files that hold a checkpoint's weights (transformers' ``save_pretrained``: safetensors, or PyTorch
+#: pickles for older checkpoints; a sharded checkpoint has an index file naming its shards).
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+#: A Hugging Face hub id, ``org/name`` (the hub's repo-id rule: letters, digits, ``-_.``).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-    Returns the parsed config. Raises :class:`UsageError` (hub ids are refused: jobs load local paths).
+
+def check_not_hub_id(path: str | Path, flag: str) -> None:
+    """Raise :class:`UsageError` when ``path`` is no local path but looks like a hub id (``org/name``).
+
+    For jobs that make paths absolute before the full :func:`check_model_dir` (which calls this too).
+    """
+    if not Path(path).exists() and HUB_ID.match(str(path)):
+        raise UsageError(f"{flag} {path} does not exist here and looks like a model hub id: hub ids are not accepted "
+                         "here (no model hub): download the checkpoint and pass its directory")
+
+
+def check_model_dir(path: str | Path, flag: str) -> dict:
+    """``path`` is a local Hugging Face checkpoint directory: it exists, holds a parseable config.json
+    and weights (:data:`WEIGHT_GLOBS`).
+
+    Returns the parsed config. Raises :class:`UsageError`, one line naming the fix: hub ids (``org/name``
+    that is no local path) are refused, since the jobs run without a model hub and load local paths.
     """
     p = Path(path)
     hint = "give a local checkpoint directory (python jobs/make_tiny_model.py --output DIR makes a tiny one)"
+    check_not_hub_id(path, flag)
     if not p.exists():
         raise UsageError(f"{flag} {path} does not exist: {hint}")
     if not p.is_dir() or not (p / "config.json").is_file():
         raise UsageError(f"{flag} {path} holds no config.json: {hint}")
     try:
-        return json.loads((p / "config.json").read_text(encoding="utf-8"))
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise UsageError(f"{flag} {path}/config.json does not parse ({e}): re-download or re-save the checkpoint") from e
+    if not any(f.is_file() for g in WEIGHT_GLOBS for f in p.glob(g)):
+        raise UsageError(f"{flag} {path} has a config.json but no weights (*.safetensors, *.bin or their index .json): "
+                         "download the whole checkpoint, or save it with save_pretrained(DIR)")
+    return cfg
 
 
 def check_output(path: str | Path, flag: str = "--output") -> None:

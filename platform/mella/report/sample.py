@@ -10,8 +10,8 @@ ids of a group are a uniform random sample of it that is the same on every run (
 (``_file``, ``_row``: part path and row number) so thumbnails can read just those images later.
 
 Near-duplicate rejects (pHash and CNN stages) are grouped by the image kept in their place, parsed from
-``detail`` (``... to <kept image URL>``, written by :mod:`mella.stages.phash_dedup` and
-:mod:`mella.stages.semantic_dedup`); groups are sampled bottom-k by sha1 of ``(stage, lang, kept URL)``.
+``detail`` (``... to <kept image URL>``, written by :mod:`mella.stages.dedup.phash` and
+:mod:`mella.stages.dedup.semantic`); groups are sampled bottom-k by sha1 of ``(stage, lang, kept URL)``.
 """
 
 from __future__ import annotations

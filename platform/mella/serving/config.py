@@ -6,15 +6,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from mella.resources import Strict
 from mella.serving.registry import NAME_RE
 
 
-class ServeConfig(BaseModel):
+class ServeConfig(Strict):
     """Settings shared by the gateway and the model deployment. Units: bytes, pixels, tokens, seconds."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: Path  # local HF checkpoint dir of the base model (e.g. Qwen2-VL-7B-Instruct)
     backbone: Literal["qwen2-vl", "internvl2"] = "qwen2-vl"

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from mella.resources import Strict
 
 Backbone = Literal["qwen2-vl", "internvl2"]
 Mix = Literal["dual", "ling-only", "know-only", "two-stage"]
@@ -31,10 +33,8 @@ LORA_TARGETS: dict[str, str] = {
 }
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Strict):
     """All settings of one training run. Units: lr per optimizer step; batch sizes in samples."""
-
-    model_config = ConfigDict(extra="forbid")
 
     # what to train
     data: Path  # corpus dir with d_know/*.parquet and (optionally) d_ling/*.parquet

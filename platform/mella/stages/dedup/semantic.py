@@ -258,7 +258,14 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
                              groups: Sequence | None = None, n_probe: int = DEFAULT_N_PROBE,
                              probe_margin: float = DEFAULT_PROBE_MARGIN, kmeans_iters: int = 20,
                              fit_sample: int = 100_000, seed: int = 0, chunk: int = 2048) -> list[tuple[object, object, float]]:
-    """SemDeDup-style semantic near-duplicates (see the module docstring for method and cost).
+    """SemDeDup-style semantic near-duplicates (see the module docstring for method and cost), in one process.
+
+    Not what build_corpus runs: the build uses the distributed stage :class:`SemanticDedupStage`
+    (embeddings read from every work unit's Parquet parts, clusters compared in Ray tasks, the survivor
+    rule applied by :func:`mella.stages.dedup.near_dup.drops_from_pairs`). This is the single-process,
+    in-memory form of its cosine rule (k-means clusters, probing; without the stage's pHash-corroborated
+    second threshold), for measurement scripts (``tests/benchmarks/measure_semantic_threshold.py``) and
+    tests; both apply the one survivor rule of :func:`mella.survivor.greedy_drops`.
 
     Args:
         embeddings: (n, d) float32, L2-normalised rows (as :class:`EmbedStage` writes them).

@@ -9,9 +9,10 @@ layout, legible text, purpose...). Images categorised ``unknown`` get the core a
 cultural-features aspect. Unlike Figure 7 (which asks for Chinese), the output is English, the source
 language of the translation step.
 
-:class:`CaptionStage` is a Ray Data actor-pool callable (load once in ``__init__``, batched
-``generate``); declare ``num_gpus`` per actor (fractional allowed) when adding it to a dataset, see
-:func:`mella.stages.dling.add_dling_stages`. Rejects (stage ``caption``): ``undecodable``,
+:class:`CaptionStage` is a D_ling stage of the plan (:func:`mella.plan.build_plan`, after the global
+dedup): it runs in an actor pool, loads the MLLM once per actor in ``setup`` and captions a batch per
+``generate``; its ``num_gpus`` per actor (fractional allowed), pool size and batch size are declared
+in :class:`CaptionConfig` (``d_ling.caption.*``). Rejects (stage ``caption``): ``undecodable``,
 ``empty_caption``.
 
 Captions are the expensive part of a build (GPU hours), so with a ``cache_dir`` every batch's captions

@@ -87,7 +87,7 @@ class ModerationAPIConfig(Strict):
     rps: float = Field(5.0, gt=0, description="requests per second for the whole actor pool")
     max_concurrency: int = Field(8, ge=1, description="requests in flight per actor")
     timeout_s: float = Field(30.0, gt=0, description="total time of one request, seconds")
-    retries: int = Field(4, ge=0, description="retries on 429, 5xx, timeouts, connection errors")
+    max_retries: int = Field(4, ge=0, description="retries on 429, 5xx, timeouts, connection errors (the name CrawlConfig and the MT APIConfig use)")
     backoff_base_s: float = Field(1.0, ge=0, description="backoff = base * 2**attempt (+ jitter) seconds")
     backoff_max_s: float = Field(60.0, ge=0, description="cap on one backoff sleep, Retry-After included")
     max_image_bytes: int = Field(4 * 2**20, gt=0, description="larger images are sent as a JPEG of max_side_px")
@@ -256,7 +256,7 @@ class ModerationAPIClient:
 
         payload = self.fmt.request(self.cfg.model, data_url)
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
-        policy = RetryPolicy(retries=self.cfg.retries, backoff_base_s=self.cfg.backoff_base_s,
+        policy = RetryPolicy(retries=self.cfg.max_retries, backoff_base_s=self.cfg.backoff_base_s,
                              backoff_max_s=self.cfg.backoff_max_s)
 
         async def attempt(n: int, _left) -> dict[str, tuple[bool, float]]:
