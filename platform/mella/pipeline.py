@@ -67,11 +67,12 @@ def batch_name(batch: pa.Table) -> str:
 
 
 def write_parts(batch: pa.Table, out_dir: str) -> pa.Table:
-    """Write one batch (REJECT_SCHEMA) as ``out_dir/part-<batch_name>.parquet``; return its row count."""
+    """Write one batch (REJECT_SCHEMA) as ``out_dir/part-<batch_name>.parquet``; return its row count and
+    how many of its rows are still in (not rejected by a per-unit stage)."""
     batch = conform(batch, REJECT_SCHEMA)
     if batch.num_rows:
         write_parquet_atomic(batch, os.path.join(out_dir, f"part-{batch_name(batch)}.parquet"))
-    return pa.table({"rows": [batch.num_rows]})
+    return pa.table({"rows": [batch.num_rows], "active": [batch["reason"].null_count]})
 
 
 def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str, candidates_dir: str | None = None) -> pa.Table:
@@ -94,6 +95,11 @@ def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str, candidates
         if table.num_rows:
             write_parquet_atomic(table, os.path.join(directory, f"part-{name}.parquet"))
     return pa.table({"kept": [kept.num_rows], "rejected": [rej.num_rows], "d_ling_candidates": [cand.num_rows]})
+
+
+def _duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"3.5 h"``: an ETA for the progress line."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -159,18 +165,20 @@ class BuildCorpus:
         done = self._committed_files()
         todo = [p for p in inputs if p not in done]
         step = self.cfg.ray.files_per_group
-        for i in range(0, len(todo), step):
+        n_units, started = -(-len(todo) // step), time.monotonic()
+        for u, i in enumerate(range(0, len(todo), step)):
             files = todo[i:i + step]
             unit = hashlib.sha1("\n".join(files).encode()).hexdigest()[:16]
             staging = os.path.join(self.units_dir, f"{unit}.staging")
             final = os.path.join(self.units_dir, unit)
             t0 = time.time()
             log.info("unit %s: %d WARC file(s), %d/%d pending", unit, len(files), len(todo) - i, len(inputs))
-            self._run_unit(files, source, staging)
+            eta = f", ETA {_duration((time.monotonic() - started) / i * (len(todo) - i))}" if i else ""
+            self._run_unit(files, source, staging, f"unit {u + 1}/{n_units}{eta}")
             write_json_atomic({"files": files, "seconds": round(time.time() - t0, 2)}, os.path.join(staging, "UNIT.json"))
             replace_dir(staging, final)
 
-    def _run_unit(self, files: list[str], source: str, staging: str) -> None:
+    def _run_unit(self, files: list[str], source: str, staging: str, where: str = "") -> None:
         parts_dir = os.path.join(staging, "parts")
         os.makedirs(parts_dir, exist_ok=True)
         k = self.cfg.ray.records_per_slice
@@ -185,12 +193,15 @@ class BuildCorpus:
             ds = apply(ds, st, staging)
         ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir},
                             **StageResources(num_cpus=0.1).map_batches_args())
-        self.progress("images", f"{len(files)} WARC file(s): extract → alt-text → langid → fetch → decode → models")
-        rows, t0 = 0, time.monotonic()
-        for r in ds.iter_rows():  # one row per written batch: its row count
-            rows += r["rows"]
-            self.progress("images", f"{rows} candidate rows done ({rows / max(time.monotonic() - t0, 1e-3):.1f}/s)")
-        log.info("unit written: %d rows", rows)
+        where = f"{where}, " if where else ""
+        self.progress("images", f"{where}{len(files)} WARC file(s) in {len(items)} slices: extract → alt-text → langid → "
+                                "fetch → decode → models")
+        rows, active, t0 = 0, 0, time.monotonic()
+        for r in ds.iter_rows():  # one row per written batch: its row count and rows still in
+            rows, active = rows + r["rows"], active + r["active"]
+            self.progress("images", f"{where}{rows} candidate rows done, {active} still in "
+                                    f"({rows / max(time.monotonic() - t0, 1e-3):.1f} rows/s)")
+        log.info("unit written: %d rows, %d still in", rows, active)
 
     def unit_parts(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.units_dir, "*", "parts", "*.parquet")))
