@@ -127,6 +127,14 @@ def test_slow_images_in_one_warc_file_do_not_queue_behind_each_other(web):
     assert len(_kept(web, "/img/s2-0.png")) == 1
 
 
+def test_a_dripping_page_ends_within_its_deadline(web):
+    # the crawl's tail is bounded by the per-URL deadline (not retries x timeouts), and the host is reported
+    times = web["times"]["/p/drip.html"]
+    assert _reasons(web, "/p/drip.html") == ["timeout"]
+    assert len(times) <= 2 and times[-1] - times[0] < DEADLINE
+    assert web["timing"]["crawl"]["slowest_hosts"][0]["seconds"] >= DEADLINE - 1
+
+
 def test_urls_normalised_once(web):
     assert web["hits"]["/p/norm.html"] == 1  # linked six ways
     assert {path_of(r["page_url"]) for r in web["kept"] if "norm" in r["page_url"]} == {"/p/norm.html"}

@@ -601,7 +601,7 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
     for n in range(1, 7):
         page(f"/p/deep/{n}.html", f"Mélység {n}", f'<p><a href="/p/deep/{n + 1}.html">tovább</a></p>\n')
     links = [p for p in pages if not p.startswith("/p/deep/")] + [
-        "/p/deep/1.html", "/index.html?sid=12345", "/p/404.html", "/p/500.html",
+        "/p/deep/1.html", "/index.html?sid=12345", "/p/404.html", "/p/500.html", "/p/drip.html",
         "/p/./norm.html", "/p/%6Eorm.html#top", "/p/../p/norm.html", " /p/no\trm.html ", "/P/../p/norm.html"]
     index = _page("A bejáró tesztoldala", _HU_PROSE + "<ul>\n" + "".join(
         f'<li><a href="{p}">link</a></li>\n' for p in links) + "</ul>\n")
@@ -651,6 +651,19 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
     add("/p/500.html", const(lambda: html("<p>hiba</p>", 500)))
     add("/img/drip.png", drip)
     add("/img/drip2.png", drip)
+
+    async def drip_page(request: web.Request) -> web.StreamResponse:  # a page that never finishes arriving
+        resp = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+        await resp.prepare(request)
+        try:
+            for _ in range(int(drip_s / 0.2)):
+                await resp.write(b"<p>lassan</p>\n")
+                await asyncio.sleep(0.2)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return resp
+
+    add("/p/drip.html", drip_page)
     add("/img/{name}.png", image)
     add("/cdn/{spec}/photo.jpg", cdn)
     return app
@@ -696,6 +709,7 @@ def serve_crawler_web(*, source_web: Path = DEMO_WEB, drip_s: float = 60.0,
     ``/p/norm.html``                linked 6 ways (``./``, ``%6E``, ``#top``, tab…)  1 request
     ``/p/deep/1..6.html``           a link chain                                     cut by ``max_depth``
     ``/p/404.html``, ``/p/500.html``                                                 ``http_404``; ``http_500``
+    ``/p/drip.html``                a page sent a line every 0.2 s for ``drip_s``    ``timeout`` within the deadline
     ==============================  ==============================================  ================================
     """
     with _running(_crawler_web_app(Path(source_web), drip_s, robots_pad_bytes)) as url:
