@@ -411,7 +411,8 @@ class SemanticDedupStage(NearDupStage):
         fit = ray.remote(num_cpus=1)(_fit_centroids)
         refs = {lang: fit.remote(images, lang, counts[lang], min(k, counts[lang]), cfg) for lang, k in ks.items() if k > 1}
         centroids = dict(zip(refs, ray.get(list(refs.values()))))  # k × 1280 floats per language: O(sqrt(n))
-        p = num_partitions(n * min(cfg.n_probe, 3), rows_per_partition=10_000)  # ~2.5 probes a row at the default margin
+        # ~2.75 probes a row at the default margin: ~14k rows a partition; more partitions only add shuffle metadata
+        p = num_partitions(n * 2, rows_per_partition=10_000)
         corr = cfg.corroborated_threshold if cfg.corroborated_threshold is not None else 2.0
         pairs = ray.data.read_parquet(images).select_columns(["lang", "img", "phash", "embedding"]).map_batches(
             _assign_clusters, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe,
