@@ -11,8 +11,8 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import logging
+import os
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -27,6 +27,10 @@ from warcio.warcwriter import WARCWriter
 from mella.urls import normalise_url
 
 log = logging.getLogger(__name__)
+
+#: What reading a damaged WARC raises (bad record header, truncated or corrupt gzip member, I/O):
+#: :func:`slice_offsets` stops there and the extract stage counts it as ``warc_unreadable``.
+WARC_READ_ERRORS = (ArchiveLoadFailed, EOFError, OSError, zlib.error, ValueError)
 
 #: Hop-by-hop / encoding headers dropped when writing: the stored payload is already decoded.
 _DROP_HEADERS = {"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"}
@@ -168,8 +172,8 @@ def slice_offsets(path: str, records_per_slice: int) -> list[int]:
                     if n and n % records_per_slice == 0:
                         offsets.append(it.get_record_offset())
                     n += 1
-        except (ArchiveLoadFailed, EOFError, OSError, zlib.error) as e:  # truncated or not a WARC: slices up to the
-            log.warning("%s: unreadable WARC after %d responses (%s)", path, n, e)  # damage; extract counts it
+        except WARC_READ_ERRORS as e:  # damaged or not a WARC: sliced up to the damage; extract counts it
+            log.warning("%s: unreadable WARC after %d responses (%s)", path, n, e)
     return offsets
 
 

@@ -552,16 +552,13 @@ class ExtractStage(Stage):
         import hashlib
         import logging
         import os
-        import zlib
         from collections import Counter
-
-        from warcio.exceptions import ArchiveLoadFailed
 
         from mella.io import write_json_atomic
         from mella.schema import record_id
         from mella.stages.base import reject
         from mella.stages.filters.langid import assign_language
-        from mella.warc import iter_responses
+        from mella.warc import WARC_READ_ERRORS, iter_responses
 
         stats: Counter = Counter()
         rows: list[dict] = []
@@ -572,7 +569,7 @@ class ExtractStage(Stage):
                 rec = next(records)
             except StopIteration:
                 break
-            except (ArchiveLoadFailed, EOFError, OSError, zlib.error, ValueError) as e:
+            except WARC_READ_ERRORS as e:
                 logging.getLogger(__name__).warning("%s: unreadable WARC after byte %d (%s: %s); rest of the slice skipped",
                                                     path, offset, type(e).__name__, e)
                 stats["dropped:warc_unreadable"] += 1
