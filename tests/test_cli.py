@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import DEMO_WEB, ROOT, job_env
+from ports import free_port
 
 from mella.schema import record_id, to_table
 
@@ -88,14 +89,15 @@ def test_unknown_language(tmp_path):
 
 def test_d_ling_without_caption_model(tmp_path):
     out = tmp_path / "out"
-    proc = _run("build_corpus.py", "--d-ling", "--output", str(out), cwd=tmp_path)
+    # a free --demo-port: the check under test must not depend on the default demo port being free
+    proc = _run("build_corpus.py", "--d-ling", "--demo-port", str(free_port()), "--output", str(out), cwd=tmp_path)
     _assert_clean_failure(proc, out, "--d-ling needs --caption-model")
 
 
 def test_d_ling_caption_model_missing(tmp_path):
     out = tmp_path / "out"
     proc = _run("build_corpus.py", "--d-ling", "--caption-model", str(tmp_path / "qwen"), "--mt-backend", "mllm",
-                "--output", str(out), cwd=tmp_path)
+                "--demo-port", str(free_port()), "--output", str(out), cwd=tmp_path)
     _assert_clean_failure(proc, out, "--caption-model", "does not exist")
 
 
