@@ -12,9 +12,8 @@ from mella.stages.dedup.phash import PhashConfig, PhashDedupStage
 from mella.stages.dedup.semantic import SemanticDedupConfig, SemanticDedupStage
 
 
-def run_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig | None = None) -> dict:
-    """Find every dedup stage's decisions into ``work/decisions`` and return ``{row id: (stage, reason, detail)}``
-    (read back from the decision files, the first stage's reason winning, as the final pass applies them)."""
+def find_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig | None = None) -> list[tuple[str, str]]:
+    """Find every dedup stage's decisions into ``work/decisions``, in plan order; ``[(stage, decisions path)]``."""
     stages = [ExactDedupStage("image_text", with_d_ling=True), PhashDedupStage(PhashConfig()),
               SemanticDedupStage(semantic or SemanticDedupConfig())]
     upstream: dict[str, str] = {}
@@ -23,9 +22,20 @@ def run_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig 
         os.makedirs(os.path.dirname(path), exist_ok=True)
         st.find(parts, path, dict(upstream))
         upstream[st.name] = path
+    return list(upstream.items())
+
+
+def read_decisions(found: list[tuple[str, str]]) -> dict:
+    """``{row id: (stage, reason, detail)}`` read back from the decision files, the first stage's reason winning,
+    as the final pass applies them (a check's view: it holds every decision in one process)."""
     out: dict = {}
-    for st in stages:
-        t = pq.read_table(upstream[st.name])
+    for name, path in found:
+        t = pq.read_table(path)
         for i, r, d in zip(t["id"].to_pylist(), t["reason"].to_pylist(), t["detail"].to_pylist()):
-            out.setdefault(i, (st.name, r, d))
+            out.setdefault(i, (name, r, d))
     return out
+
+
+def run_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig | None = None) -> dict:
+    """:func:`find_global_phase` then :func:`read_decisions`."""
+    return read_decisions(find_global_phase(parts, work, semantic))

@@ -12,7 +12,7 @@ from conftest import needs_miniweb
 from dedup_reference import reference_decisions
 from global_phase_run import run_global_phase
 from mella.schema import REJECT_SCHEMA, record_id, to_table
-from mella.stages.dedup.near_dup import same_page_exempt
+from mella.stages.dedup.near_dup import app_keys, same_page_exempt
 from mella.stages.dedup.semantic import SemanticDedupConfig
 from synthetic_parts import make_parts
 
@@ -38,11 +38,14 @@ def test_distributed_decisions_equal_brute_force(tmp_path, ray_session):
 
 def test_same_page_rule():
     """Shared page with one alt-text: duplicates; with different alt-texts (or no usable alt): exempt."""
-    a = {"p1": {"foto"}, "p2": {"x"}}
-    assert not same_page_exempt(a, {"p1": {"foto"}})
-    assert same_page_exempt(a, {"p1": {"foto 2. lépés"}})
-    assert same_page_exempt({"p1": {"\x00routed"}}, {"p1": {"\x00routed"}})
-    assert not same_page_exempt(a, {"p3": {"foto"}})  # no shared page: the thresholds decide
+    a = app_keys(["p1\x1ffoto", "p2\x1fx"])
+    assert not same_page_exempt(a, app_keys(["p1\x1ffoto"]))
+    assert not same_page_exempt(a, app_keys(["p1\x1ffoto", "p1\x1fother"]))  # one shared alt is enough
+    assert same_page_exempt(a, app_keys(["p1\x1ffoto 2. lépés"]))
+    assert same_page_exempt(a, app_keys(["p1\x1fx"]))  # "x" on p2 and on p1: not one page
+    assert same_page_exempt(app_keys(["p1\x1f\x00routed"]), app_keys(["p1\x1f\x00routed"]))
+    assert same_page_exempt(app_keys(["p1\x1f"]), app_keys(["p1\x1f"]))
+    assert not same_page_exempt(a, app_keys(["p3\x1ffoto"]))  # no shared page: the thresholds decide
 
 
 def _photos(n: int) -> list[bytes]:

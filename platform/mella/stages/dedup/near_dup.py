@@ -31,6 +31,7 @@ hash join (:func:`mella.stages.dedup.shuffle.rows_to_decisions`) and rejected by
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from typing import ClassVar
@@ -122,50 +123,103 @@ def write_pairs(ds, path: str) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
 
 
+def _hash64(texts: list[str]) -> list[int]:
+    """64-bit keys of strings (blake2b, hashlib): the same-page rule compares sets of them, not the strings."""
+    return [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in texts]
+
+
+def app_keys(apps: list[str]) -> tuple[list[int], list[int]]:
+    """An image's page appearances (``page \\x1f normalised alt`` strings, :func:`distinct_images`) as the
+    same-page rule's keys: (64-bit keys of its pages, keys of its (page, alt) pairs with a real alt-text)."""
+    pages = sorted({a.partition(SEP)[0] for a in apps})
+    real = sorted({a for a in apps if a.partition(SEP)[2] not in ("\x00routed", "")})
+    return _hash64(pages), _hash64(real)
+
+
+def same_page_exempt(a: tuple, b: tuple) -> bool:
+    """The refined same-page rule for two images' :func:`app_keys`: exempt (never near-duplicates) iff they
+    share a page and no shared page shows both with one real alt-text (a shared (page, alt) key implies a
+    shared page). 64-bit keys: a collision among one pair's few pages is ~1e-19."""
+    return bool(set(a[0]).intersection(b[0])) and not set(a[1]).intersection(b[1])
+
+
 def _endpoints(t: pa.Table, ends: np.ndarray) -> pa.Table:
-    return t.filter(pc.is_in(t["img"], value_set=pa.array(ends, pa.uint64())))
+    """The records of the pairs' images, with ``apps`` replaced by their :func:`app_keys` (``pages``,
+    ``real``: list<uint64>)."""
+    t = t.filter(pc.is_in(t["img"], value_set=pa.array(ends, pa.uint64())))
+    keys = [app_keys(a) for a in t["apps"].to_pylist()]
+    t = t.drop_columns(["apps"])
+    return t.append_column("pages", pa.array([k[0] for k in keys], pa.list_(pa.uint64()))) \
+        .append_column("real", pa.array([k[1] for k in keys], pa.list_(pa.uint64())))
+
+
+def _ranked_endpoints(refs: list) -> tuple[pa.Table, pa.Table]:
+    """Ray task: the endpoint records in survivor-rank order (index = rank), split into what the driver needs
+    for the rule (``lang``, ``img``, ``pages``, ``real``) and the names it needs only for drops
+    (``lang``, ``pixel_sha256``, ``image_url``), which stay in the object store."""
+    rec = pa.concat_tables(ray.get(refs)).sort_by([(c, "ascending") for c in RANK])
+    return rec.select(["lang", "img", "pages", "real"]), rec.select(["lang", "pixel_sha256", "image_url"])
+
+
+def _take(names: pa.Table, rows: np.ndarray) -> pa.Table:
+    return names.take(pa.array(rows, pa.int64()))
 
 
 def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Table:
     """The survivor rule on the driver over the candidate pairs only: ``(lang, pixel_sha256, detail)`` of
-    every dropped image. ``describe(pair_row_index, kept_record) -> detail``. Memory O(pairs)."""
+    every dropped image. ``describe(pair_row_index, kept_url) -> detail``. Memory O(pairs), and lean: the
+    endpoints are ranked in a Ray task, and the driver holds per endpoint only its language, 64-bit id and
+    the same-page keys (Arrow/numpy, a few dozen bytes), turned into Python sets only while its pair is
+    checked; names are fetched for the dropped images and their keepers only (issue 12: the endpoints as
+    Python objects cost the driver ~1.5 KiB each, ~80 MiB at 1M rows)."""
     empty = pa.table({"lang": pa.array([], pa.string()), "pixel_sha256": pa.array([], pa.string()),
                       "detail": pa.array([], pa.string())})
     if pairs is None or pairs.num_rows == 0:
         return empty
     ends = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
-    rec = ray.data.read_parquet(images_dir).select_columns(["lang", "img", "apps", *RANK]) \
+    refs = ray.data.read_parquet(images_dir).select_columns(["lang", "img", "apps", *RANK]) \
         .map_batches(_endpoints, batch_format="pyarrow", fn_kwargs={"ends": ends}).to_arrow_refs()
-    rec = pa.concat_tables(ray.get(rec)) if rec else None
-    rec = rec.sort_by([(c, "ascending") for c in RANK])
-    index = {(lang, img): k for k, (lang, img) in enumerate(zip(rec["lang"].to_pylist(), rec["img"].to_pylist()))}
-    langs = pairs["lang"].to_pylist()
-    i = np.array([index[(lang, a)] for lang, a in zip(langs, pairs["a"].to_pylist())], np.int64)
-    j = np.array([index[(lang, b)] for lang, b in zip(langs, pairs["b"].to_pylist())], np.int64)
-    apps = [_appearances(a) for a in rec["apps"].to_pylist()]
-    dropped = survivor.greedy_drops(i, j, np.arange(len(i)), exempt=lambda s, d: same_page_exempt(apps[s], apps[d]))
-    urls, pix = rec["image_url"].to_pylist(), rec["pixel_sha256"].to_pylist()
-    out = sorted((rec["lang"][d].as_py(), pix[d], describe(int(k), urls[s])) for d, (s, k) in dropped.items())
-    if not out:
+    del ends
+    if not refs:
+        raise RuntimeError(f"pairs name images absent from the image records in {images_dir}: stale work files?")
+    rule_ref, names_ref = ray.remote(num_returns=2)(_ranked_endpoints).remote(refs)
+    rec = ray.get(rule_ref)
+    i, j = _record_index(rec, pairs, "a"), _record_index(rec, pairs, "b")
+    pages, real = rec["pages"].combine_chunks(), rec["real"].combine_chunks()
+    pv, po, rv, ro = pages.values.to_numpy(), pages.offsets.to_numpy(), real.values.to_numpy(), real.offsets.to_numpy()
+
+    def exempt(s: int, d: int) -> bool:
+        return same_page_exempt((pv[po[s]:po[s + 1]].tolist(), rv[ro[s]:ro[s + 1]].tolist()),
+                                (pv[po[d]:po[d + 1]].tolist(), rv[ro[d]:ro[d + 1]].tolist()))
+    dropped = survivor.greedy_drops(i, j, np.arange(len(i)), exempt=exempt)
+    del rec, pages, real, pv, po, rv, ro, i, j
+    if not dropped:
         return empty
-    return pa.table({"lang": [o[0] for o in out], "pixel_sha256": [o[1] for o in out], "detail": [o[2] for o in out]})
+    d_rows = np.fromiter(dropped.keys(), np.int64, len(dropped))
+    s_rows = np.fromiter((s for s, _k in dropped.values()), np.int64, len(dropped))
+    names = ray.get(ray.remote(_take).remote(names_ref, np.concatenate([d_rows, s_rows])))
+    n = len(d_rows)
+    urls = names["image_url"].slice(n).to_pylist()
+    detail = [describe(int(k), urls[x]) for x, (_s, k) in enumerate(dropped.values())]
+    out = pa.table({"lang": names["lang"].slice(0, n), "pixel_sha256": names["pixel_sha256"].slice(0, n),
+                    "detail": pa.array(detail, pa.string())})
+    return out.sort_by([("lang", "ascending"), ("pixel_sha256", "ascending"), ("detail", "ascending")])
 
 
-def _appearances(apps: list[str]) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for a in apps:
-        page, _, alt = a.partition(SEP)
-        out.setdefault(page, set()).add(alt)
+def _record_index(rec: pa.Table, pairs: pa.Table, end: str) -> np.ndarray:
+    """int64 (pairs,): the row of ``rec`` holding each pair's ``end`` image of the pair's language."""
+    out = np.full(pairs.num_rows, -1, np.int64)
+    for lang in pc.unique(pairs["lang"]).to_pylist():
+        rows = np.flatnonzero(pc.equal(rec["lang"], lang).to_numpy(zero_copy_only=False))
+        imgs = rec["img"].to_numpy()[rows]
+        order = np.argsort(imgs, kind="stable")
+        sel = np.flatnonzero(pc.equal(pairs["lang"], lang).to_numpy(zero_copy_only=False))
+        want = pairs[end].to_numpy()[sel]
+        pos = np.minimum(np.searchsorted(imgs[order], want), len(order) - 1)
+        if len(order) == 0 or not np.array_equal(imgs[order][pos], want):
+            raise RuntimeError(f"pairs name images absent from the image records ({lang}): stale work files?")
+        out[sel] = rows[order[pos]]
     return out
-
-
-def same_page_exempt(a: dict[str, set[str]], b: dict[str, set[str]]) -> bool:
-    """The refined same-page rule for two images' appearances ``{page: {normalised alt}}``: exempt (never
-    near-duplicates) iff they share a page and no shared page shows both with one real alt-text."""
-    shared = a.keys() & b.keys()
-    if not shared:
-        return False
-    return not any((a[p] & b[p]) - {"\x00routed", ""} for p in shared)
 
 
 class NearDupStage(AppliesDecisions, DedupStage):

@@ -127,6 +127,6 @@ class PhashDedupStage(NearDupStage):
         images = os.path.join(work, "images")
         n = distinct_images(parts, upstream, ["phash"], images)
         pairs = write_pairs(phash_pairs(images, n, self.cfg.threshold), os.path.join(work, "pairs")) if n > 1 else None
-        dist = pairs["dist"].to_pylist() if pairs is not None else []
+        dist = pairs["dist"].to_numpy() if pairs is not None else []
         t = self.cfg.threshold
         return drops_from_pairs(pairs, images, lambda k, url: f"pHash distance {int(dist[k])} <= {t} to {url}")

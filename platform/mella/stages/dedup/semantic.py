@@ -425,8 +425,8 @@ class SemanticDedupStage(NearDupStage):
         if pairs is not None and pairs.num_rows:  # a pair shared by two probed clusters comes twice
             pairs = pairs.group_by(["lang", "a", "b"]).aggregate([("dist", "max"), ("bits", "min")]) \
                 .rename_columns(["lang", "a", "b", "dist", "bits"])
-        cos = pairs["dist"].to_pylist() if pairs is not None else []
-        bits = pairs["bits"].to_pylist() if pairs is not None else []
+        cos = pairs["dist"].to_numpy() if pairs is not None else []
+        bits = pairs["bits"].to_numpy() if pairs is not None else []
 
         def describe(k: int, url: str) -> str:
             if cos[k] >= cfg.threshold:
