@@ -12,8 +12,10 @@ from mella.stages.dedup.phash import PhashConfig, PhashDedupStage
 from mella.stages.dedup.semantic import SemanticDedupConfig, SemanticDedupStage
 
 
-def find_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig | None = None) -> list[tuple[str, str]]:
-    """Find every dedup stage's decisions into ``work/decisions``, in plan order; ``[(stage, decisions path)]``."""
+def find_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig | None = None,
+                      on_stage=None) -> list[tuple[str, str]]:
+    """Find every dedup stage's decisions into ``work/decisions``, in plan order; ``[(stage, decisions path)]``.
+    ``on_stage(name)``, if given, is called as each stage ends (the benchmark's per-stage driver peaks)."""
     stages = [ExactDedupStage("image_text", with_d_ling=True), PhashDedupStage(PhashConfig()),
               SemanticDedupStage(semantic or SemanticDedupConfig())]
     upstream: dict[str, str] = {}
@@ -22,6 +24,8 @@ def find_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig
         os.makedirs(os.path.dirname(path), exist_ok=True)
         st.find(parts, path, dict(upstream))
         upstream[st.name] = path
+        if on_stage:
+            on_stage(st.name)
     return list(upstream.items())
 
 

@@ -7,7 +7,8 @@ hex, 1280-d unit float32 embeddings) and planted exact, pHash, CNN and same-page
 one process and run in a fresh driver process (which never holds the synthetic rows); a sampler
 records every 0.2 s the resident set size of the driver and, per Ray node, of its raylet and all its
 worker processes, while the stages find their decisions (as the job's driver does); the benchmark's own
-check afterwards (every decision read back into one dict, the planted answers loaded) is not sampled. Prints a table: wall time, driver peak RSS, peak
+check afterwards (every decision read back into one dict, the planted answers loaded) is not sampled. Each
+RESULT line also carries the driver's peak within each stage and its RSS every ~5 s (to locate the peak). Prints a table: wall time, driver peak RSS, peak
 RSS per node, recall of the planted duplicates (of each planted pair exactly one row dropped) and
 precision (dropped rows that belong to a planted pair).
 
@@ -70,18 +71,29 @@ def run_one(n: int, work: str, nodes: int, cpus: float, dim: int) -> dict:
     raylets = [psutil.Process(node.all_processes["raylet"][0].process.pid) for node in cluster.list_all_nodes()]
     peaks = {"driver": 0, **{f"node{i}": 0 for i in range(len(raylets))}}
     stop = threading.Event()
+    stage_peaks: dict[str, int] = {}  # driver peak RSS within each stage (where the driver's peak is set)
+    window = [0]
+    timeline: list[tuple[float, int]] = []  # (s since start, driver RSS MiB) every ~5 s
+
+    def stage_done(name: str) -> None:
+        stage_peaks[name] = round(max(window[0], _rss(me)) / 2**20)
+        window[0] = 0
 
     def sample():
         while not stop.is_set():
-            peaks["driver"] = max(peaks["driver"], _rss(me))
+            rss = _rss(me)
+            peaks["driver"] = max(peaks["driver"], rss)
+            window[0] = max(window[0], rss)
+            if not timeline or time.time() - t0 - timeline[-1][0] >= 5:
+                timeline.append((round(time.time() - t0, 1), round(rss / 2**20)))
             for i, r in enumerate(raylets):
                 peaks[f"node{i}"] = max(peaks[f"node{i}"], sum(_rss(p) for p in _tree(r)))
             stop.wait(0.2)
 
+    t0 = time.time()
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    t0 = time.time()
-    decisions = find_global_phase(parts, os.path.join(work, "work"))
+    decisions = find_global_phase(parts, os.path.join(work, "work"), on_stage=stage_done)
     wall = time.time() - t0
     stop.set()  # the job's driver ends here; what follows is the benchmark's own check, not measured
     th.join()
@@ -100,6 +112,7 @@ def run_one(n: int, work: str, nodes: int, cpus: float, dim: int) -> dict:
     return {"n": data["rows"], "gen_s": round(gen_s, 1), "wall_s": round(wall, 1),
             "driver_peak_mib": round(peaks["driver"] / 2**20), "driver_base_mib": round(base_rss / 2**20),
             "node_peak_mib": [round(peaks[f"node{i}"] / 2**20) for i in range(len(raylets))],
+            "driver_stage_peak_mib": stage_peaks, "driver_timeline_mib": timeline,
             "planted": len(data["planted"]), "recall": found / max(1, len(data["planted"])),
             "precision": dropped_planted / max(1, dropped_planted + len(false)), "false_drops": len(false),
             "dropped": len(got), "missed_kinds": dict(Counter(m[0] for m in missed)), "missed_examples": missed[:3]}
