@@ -170,8 +170,9 @@ def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Ta
     every dropped image. ``describe(pair_row_index, kept_url) -> detail``. Memory O(pairs), and lean: the
     endpoints are ranked in a Ray task, and the driver holds per endpoint only its language, 64-bit id and
     the same-page keys (Arrow/numpy, a few dozen bytes), turned into Python sets only while its pair is
-    checked; names are fetched for the dropped images and their keepers only (issue 12: the endpoints as
-    Python objects cost the driver ~1.5 KiB each, ~80 MiB at 1M rows)."""
+    checked; names are fetched for the dropped images and their keepers only. Measured (issue 12, 300k
+    image records, 28k pairs): driver growth ~40 MiB, against ~120 MiB with the endpoints as Python objects;
+    this step does not set the global phase's 1M driver peak (docs/scaling.md §7)."""
     empty = pa.table({"lang": pa.array([], pa.string()), "pixel_sha256": pa.array([], pa.string()),
                       "detail": pa.array([], pa.string())})
     if pairs is None or pairs.num_rows == 0:
@@ -184,7 +185,7 @@ def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Ta
         raise RuntimeError(f"pairs name images absent from the image records in {images_dir}: stale work files?")
     rule_ref, names_ref = ray.remote(num_returns=2)(_ranked_endpoints).remote(refs)
     rec = ray.get(rule_ref)
-    i, j = _record_index(rec, pairs, "a"), _record_index(rec, pairs, "b")
+    i, j = _record_index(rec, pairs)
     pages, real = rec["pages"].combine_chunks(), rec["real"].combine_chunks()
     pv, po, rv, ro = pages.values.to_numpy(), pages.offsets.to_numpy(), real.values.to_numpy(), real.offsets.to_numpy()
 
@@ -206,20 +207,23 @@ def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Ta
     return out.sort_by([("lang", "ascending"), ("pixel_sha256", "ascending"), ("detail", "ascending")])
 
 
-def _record_index(rec: pa.Table, pairs: pa.Table, end: str) -> np.ndarray:
-    """int64 (pairs,): the row of ``rec`` holding each pair's ``end`` image of the pair's language."""
-    out = np.full(pairs.num_rows, -1, np.int64)
+def _record_index(rec: pa.Table, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (pairs,) twice: the rows of ``rec`` holding each pair's ``a`` and ``b`` image of the pair's language
+    (one sort per language, ``searchsorted`` for both ends). Raises RuntimeError for an image not in ``rec``."""
+    out = {end: np.full(pairs.num_rows, -1, np.int64) for end in ("a", "b")}
+    all_imgs = rec["img"].to_numpy()
     for lang in pc.unique(pairs["lang"]).to_pylist():
         rows = np.flatnonzero(pc.equal(rec["lang"], lang).to_numpy(zero_copy_only=False))
-        imgs = rec["img"].to_numpy()[rows]
-        order = np.argsort(imgs, kind="stable")
+        order = rows[np.argsort(all_imgs[rows], kind="stable")]
+        imgs = all_imgs[order]
         sel = np.flatnonzero(pc.equal(pairs["lang"], lang).to_numpy(zero_copy_only=False))
-        want = pairs[end].to_numpy()[sel]
-        pos = np.minimum(np.searchsorted(imgs[order], want), len(order) - 1)
-        if len(order) == 0 or not np.array_equal(imgs[order][pos], want):
-            raise RuntimeError(f"pairs name images absent from the image records ({lang}): stale work files?")
-        out[sel] = rows[order[pos]]
-    return out
+        for end, idx in out.items():
+            want = pairs[end].to_numpy()[sel]
+            pos = np.minimum(np.searchsorted(imgs, want), max(len(imgs) - 1, 0))
+            if len(imgs) == 0 or not np.array_equal(imgs[pos], want):
+                raise RuntimeError(f"pairs name images absent from the image records ({lang}): stale work files?")
+            idx[sel] = order[pos]
+    return out["a"], out["b"]
 
 
 class NearDupStage(AppliesDecisions, DedupStage):
