@@ -114,3 +114,45 @@ def test_same_page_copies_with_one_alt_are_duplicates(photo_rows, tmp_path, ray_
     assert len(photo_rows) - len(got) == kept, sorted(v[2] for v in got.values())
     if kept == 10:  # a full-size copy of each photo stays (most pixels; then the larger file, PNG or JPEG q70)
         assert {v for i, v in variant.items() if i not in got} <= {"orig.png", "jpeg70.png"}
+
+
+def test_bucket_groupby_equals_map_groups_and_a_retried_map_task_replaces_its_files(tmp_path, ray_session):
+    """The file shuffle gives one ``fn`` call per bucket with exactly that bucket's rows (as Ray Data's
+    ``groupby().map_groups()``), over several input blocks; a map task run twice on the same block (a Ray
+    retry) writes the same file names, so no row is counted twice; the spill area is gone afterwards."""
+    import os
+
+    import numpy as np
+    import pyarrow as pa
+    import ray
+
+    from mella.stages.dedup.shuffle import _spill, bucket_groupby, spill_area
+
+    rng = np.random.default_rng(3)
+    n, p = 20_000, 37
+    t = pa.table({"bucket": rng.integers(0, p, n), "v": rng.integers(0, 1000, n), "s": [f"r{i}" for i in range(n)]})
+    t = t.filter(pa.compute.not_equal(t["bucket"], 5))  # an empty bucket makes no call
+
+    def summary(g: pa.Table) -> pa.Table:
+        assert len(set(g["bucket"].to_pylist())) == 1
+        return pa.table({"bucket": [g["bucket"][0].as_py()], "n": [g.num_rows], "sum": [pa.compute.sum(g["v"]).as_py()]})
+
+    want = t.group_by("bucket").aggregate([("v", "count"), ("v", "sum")])
+    want = {b: (c, s) for b, c, s in zip(want["bucket"].to_pylist(), want["v_count"].to_pylist(), want["v_sum"].to_pylist())}
+    decisions = str(tmp_path / "d.parquet")
+    with spill_area(decisions) as spill:
+        ds = ray.data.from_arrow(t).repartition(7)
+        got = bucket_groupby(ds, p, summary, os.path.join(spill, "x")).to_arrow_refs()
+        got = pa.concat_tables(ray.get(got))
+        assert {b: (c, s) for b, c, s in zip(got["bucket"].to_pylist(), got["n"].to_pylist(), got["sum"].to_pylist())} == want
+        assert len(os.listdir(os.path.join(spill, "x"))) == p - 1
+        before = sorted(os.listdir(os.path.join(spill, "x", "000000")))
+        _spill(t.slice(0, 5000), os.path.join(spill, "x"), p)
+        _spill(t.slice(0, 5000), os.path.join(spill, "x"), p)  # the retry: same names, replaced
+        after = sorted(os.listdir(os.path.join(spill, "x", "000000")))
+        assert len(after) == len(before) + 1 and not [f for f in after if f.endswith(".tmp")]
+        with pytest.raises(ValueError, match="outside"):
+            _spill(pa.table({"bucket": [p], "v": [1], "s": ["x"]}), os.path.join(spill, "x"), p)
+    assert not os.path.exists(spill)
+    empty = bucket_groupby(ray.data.from_arrow(t.slice(0, 0)), p, summary, str(tmp_path / "e"))
+    assert empty.count() == 0

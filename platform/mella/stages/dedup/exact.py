@@ -17,7 +17,7 @@ Survivor of a group, deterministic whatever the arrival order or sharding: a D_k
 D_ling candidate, then the smallest ``(page_url, image_url, id)``.
 
 Distributed (issue 12): the key rows of every part are hash-partitioned by ``pixel_sha256`` (every
-key mode includes it) with a Ray Data ``groupby(bucket).map_groups``; each bucket groups its rows
+key mode includes it) by a shuffle through files (:func:`~mella.stages.dedup.shuffle.bucket_groupby`); each bucket groups its rows
 with pyarrow and emits the rejected rows — ``(part, id, reason, detail)`` — which are written as a
 Parquet dataset sorted by part (:mod:`mella.stages.dedup.shuffle`) and applied part by part.
 """
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mella.stages.base import DedupStage
-from mella.stages.dedup.shuffle import AppliesDecisions, active_rows, row_key, task_shuffle, count_rows, hex_bucket, num_partitions, write_decisions
+from mella.stages.dedup.shuffle import AppliesDecisions, active_rows, bucket_groupby, spill_area, row_key, task_shuffle, count_rows, hex_bucket, num_partitions, write_decisions
 
 KEY_COLUMNS = ["lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason", "d_ling_reason"]
 SEP = "\x1f"
@@ -163,14 +163,13 @@ class ExactDedupStage(AppliesDecisions, DedupStage):
 
     def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
         """Distributed group-by (module docstring) → ``decisions`` (DECISION_SCHEMA, sorted by part)."""
-        with task_shuffle():
+        with task_shuffle(), spill_area(decisions) as spill:
             ds = None
             if parts:
                 p = num_partitions(count_rows(parts))
                 rows = active_rows(parts, KEY_COLUMNS, list(upstream.values()), with_part=True)
                 ds = rows.map_batches(_key_rows, batch_format="pyarrow", fn_kwargs={"mode": self.mode, "p": p})
-                ds = ds.groupby("bucket", num_partitions=p).map_groups(
-                    exact_bucket, batch_format="pyarrow",
-                    fn_kwargs={"with_d_ling": self.with_d_ling, "max_pairs_per_image": self.max_pairs_per_image})
+                ds = bucket_groupby(ds, p, exact_bucket, spill, {"with_d_ling": self.with_d_ling,
+                                                                 "max_pairs_per_image": self.max_pairs_per_image})
             write_decisions(ds, decisions)
         self.decisions = decisions

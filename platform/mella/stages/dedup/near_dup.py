@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from typing import ClassVar
 
@@ -45,7 +46,7 @@ import ray
 from mella import survivor
 from mella.io import replace_dir
 from mella.stages.base import DedupStage
-from mella.stages.dedup.shuffle import (AppliesDecisions, active_rows, task_shuffle, count_rows, hex_bucket, hex_u64, num_partitions,
+from mella.stages.dedup.shuffle import (AppliesDecisions, active_rows, bucket_groupby, spill_area, task_shuffle, count_rows, hex_bucket, hex_u64, num_partitions,
                                         rows_to_decisions, write_decisions)
 
 SEP = "\x1f"
@@ -94,6 +95,12 @@ def _bucket_rows(t: pa.Table, p: int, value_column: str) -> pa.Table:
     return t.append_column("bucket", pa.array(hex_bucket(t["pixel_sha256"].to_pylist(), p)))
 
 
+def shuffle_dir(path: str, name: str) -> str:
+    """Where a near-duplicate stage's bucket shuffle ``name`` spills: ``shuffle/<name>`` beside ``path`` in
+    the stage's work directory (removed when the stage ends)."""
+    return os.path.join(os.path.dirname(path), "shuffle", name)
+
+
 def distinct_images(parts: list[str], upstream: list[str], value_columns: list[str], out_dir: str) -> int:
     """Write the distinct active images per language (after the ``upstream`` decisions) that have
     ``value_columns[0]`` set, one record each, as a Parquet dataset ``out_dir``: ``lang``,
@@ -102,11 +109,12 @@ def distinct_images(parts: list[str], upstream: list[str], value_columns: list[s
     Returns the number of images (from the files' footers)."""
     p = num_partitions(count_rows(parts))
     rows = active_rows(parts, COLUMNS + value_columns, upstream)
-    ds = rows.map_batches(_bucket_rows, batch_format="pyarrow", fn_kwargs={"p": p, "value_column": value_columns[0]}) \
-        .groupby("bucket", num_partitions=p).map_groups(_image_bucket, batch_format="pyarrow",
-                                                         fn_kwargs={"value_columns": value_columns})
+    ds = bucket_groupby(rows.map_batches(_bucket_rows, batch_format="pyarrow",
+                                         fn_kwargs={"p": p, "value_column": value_columns[0]}),
+                        p, _image_bucket, shuffle_dir(out_dir, "images"), {"value_columns": value_columns})
     staging = f"{out_dir}.staging-{uuid.uuid4().hex[:8]}"
     ds.write_parquet(staging)
+    shutil.rmtree(shuffle_dir(out_dir, "images"), ignore_errors=True)
     os.makedirs(staging, exist_ok=True)
     replace_dir(staging, out_dir)
     return sum(pq.read_metadata(os.path.join(out_dir, f)).num_rows for f in os.listdir(out_dir))
@@ -238,12 +246,13 @@ class NearDupStage(AppliesDecisions, DedupStage):
         raise NotImplementedError
 
     def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
-        with task_shuffle():
+        with task_shuffle(), spill_area(decisions) as spill:
             ds = None
             if parts and self.cfg.enabled:
                 up = list(upstream.values())
                 drops = self.find_drops(parts, decisions + ".work", up)
+                shutil.rmtree(os.path.join(decisions + ".work", "shuffle"), ignore_errors=True)
                 rows = active_rows(parts, ["lang", "pixel_sha256", "alt_text"], up, with_part=True)
-                ds = rows_to_decisions(rows, drops, self.reason, count_rows(parts))
+                ds = rows_to_decisions(rows, drops, self.reason, count_rows(parts), os.path.join(spill, "join"))
             write_decisions(ds, decisions)
         self.decisions = decisions

@@ -33,8 +33,8 @@ from pydantic import Field
 
 from mella.phash_index import _GOLDEN, _substring_masks, choose_num_substrings, hashes_from_hex, num_tables, popcount64
 from mella.resources import Strict
-from mella.stages.dedup.near_dup import NearDupStage, distinct_images, drops_from_pairs, write_pairs
-from mella.stages.dedup.shuffle import num_partitions
+from mella.stages.dedup.near_dup import NearDupStage, distinct_images, drops_from_pairs, shuffle_dir, write_pairs
+from mella.stages.dedup.shuffle import bucket_groupby, num_partitions
 
 
 class PhashConfig(Strict):
@@ -108,8 +108,7 @@ def phash_pairs(images_dir: str, n_images: int, threshold: int):
     p = num_partitions(n_images * num_tables(m, threshold))
     bands = ray.data.read_parquet(images_dir).select_columns(["lang", "img", "phash"]).map_batches(
         _bands, batch_format="pyarrow", fn_kwargs={"m": m, "threshold": threshold, "p": p})
-    return bands.groupby("bucket", num_partitions=p).map_groups(
-        _bucket_pairs, batch_format="pyarrow", fn_kwargs={"m": m, "threshold": threshold})
+    return bucket_groupby(bands, p, _bucket_pairs, shuffle_dir(images_dir, "bands"), {"m": m, "threshold": threshold})
 
 
 class PhashDedupStage(NearDupStage):

@@ -81,8 +81,8 @@ import ray
 from pydantic import Field
 
 from mella import phash_index, survivor
-from mella.stages.dedup.near_dup import NearDupStage, distinct_images, drops_from_pairs, write_pairs
-from mella.stages.dedup.shuffle import hex_bucket, num_partitions
+from mella.stages.dedup.near_dup import NearDupStage, distinct_images, drops_from_pairs, shuffle_dir, write_pairs
+from mella.stages.dedup.shuffle import bucket_groupby, hex_bucket, num_partitions
 from mella.stages.enrich.embed import EMBED_DIM, EmbedConfig  # noqa: F401  (EMBED_DIM: re-exported)
 
 log = logging.getLogger(__name__)
@@ -417,10 +417,10 @@ class SemanticDedupStage(NearDupStage):
         pairs = ray.data.read_parquet(images).select_columns(["lang", "img", "phash", "embedding"]).map_batches(
             _assign_clusters, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe,
                                                    "margin": cfg.probe_margin, "p": p}
-        ).groupby("bucket", num_partitions=p).map_groups(
-            _cluster_pairs, batch_format="pyarrow",
-            fn_kwargs={"search": min(cfg.threshold, corr), "threshold": cfg.threshold, "corr": corr,
-                       "bits": cfg.corroborated_phash_bits})
+)
+        pairs = bucket_groupby(pairs, p, _cluster_pairs, shuffle_dir(images, "clusters"),
+                               {"search": min(cfg.threshold, corr), "threshold": cfg.threshold, "corr": corr,
+                                "bits": cfg.corroborated_phash_bits})
         pairs = write_pairs(pairs, os.path.join(work, "pairs"))
         if pairs is not None and pairs.num_rows:  # a pair shared by two probed clusters comes twice
             pairs = pairs.group_by(["lang", "a", "b"]).aggregate([("dist", "max"), ("bits", "min")]) \
