@@ -102,10 +102,13 @@ class _Site:
 
 
 def _committed(units_dir: str) -> list[dict]:
-    """Committed units: ``{"files", "pages"}`` (page URLs of the rows in their parts)."""
+    """Committed units: ``{"files", "pages"}`` (page URLs of the rows in their parts). A unit's staging
+    directory gets its ``UNIT.json`` just before it is renamed: only renamed (committed) ones count."""
     out = []
     for marker in glob.glob(os.path.join(units_dir, "*", "UNIT.json")):
         unit = os.path.dirname(marker)
+        if unit.endswith(".staging"):
+            continue
         with open(marker, encoding="utf-8") as f:
             files = json.load(f)["files"]
         pages = {r["page_url"] for p in glob.glob(os.path.join(unit, "parts", "*.parquet"))

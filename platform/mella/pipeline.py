@@ -143,7 +143,9 @@ class BuildCorpus:
         # could not be placed before the crawl ended. Any reservation blocks a unit whose pools and tasks
         # fill the CPUs (on 2: a model actor 1 + two image actors 0.25 + an extract task 0.5), so none:
         # Ray's CPUs are admission control, not a limit (Ray docs, "Resources"); the shard count stays
-        # bounded (2 per CPU). SPREAD: zero-resource tasks would otherwise all land on the driver's node.
+        # bounded (2 per CPU). SPREAD: Ray's default (hybrid) policy keeps a task on the local node while
+        # that node is under half used, which zero-resource tasks never change, so every shard would run
+        # on the driver's node; spread, a head node started with 0 CPUs gets its share of shards too.
         task = ray.remote(num_cpus=CRAWL_NUM_CPUS, max_retries=2, scheduling_strategy="SPREAD")(crawl_shard)
         refs = [task.remote(group, self.cfg.crawl, self.warc_dir, i, self.cfg.offline)
                 for i, group in enumerate(shard_seeds(seeds, n_shards))]
@@ -233,6 +235,10 @@ class BuildCorpus:
             if not todo:
                 if not crawling:
                     return
+                if self._units_started:
+                    c = self._crawl
+                    self.progress("images", f"{u} unit(s) done, waiting for the crawl: "
+                                            f"{len(c['results'])}/{c['shards']} shards done")
                 self.poll_crawl(timeout_s=CRAWL_POLL_S)  # returns as soon as a shard ends
                 continue
             files = todo[:step]
