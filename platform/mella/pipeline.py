@@ -3,7 +3,8 @@
 Phases (each resumable; output directory layout in the README):
 
 0. **crawl** (live input only): seeds → ``DIR/warc/pages-*.warc.gz`` (:mod:`mella.crawl`, Ray tasks
-   sharded by registered domain). ``--warc`` input skips this phase.
+   sharded by registered domain). ``--warc`` input skips this phase. Phases 0 and 1 overlap: a unit
+   starts over the page files closed so far (the shards that have ended) while the other shards crawl on.
 1. **candidates**, per work unit of ≤ ``files_per_group`` WARC files, streamed through Ray Data:
    the plan's source and per-unit steps (:mod:`mella.plan`: extract → alt_text → langid → image
    pool → model pool → user stages) → parquet parts. A unit is committed by renaming its staging
@@ -49,6 +50,12 @@ from mella.stages.io.fetch import reopen_units_with_transient_failures
 from mella.warc import cleanup_open_shards, expand_warc_paths, shard_paths, slice_offsets
 
 log = logging.getLogger("mella.build_corpus")
+
+#: Logical CPUs a crawl shard's Ray task reserves: none, a shard is I/O-bound (see BuildCorpus.crawl_start).
+CRAWL_NUM_CPUS = 0
+#: Longest wait (seconds) for the crawl while no page file is ready: a shard's end wakes it at once;
+#: the bound is for a long shard closing a full file (64 MiB) while it runs on.
+CRAWL_POLL_S = 5.0
 
 
 # ------------------------------------------------------------------------------------ writers
@@ -120,23 +127,56 @@ class BuildCorpus:
         self.seeds_base_url = seeds_base_url
         self.plan = build_plan(cfg)
         self.source, self.unit_steps, self.global_steps, self.ling_steps = phases(self.plan)
+        self._crawl: dict | None = None  # the running crawl (crawl_start): shards, pending refs, results
+        self.crawl_stats: dict | None = None  # set when the crawl is over (poll_crawl)
+        self._units_started = False  # progress: the crawl's line until the first unit, then the images line
 
     # -------------------------------------------------------------------------------- phases
-    def crawl(self) -> dict:
-        """Phase 0: crawl seeds into page WARC shards (Ray tasks). Returns crawl stats."""
+    def crawl_start(self) -> None:
+        """Phase 0 starts: one Ray task per crawl shard (seeds sharded by registered domain) writing
+        ``DIR/warc/pages-*.warc.gz``. The tasks run on while :meth:`candidates` runs units over the
+        files already closed; :meth:`poll_crawl` collects them."""
         seeds = read_seeds(str(self.cfg.seeds), self.seeds_base_url)
         n_shards = max(1, min(len(seeds), int(ray.available_resources().get("CPU", 1)) * 2))
-        task = ray.remote(num_cpus=0.5, max_retries=2)(crawl_shard)
+        # A shard is I/O-bound: its event loop mostly awaits sockets (CPU: link extraction, WARC gzip).
+        # Reserving 0.5 CPU a shard, at 2 shards per CPU, took every logical CPU, so phase 1's pools
+        # could not be placed before the crawl ended. Any reservation blocks a unit whose pools and tasks
+        # fill the CPUs (on 2: a model actor 1 + two image actors 0.25 + an extract task 0.5), so none:
+        # Ray's CPUs are admission control, not a limit (Ray docs, "Resources"); the shard count stays
+        # bounded (2 per CPU). SPREAD: Ray's default (hybrid) policy keeps a task on the local node while
+        # that node is under half used, which zero-resource tasks never change, so every shard would run
+        # on the driver's node; spread, a head node started with 0 CPUs gets its share of shards too.
+        task = ray.remote(num_cpus=CRAWL_NUM_CPUS, max_retries=2, scheduling_strategy="SPREAD")(crawl_shard)
         refs = [task.remote(group, self.cfg.crawl, self.warc_dir, i, self.cfg.offline)
                 for i, group in enumerate(shard_seeds(seeds, n_shards))]
+        self._crawl = {"seeds": len(seeds), "shards": len(refs), "pending": refs, "results": [], "t0": time.monotonic()}
         self.progress("crawl", f"{len(seeds)} seeds, 0/{len(refs)} shards done")
-        results, pending = [], list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results.extend(ray.get(done))
-            self.progress("crawl", f"{len(results)}/{len(refs)} shards done, {sum(r.pages_ok for r in results)} pages, "
-                                   f"{sum(len(r.failures) for r in results)} failed")
-        stats, failures = merge_results(results, len(seeds))
+
+    def crawling(self) -> bool:
+        """True while crawl shards are still running."""
+        return bool(self._crawl and self._crawl["pending"])
+
+    def poll_crawl(self, timeout_s: float = 0.0) -> None:
+        """Collect the crawl shards that have ended, waiting up to ``timeout_s`` seconds for one (0: do not
+        wait). When the last one ends, write ``_work/crawl_rejects.parquet`` and ``_work/crawl_stats.json``
+        and set :attr:`crawl_stats`. A shard that failed (after Ray's retries) raises here."""
+        c = self._crawl
+        if not self.crawling():
+            return
+        pending = c["pending"]
+        done, c["pending"] = ray.wait(pending, num_returns=1 if timeout_s else len(pending), timeout=timeout_s)
+        if not done:
+            return
+        c["results"].extend(ray.get(done))
+        results = c["results"]
+        line = (f"{len(results)}/{c['shards']} shards done, {sum(r.pages_ok for r in results)} pages, "
+                f"{sum(len(r.failures) for r in results)} failed")
+        log.info("crawl: %s", line)
+        if not self._units_started:
+            self.progress("crawl", line)
+        if c["pending"]:
+            return
+        stats, failures = merge_results(results, c["seeds"])
         rows = []
         for f in failures:
             row = {"id": record_id(None, f["url"], None), "page_url": f["url"], "source": "crawl"}
@@ -144,10 +184,27 @@ class BuildCorpus:
             rows.append(row)
         write_parquet_atomic(to_table(rows, REJECT_SCHEMA), os.path.join(self.work, "crawl_rejects.parquet"))
         write_json_atomic(stats, os.path.join(self.work, "crawl_stats.json"))
-        return stats
+        self.crawl_stats = stats
+        log.info("crawl: %d pages, %d failures in %.1f s", stats["pages_ok"], stats["pages_failed"],
+                 time.monotonic() - c["t0"])
+
+    def crawl(self) -> dict:
+        """Phase 0 alone: crawl seeds into page WARC shards and wait for every shard. Returns crawl stats."""
+        self.crawl_start()
+        while self.crawling():
+            self.poll_crawl(timeout_s=CRAWL_POLL_S)
+        return self.crawl_stats
+
+    def _crawl_note(self) -> str:
+        """``"crawl 2/4 shards, "`` for the images line while the crawl runs, else ``""``."""
+        if not self.crawling():
+            return ""
+        return f"crawl {len(self._crawl['results'])}/{self._crawl['shards']} shards, "
 
     def _inputs(self) -> tuple[list[str], str]:
-        """(page WARC files, source tag)."""
+        """(page WARC files complete now, source tag). Crawl input: the closed page shards; a crawl shard
+        writes ``*.warc.gz.open`` and renames it only once it is full or the shard has ended (after an
+        fsync, :class:`~mella.warc.RotatingWarcWriter`), so a listed file is never still being written."""
         if self.cfg.warc:
             return expand_warc_paths(self.cfg.warc), "warc"
         return shard_paths(self.warc_dir, "pages"), "crawl"
@@ -160,23 +217,49 @@ class BuildCorpus:
         return done
 
     def candidates(self) -> None:
-        """Phase 1: stream uncommitted WARC files through the plan's per-unit steps, unit by unit."""
-        inputs, source = self._inputs()
+        """Phase 1: stream uncommitted WARC files through the plan's per-unit steps, unit by unit.
+
+        While the crawl runs, a unit starts as soon as closed page files are there (a finished shard's,
+        or a long shard's full ones), taking up to ``files_per_group`` of them; the crawl tasks run on
+        meanwhile. Once the crawl is over, the rest in units of ``files_per_group``. The output does not
+        depend on this grouping: the global phase reads all units' parts.
+        """
         done = self._committed_files()
-        todo = [p for p in inputs if p not in done]
         step = self.cfg.ray.files_per_group
-        n_units, started = -(-len(todo) // step), time.monotonic()
-        for u, i in enumerate(range(0, len(todo), step)):
-            files = todo[i:i + step]
+        started, files_done, u = time.monotonic(), 0, 0
+        while True:
+            self.poll_crawl()
+            crawling = self.crawling()
+            inputs, source = self._inputs()
+            todo = [p for p in inputs if p not in done]
+            if not todo:
+                if not crawling:
+                    return
+                if self._units_started:
+                    c = self._crawl
+                    self.progress("images", f"{u} unit(s) done, waiting for the crawl: "
+                                            f"{len(c['results'])}/{c['shards']} shards done")
+                self.poll_crawl(timeout_s=CRAWL_POLL_S)  # returns as soon as a shard ends
+                continue
+            files = todo[:step]
+            u += 1
             unit = hashlib.sha1("\n".join(files).encode()).hexdigest()[:16]
             staging = os.path.join(self.units_dir, f"{unit}.staging")
             final = os.path.join(self.units_dir, unit)
             t0 = time.time()
-            log.info("unit %s: %d WARC file(s), %d/%d pending", unit, len(files), len(todo) - i, len(inputs))
-            eta = f", ETA {_duration((time.monotonic() - started) / i * (len(todo) - i))}" if i else ""
-            self._run_unit(files, source, staging, f"unit {u + 1}/{n_units}{eta}")
+            log.info("unit %s: %d WARC file(s) of %d pending%s", unit, len(files), len(todo),
+                     " (crawl running)" * crawling)
+            if crawling:
+                where = f"unit {u}"
+            else:
+                eta = f", ETA {_duration((time.monotonic() - started) / files_done * len(todo))}" if files_done else ""
+                where = f"unit {u}/{u - 1 + -(-len(todo) // step)}{eta}"
+            self._units_started = True
+            self._run_unit(files, source, staging, where)
             write_json_atomic({"files": files, "seconds": round(time.time() - t0, 2)}, os.path.join(staging, "UNIT.json"))
             replace_dir(staging, final)
+            done.update(files)
+            files_done += len(files)
 
     def _run_unit(self, files: list[str], source: str, staging: str, where: str = "") -> None:
         parts_dir = os.path.join(staging, "parts")
@@ -193,13 +276,14 @@ class BuildCorpus:
             ds = apply(ds, st, staging)
         ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir},
                             **StageResources(num_cpus=0.1).map_batches_args())
-        where = f"{where}, " if where else ""
-        self.progress("images", f"{where}{len(files)} WARC file(s) in {len(items)} slices: extract → alt-text → langid → "
-                                "fetch → decode → models")
+        where = where or "unit"
+        self.progress("images", f"{where}, {self._crawl_note()}{len(files)} WARC file(s) in {len(items)} slices: "
+                                "extract → alt-text → langid → fetch → decode → models")
         rows, active, t0 = 0, 0, time.monotonic()
         for r in ds.iter_rows():  # one row per written batch: its row count and rows still in
             rows, active = rows + r["rows"], active + r["active"]
-            self.progress("images", f"{where}{rows} candidate rows done, {active} still in "
+            self.poll_crawl()  # the crawl's tasks run on meanwhile: count the shards that ended
+            self.progress("images", f"{where}, {self._crawl_note()}{rows} candidate rows done, {active} still in "
                                     f"({rows / max(time.monotonic() - t0, 1e-3):.1f} rows/s)")
         log.info("unit written: %d rows, %d still in", rows, active)
 
@@ -299,12 +383,10 @@ class BuildCorpus:
         remove_stale(self.units_dir)
         remove_stale(self.work)
         cleanup_open_shards(self.warc_dir) if os.path.isdir(self.warc_dir) else None
-        crawl_stats = None
+        if self.cfg.crawl.retry_failed:  # touches committed units only: before phase 1 picks files
+            log.info("retry-failed: %d unit(s) reopened", reopen_units_with_transient_failures(self.units_dir))
         if not self.cfg.warc:
             log.info("crawl: seeds from %s", self.cfg.seeds)
-            crawl_stats = self.crawl()
-            log.info("crawl: %d pages, %d failures", crawl_stats["pages_ok"], crawl_stats["pages_failed"])
-        if self.cfg.crawl.retry_failed:
-            log.info("retry-failed: %d unit(s) reopened", reopen_units_with_transient_failures(self.units_dir))
-        self.candidates()
-        return self.final(crawl_stats)
+            self.crawl_start()
+        self.candidates()  # returns once the crawl is over and every closed page file is in a unit
+        return self.final(self.crawl_stats)
