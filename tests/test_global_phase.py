@@ -139,8 +139,7 @@ def test_bucket_groupby_equals_map_groups_and_a_retried_map_task_replaces_its_fi
 
     want = t.group_by("bucket").aggregate([("v", "count"), ("v", "sum")])
     want = {b: (c, s) for b, c, s in zip(want["bucket"].to_pylist(), want["v_count"].to_pylist(), want["v_sum"].to_pylist())}
-    decisions = str(tmp_path / "d.parquet")
-    with spill_area(decisions) as spill:
+    with spill_area(str(tmp_path / "d.parquet.shuffle")) as spill:
         ds = ray.data.from_arrow(t).repartition(7)
         got = bucket_groupby(ds, p, summary, os.path.join(spill, "x")).to_arrow_refs()
         got = pa.concat_tables(ray.get(got))

@@ -163,7 +163,7 @@ class ExactDedupStage(AppliesDecisions, DedupStage):
 
     def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
         """Distributed group-by (module docstring) → ``decisions`` (DECISION_SCHEMA, sorted by part)."""
-        with task_shuffle(), spill_area(decisions) as spill:
+        with task_shuffle(), spill_area(f"{decisions}.shuffle") as spill:
             ds = None
             if parts:
                 p = num_partitions(count_rows(parts))

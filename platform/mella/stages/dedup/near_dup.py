@@ -97,7 +97,8 @@ def _bucket_rows(t: pa.Table, p: int, value_column: str) -> pa.Table:
 
 def shuffle_dir(path: str, name: str) -> str:
     """Where a near-duplicate stage's bucket shuffle ``name`` spills: ``shuffle/<name>`` beside ``path`` in
-    the stage's work directory (removed when the stage ends)."""
+    the stage's work directory (the stage's :func:`~mella.stages.dedup.shuffle.spill_area`, removed when
+    the stage ends)."""
     return os.path.join(os.path.dirname(path), "shuffle", name)
 
 
@@ -114,7 +115,7 @@ def distinct_images(parts: list[str], upstream: list[str], value_columns: list[s
                         p, _image_bucket, shuffle_dir(out_dir, "images"), {"value_columns": value_columns})
     staging = f"{out_dir}.staging-{uuid.uuid4().hex[:8]}"
     ds.write_parquet(staging)
-    shutil.rmtree(shuffle_dir(out_dir, "images"), ignore_errors=True)
+    shutil.rmtree(shuffle_dir(out_dir, "images"), ignore_errors=True)  # consumed: free the disk now
     os.makedirs(staging, exist_ok=True)
     replace_dir(staging, out_dir)
     return sum(pq.read_metadata(os.path.join(out_dir, f)).num_rows for f in os.listdir(out_dir))
@@ -246,12 +247,12 @@ class NearDupStage(AppliesDecisions, DedupStage):
         raise NotImplementedError
 
     def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:
-        with task_shuffle(), spill_area(decisions) as spill:
+        work = decisions + ".work"
+        with task_shuffle(), spill_area(os.path.join(work, "shuffle")) as spill:  # shuffle_dir(work/images, ...)
             ds = None
             if parts and self.cfg.enabled:
                 up = list(upstream.values())
-                drops = self.find_drops(parts, decisions + ".work", up)
-                shutil.rmtree(os.path.join(decisions + ".work", "shuffle"), ignore_errors=True)
+                drops = self.find_drops(parts, work, up)
                 rows = active_rows(parts, ["lang", "pixel_sha256", "alt_text"], up, with_part=True)
                 ds = rows_to_decisions(rows, drops, self.reason, count_rows(parts), os.path.join(spill, "join"))
             write_decisions(ds, decisions)

@@ -414,11 +414,10 @@ class SemanticDedupStage(NearDupStage):
         # ~2.75 probes a row at the default margin: ~14k rows a partition; more partitions only add shuffle metadata
         p = num_partitions(n * 2, rows_per_partition=10_000)
         corr = cfg.corroborated_threshold if cfg.corroborated_threshold is not None else 2.0
-        pairs = ray.data.read_parquet(images).select_columns(["lang", "img", "phash", "embedding"]).map_batches(
+        probes = ray.data.read_parquet(images).select_columns(["lang", "img", "phash", "embedding"]).map_batches(
             _assign_clusters, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe,
-                                                   "margin": cfg.probe_margin, "p": p}
-)
-        pairs = bucket_groupby(pairs, p, _cluster_pairs, shuffle_dir(images, "clusters"),
+                                                   "margin": cfg.probe_margin, "p": p})
+        pairs = bucket_groupby(probes, p, _cluster_pairs, shuffle_dir(images, "clusters"),
                                {"search": min(cfg.threshold, corr), "threshold": cfg.threshold, "corr": corr,
                                 "bits": cfg.corroborated_phash_bits})
         pairs = write_pairs(pairs, os.path.join(work, "pairs"))

@@ -69,10 +69,9 @@ def task_shuffle():
 
 
 @contextlib.contextmanager
-def spill_area(decisions: str):
-    """The directory a stage's bucket shuffles spill to (``<decisions>.shuffle``), emptied on entry (a rerun
-    or a killed run's leftovers) and removed on exit."""
-    root = f"{decisions}.shuffle"
+def spill_area(root: str):
+    """The directory ``root`` a stage's bucket shuffles spill to, emptied on entry (a rerun or a killed
+    run's leftovers) and removed on exit."""
     shutil.rmtree(root, ignore_errors=True)
     try:
         yield root
