@@ -1,5 +1,5 @@
 # Two commands do all the set-up (README):  make demo   |   make test   (then: make e2e, docs/training.md)
-# Both create .venv on first use (torch 2.13.0 CPU build first, so nothing pulls CUDA wheels).
+# Both create .venv on first use (torch 2.14.1 + torchvision 0.29.1 first, from the machine's disk).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 

@@ -152,14 +152,16 @@ def test_aws_setup_installs_pinned_torch_before_the_project():
         return next(i for i, c in enumerate(cmds) if re.search(pattern, c))
 
     cmds = cfg["setup_commands"]
-    assert first(cmds, r"torch==2\.13\.0") < first(cmds, r"pip install .*-e \.")
-    assert "whl/cpu" in cmds[first(cmds, r"torch==2\.13\.0")]
+    assert first(cmds, r"torch==2\.14\.1 torchvision==0\.29\.1") < first(cmds, r"pip install .*-e \.")
+    assert "whl/cpu" in cmds[first(cmds, r"torch==2\.14\.1")]
     gpu_cmds = cfg["available_node_types"]["gpu_worker"]["worker_setup_commands"]
-    assert first(gpu_cmds, r"whl/cu\d+ torch==2\.13\.0") < first(gpu_cmds, r"-e '?\.\[gpu\]")
+    # vLLM 0.33.0 pins torch==2.14.0: the GPU nodes install it with the extra, not under the CPU constraints
+    gpu = gpu_cmds[first(gpu_cmds, r"-e '?\.\[gpu\]")]
+    assert "torch==2.14.0" in gpu and "constraints" not in gpu
     # the project the nodes install is this checkout, synced by file_mounts from the repo root
     assert "." in cfg["file_mounts"].values() and (ROOT / "pyproject.toml").is_file()
     pins = (ROOT / "constraints.txt").read_text()
-    assert "torch==2.13.0" in pins
+    assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
     py = (ROOT / "pyproject.toml").read_text()
     assert "gpu = [" in py  # the [gpu] extra the GPU nodes install
 
