@@ -312,8 +312,13 @@ def test_loads_and_generates_on_an_image(converted):
     inputs = processor(images=[image], text=[text], return_tensors="pt")
     tiles = inputs["pixel_values"].shape[0]
     assert tiles == 7  # 150x90 px: the 3x2 grid (ratio 1.5, closest to 1.67 within 12 tiles) + the thumbnail
-    ctx = processor.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-    assert int((inputs["input_ids"] == ctx).sum()) == tiles * model.config.image_seq_length
+    # InternVL2's chat(): the internlm2-chat conversation (SeparatorStyle.MPT), '<image>\n' + question, the image
+    # expanded to <img> + num_image_token * tiles <IMG_CONTEXT> + </img>, tokenized with the BOS token
+    query = (f"<|im_start|>system\n{INTERNVL2_SYSTEM}<|im_end|><|im_start|>user\n<image>\nÍrd le a képet.<|im_end|>"
+             "<|im_start|>assistant\n")
+    query = query.replace("<image>", "<img>" + "<IMG_CONTEXT>" * model.config.image_seq_length * tiles + "</img>", 1)
+    assert inputs["input_ids"][0].tolist() == processor.tokenizer(query)["input_ids"]
+    assert inputs["input_ids"][0, 0] == processor.tokenizer.bos_token_id
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4 or out[0, -1] in model.generation_config.eos_token_id
 
