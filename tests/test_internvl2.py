@@ -335,6 +335,17 @@ def test_lora_targets_match_converted_language_model(model):
                                                  "down_proj"}
 
 
+def test_peft_wraps_exactly_the_lora_targets(converted):
+    from peft import LoraConfig, get_peft_model
+    from transformers import InternVLForConditionalGeneration
+
+    base = InternVLForConditionalGeneration.from_pretrained(converted, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS["internvl2"]))
+    wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_modules() if n.endswith(".lora_A")}
+    assert len(wrapped) == 7 * base.config.text_config.num_hidden_layers
+    assert not any("vision_tower" in n or "multi_modal_projector" in n for n in wrapped)
+
+
 # ---------------------------------------------------------------- cache
 
 
@@ -347,6 +358,14 @@ def test_converted_once_and_cached(published, converted, hf_home, monkeypatch):
 
     monkeypatch.setattr(internvl2, "convert", fail)
     assert internvl2.native_checkpoint(published) == converted
+
+
+def test_cache_key_of_a_hub_snapshot_names_repo_and_commit(published, tmp_path):
+    snapshot = tmp_path / "hub" / "models--OpenGVLab--InternVL2-8B" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    assert internvl2.cache_key(snapshot) == "OpenGVLab--InternVL2-8B--0123abcd"
+    key = internvl2.cache_key(published)
+    assert key.startswith(published.name + "-") and key == internvl2.cache_key(published)
 
 
 def test_failed_conversion_leaves_nothing(published, hf_home, tmp_path):
