@@ -62,12 +62,12 @@ def published_config(*, vocab_size: int, text: dict, vision: dict, image_size: i
     """
     llm = {
         "_name_or_path": "internlm/internlm2_5-7b-chat", "add_cross_attention": False,
-        "architectures": ["InternLM2ForCausalLM"], "attn_implementation": "eager",
+        "architectures": ["InternLM2ForCausalLM"], "attn_implementation": "flash_attention_2",
         "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
                      "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
                      "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
         "bias": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
-        "initializer_range": 0.02, "max_position_embeddings": 32768, "model_type": "internlm2",
+        "initializer_range": 0.02, "max_position_embeddings": 32768, "model_type": "internlm2", "pretraining_tp": 1,
         "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 2.0, "type": "dynamic"}, "rope_theta": 1000000,
         "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.37.2",
         "use_bfloat16": True, "use_cache": True, "vocab_size": vocab_size, **text,
