@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,7 @@ def test_lora_step_deepspeed_zero2_on_gpu(checkpoints, workdir):
     with its token throughput (read by scripts/gpu_check.py from OUTPUT/train_log.jsonl)."""
     data = _corpus(workdir / "train_corpus")
     out = workdir / "train_out"
+    shutil.rmtree(out, ignore_errors=True)  # a rerun in the same --workdir
     sets = ["batch_size=1", "grad_accum=1", "materialize=true", "warmup_ratio=0.0", "image_min_pixels=3136",
             "image_max_pixels=12544", "n_test=2", "max_tiles=4", "max_steps=3", "lr=1e-3"]
     cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), "--data", str(data), "--lang", "hu", "--backbone",
@@ -139,7 +141,8 @@ def test_serve_answers_a_chat_request_with_an_image_on_gpu(checkpoints, workdir)
     adapters = workdir / "serve_adapters"
     adapters.mkdir(exist_ok=True)
     cfg = ServeConfig(model=checkpoints["qwen2-vl"], adapters=adapters, base_model_name="tiny-gpu", device="cuda",
-                      image_min_pixels=56 * 56, image_max_pixels=112 * 112, default_max_tokens=8)
+                      image_min_pixels=56 * 56, image_max_pixels=112 * 112, default_max_tokens=8,
+                      auth_token_env="MELLA_GPU_CHECK_UNSET_TOKEN")  # no bearer token asked
     plain = cfg.model_dump(mode="json")
     port = free_port()
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False)
