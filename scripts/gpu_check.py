@@ -13,7 +13,8 @@
 
 Prints one line per figure and one per check (PASS / FAIL / SKIP with the reason); exit 0 when nothing failed,
 1 when a check failed, 2 when it cannot run at all (no CUDA, a core package missing), 3 with --strict when a
-check was skipped. Whole run: about 2-5 minutes on an H100 (model building and vLLM start-up dominate).
+check was skipped. Whole run: estimated 2-5 minutes on an H100, not measured yet (model building, vLLM
+start-up and Ray start-up should dominate).
 How to run it on the lent GPU machine: docs/models.md ("On a GPU"). --cpu-dry-run runs steps 1-3 on the CPU
 with 2 images (checks the script itself on a machine without a GPU; its figures mean nothing).
 """
