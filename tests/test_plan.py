@@ -49,8 +49,8 @@ def test_plan_with_moderation_api_and_without_phash(tmp_path, monkeypatch):
     models = next(s for s in plan if s.name == "ModelStages")
     assert [type(s).__name__ for s in models.stages] == ["NSFWStage", "APIModerationStage", "EmbedStage",
                                                          "EfficientNetCategoriser"]
-    names = stage_names(plan)  # both moderation stages reject under one name: listed once
-    assert names.count("moderation") == 1 and "phash_dedup" not in names
+    names = stage_names(plan)  # the two moderation stages have their own names: their counters stay apart
+    assert names.count("moderation") == 1 and names.count("moderation_api") == 1 and "phash_dedup" not in names
 
 
 def test_plan_with_d_ling(tmp_path):

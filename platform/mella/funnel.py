@@ -121,6 +121,25 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
     return out
 
 
+def counter_disagreements(funnel: dict, timing: dict) -> list[str]:
+    """Where the runners' counters (``stage_stats.json``: rows in, rejects) disagree with the funnel, one line a
+    stage; ``[]`` when every image stage of the funnel has the same ``in`` and ``rejected`` in both. The page
+    stages (crawl, extract) count pages and translate/qe count pairs (one image becomes several): not compared."""
+    lines = []
+    for s in funnel["stages"]:
+        if s["unit"] != "images" or s["stage"] in PAGE_STAGES:
+            continue
+        c = timing.get(s["stage"])
+        if c is None:
+            lines.append(f"{s['stage']}: in the funnel, not in stage_stats")
+            continue
+        n_rej = sum(c["rejected"].values())
+        if (c["rows_in"], n_rej) != (s["in"], s["rejected"]):
+            lines.append(f"{s['stage']}: funnel in {s['in']} rejected {s['rejected']}, "
+                         f"counters rows_in {c['rows_in']} rejected {n_rej} ({c['rejected']})")
+    return lines
+
+
 def format_table(funnel: dict, timing: dict | None = None) -> str:
     """Human-readable funnel: one line per stage, then D_know per language; with ``timing`` (the build's
     ``stage_stats.json``) also the slowest crawled hosts."""

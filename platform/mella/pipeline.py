@@ -188,13 +188,6 @@ class BuildCorpus:
         log.info("crawl: %d pages, %d failures in %.1f s", stats["pages_ok"], stats["pages_failed"],
                  time.monotonic() - c["t0"])
 
-    def crawl(self) -> dict:
-        """Phase 0 alone: crawl seeds into page WARC shards and wait for every shard. Returns crawl stats."""
-        self.crawl_start()
-        while self.crawling():
-            self.poll_crawl(timeout_s=CRAWL_POLL_S)
-        return self.crawl_stats
-
     def _crawl_note(self) -> str:
         """``"crawl 2/4 shards, "`` for the images line while the crawl runs, else ``""``."""
         if not self.crawling():
@@ -335,7 +328,7 @@ class BuildCorpus:
         for m in glob.glob(os.path.join(self.units_dir, "*", "pages-*.json")):
             with open(m, encoding="utf-8") as fh:
                 page_stats.append(json.load(fh))
-        plan_stages = [s for s in self.plan[1:] for s in (s.stages if hasattr(s, "stages") else [s])]
+        plan_stages = [s for step in self.plan[1:] for s in step.members]
         result = funnel_mod.compute(dirs["d_know"], dirs["rejects"], page_stats, crawl_stats, self.cfg.langs,
                                     stages=[CRAWL] + stage_names(self.plan),
                                     listed=[s.name for s in plan_stages if s.rejects],

@@ -25,7 +25,7 @@ import os
 import sys
 
 from mella.config import BuildConfig
-from mella.stages.base import DedupStage, Fused, Stage
+from mella.stages.base import DedupStage, Fused, Stage, Step
 from mella.stages.dedup.exact import ExactDedupStage
 from mella.stages.dedup.phash import PhashDedupStage
 from mella.stages.dedup.semantic import SemanticDedupStage
@@ -41,8 +41,6 @@ from mella.stages.filters.moderation import APIModerationStage, NSFWStage
 from mella.stages.io.extract import ExtractStage
 from mella.stages.io.fetch import ImageFetchStage
 from mella.warc import expand_warc_paths
-
-Step = Stage | Fused
 
 #: The crawl runs before the plan (Ray tasks writing WARC shards); the funnel lists it first.
 CRAWL = "crawl"
@@ -107,7 +105,7 @@ def stage_names(plan: list[Step]) -> list[str]:
     """Every stage name in plan order, fused members expanded (the funnel's order after ``crawl``)."""
     names: list[str] = []
     for step in plan:
-        for s in (step.stages if isinstance(step, Fused) else [step]):
+        for s in step.members:
             if s.name not in names:
                 names.append(s.name)
     return names
@@ -125,21 +123,19 @@ def check_plan(plan: list[Step]) -> None:
     """Raise :class:`PlanError` unless the plan is source, per-unit steps, global steps, D_ling steps."""
     if not plan or not isinstance(plan[0], ExtractStage):
         raise PlanError("a plan starts with the extract stage")
-    seen_global = seen_ling = False
+    seen_ling = False
     for step in plan[1:]:
-        members = step.stages if isinstance(step, Fused) else [step]
+        members = getattr(step, "members", [step])
         for s in members:
             if not isinstance(s, Stage):
                 raise PlanError(f"{s!r} is not a mella.stages.base.Stage")
         if any(isinstance(s, DedupStage) for s in members):
             if isinstance(step, Fused) or seen_ling:
                 raise PlanError(f"dedup stage {step!r} must stand alone, before the D_ling stages")
-            seen_global = True
         elif any(s.d_ling for s in members):
             seen_ling = True
         elif seen_ling:
             raise PlanError(f"{step!r} comes after a D_ling stage but is not one (set d_ling = True)")
-    del seen_global
 
 
 def user_stage(spec: str | dict) -> tuple[Stage, str | None]:
@@ -189,7 +185,7 @@ def insert_stage(plan: list[Step], stage: Stage, after: str | None) -> list[Step
         _, units, _, _ = phases(plan)
         return plan[:1 + len(units)] + [stage] + plan[1 + len(units):]
     for i, step in enumerate(plan):
-        members = step.stages if isinstance(step, Fused) else [step]
+        members = step.members
         if any(s.name == after for s in members):
             return plan[:i + 1] + [stage] + plan[i + 1:]
     raise PlanError(f"cannot insert {stage.name!r} after {after!r}: stages are {stage_names(plan)}")

@@ -30,13 +30,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from mella.executor import TaskRunner
 from mella.resources import StageResources
+from mella.schema import HEAVY_COLUMNS
 
 #: Ray tasks at half a CPU: the default for pure-Python stages (Ray Data fits two per core).
 LIGHT = StageResources(num_cpus=0.5)
-
-#: Large columns a stage that only reads metadata never needs as Python objects (bytes, 1280 floats).
-HEAVY_COLUMNS = ("image", "embedding")
 
 
 def reject(row: dict, stage: str, reason: str, detail: str = "") -> None:
@@ -67,6 +66,16 @@ class Stage:
     batch_size: int | None = None
 
     @property
+    def members(self) -> list["Stage"]:
+        """The stages this plan step runs: ``[self]`` (a :class:`Fused` step lists its own)."""
+        return [self]
+
+    @property
+    def operator_name(self) -> str:
+        """The Ray Data operator name of this step (the class name: ``AltTextStage``)."""
+        return type(self).__name__
+
+    @property
     def reads_image(self) -> bool:
         """Whether the stage needs the heavy columns (``image``, ``embedding``) as Python objects."""
         return any(c in HEAVY_COLUMNS for c in self.reads)
@@ -94,8 +103,6 @@ class Stage:
     def __call__(self, batch):
         """Run this stage alone on one Arrow batch (REJECT_SCHEMA columns) outside Ray — tools, tests,
         notebooks; :meth:`setup` runs on first use. Returns the batch with the stage applied."""
-        from mella.executor import TaskRunner  # noqa: PLC0415 - the executor imports this module
-
         if not getattr(self, "_set_up", False):
             self.setup()
             self._set_up = True
@@ -203,5 +210,19 @@ class Fused:
         sizes = [s.batch_size for s in self.stages if s.batch_size]
         return min(sizes) if sizes else None
 
+    @property
+    def members(self) -> list[Stage]:
+        """The fused stages, in the order they run."""
+        return self.stages
+
+    @property
+    def operator_name(self) -> str:
+        """The Ray Data operator (and actor class) name: the group's name (``ImageStages``)."""
+        return self.name
+
     def __repr__(self) -> str:
         return f"Fused({self.name}: {', '.join(s.name for s in self.stages)})"
+
+
+#: One step of a plan: a stage, or stages fused into one Ray Data operator.
+Step = Stage | Fused
