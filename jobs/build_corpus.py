@@ -4,7 +4,7 @@
     python jobs/build_corpus.py --seeds FILE --output DIR [--allow-private-hosts [CIDR,...]] [--langs ar,cs] [--max-pages N]
     python jobs/build_corpus.py --warc GLOB [--warc GLOB ...] --output DIR [--offline]
     python jobs/build_corpus.py --config build.yaml crawl.max_depth=3 ray.image_pool.pool_size=4
-    python jobs/build_corpus.py --seeds FILE --output DIR --stage my_filters:AspectRatioFilter@resolution
+    python jobs/build_corpus.py --seeds FILE --output DIR --stage 'my_filters:AspectRatioFilter@resolution max_ratio=3'
     python jobs/build_corpus.py --seeds FILE --output DIR --d-ling --caption-model /models/Qwen2-VL-7B-Instruct \
         --mt-model /models/nllb-200-distilled-600M --translate-to hu,th --num-gpus 1
 
@@ -45,8 +45,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                     help="refetch URLs whose earlier failure was transient (timeouts, 5xx); permanent ones never are")
     ap.add_argument("--config", help="YAML file with BuildConfig fields")
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
-    ap.add_argument("--stage", action="append", default=[], metavar="MODULE:CLASS[@AFTER]",
-                    help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER; repeatable")
+    ap.add_argument("--stage", action="append", default=[], metavar="'MODULE:CLASS[@AFTER] [KEY=VALUE ...]'",
+                    help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER, KEY=VALUE "
+                         "passed to its constructor (one quoted argument); repeatable")
     ap.add_argument("--demo-port", type=int, default=DEFAULT_PORT,
                     help=f"port of the embedded demo web on 127.0.0.1 (default {DEFAULT_PORT}; keep it across reruns: "
                          "the URLs hold it; 0: any free port, a rerun then crawls again)")

@@ -9,6 +9,35 @@ from pathlib import Path
 PLATFORM = Path(__file__).resolve().parents[1] / "platform"
 
 
+class _Imports(ast.NodeVisitor):
+    """Collects the package modules a module imports (``deps``); ``package``: the module's package."""
+
+    def __init__(self, mods: set[str], package: str) -> None:
+        self.mods, self.package, self.deps = mods, package, set()
+
+    def visit_If(self, node: ast.If) -> None:
+        if "TYPE_CHECKING" in ast.unparse(node.test):
+            for n in node.orelse:
+                self.visit(n)
+            return
+        self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.deps.update(a.name for a in node.names if a.name in self.mods)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level:
+            base = self.package.split(".")[: len(self.package.split(".")) - node.level + 1]
+            m = ".".join(base + ([node.module] if node.module else []))
+        else:
+            m = node.module or ""
+        for a in node.names:
+            if f"{m}.{a.name}" in self.mods:
+                self.deps.add(f"{m}.{a.name}")
+            elif m in self.mods:
+                self.deps.add(m)
+
+
 def module_graph(root: Path = PLATFORM / "mella") -> dict[str, set[str]]:
     """``{module: modules of the package it imports}`` from the source, every import statement included."""
     mods = {}
@@ -17,34 +46,9 @@ def module_graph(root: Path = PLATFORM / "mella") -> dict[str, set[str]]:
         mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
-        deps: set[str] = set()
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-
-        class Imports(ast.NodeVisitor):
-            def visit_If(self, node: ast.If) -> None:
-                if "TYPE_CHECKING" in ast.unparse(node.test):
-                    for n in node.orelse:
-                        self.visit(n)
-                    return
-                self.generic_visit(node)
-
-            def visit_Import(self, node: ast.Import) -> None:
-                deps.update(a.name for a in node.names if a.name in mods)
-
-            def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    m = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    m = node.module or ""
-                for a in node.names:
-                    if f"{m}.{a.name}" in mods:
-                        deps.add(f"{m}.{a.name}")
-                    elif m in mods:
-                        deps.add(m)
-
-        Imports().visit(ast.parse(path.read_text(encoding="utf-8")))
-        graph[name] = deps - {name}
+        v = _Imports(set(mods), name if path.name == "__init__.py" else name.rpartition(".")[0])
+        v.visit(ast.parse(path.read_text(encoding="utf-8")))
+        graph[name] = v.deps - {name}
     return graph
 
 

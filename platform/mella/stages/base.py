@@ -66,7 +66,7 @@ class Stage:
     batch_size: int | None = None
 
     @property
-    def members(self) -> list["Stage"]:
+    def members(self) -> list[Stage]:
         """The stages this plan step runs: ``[self]`` (a :class:`Fused` step lists its own)."""
         return [self]
 
