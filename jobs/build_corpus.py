@@ -155,9 +155,22 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
     from mella.plan import PlanError, build_plan  # noqa: PLC0415
 
     try:  # the plan itself: --stage / stages.extra classes import and place, configured backends exist
-        build_plan(cfg)
+        plan = build_plan(cfg)
     except (PlanError, ImportError) as e:
         raise console.UsageError(f"{e} (fix --stage / stages.extra or the stage's config)") from None
+    if not os.environ.get("RAY_ADDRESS"):  # a local Ray: its CPUs are known now (GPUs once it runs: check_resources)
+        check_resources(plan, cfg.ray.num_cpus or os.cpu_count() or 1, float("inf"))
+
+
+def check_resources(plan: list, cpus: float, gpus: float) -> None:
+    """The plan's pools and tasks fit ``cpus``/``gpus`` at once (:func:`mella.plan.check_fits`); raises
+    console.UsageError naming the pool to shrink."""
+    from mella.plan import PlanError, check_fits  # noqa: PLC0415
+
+    try:
+        check_fits(plan, cpus, gpus)
+    except PlanError as e:
+        raise console.UsageError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
 
         progress.start("ray", "starting" if not os.environ.get("RAY_ADDRESS") else f"joining {os.environ['RAY_ADDRESS']}")
         init_ray(cfg.ray.num_cpus)
-        progress.update(f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
+        have = ray.cluster_resources()
+        progress.update(f"{int(have.get('CPU', 0))} CPUs")
+        from mella.plan import build_plan  # noqa: PLC0415
+
+        check_resources(build_plan(cfg), have.get("CPU", 0), have.get("GPU", 0))  # before any Ray work
         funnel = BuildCorpus(cfg, seeds_base_url=args.base_url, progress=progress.callback()).run()
         progress.close()
         timing_path = Path(cfg.output) / "stage_stats.json"

@@ -181,3 +181,18 @@ def test_command_line_stage_with_arguments_and_d_ling_routing(tmp_path):
         assert out[1]["reason"] is None and out[1]["d_ling_reason"] is None
     with pytest.raises(PlanError, match="not key=value"):
         build_plan(_cfg(tmp_path, stages={"extra": ["alt_min_words:MinWordsFilter@langid min_words"]}))
+
+
+def test_check_fits_names_the_pool_to_shrink(tmp_path):
+    from mella.plan import check_fits, demand
+
+    plan = build_plan(_cfg(tmp_path))
+    assert demand(phases(plan)[1])[:2] == (2.0, 0.0)  # image pool 2 x 0.25 + model pool 1 + one 0.5-CPU task
+    check_fits(plan, 2, 0)
+    with pytest.raises(PlanError, match=r"needs 2 CPUs .* the cluster has 1; give the ModelStages pool fewer CPUs"):
+        check_fits(plan, 1, 0)
+    gpu = build_plan(_cfg(tmp_path, filters={"moderation": {"num_gpus": 1, "pool_size": 2}}))
+    with pytest.raises(PlanError, match=r"needs 2 GPUs .*ModelStages 2 x 1.*shrink filters.moderation.pool_size/"
+                                        r"filters.semantic.pool_size/d_ling.categorise.pool_size to 1"):
+        check_fits(gpu, 8, 1)
+    check_fits(gpu, 8, 2)

@@ -33,7 +33,7 @@ import sys
 import yaml
 
 from mella.config import BuildConfig
-from mella.stages.base import DedupStage, Filter, Fused, Stage, Step
+from mella.stages.base import LIGHT, DedupStage, Filter, Fused, Stage, Step
 from mella.stages.dedup.exact import ExactDedupStage
 from mella.stages.dedup.phash import PhashDedupStage
 from mella.stages.dedup.semantic import SemanticDedupStage
@@ -292,3 +292,54 @@ def insert_stage(plan: list[Step], stage: Stage, after: str | None) -> list[Step
         if any(s.name == after for s in members):
             return plan[:i + 1] + [stage] + plan[i + 1:]
     raise PlanError(f"cannot insert {stage.name!r} after {after!r}: stages are {stage_names(plan)}")
+
+
+#: The setting that sizes a pool, named when a plan does not fit the cluster (the model pool's size is the largest
+#: ``pool_size`` of its members' config blocks).
+POOL_SETTINGS = {"ImageStages": "ray.image_pool.pool_size", "moderation": "filters.moderation.pool_size",
+                 "embed": "filters.semantic.pool_size", "categorise": "d_ling.categorise.pool_size",
+                 "caption": "d_ling.caption.pool_size", "translate": "d_ling.translate.pool_size",
+                 "qe": "d_ling.qe.pool_size"}
+
+
+def demand(steps: list[Step]) -> tuple[float, float, list[tuple[str, int, float, float]]]:
+    """What the steps of one streaming phase hold at once: ``(cpus, gpus, pools)``, where ``pools`` lists
+    ``(operator, actors, cpus each, gpus each)``. A fixed pool (or an elastic pool's minimum) holds its actors for
+    the whole phase; Ray tasks need room for one task of the largest (the source's read tasks: ``LIGHT``)."""
+    pools = [(s.operator_name, s.resources.pool_size, s.resources.num_cpus, s.resources.num_gpus)
+             for s in steps if s.resources.pool_size is not None]
+    tasks = [s.resources for s in steps if s.resources.pool_size is None] + [LIGHT]
+    cpus = sum(n * c for _, n, c, _ in pools) + max(r.num_cpus for r in tasks)
+    gpus = sum(n * g for _, n, _, g in pools) + max(r.num_gpus for r in tasks)
+    return cpus, gpus, pools
+
+
+def check_fits(plan: list[Step], cpus: float, gpus: float) -> None:
+    """Raise :class:`PlanError` (one line, naming the pool to shrink) when a phase of ``plan`` needs more CPUs or
+    GPUs at once than the cluster has: its pools would take every CPU and its tasks never start — Ray Data waits
+    for resources that never free, without a message.
+
+    ``cpus``/``gpus``: the cluster's totals (``ray.cluster_resources()``; on an autoscaling cluster, its maximum).
+    """
+    _, units, globals_, ling = phases(plan)
+    for phase, steps in (("per-unit", units), ("write", [s for s in globals_ if not isinstance(s, DedupStage)]),
+                         ("D_ling", ling)):
+        need_c, need_g, pools = demand(steps)
+        for kind, need, have, i in (("CPU", need_c, cpus, 2), ("GPU", need_g, gpus, 3)):
+            if need <= have + 1e-9:
+                continue
+            biggest = max(pools, key=lambda p: p[1] * p[i], default=None)
+            if biggest is None or biggest[1] * biggest[i] == 0:
+                raise PlanError(f"the {phase} phase needs {need:g} {kind}s at once, the cluster has {have:g}")
+            name, n, each = biggest[0], biggest[1], biggest[i]
+            fit = int((have - (need - n * each)) // each + 1e-9)
+            setting = POOL_SETTINGS.get(name) or "/".join(POOL_SETTINGS.get(s.name, f"{s.name}.pool_size")
+                                                        for s in _members(plan, name))
+            held = ", ".join(f"{p[0]} {p[1]} x {p[i]:g}" for p in pools if p[i])
+            advice = f"shrink {setting} to {fit}" if fit >= 1 else f"give the {name} pool fewer {kind}s per actor"
+            raise PlanError(f"the plan cannot run: the {phase} phase needs {need:g} {kind}s at once ({held}, plus one "
+                            f"task), the cluster has {have:g}; {advice}, or give Ray more {kind}s")
+
+
+def _members(plan: list[Step], operator: str) -> list[Stage]:
+    return next((s.members for s in plan if s.operator_name == operator), [])
