@@ -10,11 +10,14 @@ Phases (each resumable; output directory layout in the README):
    pool → model pool → user stages) → parquet parts. A unit is committed by renaming its staging
    directory; a rerun skips committed units, and images fetched by a killed run are read back
    from ``DIR/warc/images-*.warc``.
-2. **global dedup** over all units: each :class:`~mella.stages.base.DedupStage` of the plan finds its
-   decisions (exact, pHash, CNN) into ``_work/decisions/<stage>.parquet``.
-3. **final**: all units → the dedup stages applied → ``d_know/``, ``rejects/`` and the D_ling
-   candidates, written to a staging directory and swapped in whole; with D_ling, the plan's D_ling
-   steps (caption → translate → qe) into ``d_ling/``; then ``funnel.json`` and ``stage_stats.json``.
+2. **global dedup** (:meth:`BuildCorpus.global_dedup`) over all units: each global dedup stage of the plan
+   finds its decisions (exact, pHash, CNN) into ``_work/decisions/<stage>.parquet``.
+3. **write** (:meth:`BuildCorpus.write`): all units → the decisions applied → ``d_know/``, ``rejects/`` and
+   the D_ling candidates, in a staging directory.
+4. **D_ling** (:meth:`BuildCorpus.d_ling`, D_ling on): the plan's D_ling steps (caption → translate → qe)
+   into ``d_ling/``.
+5. **count** (:meth:`BuildCorpus.count`): ``funnel.json`` from the output, ``stage_stats.json`` from the
+   stage counters; :meth:`BuildCorpus.publish` swaps the staging directory in whole.
 
 Rows carry the one schema of :mod:`mella.schema` from extraction to the output; a dropped row keeps
 its place in the stream with ``stage``/``reason`` set until the writer routes it to ``rejects/``.
@@ -284,28 +287,46 @@ class BuildCorpus:
         return sorted(glob.glob(os.path.join(self.units_dir, "*", "parts", "*.parquet")))
 
     def final(self, crawl_stats: dict | None) -> dict:
-        """Phases 2–3: the dedup stages' decisions over all units; d_know/ + rejects/ (+ D_ling) written
-        atomically; funnel."""
+        """Phases 2-5 over all committed units, in order: :meth:`global_dedup` finds the decisions,
+        :meth:`write` applies them and writes d_know/ + rejects/ (+ the D_ling candidates), :meth:`d_ling`
+        captions those, :meth:`count` makes the funnel and the stage counters; :meth:`publish` swaps it all in."""
         parts = self.unit_parts()
-        self.progress("dedup", f"exact, pHash and CNN duplicates over {len(parts)} part file(s)")
-        decisions_dir = os.path.join(self.work, "decisions")
-        os.makedirs(decisions_dir, exist_ok=True)
-        remove_stale(decisions_dir)
-        upstream: dict[str, str] = {}
-        for st in self.global_steps:
-            if hasattr(st, "find"):
-                path = os.path.join(decisions_dir, f"{st.name}.parquet")
-                st.find(parts, path, dict(upstream))
-                upstream[st.name] = path
-                log.info("%s: decisions in %s", st.name, path)
+        self.global_dedup(parts)
         staging = os.path.join(self.out, f".staging-{uuid.uuid4().hex[:8]}")
         dirs = {k: os.path.join(staging, k) for k in ("d_know", "rejects", "d_ling_candidates", "d_ling", "stats")}
         for d in dirs.values():
             os.makedirs(d)
+        self.write(parts, dirs)
+        if self.ling_steps:
+            self.d_ling(dirs["d_ling_candidates"], dirs["d_ling"], dirs["rejects"], dirs["stats"])
+        funnel, timing = self.count(dirs, crawl_stats)
+        self.publish(staging, dirs, funnel, timing)
+        return funnel
+
+    def global_dedup(self, parts: list[str]) -> dict[str, str]:
+        """Phase 2: each global dedup stage of the plan finds its decisions over every unit's parts, in plan order,
+        into ``_work/decisions/<stage>.parquet`` (a stage sees the earlier stages' decisions). Returns
+        ``{stage: decisions file}``; stages never apply them (:meth:`write` does)."""
+        self.progress("dedup", f"exact, pHash and CNN duplicates over {len(parts)} part file(s)")
+        decisions_dir = os.path.join(self.work, "decisions")
+        os.makedirs(decisions_dir, exist_ok=True)
+        remove_stale(decisions_dir)
+        found: dict[str, str] = {}
+        for st in self.global_steps:
+            if isinstance(st, DedupStage):
+                path = os.path.join(decisions_dir, f"{st.name}.parquet")
+                st.find(parts, path, dict(found))
+                found[st.name] = path
+                log.info("%s: decisions in %s", st.name, path)
+        return found
+
+    def write(self, parts: list[str], dirs: dict[str, str]) -> None:
+        """Phase 3: every unit part with the dedup decisions applied (each task holds one part and that part's
+        decisions: :func:`mella.stages.dedup.shuffle.read_applied`), the plan's other global row steps, then
+        :func:`split_and_write` → ``dirs['d_know']``, ``dirs['rejects']`` and, with D_ling, the candidates;
+        the crawl's failures (live crawl) are added to the rejects."""
         self.progress("write", "d_know/ and rejects/")
         if parts:
-            # the dedup stages' decisions are applied part by part (mella.stages.dedup.shuffle.read_applied):
-            # each task holds one part and that part's decisions, never all of them
             dedup = [st for st in self.global_steps if isinstance(st, DedupStage)]
             ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=len(parts))
             ds = ds.map_batches(read_applied, batch_size=1, batch_format="pyarrow", **LIGHT.map_batches_args(),
@@ -317,36 +338,44 @@ class BuildCorpus:
                                 fn_kwargs={"know_dir": dirs["d_know"], "rejects_dir": dirs["rejects"],
                                            "candidates_dir": dirs["d_ling_candidates"] if self.cfg.d_ling.enabled else None})
             ds.take_all()
-        if self.ling_steps:
-            self.d_ling(dirs["d_ling_candidates"], dirs["d_ling"], dirs["rejects"], dirs["stats"])
         crawl_rej = os.path.join(self.work, "crawl_rejects.parquet")
         if os.path.exists(crawl_rej) and not self.cfg.warc:
             t = pq.read_table(crawl_rej)
             if t.num_rows:
                 write_parquet_atomic(conform(t, REJECT_SCHEMA), os.path.join(dirs["rejects"], "part-crawl.parquet"))
+
+    def count(self, dirs: dict[str, str], crawl_stats: dict | None) -> tuple[dict, dict]:
+        """Phase 5: ``(funnel, stage counters)``. The funnel is counted from the written output
+        (:func:`mella.funnel.compute`, in the plan's stage order); the counters are the runners' (``stage-*.json``
+        of every unit and of the final pass, :func:`mella.executor.stage_stats`), with the crawl's network seconds."""
         page_stats = []
         for m in glob.glob(os.path.join(self.units_dir, "*", "pages-*.json")):
             with open(m, encoding="utf-8") as fh:
                 page_stats.append(json.load(fh))
         plan_stages = [s for step in self.plan[1:] for s in step.members]
-        result = funnel_mod.compute(dirs["d_know"], dirs["rejects"], page_stats, crawl_stats, self.cfg.langs,
+        funnel = funnel_mod.compute(dirs["d_know"], dirs["rejects"], page_stats, crawl_stats, self.cfg.langs,
                                     stages=[CRAWL] + stage_names(self.plan),
                                     listed=[s.name for s in plan_stages if s.rejects],
                                     ling_stages=[s.name for s in self.ling_steps],
                                     candidates_dir=dirs["d_ling_candidates"],
                                     ling_dir=dirs["d_ling"] if self.cfg.d_ling.enabled else None)
         timing = stage_stats([os.path.join(self.units_dir, u) for u in os.listdir(self.units_dir)] + [dirs["stats"]])
+        for line in funnel_mod.counter_disagreements(funnel, timing):
+            log.warning("stage counters disagree with the funnel: %s", line)
         if crawl_stats:  # network seconds per origin: timings, not counts (funnel.json stays equal across reruns)
             timing["crawl"] = {"slowest_hosts": crawl_stats.get("slowest_hosts", []),
                                "host_seconds": {h: v.get("seconds", 0.0) for h, v in crawl_stats.get("hosts", {}).items()}}
+        return funnel, timing
+
+    def publish(self, staging: str, dirs: dict[str, str], funnel: dict, timing: dict) -> None:
+        """d_know/, rejects/ (and d_ling/) swapped in whole, then ``funnel.json`` and ``stage_stats.json``."""
         replace_dir(dirs["d_know"], os.path.join(self.out, "d_know"))
         replace_dir(dirs["rejects"], os.path.join(self.out, "rejects"))
         if self.cfg.d_ling.enabled:
             replace_dir(dirs["d_ling"], os.path.join(self.out, "d_ling"))
         shutil.rmtree(staging)
-        write_json_atomic(result, os.path.join(self.out, "funnel.json"))
+        write_json_atomic(funnel, os.path.join(self.out, "funnel.json"))
         write_json_atomic(timing, os.path.join(self.out, "stage_stats.json"))
-        return result
 
     def d_ling(self, candidates_dir: str, ling_dir: str, rejects_dir: str, stats_dir: str) -> None:
         """Phase 4 (D_ling enabled): the plan's D_ling steps over the routed candidates → ``ling_dir``.
