@@ -82,3 +82,14 @@ def test_cycle_finder_sees_a_lazy_import_cycle():
     # the executor importing the stage base back (even inside a function) was the cycle this test guards against
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_architecture_doc_draws_the_default_plan_in_order():
+    """docs/architecture.md's data flow names every stage of the default plan, in the plan's order."""
+    from mella.plan import DEFAULT_PLAN
+
+    doc = (PLATFORM.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    flow = doc.split("```", 2)[1]  # the first code block: the drawing
+    at = [flow.find(name) for name in DEFAULT_PLAN if name != "moderation_api"]  # moderation_api: named below it
+    assert -1 not in at and at == sorted(at), dict(zip(DEFAULT_PLAN, at))
+    assert "moderation_api" in doc

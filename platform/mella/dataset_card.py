@@ -150,7 +150,7 @@ def card(out_dir: str) -> tuple[dict, str]:
         lines.append(f"| {lang} ({name}) | {counts['d_know'].get(lang, 0)} | {counts['d_ling'].get(lang, 0)} |")
     lines.append(f"| **all** | {sum(counts['d_know'].values())} | {sum(counts['d_ling'].values())} |")
     if funnel.get("stages"):
-        lines += ["", "## Funnel", "", "| stage | unit | in | out | dropped | top reasons |", "|---|---|---:|---:|---:|---|"]
+        lines += ["", "## Funnel", "", "| stage | unit | in | out | rejected | top reasons |", "|---|---|---:|---:|---:|---|"]
         for s in funnel["stages"]:
             top = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
             lines.append(f"| {s['stage']} | {s['unit']} | {s['in']} | {s['out']} | {s['rejected']} | {top} |")

@@ -163,7 +163,7 @@ def counter_disagreements(funnel: dict, timing: dict) -> list[str]:
 def format_table(funnel: dict, timing: dict | None = None) -> str:
     """Human-readable funnel: one line per stage, then D_know per language; with ``timing`` (the build's
     ``stage_stats.json``) also the slowest crawled hosts."""
-    lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'dropped':>9}  top reasons"]
+    lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'rejected':>9}  top reasons"]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}:{v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
         extra = {**s.get("cut_off", {}), **s.get("dropped", {})}
