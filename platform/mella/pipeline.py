@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 
@@ -59,6 +60,8 @@ CRAWL_NUM_CPUS = 0
 #: Longest wait (seconds) for the crawl while no page file is ready: a shard's end wakes it at once;
 #: the bound is for a long shard closing a full file (64 MiB) while it runs on.
 CRAWL_POLL_S = 5.0
+#: Seconds without a written batch after which the progress line says what the unit waits for (free CPUs).
+RESOURCE_POLL_S = 15.0
 
 
 # ------------------------------------------------------------------------------------ writers
@@ -276,12 +279,33 @@ class BuildCorpus:
         self.progress("images", f"{where}, {self._crawl_note()}{len(files)} WARC file(s) in {len(items)} slices: "
                                 "extract → alt-text → langid → fetch → decode → models")
         rows, active, t0 = 0, 0, time.monotonic()
-        for r in ds.iter_rows():  # one row per written batch: its row count and rows still in
-            rows, active = rows + r["rows"], active + r["active"]
-            self.poll_crawl()  # the crawl's tasks run on meanwhile: count the shards that ended
-            self.progress("images", f"{where}, {self._crawl_note()}{rows} candidate rows done, {active} still in "
-                                    f"({rows / max(time.monotonic() - t0, 1e-3):.1f} rows/s)")
+        last = [t0]  # when the last batch was written: the watcher speaks up after RESOURCE_POLL_S without one
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch_resources, args=(where, last, stop), daemon=True)
+        watcher.start()
+        try:
+            for r in ds.iter_rows():  # one row per written batch: its row count and rows still in
+                rows, active = rows + r["rows"], active + r["active"]
+                last[0] = time.monotonic()
+                self.poll_crawl()  # the crawl's tasks run on meanwhile: count the shards that ended
+                self.progress("images", f"{where}, {self._crawl_note()}{rows} candidate rows done, {active} still in "
+                                        f"({rows / max(time.monotonic() - t0, 1e-3):.1f} rows/s)")
+        finally:
+            stop.set()
         log.info("unit written: %d rows, %d still in", rows, active)
+
+    def _watch_resources(self, where: str, last: list[float], stop: threading.Event) -> None:
+        """While a unit runs: when no batch was written for ``RESOURCE_POLL_S`` seconds and the cluster has less CPU
+        free than the unit's smallest task needs, say so on the progress line (the stages wait for resources:
+        another job holds them, or an autoscaler is adding nodes)."""
+        need = min([LIGHT.num_cpus] + [s.resources.num_cpus for s in self.unit_steps if s.resources.pool_size is None])
+        while not stop.wait(RESOURCE_POLL_S):
+            if time.monotonic() - last[0] < RESOURCE_POLL_S:
+                continue
+            free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+            if free < need:
+                self.progress("images", f"{where}, waiting for resources: {free:g} of {total:g} CPUs free, "
+                                        f"a task needs {need:g} (no batch for {time.monotonic() - last[0]:.0f} s)")
 
     def unit_parts(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.units_dir, "*", "parts", "*.parquet")))
