@@ -93,3 +93,18 @@ def test_architecture_doc_draws_the_default_plan_in_order():
     at = [flow.find(name) for name in DEFAULT_PLAN if name != "moderation_api"]  # moderation_api: named below it
     assert -1 not in at and at == sorted(at), dict(zip(DEFAULT_PLAN, at))
     assert "moderation_api" in doc
+
+
+def test_card_lists_the_stages_of_the_build_in_plan_order():
+    """The dataset card's "How the data was filtered" is derived from the funnel (the plan's order), not written by
+    hand: a stage left out of the plan is not described, a user's stage is named with its reasons."""
+    from mella.dataset_card import filter_steps
+
+    funnel = {"stages": [{"stage": "extract", "reasons": {}}, {"stage": "langid", "reasons": {}},
+                         {"stage": "alt_text", "reasons": {}},
+                         {"stage": "alt_min_words", "reasons": {"too_few_words": 3}}]}
+    lines = filter_steps(funnel)
+    assert [ln.split(".", 1)[0] for ln in lines] == ["1", "2", "3", "4"]
+    assert "language" in lines[1] and "boilerplate" in lines[2]
+    assert lines[3] == "4. `alt_min_words` (a user stage): rejects too_few_words."
+    assert not any("pHash" in ln for ln in lines)
