@@ -108,3 +108,4 @@ def test_card_lists_the_stages_of_the_build_in_plan_order():
     assert "language" in lines[1] and "boilerplate" in lines[2]
     assert lines[3] == "4. `alt_min_words` (a user stage): rejects too_few_words."
     assert not any("pHash" in ln for ln in lines)
+    assert any("pHash" in ln for ln in filter_steps({}))  # no funnel: the default plan's stages

@@ -134,9 +134,15 @@ STAGE_TEXT = {
 
 def filter_steps(funnel: dict) -> list[str]:
     """Numbered Markdown lines, one per stage of the build's funnel (the plan's order): :data:`STAGE_TEXT`, or the
-    stage's name and top reasons for a stage the platform does not know (a user's)."""
+    stage's name and top reasons for a stage the platform does not know (a user's). Without a funnel (a corpus not
+    written by build_corpus): the default plan's stages."""
+    stages = funnel.get("stages")
+    if not stages:
+        from mella.plan import CRAWL, DEFAULT_PLAN  # noqa: PLC0415 - the plan imports every stage module
+
+        stages = [{"stage": name, "reasons": {}} for name in (CRAWL, *DEFAULT_PLAN)]
     lines = []
-    for k, s in enumerate(funnel.get("stages", []), 1):
+    for k, s in enumerate(stages, 1):
         text = STAGE_TEXT.get(s["stage"]) or f"`{s['stage']}` (a user stage): rejects {', '.join(s['reasons']) or 'none'}."
         lines.append(f"{k}. {text}")
     return lines
