@@ -23,11 +23,12 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mella.io import write_json_atomic
 from mella.schema import HEAVY_COLUMNS, REJECT_SCHEMA, conform, to_table
 
-# No import of mella.stages here (mella.stages.base imports TaskRunner for ``Stage.__call__``; the reverse would
+# No import of mella.stages.base here (it imports TaskRunner for ``Stage.__call__``; the reverse would
 # be a cycle): steps are used through their contract only (mella.stages.base.Step) — ``members``,
 # ``operator_name``, ``resources``, ``batch_size``; stages through ``name``, ``setup``/``process``/``teardown``.
 
@@ -194,3 +195,53 @@ def stage_stats(stats_dirs: list[str]) -> dict:
         t["wall_s"], t["cpu_s"] = round(t["wall_s"], 3), round(t["cpu_s"], 3)
         t["cpu_ms_per_row"] = round(1000 * t["cpu_s"] / t["rows_in"], 3) if t["rows_in"] else None
     return total
+
+
+# ------------------------------------------------------------------------------ global dedup: decisions applied
+def apply_decisions(t: pa.Table, stages: list, part: str | None = None) -> tuple[pa.Table, dict]:
+    """Mark the rows of ``t`` (REJECT_SCHEMA) that the global dedup ``stages`` decided to reject (in plan order: a row
+    keeps the first stage's reason), freeing their image and embedding. The decisions are each stage's Parquet file
+    (``stage.decisions``, DECISION_SCHEMA): those of ``part`` when ``t`` is one unit part (the write phase), else those
+    naming ``t``'s row ids (a batch outside the build: ``DedupStage.__call__``). Stages find decisions; only this
+    function applies them. Returns ``(table, per-stage counters)``."""
+    from mella.stages.dedup.shuffle import part_decisions, row_key  # noqa: PLC0415 - it imports Ray
+
+    counts = {}
+    for st in stages:
+        t0, c0 = time.perf_counter(), time.process_time()
+        active = pc.is_null(t["reason"])
+        if part is not None or not st.decisions:
+            d = part_decisions(st.decisions, part)
+        else:
+            d = pq.read_table(st.decisions, columns=["key", "reason", "detail"],
+                              filters=[("id", "in", t["id"].to_pylist())])
+        n_in = pc.sum(active).as_py() or 0
+        keys = row_key(t)
+        hit = pc.and_(active, pc.is_in(keys, value_set=d["key"])) if d.num_rows else None
+        rejected = Counter()
+        if hit is not None and pc.any(hit).as_py():
+            idx = pc.index_in(keys, value_set=d["key"])
+            detail = pc.take(d["detail"], pc.fill_null(idx, 0))
+            reason = pc.take(d["reason"], pc.fill_null(idx, 0))
+            t = t.set_column(t.schema.get_field_index("stage"), "stage",
+                             pc.if_else(hit, pa.scalar(st.name), t["stage"]))
+            t = t.set_column(t.schema.get_field_index("reason"), "reason", pc.if_else(hit, reason, t["reason"]))
+            t = t.set_column(t.schema.get_field_index("detail"), "detail", pc.if_else(hit, detail, t["detail"]))
+            for col in HEAVY_COLUMNS:
+                i = t.schema.get_field_index(col)
+                t = t.set_column(i, col, pc.if_else(hit, pa.scalar(None, t.schema.field(col).type), t[col]))
+            rejected.update(reason.filter(hit).to_pylist())
+        counts[st.name] = {"rows_in": n_in, "rejected": dict(rejected), "wall_s": time.perf_counter() - t0,
+                           "cpu_s": time.process_time() - c0, "batches": 1}
+    return t, counts
+
+
+def read_applied(batch: pa.Table, stages: list, stats_dir: str | None) -> Iterator[pa.Table]:
+    """Ray Data generator UDF of the write phase: each unit part (``part`` column) read whole, the global dedup
+    stages' decisions for that part applied (:func:`apply_decisions`); counters to ``stats_dir/stage-*.json``.
+    Each task holds one part and that part's decisions, never all of them."""
+    for part in batch["part"].to_pylist():
+        t, counts = apply_decisions(conform(pq.read_table(part), REJECT_SCHEMA), stages, part)
+        if stats_dir:
+            write_json_atomic(counts, os.path.join(stats_dir, f"stage-{uuid.uuid4().hex}.json"))
+        yield t

@@ -43,13 +43,12 @@ import ray
 from mella import funnel as funnel_mod
 from mella.config import BuildConfig
 from mella.crawl import crawl_shard, merge_results, read_seeds, shard_seeds
-from mella.executor import apply, read_source, stage_stats
+from mella.executor import apply, read_applied, read_source, stage_stats
 from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet_atomic
 from mella.plan import CRAWL, build_plan, phases, stage_names
 from mella.resources import StageResources
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.base import LIGHT, DedupStage, reject
-from mella.stages.dedup.shuffle import read_applied
 from mella.stages.io.fetch import reopen_units_with_transient_failures
 from mella.warc import cleanup_open_shards, expand_warc_paths, shard_paths, slice_offsets
 
@@ -346,7 +345,7 @@ class BuildCorpus:
 
     def write(self, parts: list[str], dirs: dict[str, str]) -> None:
         """Phase 3: every unit part with the dedup decisions applied (each task holds one part and that part's
-        decisions: :func:`mella.stages.dedup.shuffle.read_applied`), the plan's other global row steps, then
+        decisions: :func:`mella.executor.read_applied`), the plan's other global row steps, then
         :func:`split_and_write` → ``dirs['d_know']``, ``dirs['rejects']`` and, with D_ling, the candidates;
         the crawl's failures (live crawl) are added to the rejects."""
         self.progress("write", "d_know/ and rejects/")

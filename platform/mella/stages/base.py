@@ -17,7 +17,7 @@ A stage declares, next to its code:
   * :class:`Stage` (enricher) — ``process(rows)``: fill columns of the active rows in place, call
     :meth:`Stage.reject` on the rows it drops; may return a new row list (one row → several);
   * :class:`DedupStage` (global) — ``find(parts, ...)`` writes decisions over *all* work-unit parts
-    to a Parquet file; applying them is an ordinary row stage (``setup`` loads the decisions).
+    to a Parquet file; the executor applies them (:func:`mella.executor.apply_decisions`), never the stage.
 
 Rows are dicts with ``REJECT_SCHEMA`` keys. A row whose ``reason`` is set was rejected upstream:
 later stages never see it, it keeps its place in the stream and the writer routes it to
@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from mella.executor import TaskRunner
+from mella.executor import TaskRunner, apply_decisions
 from mella.resources import StageResources
-from mella.schema import HEAVY_COLUMNS
+from mella.schema import HEAVY_COLUMNS, REJECT_SCHEMA, conform
 
 #: Ray tasks at half a CPU: the default for pure-Python stages (Ray Data fits two per core).
 LIGHT = StageResources(num_cpus=0.5)
@@ -152,18 +152,26 @@ class Filter(Stage):
 
 
 class DedupStage(Stage):
-    """A global stage: decisions found over every work unit's rows, then applied row by row.
+    """A global dedup stage: it finds decisions over every work unit's rows; the executor applies them.
 
-    :meth:`find` runs in the driver between the per-unit phase and the final pass; it may start
+    :meth:`find` runs in the driver between the per-unit phase and the write phase; it may start
     Ray work, and writes its decisions to ``decisions`` (a Parquet file under the job's work
     directory; the driver keeps only paths). ``upstream`` maps each earlier dedup stage's name to
-    its decisions file (pHash needs exact dedup's survivors, CNN dedup the pHash drops). The
-    stage object is then run as a row stage: :meth:`setup` loads its decisions, :meth:`process`
-    rejects the rows they name.
+    its decisions file (pHash needs exact dedup's survivors, CNN dedup the pHash drops). A dedup
+    stage never rejects rows itself: the write phase applies every stage's decisions part by part
+    (:func:`mella.executor.apply_decisions`), and so does calling the stage on a batch (tools, tests).
     """
 
     rejects: ClassVar[bool] = True
     decisions: str | None = None
+
+    def process(self, rows: list[dict]) -> None:
+        raise TypeError(f"{self.name} is a global dedup stage: its decisions are applied by "
+                        "mella.executor.apply_decisions, not row by row")
+
+    def __call__(self, batch):
+        """``batch`` (REJECT_SCHEMA) with this stage's decisions applied (:func:`mella.executor.apply_decisions`)."""
+        return apply_decisions(conform(batch, REJECT_SCHEMA), [self])[0]
 
     def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:  # pragma: no cover
         """Write the decisions over ``parts`` (unit Parquet files, REJECT_SCHEMA) to ``decisions``."""
