@@ -295,16 +295,17 @@ class BuildCorpus:
 
     def _watch_resources(self, where: str, last: list[float], stop: threading.Event) -> None:
         """While a unit runs: when no batch was written for ``RESOURCE_POLL_S`` seconds and the cluster has less CPU
-        free than the unit's smallest task needs, say so on the progress line (the stages wait for resources:
-        another job holds them, or an autoscaler is adding nodes)."""
+        free than the unit's smallest task needs, say so on the progress line: the unit's next tasks wait for
+        resources (its own pools and tasks hold them, another job does, or an autoscaler is adding nodes). A plan
+        whose pools alone leave no room for a task never starts (:func:`mella.plan.check_fits`)."""
         need = min([LIGHT.num_cpus] + [s.resources.num_cpus for s in self.unit_steps if s.resources.pool_size is None])
         while not stop.wait(RESOURCE_POLL_S):
             if time.monotonic() - last[0] < RESOURCE_POLL_S:
                 continue
             free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
             if free < need:
-                self.progress("images", f"{where}, waiting for resources: {free:g} of {total:g} CPUs free, "
-                                        f"a task needs {need:g} (no batch for {time.monotonic() - last[0]:.0f} s)")
+                self.progress("images", f"{where}, no batch for {time.monotonic() - last[0]:.0f} s, {free:g} of "
+                                        f"{total:g} CPUs free: new tasks wait for resources ({need:g} CPU each)")
 
     def unit_parts(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.units_dir, "*", "parts", "*.parquet")))
