@@ -26,7 +26,14 @@ CORPUS = [
 def write_tiny_marian(path: str | Path, seed: int = 0) -> Path:
     """Write the tiny Marian (1 encoder + 1 decoder layer, d_model 32, ~1200-token BPE) into ``path``."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
 
     from mella.languages import load_languages

@@ -37,7 +37,8 @@ class QEConfig(PoolConfig):
                              "paper's 0.75 average, 3.1.2; see the module doc)")
     batch_size: int = Field(64, ge=1, description="pairs per Ray Data batch and per encoder forward pass")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; the model runs on the GPU when > 0")
-    num_cpus: float = Field(0.5, gt=0, description="CPUs per actor")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs per actor (0.25: with the three other D_ling pools at 0.5 it "
+                            "leaves Ray Data a quarter CPU on a 2-CPU node)")
 
 
 class QEStage(Stage):
