@@ -157,6 +157,8 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
         build_plan(cfg)
     except (PlanError, ImportError) as e:
         raise console.UsageError(f"{e} (fix --stage / stages.extra or the stage's config)") from None
+    if args.seeds:  # last: the other checks name their own problem first
+        preflight.check_seed_hosts(args.seeds, args.base_url, cfg.crawl.allow_private_hosts)
 
 
 def main(argv: list[str] | None = None) -> int:

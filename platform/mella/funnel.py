@@ -58,12 +58,15 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
                 pages_out[k.split(":", 1)[1]] += v
     reasons = Counter(r["reason"] for r in rejects if r["stage"] == "extract")
     dropped: Counter = Counter()  # items inside kept pages that never became rows (<picture> sources skipped)
+    skipped: Counter = Counter()  # WARC response records that are no page: http_<status>, not_html
     for s in page_stats:
         dropped.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("dropped:")})
+        skipped.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("records_skipped:")})
     stages.append({
         "stage": "extract", "unit": "pages", "in": pages_in, "out": sum(pages_out.values()),
         "rejected": sum(reasons.values()), "reasons": dict(reasons),
         "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())}, "dropped": dict(dropped),
+        "records_skipped": dict(skipped), "images_out": sum(s.get("images_out", 0) for s in page_stats),
     })
 
     image_rejects = [r for r in rejects if r["stage"] in image_stages]
@@ -127,7 +130,7 @@ def format_table(funnel: dict, timing: dict | None = None) -> str:
     lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'dropped':>9}  top reasons"]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}:{v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
-        extra = {**s.get("cut_off", {}), **s.get("dropped", {})}
+        extra = {**s.get("cut_off", {}), **s.get("dropped", {}), **s.get("records_skipped", {})}
         if extra:  # never became rows: crawl cut-offs, <picture> sources skipped
             top += ("; " if top else "") + "not taken: " + ", ".join(f"{k}:{v}" for k, v in sorted(extra.items()))
         lines.append(f"{s['stage']:<16}{s['unit']:<8}{s['in']:>8}{s['out']:>8}{s['rejected']:>9}  {top}")
