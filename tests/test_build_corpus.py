@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import DEMO_WEB, MINIWEB, needs_miniweb
-from helpers import build, decisions, pair_keys, path_of, read_dir
+from helpers import assert_funnel_balance, build, decisions, pair_keys, path_of, read_dir
 from oracle import recall
 from webserver import serve_directory
 
@@ -31,6 +31,11 @@ def miniweb_run(tmp_path_factory, ray_session):
     with serve_directory(MINIWEB) as url:
         funnel = build(out, seeds=MINIWEB / "seeds.txt", base_url=url, crawl=PATIENT, models=True)
         yield {"out": out, "url": url, "funnel": funnel}
+
+
+@needs_miniweb()
+def test_miniweb_funnel_balances_at_every_stage(miniweb_run):
+    assert_funnel_balance(miniweb_run["funnel"])
 
 
 @needs_miniweb()
@@ -135,6 +140,7 @@ def test_demo_web_crawl(tmp_path, ray_session):
     r, missing = recall(str(tmp_path / "out"), str(DEMO_WEB / "PAIRS_expected.tsv"), str(url))
     assert r >= 0.95, missing
     assert funnel["d_know"]["th"] == 0 and funnel["d_know"]["vi"] == 0
+    assert_funnel_balance(funnel)
 
 
 def test_langs_subset(tmp_path, ray_session):
