@@ -612,12 +612,14 @@ class ExtractStage(Stage):
         gzip) ends its slice there, counted as ``dropped:warc_unreadable`` in the page stats."""
         import logging
 
+        from mella.ccindex import load_provenance
         from mella.io import write_json_atomic
         from mella.warc import WARC_READ_ERRORS, iter_responses
 
         stats: Counter = Counter()
         rows: list[dict] = []
         n_pages = 0
+        cc = load_provenance(path)  # a Common Crawl copy: rows name Common Crawl's record
         records = iter_responses(path, offset, limit)
         while True:
             try:
@@ -635,7 +637,7 @@ class ExtractStage(Stage):
                 continue
             n_pages += 1
             stats["pages_in"] += 1
-            rows.extend(self.page_rows(rec, source, stats))
+            rows.extend(self.page_rows(rec, source, stats, cc.get(rec.offset)))
             if n_pages % self.pages_per_batch == 0 and rows:
                 yield rows
                 rows = []
@@ -644,17 +646,18 @@ class ExtractStage(Stage):
         name = hashlib.sha1(f"{path}@{offset}".encode()).hexdigest()[:16]
         write_json_atomic({"path": path, "offset": offset, **stats}, os.path.join(stats_dir, f"pages-{name}.json"))
 
-    def page_rows(self, rec, source: str, stats: Counter) -> list[dict]:
+    def page_rows(self, rec, source: str, stats: Counter, origin: tuple[str, int, int] | None = None) -> list[dict]:
         """Rows of one HTML response record (:class:`mella.warc.WarcResponse`): one per image candidate of a
         target-language page, else one reject row; updates the page counters in ``stats``
-        (``pages_out:<lang>``, ``pages_rejected:<reason>``, ``dropped:<reason>``, ``images_out``)."""
+        (``pages_out:<lang>``, ``pages_rejected:<reason>``, ``dropped:<reason>``, ``images_out``).
+        ``origin``: the record's (WARC file, offset, length) where it came from (Common Crawl), else its own."""
         from mella.schema import record_id
         from mella.stages.base import reject
         from mella.stages.filters.langid import assign_language
 
-        prov = {"source": source, "warc_filename": os.path.basename(rec.path) or None,
-                "warc_record_offset": rec.offset if rec.offset >= 0 else None,
-                "warc_record_length": rec.length if rec.length >= 0 else None}
+        name, first, length = origin or (os.path.basename(rec.path) or None, rec.offset, rec.length)
+        prov = {"source": source, "warc_filename": name, "warc_record_offset": first if first >= 0 else None,
+                "warc_record_length": length if length >= 0 else None}
         try:
             page = parse_page(rec.url, rec.body, rec.headers, self.langid_cfg.model_path,
                               self.opt_out_directives, self.user_agent)
