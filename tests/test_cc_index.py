@@ -11,9 +11,8 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import MINIWEB
-from mella.ccindex import cld2_code, load_provenance, materialise, select_pages, open_index
+from mella.ccindex import cld2_code, load_provenance, materialise, open_index, select_pages
 from mella.config import CrawlConfig
 from mella.stages.filters.langid import LangIDConfig
 from mella.stages.io.extract import ExtractStage
@@ -101,3 +100,58 @@ def test_a_server_without_range_support_is_counted_not_written(cc, tmp_path):
     n = len([i for i in range(len(cc["recs"])) if i % 3 == 1])
     assert counts == {"selected": n, "written": 0, "failed:ValueError": n}
     assert not list(iter_responses(path))
+
+
+@pytest.mark.slow
+def test_cc_index_build_end_to_end_and_rerun_without_requests(tmp_path, ray_session):
+    """``--cc-index`` as build_corpus runs it (``common_crawl_pages``): the miniweb's pages captured by our
+    crawler, indexed in Common Crawl's schema, served by Range; the images come live from the same origin
+    through the host-partitioned fetcher; a rerun of the finished output makes no request at all."""
+    import asyncio
+
+    import build_corpus
+
+    from helpers import assert_funnel_balance, build, read_dir
+    from mella.config import BuildConfig
+    from mella.crawl import crawl_async, read_seeds
+
+    with serve_directory(MINIWEB) as site:
+        seeds = [s for s in read_seeds(str(MINIWEB / "seeds.txt"), site) if "/hu/" in s.url or "/cs/" in s.url]
+        capture = tmp_path / "capture"
+        cfg = CrawlConfig(max_depth=0, politeness_delay_s=0.0, allow_private_hosts=["127.0.0.1"])
+        asyncio.run(crawl_async(seeds, cfg, str(capture)))
+        (warc,) = capture.glob("pages-*.warc.gz")
+        served = tmp_path / "served"
+        (served / CC_NAME).parent.mkdir(parents=True)
+        shutil.copy(warc, served / CC_NAME)
+        recs = [r for r in iter_responses(str(served / CC_NAME)) if r.status == 200 and r.content_type == "text/html"]
+        lang3 = {"/hu/": "hun", "/cs/": "ces"}
+        rows = [{"url": r.url, "url_host_name": "127.0.0.1", "fetch_status": 200, "content_mime_detected": "text/html",
+                 "content_languages": next(v for k, v in lang3.items() if k in r.url), "warc_filename": CC_NAME,
+                 "warc_record_offset": r.offset, "warc_record_length": r.length} for r in recs]
+        index = tmp_path / "index.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), index)
+        out = tmp_path / "out"
+        with serve_directory(served) as ranges:
+            import os
+
+            os.environ["MELLA_CC_BASE_URL"] = ranges + "/"
+            try:
+                runs = []
+                for _ in range(2):
+                    before = sum(site.hits.values()) + sum(ranges.hits.values())
+                    job = BuildConfig.model_validate({"output": str(out), "langs": ["hu"], "crawl": {
+                        "allow_private_hosts": ["127.0.0.1"], "politeness_delay_s": 0.0}})
+                    job = build_corpus.common_crawl_pages(str(index), job)
+                    funnel = build(out, warc=job.warc, crawl={"politeness_delay_s": 0.0}, langs=["hu"])
+                    runs.append((funnel, sum(site.hits.values()) + sum(ranges.hits.values()) - before,
+                                 sorted(r["id"] for r in read_dir(out / "d_know"))))
+            finally:
+                os.environ.pop("MELLA_CC_BASE_URL", None)
+    (f1, requests1, ids1), (f2, requests2, ids2) = runs
+    assert requests1 > 0 and requests2 == 0
+    assert f1["d_know_total"] > 0 and ids1 == ids2 and f1 == f2
+    assert_funnel_balance(f1)
+    kept = read_dir(out / "d_know")
+    hu_pages = {r["warc_record_offset"] for r in rows if r["content_languages"] == "hun"}
+    assert {r["warc_filename"] for r in kept} == {CC_NAME} and {r["warc_record_offset"] for r in kept} <= hu_pages
