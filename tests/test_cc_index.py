@@ -12,7 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import MINIWEB
-from mella.ccindex import cld2_code, load_provenance, materialise, open_index, select_pages
+from mella.ccindex import (
+    cld2_code,
+    load_provenance,
+    materialise,
+    open_index,
+    select_pages,
+)
 from mella.config import CrawlConfig
 from mella.stages.filters.langid import LangIDConfig
 from mella.stages.io.extract import ExtractStage
@@ -110,7 +116,6 @@ def test_cc_index_build_end_to_end_and_rerun_without_requests(tmp_path, ray_sess
     import asyncio
 
     import build_corpus
-
     from helpers import assert_funnel_balance, build, read_dir
     from mella.config import BuildConfig
     from mella.crawl import crawl_async, read_seeds

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import time
 
 import pytest
 from aiohttp import web
-from PIL import Image
-
 from mella.config import CrawlConfig
 from mella.hostlimits import HostGate
+from PIL import Image
 from webserver import _running
 
 #: scheduling noise allowed between the client's request start and the server's handler start, seconds
@@ -101,7 +101,7 @@ def test_four_actors_share_one_origins_limits(ray_session, tmp_path):
     assert len(log) == 16
     assert _max_in_flight(log) <= cfg.per_host_concurrency
     starts = sorted(s for s, _, _ in log)
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= max(cfg.politeness_delay_s, crawl_delay) - JITTER_S, gaps
 
 
@@ -121,7 +121,7 @@ def test_retry_after_slows_that_origin_only(ray_session, tmp_path):
     during = [s for s, _, _ in busy_log if t503 < s < t503 + retry_after - JITTER_S]
     assert not during, "the busy origin got requests while its Retry-After held"
     calm_starts = sorted(s for s, _, _ in calm_log)
-    calm_gaps = [b - a for a, b in zip(calm_starts, calm_starts[1:])]
+    calm_gaps = [b - a for a, b in itertools.pairwise(calm_starts)]
     # the calm origin keeps its own pace: all 12 requests at ~politeness_delay_s apart, none held back
     assert calm_starts[-1] - calm_starts[0] < 11 * cfg.politeness_delay_s + 1.0, calm_gaps
     assert max(calm_gaps) < retry_after / 2, calm_gaps
