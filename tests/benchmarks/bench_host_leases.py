@@ -3,8 +3,9 @@ actor's own gate (per-actor limits, the behaviour before the lease service), on 
 
 ``--origins`` aiohttp sites on 127.0.0.1 (one port each: distinct origins) serve a small PNG after
 ``--hold-ms``; ``--actors`` Ray actors each run a real ImageFetchStage over their share of
-``--images`` URLs (politeness 0, per_host_concurrency 4). Prints images/s of each mode, interleaved
-``--repeats`` times, and the median ratio.
+``--images`` URLs (politeness 0, per_host_concurrency 4). Each mode first fetches one image per origin
+per actor, untimed (the lease actor's start, a few seconds once per job, and robots.txt). Prints
+images/s of each mode, interleaved ``--repeats`` times, and the median ratio.
 
     python tests/benchmarks/bench_host_leases.py [--origins 40] [--images 800] [--actors 4] [--repeats 3]
 """
@@ -97,6 +98,9 @@ def main() -> None:
                 urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/img/{rep}-{mode}-{i}.png" for i in range(args.images)]
                 actors = [FetchActor.remote(tmp, mode == "shared") for _ in range(args.actors)]
                 ray.get([a.__ray_ready__.remote() for a in actors])
+                # warm-up, not timed: the lease actor's start (a worker process, once per job) and robots.txt
+                warm = [f"http://127.0.0.1:{p}/img/warm-{rep}-{mode}.png" for p in ports]
+                ray.get([a.fetch.remote([{"image_url": u, "id": u} for u in warm]) for a in actors])
                 t0 = time.monotonic()
                 ok = sum(ray.get([a.fetch.remote([{"image_url": u, "id": u} for u in urls[i::args.actors]])
                                   for i, a in enumerate(actors)]))
