@@ -151,26 +151,11 @@ class _LeaseService:
     def __init__(self, cfg) -> None:
         self.gate = HostGate(cfg)
 
-    async def acquire_batch(self, keys: list[str], releases: list[tuple], wait_s: float) -> list[int | None]:
-        """Apply ``releases`` (``(lease, status, latency_s, retry_after_s)``), then try to lease each of ``keys``:
-        returns, per key, a lease id or None (not yet: ask again), as soon as one is granted or after
-        ``wait_s``; every lease that can be granted at that moment is."""
-        for r in releases:
-            self.gate.release(*r)
-        if not keys:
-            return []
-        tasks = [asyncio.ensure_future(self.gate.acquire(k)) for k in keys]
-        await asyncio.wait(tasks, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-        for _ in range(3):  # let the other requests that can start now take their leases too
-            await asyncio.sleep(0)
-        out = []
-        for t in tasks:
-            if t.done() and not t.cancelled():
-                out.append(t.result())
-            else:
-                t.cancel()  # still waiting: no lease was taken (acquire grants without awaiting)
-                out.append(None)
-        return out
+    async def acquire(self, key: str) -> int:
+        return await self.gate.acquire(key)
+
+    async def release(self, lease: int, status, latency_s, retry_after_s) -> None:
+        self.gate.release(lease, status, latency_s, retry_after_s)
 
     async def set_robots(self, key: str, crawl_delay, request_rate) -> None:
         self.gate.set_robots(key, crawl_delay, request_rate)
@@ -181,32 +166,15 @@ class _LeaseService:
 
 class RemoteHostGate:
     """:class:`HostGate`'s interface, served by the job's one lease actor (named ``name``, created by the
-    first caller, ``num_cpus=0``). If the actor is gone (its creator died), the next call creates it again.
-
-    Calls are batched: the acquires and releases of a fetcher's event loop go to the actor together, in at
-    most :data:`MAX_CALLS` calls at a time, so many-origin input costs one actor round trip per batch, not
-    per request; an acquire not granted within :data:`WAIT_S` is asked again in the next batch."""
+    first caller, ``num_cpus=0``). If the actor is gone (its creator died), the next call creates it again."""
 
     #: concurrent calls one lease actor serves (waiting acquires included)
     MAX_CONCURRENCY = 10_000
-    #: batch calls one fetcher keeps in flight
-    MAX_CALLS = 4
-    #: longest an actor call waits for a lease before answering, seconds
-    WAIT_S = 0.05
 
     def __init__(self, name: str, cfg) -> None:
         self.name = name
         self.cfg = cfg
         self._handle = None
-        self._queue: list[tuple[str, asyncio.Future]] = []
-        self._releases: list[tuple] = []
-        self._calls = 0
-
-    def __getstate__(self):
-        return {"name": self.name, "cfg": self.cfg}
-
-    def __setstate__(self, state):
-        self.__init__(state["name"], state["cfg"])
 
     def _actor(self):
         import ray
@@ -226,46 +194,13 @@ class RemoteHostGate:
             self._handle = None
             return await getattr(self._actor(), method).remote(*args)
 
-    def _pump(self) -> None:
-        while (self._queue or self._releases) and self._calls < self.MAX_CALLS:
-            batch, self._queue = self._queue, []
-            releases, self._releases = self._releases, []
-            self._calls += 1
-            asyncio.ensure_future(self._send(batch, releases))
-
-    async def _send(self, batch: list, releases: list) -> None:
-        try:
-            granted = await self._call("acquire_batch", [k for k, _ in batch], releases, self.WAIT_S)
-        except Exception as e:  # noqa: BLE001 - handed to every waiter of the batch
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            granted = []
-        else:
-            retry = []
-            for (key, fut), lease in zip(batch, granted):
-                if lease is None:
-                    retry.append((key, fut))
-                elif fut.cancelled():
-                    self._releases.append((lease, None, None, None))
-                else:
-                    fut.set_result(lease)
-            self._queue[:0] = retry
-        finally:
-            self._calls -= 1
-        self._pump()
-
     async def acquire(self, key: str) -> int:
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.append((key, fut))
-        self._pump()
-        return await fut
+        return await self._call("acquire", key)
 
     def release(self, lease: int, status: int | None = None, latency_s: float | None = None,
                 retry_after_s: float | None = None) -> None:
-        """Queued; sent with the next batch (at once when no call is in flight)."""
-        self._releases.append((lease, status, latency_s, retry_after_s))
-        self._pump()
+        """Fire and forget: calls from one caller run in order, and nothing waits on the answer."""
+        self._actor().release.remote(lease, status, latency_s, retry_after_s)
 
     async def set_robots(self, key: str, crawl_delay, request_rate) -> None:
         await self._call("set_robots", key, crawl_delay, request_rate)
