@@ -35,6 +35,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("--seeds", help="seed file: URLs one a line (or paths, with --base-url), or YAML {lang: [urls]}")
     ap.add_argument("--base-url", help="origin to prefix seed lines that are paths")
     ap.add_argument("--warc", action="append", default=[], help="WARC file or glob (.warc / .warc.gz); repeatable")
+    ap.add_argument("--cc-index", metavar="CC-MAIN-YYYY-WW|PATH",
+                    help="Common Crawl by language: read this crawl's columnar index (or a local Parquet copy), take the "
+                         "status-200 HTML pages whose primary language is in --langs, read each record by Range request "
+                         "(base URL $MELLA_CC_BASE_URL, default https://data.commoncrawl.org/) into DIR/warc")
     ap.add_argument("--output", help="output directory (default ./mella_out for the demo)")
     ap.add_argument("--offline", action="store_true", help="never fetch: images missing from the WARCs are rejected")
     ap.add_argument("--allow-private-hosts", nargs="?", const="*", default=None,
@@ -160,6 +164,8 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
         raise console.UsageError(f"{e} (fix --stage / stages.extra or the stage's config)") from None
     if not os.environ.get("RAY_ADDRESS"):  # a local Ray: its CPUs are known now (GPUs once it runs: check_resources)
         check_resources(plan, cfg.ray.num_cpus or os.cpu_count() or 1, float("inf"))
+    if args.seeds:  # last: the other checks name their own problem first
+        preflight.check_seed_hosts(args.seeds, args.base_url, cfg.crawl.allow_private_hosts)
 
 
 def check_resources(plan: list, cpus: float, gpus: float) -> None:
@@ -173,11 +179,30 @@ def check_resources(plan: list, cpus: float, gpus: float) -> None:
         raise console.UsageError(str(e)) from None
 
 
+def common_crawl_pages(index: str, cfg: BuildConfig) -> BuildConfig:
+    """``--cc-index``: copy the selected Common Crawl records into ``DIR/warc`` (mella.ccindex; a rerun reads
+    the finished copy, no request) and return ``cfg`` with that WARC as its input."""
+    from mella import ccindex  # noqa: PLC0415
+
+    if not ccindex.CRAWL_ID.match(index) and not os.path.exists(index):
+        raise console.UsageError(f"--cc-index {index}: neither a crawl id (CC-MAIN-YYYY-WW) nor an existing "
+                                 "local Parquet file or directory")
+    try:
+        for lang in cfg.langs:
+            ccindex.cld2_code(lang)
+    except ValueError as e:
+        raise console.UsageError(f"--cc-index: {e}") from None
+    base = os.environ.get("MELLA_CC_BASE_URL", ccindex.DEFAULT_BASE_URL)
+    path, counts = ccindex.materialise(index, cfg.langs, os.path.join(str(cfg.output), "warc"), cfg.crawl, base)
+    console.say(f"common crawl: {counts['written']} of {counts['selected']} selected pages in {path}")
+    return cfg.model_copy(update={"warc": [path]})
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     console.setup(args.quiet, args.verbose)
     demo_dir = ROOT / "demo_web"
-    if not args.seeds and not args.warc:
+    if not args.seeds and not args.warc and not args.cc_index:
         # Embedded default: serve the bundled demo web on 127.0.0.1 and crawl it.
         args.seeds = str(demo_dir / "seeds.txt")
         args.base_url = f"http://127.0.0.1:{args.demo_port or 1}"  # the real port is known once the server runs
@@ -189,14 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         demo_port = None
     if not args.output:
-        raise console.UsageError("--output DIR is required with --seeds/--warc")
-    if args.seeds and args.warc:
-        raise console.UsageError("give --seeds or --warc, not both")
+        raise console.UsageError("--output DIR is required with --seeds/--warc/--cc-index")
+    if sum(map(bool, (args.seeds, args.warc, args.cc_index))) > 1:
+        raise console.UsageError("give one of --seeds, --warc, --cc-index")
     if args.d_ling and not args.caption_model and not args.config and not any(o.startswith("d_ling.caption") for o in overrides):
         raise console.UsageError("--d-ling needs --caption-model DIR (a local Qwen2-VL or InternVL2 checkpoint; "
                                  "python jobs/make_tiny_model.py --output DIR makes a tiny random one for a trial)")
     cfg = build_config(args, overrides)
     check_inputs(args, cfg)
+    if args.cc_index:
+        cfg = common_crawl_pages(args.cc_index, cfg)
     # inputs are valid: from here on servers, Ray and the output directory
     demo = None
     if demo_port is not None:

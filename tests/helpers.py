@@ -80,3 +80,21 @@ def decisions(out_dir) -> list[str]:
         lines.append("\t".join([r["stage"], r["reason"], r["lang"] or "", path_of(r["page_url"]) or "",
                                 path_of(r["image_url"]) or ""]))
     return sorted(lines)
+
+
+def assert_funnel_balance(funnel: dict) -> None:
+    """Every stage of a funnel balances: in = out + rejected; the image rows extract emitted are the first
+    image stage's input; each image stage's output is the next one's input; the last equals D_know
+    (plus the D_ling candidates, when D_ling ran)."""
+    stages = funnel["stages"]
+    for s in stages:
+        assert s["in"] == s["out"] + s["rejected"], s
+    extract = next(s for s in stages if s["stage"] == "extract")
+    images = [s for s in stages if s["unit"] == "images"]
+    if images:
+        assert extract["images_out"] == images[0]["in"], (extract, images[0])
+        for a, b in zip(images, images[1:]):
+            assert a["out"] == b["in"], (a, b)
+        assert images[-1]["out"] == funnel["d_know_total"] + sum(funnel.get("d_ling_candidates", {}).values())
+    else:
+        assert extract["images_out"] == funnel["d_know_total"]

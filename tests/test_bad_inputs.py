@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from helpers import build, path_of, read_dir
+from helpers import assert_funnel_balance, build, path_of, read_dir
 from webserver import serve_bad_web
 
 SEEDS_TEXT = "/index.html\n"
@@ -116,6 +116,7 @@ def test_funnel_counts_add_up(bad_run):
     for a, b in zip(image_stages, image_stages[1:]):
         assert a["out"] == b["in"]
     assert image_stages[-1]["out"] == bad_run["funnel"]["d_know_total"]
+    assert_funnel_balance(bad_run["funnel"])
     assert os.path.exists(bad_run["out"] / "funnel.json")
 
 

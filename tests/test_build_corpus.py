@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import DEMO_WEB, MINIWEB, needs_miniweb
-from helpers import build, decisions, pair_keys, path_of, read_dir
+from helpers import assert_funnel_balance, build, decisions, pair_keys, path_of, read_dir
 from oracle import recall
 from webserver import serve_directory
 
@@ -32,6 +32,11 @@ def miniweb_run(tmp_path_factory, ray_session):
     with serve_directory(MINIWEB) as url:
         funnel = build(out, seeds=MINIWEB / "seeds.txt", base_url=url, crawl=PATIENT, models=True)
         yield {"out": out, "url": url, "funnel": funnel}
+
+
+@needs_miniweb()
+def test_miniweb_funnel_balances_at_every_stage(miniweb_run):
+    assert_funnel_balance(miniweb_run["funnel"])
 
 
 @needs_miniweb()
@@ -146,6 +151,7 @@ def test_demo_web_crawl(tmp_path, ray_session):
     timing = json.loads((tmp_path / "out" / "stage_stats.json").read_text())
     assert counter_disagreements(funnel, timing) == []  # alt_text, langid (Ray tasks) and decode/resolution too
     assert timing["alt_text"]["rows_in"] == next(s["in"] for s in funnel["stages"] if s["stage"] == "alt_text") > 0
+    assert_funnel_balance(funnel)
 
 
 def test_langs_subset(tmp_path, ray_session):

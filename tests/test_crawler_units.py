@@ -79,7 +79,7 @@ def test_lazy_loading_placeholders_lose_to_real_urls():
             "<img srcset='lo.png 1x, data:image/png;base64,iVBORw0KGgo= 2x' alt='три'></body></html>").encode()
     imgs = parse_page("http://h.test/p/", html, []).images
     assert [i.image_url for i in imgs[:2]] == ["http://h.test/a-big.webp", "http://h.test/b.jpg"]
-    assert imgs[2].image_url.startswith("data:image/png;sha256,")  # within one srcset the largest (2x) wins
+    assert imgs[2].image_url == "http://h.test/p/lo.png"  # a data: placeholder (8 bytes) never displaces a URL
 
 
 def test_opt_out_parsing():

@@ -1,7 +1,7 @@
 """Live crawl (paper 3.1.1, B.1): seeds → HTML pages recorded as WARC shards.
 
 The crawler is asynchronous (aiohttp through :class:`mella.net.Fetcher`: robots.txt, SSRF guard,
-per-host concurrency and politeness, timeouts, retries, redirect and size limits) and is sharded by
+per-host leases of the job (:mod:`mella.hostlimits`), timeouts, retries, redirect and size limits) and is sharded by
 registered domain (public suffix list): each shard is one Ray task that crawls its domains
 breadth-first within the domain (scope), up to ``max_depth`` link hops and ``max_pages`` pages per
 domain, and writes every response it receives to ``DIR/warc/pages-*.warc.gz``. Downstream stages only
@@ -22,6 +22,7 @@ extractor); hosts are counted per origin (``scheme://host:port``), with the URLs
 from __future__ import annotations
 
 import asyncio
+import os
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ import yaml
 from publicsuffixlist import PublicSuffixList
 from selectolax.lexbor import LexborHTMLParser
 
-from mella.net import CrawlConfig, FetchError, Fetcher
+from mella.hostlimits import job_gate
+from mella.net import CrawlConfig, Fetcher, FetchError
 from mella.stages.io.extract import NotHTMLError, decode_html, page_base, page_links
 from mella.urls import normalise_url, origin
 from mella.warc import FailureLog, RotatingWarcWriter, WarcIndex, shard_paths
@@ -140,7 +142,8 @@ async def crawl_async(
             queue.put_nowait((s.url, 0))
     skip_ext = tuple(cfg.skip_link_extensions)
 
-    async with Fetcher(cfg, warc=writer, cache=cache, offline=offline, failures=failures) as fetcher:
+    gate = job_gate(cfg, os.path.normpath(warc_dir))  # the job's per-host leases, shared with the image fetchers
+    async with Fetcher(cfg, warc=writer, cache=cache, offline=offline, failures=failures, gate=gate) as fetcher:
 
         async def worker() -> None:
             while True:

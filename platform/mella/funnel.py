@@ -82,12 +82,15 @@ def _extract_line(page_stats: list[dict], rejects: list[dict]) -> dict:
                 pages_out[k.split(":", 1)[1]] += v
     reasons = Counter(r["reason"] for r in rejects if r["stage"] == "extract")
     not_taken: Counter = Counter()  # items inside kept pages that never became rows (<picture> sources skipped)
+    skipped: Counter = Counter()  # WARC response records that are no page: http_<status>, not_html
     for s in page_stats:
         not_taken.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("dropped:")})
+        skipped.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("records_skipped:")})
     return {
         "stage": "extract", "unit": "pages", "in": pages_in, "out": sum(pages_out.values()),
         "rejected": sum(reasons.values()), "reasons": dict(reasons),
         "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())}, "dropped": dict(not_taken),
+        "records_skipped": dict(skipped), "images_out": sum(s.get("images_out", 0) for s in page_stats),
     }
 
 
@@ -166,7 +169,7 @@ def format_table(funnel: dict, timing: dict | None = None) -> str:
     lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'rejected':>9}  top reasons"]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}:{v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
-        extra = {**s.get("cut_off", {}), **s.get("dropped", {})}
+        extra = {**s.get("cut_off", {}), **s.get("dropped", {}), **s.get("records_skipped", {})}
         if extra:  # never became rows: crawl cut-offs, <picture> sources skipped
             top += ("; " if top else "") + "not taken: " + ", ".join(f"{k}:{v}" for k, v in sorted(extra.items()))
         lines.append(f"{s['stage']:<16}{s['unit']:<8}{s['in']:>8}{s['out']:>8}{s['rejected']:>9}  {top}")

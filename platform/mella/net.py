@@ -11,7 +11,9 @@ What every request goes through, in order:
 3. SSRF guard: the host's addresses must all be global unless allowed by ``allow_private_hosts``
    (private, loopback, link-local, reserved, multicast are refused). The same check runs inside the
    connector's resolver, so a DNS answer that changes between check and connect is still refused;
-4. per-host concurrency limit and politeness delay;
+4. a lease from the job's host gate (:mod:`mella.hostlimits`): per-origin concurrency, politeness delay,
+   robots.txt ``Crawl-delay``/``Request-rate``, adaptive delay and back-off on 429/503 held across
+   every fetcher of the job;
 5. the request with connect/read/total timeouts, manual redirects (each hop re-checked, loop and
    limit detection), a streaming size cap, retries (:mod:`mella.retry`) with exponential backoff on
    429/5xx/timeouts/connection errors (``Retry-After`` honoured, capped), a timeout retried at most
@@ -31,6 +33,7 @@ WARC: a URL that failed permanently before is answered with its old reason witho
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import socket
 import time
@@ -44,12 +47,18 @@ from aiohttp.resolver import ThreadedResolver
 from protego import Protego
 from pydantic import Field
 
+from mella.hostlimits import BACKOFF_STATUSES, HostGate
 from mella.optout import DEFAULT_DIRECTIVES, parse_tdmrep, tdmrep_reserved
-from mella.ratelimit import RateLimiter
 from mella.resources import Strict
 from mella.retry import Retryable, RetryPolicy, parse_retry_after, retry_async
 from mella.urls import normalise_url, origin
-from mella.warc import FailureLog, HasHeaders, RotatingWarcWriter, WarcIndex, WarcResponse
+from mella.warc import (
+    FailureLog,
+    HasHeaders,
+    RotatingWarcWriter,
+    WarcIndex,
+    WarcResponse,
+)
 
 #: RFC 9309 2.5: "crawlers SHOULD parse at least the first 500 kibibytes"
 ROBOTS_MAX_BYTES = 500 * 1024
@@ -65,6 +74,10 @@ class CrawlConfig(Strict):
     max_depth: int = Field(6, ge=0, description="link hops from a seed")
     per_host_concurrency: int = Field(4, ge=1, description="simultaneous requests to one host")
     politeness_delay_s: float = Field(0.5, ge=0, description="minimum gap between request starts to one host, seconds")
+    max_crawl_delay_s: float = Field(
+        60.0, ge=0, description="cap on a robots.txt Crawl-delay / Request-rate interval honoured, seconds")
+    autothrottle_target_concurrency: float = Field(
+        0.0, ge=0, description="adaptive delay per host: latency / this (Scrapy AutoThrottle); 0 = per_host_concurrency")
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(20.0, gt=0, description="socket read timeout, seconds")
     total_timeout_s: float = Field(60.0, gt=0, description="whole request incl. body, seconds")
@@ -177,6 +190,7 @@ class Fetcher:
         cache: recorded responses to answer from before touching the network.
         offline: never touch the network; a cache miss raises ``FetchError("not_in_warc")``.
         failures: earlier failures to answer from, and where new ones are recorded (None: neither).
+        gate: the per-origin lease service (:func:`mella.hostlimits.job_gate`; None: one of this fetcher's own).
     """
 
     def __init__(
@@ -187,6 +201,7 @@ class Fetcher:
         offline: bool = False,
         concurrency: int = 64,
         failures: FailureLog | None = None,
+        gate=None,
     ) -> None:
         self.cfg = cfg
         self.warc = warc
@@ -196,8 +211,7 @@ class Fetcher:
         self.policy = AddressPolicy(cfg.allow_private_hosts)
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
-        self._host_sems: dict[str, asyncio.Semaphore] = {}
-        self._host_limiters: dict[str, RateLimiter] = {}  # politeness: one request start per delay per host
+        self.gate = gate if gate is not None else HostGate(cfg)
         self._per_origin: dict[tuple[str, str], object] = {}  # (kind, origin) -> robots parser / tdmrep rules
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._resolver: GuardedResolver | None = None
@@ -344,7 +358,13 @@ class Fetcher:
             if e.reason.startswith("http_4") or e.reason == "not_in_warc":
                 return _ALLOW_ALL  # 2.3.1.3: "unavailable" → allow; replay: the capture decides what exists
             return FetchError(e.reason, f"robots.txt: {e.detail}")
-        return Protego.parse(resp.body[:ROBOTS_MAX_BYTES].decode("utf-8", "replace"))
+        rp = Protego.parse(resp.body[:ROBOTS_MAX_BYTES].decode("utf-8", "replace"))
+        rate = rp.request_rate(self.cfg.user_agent)
+        done = self.gate.set_robots(origin_url, rp.crawl_delay(self.cfg.user_agent),
+                                    (rate.requests, rate.seconds) if rate else None)
+        if inspect.isawaitable(done):
+            await done
+        return rp
 
     async def _tdm_reserved(self, url: str) -> bool:
         rules = await self._per_origin_value("tdmrep", url, self._load_tdmrep)
@@ -373,38 +393,37 @@ class Fetcher:
             return resp
         raise FetchError("too_many_redirects", url)
 
-    async def _politeness(self, host: str) -> None:
-        delay = self.cfg.politeness_delay_s
-        if delay > 0:
-            await self._host_limiters.setdefault(host, RateLimiter(1.0 / delay)).wait()
-
     async def _request_with_retries(self, url: str, max_bytes: int, truncate: bool = False) -> Response:
-        host = urlsplit(url).hostname or ""
-        sem = self._host_sems.setdefault(host, asyncio.Semaphore(self.cfg.per_host_concurrency))
+        key = origin(url)
         c = self.cfg
         policy = RetryPolicy(retries=c.max_retries, backoff_base_s=c.backoff_base_s, backoff_max_s=c.backoff_max_s,
                              deadline_s=c.url_deadline_s, max_timeout_retries=c.max_timeout_retries)
-        queued = [0.0]  # seconds spent waiting for the host's slot: not charged to the URL's deadline
+        queued = [0.0]  # seconds spent waiting for the host's lease: not charged to the URL's deadline
 
         async def attempt(_n: int, left: float | None) -> Response:
             t0 = time.monotonic()
-            async with sem:
-                await self._politeness(host)
-                queued[0] += time.monotonic() - t0
-                try:
-                    async with asyncio.timeout(left):
-                        resp = await self._request(url, max_bytes, truncate)
-                except TimeoutError:
-                    raise FetchError("timeout", f"per-URL deadline {c.url_deadline_s} s spent: {url}") from None
-                except FetchError as e:
-                    if e.reason == "timeout":
-                        raise Retryable(e, timeout=True) from None
-                    if e.reason in ("connect_error", "server_disconnected"):
-                        raise Retryable(e) from None
-                    raise
+            lease = await self.gate.acquire(key)
+            t1 = time.monotonic()
+            queued[0] += t1 - t0
+            status = retry_after = None
+            try:
+                async with asyncio.timeout(left):
+                    resp = await self._request(url, max_bytes, truncate)
+                status = resp.status
+                retry_after = parse_retry_after(resp.header("retry-after")) if status in BACKOFF_STATUSES else None
+            except TimeoutError:
+                raise FetchError("timeout", f"per-URL deadline {c.url_deadline_s} s spent: {url}") from None
+            except FetchError as e:
+                if e.reason == "timeout":
+                    raise Retryable(e, timeout=True) from None
+                if e.reason in ("connect_error", "server_disconnected"):
+                    raise Retryable(e) from None
+                raise
+            finally:
+                self.gate.release(lease, status, time.monotonic() - t1 if status is not None else None, retry_after)
             if resp.status == 429 or resp.status >= 500:
-                raise Retryable(FetchError(f"http_{resp.status}", url, resp.status),
-                                retry_after=parse_retry_after(resp.header("retry-after")))
+                raise Retryable(FetchError(f"http_{resp.status}", url, resp.status), retry_after=retry_after
+                                if retry_after is not None else parse_retry_after(resp.header("retry-after")))
             return resp
 
         return await retry_async(attempt, policy, clock=lambda: time.monotonic() - queued[0])

@@ -60,6 +60,62 @@ def check_seeds(path: str, base_url: str | None = None) -> int:
     return len(seeds)
 
 
+def check_seed_hosts(path: str, base_url: str | None, allow_private_hosts: list[str]) -> None:
+    """The SSRF guard lets at least one seed of a valid seeds file (:func:`check_seeds` first) through
+    (:func:`check_seed_addresses`). Raises :class:`UsageError`."""
+    from mella.crawl import read_seeds  # noqa: PLC0415
+
+    check_seed_addresses([s.url for s in read_seeds(path, base_url)], allow_private_hosts, f"seeds file {path}")
+
+
+#: seconds preflight waits for the DNS answers of the seed hosts, all together (no answer: not refused)
+SEED_DNS_TIMEOUT_S = 3.0
+
+
+def _host_addresses(hosts: list[str], timeout_s: float) -> dict[str, list[str]]:
+    """IP addresses of each host (an IP literal is its own; DNS via ``getaddrinfo`` in threads, at most
+    ``timeout_s`` for all); a host without an answer in time, or that does not resolve, maps to ``[]``."""
+    import ipaddress  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor, wait  # noqa: PLC0415
+
+    out: dict[str, list[str]] = {}
+    names = []
+    for h in hosts:
+        try:
+            out[h] = [str(ipaddress.ip_address(h.strip("[]")))]
+        except ValueError:
+            names.append(h)
+    if not names:
+        return out
+    pool = ThreadPoolExecutor(max_workers=min(16, len(names)))
+    futs = {pool.submit(socket.getaddrinfo, h, None): h for h in names}
+    wait(futs, timeout=timeout_s)
+    for f, h in futs.items():
+        try:
+            out[h] = sorted({i[4][0] for i in f.result(timeout=0)}) if f.done() else []
+        except OSError:
+            out[h] = []
+    pool.shutdown(wait=False, cancel_futures=True)
+    return out
+
+
+def check_seed_addresses(urls: list[str], allow_private_hosts: list[str], what: str = "seeds") -> None:
+    """Raise :class:`UsageError` when the SSRF guard would refuse every seed: each seed's host resolves only
+    to private, loopback, link-local or reserved addresses not covered by ``allow_private_hosts`` (the
+    job would fetch nothing and end with 0 pairs). A host that does not resolve here counts as allowed
+    (the crawl reports its failure)."""
+    from mella.net import AddressPolicy  # noqa: PLC0415
+
+    policy = AddressPolicy(allow_private_hosts)
+    hosts = sorted({URL(u).host or "" for u in urls} - {""})
+    addrs = _host_addresses(hosts, SEED_DNS_TIMEOUT_S)
+    refused = [h for h in hosts if addrs.get(h) and not any(policy.permits(a) for a in addrs[h])]
+    if hosts and len(refused) == len(hosts):
+        shown = ", ".join(refused[:3]) + (f" and {len(refused) - 3} more" if len(refused) > 3 else "")
+        raise UsageError(f"every seed host in {what} is a private, loopback or link-local address ({shown}), which the "
+                         "SSRF guard refuses: pass --allow-private-hosts (all) or --allow-private-hosts CIDR,... to crawl it")
+
+
 def check_warcs(patterns: list[str]) -> list[str]:
     """Every ``--warc`` path/glob matches ``.warc``/``.warc.gz`` files; returns them. Raises :class:`UsageError`."""
     from mella.warc import expand_warc_paths  # noqa: PLC0415

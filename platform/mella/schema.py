@@ -27,6 +27,10 @@ lid_lang           string                fastText lid.176 top-1 label of the alt
 lid_prob           float32               its probability in [0, 1]
 source             string                ``crawl`` (live crawl) or ``warc`` (``--warc`` input)
 fetched_at         timestamp[ms, UTC]    when the image response was received (WARC-Date on replay)
+warc_filename      string                provenance: the WARC file holding the page's response record (file name
+                                         of the job's own or a ``--warc`` file; Common Crawl's ``warc_filename``)
+warc_record_offset int64                 byte offset of that record in the file (one gzip member in ``.warc.gz``)
+warc_record_length int64                 its length in bytes: ``Range: bytes=offset-(offset+length-1)`` reads it
 stage              string                rejects only: stage that dropped the row (the stage names of the plan: :func:`mella.plan.stage_names`)
 reason             string                rejects only: machine-readable reason, e.g. ``http_404``
 detail             string                rejects only: human-readable detail (exception text, ...)
@@ -59,6 +63,9 @@ BASE_FIELDS: list[pa.Field] = [
     pa.field("lid_prob", pa.float32()),
     pa.field("source", pa.string()),
     pa.field("fetched_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("warc_filename", pa.string()),  # provenance, as Common Crawl's columnar index names it
+    pa.field("warc_record_offset", pa.int64()),
+    pa.field("warc_record_length", pa.int64()),
 ]
 
 #: Filled by later stages (pHash, CNN dedup, moderation, D_ling); null until then (or when disabled).

@@ -61,7 +61,9 @@ class WarcResponse(HasHeaders):
     """One HTTP response record.
 
     ``body`` is the decoded payload (chunked transfer and content-encoding removed) in bytes;
-    ``headers`` a list of (name, value); ``date`` the WARC-Date (UTC); ``path``/``offset`` locate it.
+    ``headers`` a list of (name, value); ``date`` the WARC-Date (UTC); ``path``/``offset``/``length`` locate
+    it (bytes of the record as stored: one gzip member in a ``.warc.gz``, as Common Crawl's index gives
+    ``warc_record_offset``/``warc_record_length``; -1: unknown).
     """
 
     url: str
@@ -71,6 +73,7 @@ class WarcResponse(HasHeaders):
     date: datetime
     path: str = ""
     offset: int = -1
+    length: int = -1
 
 
 def expand_warc_paths(patterns: list[str]) -> list[str]:
@@ -98,7 +101,7 @@ def _parse_date(value: str | None) -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _to_response(record, path: str, offset_of=lambda: -1) -> WarcResponse | None:
+def _to_response(record, path: str, offset_of=lambda: -1, length_of=lambda: -1) -> WarcResponse | None:
     if record.rec_type != "response" or record.http_headers is None:
         return None
     url = record.rec_headers.get_header("WARC-Target-URI") or ""
@@ -111,6 +114,7 @@ def _to_response(record, path: str, offset_of=lambda: -1) -> WarcResponse | None
     except Exception:  # corrupt content-encoding in the capture: keep the raw payload
         body = record.raw_stream.read()
     offset = offset_of()  # after reading: warcio's get_record_offset() consumes the record
+    length = length_of()
     return WarcResponse(
         url=url.strip("<>"),
         status=status,
@@ -119,6 +123,7 @@ def _to_response(record, path: str, offset_of=lambda: -1) -> WarcResponse | None
         date=_parse_date(record.rec_headers.get_header("WARC-Date")),
         path=path,
         offset=offset,
+        length=length,
     )
 
 
@@ -139,7 +144,7 @@ def iter_responses(path: str, offset: int = 0, limit: int | None = None) -> Iter
         for record in it:
             if limit is not None and n >= limit:
                 return
-            resp = _to_response(record, path, it.get_record_offset)  # absolute: warcio counts from the seek
+            resp = _to_response(record, path, it.get_record_offset, it.get_record_length)  # absolute: warcio counts from the seek
             if resp is not None:
                 n += 1
                 yield resp
@@ -181,8 +186,9 @@ def read_response_at(path: str, offset: int) -> WarcResponse | None:
     """Read the single record that starts at byte ``offset`` of ``path``."""
     with open(path, "rb") as f:
         f.seek(offset)
-        for record in ArchiveIterator(f):
-            return _to_response(record, path, lambda: offset)
+        it = ArchiveIterator(f)
+        for record in it:
+            return _to_response(record, path, lambda: offset, it.get_record_length)
     return None
 
 

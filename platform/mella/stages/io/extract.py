@@ -26,6 +26,7 @@ most common ``lang`` attribute inside ``<body>``, and fastText on the page's vis
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -144,6 +145,73 @@ def decode_html(body: bytes, content_type_header: str | None) -> tuple[str, str]
     return str(best), best.encoding
 
 
+_SRCSET_WS = " \t\n\r\x0c"
+
+
+def _srcset_descriptors(value: str, pos: int) -> tuple[list[str], int]:
+    """Tokenise the descriptors that start at ``pos`` (WHATWG "descriptor tokeniser": states *in
+    descriptor*, *in parens*, *after descriptor*) → (descriptors, position after the candidate's comma)."""
+    ws, n = _SRCSET_WS, len(value)
+    descriptors: list[str] = []
+    while pos < n and value[pos] in ws:
+        pos += 1
+    cur, state = "", "in"
+    while True:
+        c = value[pos] if pos < n else None
+        if state == "in":
+            if c is not None and c in ws:
+                if cur:
+                    descriptors.append(cur)
+                    cur = ""
+                state = "after"
+            elif c == "," or c is None:
+                if cur:
+                    descriptors.append(cur)
+                return descriptors, pos + (c == ",")
+            else:
+                cur += c
+                state = "paren" if c == "(" else "in"
+        elif state == "paren":
+            if c is None:
+                descriptors.append(cur)
+                return descriptors, pos
+            cur += c
+            state = "in" if c == ")" else "paren"
+        else:  # after descriptor
+            if c is None:
+                return descriptors, pos
+            if c not in ws:
+                state = "in"
+                continue  # reconsume
+        pos += 1
+
+
+def _srcset_sizes(descriptors: list[str]) -> tuple[float | None, float | None] | None:
+    """Descriptors of one candidate → (width px, density), or None for an invalid candidate (two
+    width/density descriptors, a zero width, a negative density, a height without a width)."""
+    width = density = height = None
+    for d in descriptors:
+        num, unit = d[:-1], d[-1:].lower()
+        try:
+            if unit == "w" and num.isdigit() and width is None and density is None:
+                width = float(num)
+                if width == 0:
+                    return None
+            elif unit == "x" and width is None and density is None and height is None:
+                density = float(num)
+                if density < 0:
+                    return None
+            elif unit == "h" and num.isdigit() and height is None and density is None:
+                height = float(num)
+            else:
+                return None
+        except ValueError:
+            return None
+    if height is not None and width is None:
+        return None
+    return width, density
+
+
 def parse_srcset(value: str) -> list[tuple[str, float | None, float | None]]:
     """Parse a ``srcset`` attribute → ``[(url, width_px or None, density or None)]``, invalid candidates dropped.
 
@@ -155,89 +223,62 @@ def parse_srcset(value: str) -> list[tuple[str, float | None, float | None]]:
     """
     out: list[tuple[str, float | None, float | None]] = []
     pos, n = 0, len(value)
-    ws = " \t\n\r\x0c"
     while True:
-        while pos < n and (value[pos] in ws or value[pos] == ","):
+        while pos < n and (value[pos] in _SRCSET_WS or value[pos] == ","):
             pos += 1
         if pos >= n:
             return out
         start = pos
-        while pos < n and value[pos] not in ws:
+        while pos < n and value[pos] not in _SRCSET_WS:
             pos += 1
         url = value[start:pos]
         descriptors: list[str] = []
         if url.endswith(","):
             url = url.rstrip(",")
         else:
-            while pos < n and value[pos] in ws:
-                pos += 1
-            cur, state = "", "in"
-            while True:
-                c = value[pos] if pos < n else None
-                if state == "in":
-                    if c is not None and c in ws:
-                        if cur:
-                            descriptors.append(cur)
-                            cur = ""
-                        state = "after"
-                    elif c == ",":
-                        pos += 1
-                        if cur:
-                            descriptors.append(cur)
-                        break
-                    elif c == "(":
-                        cur += c
-                        state = "paren"
-                    elif c is None:
-                        if cur:
-                            descriptors.append(cur)
-                        break
-                    else:
-                        cur += c
-                elif state == "paren":
-                    if c == ")":
-                        cur += c
-                        state = "in"
-                    elif c is None:
-                        descriptors.append(cur)
-                        break
-                    else:
-                        cur += c
-                else:  # after descriptor
-                    if c is None:
-                        break
-                    if c not in ws:
-                        state = "in"
-                        continue  # reconsume
-                pos += 1
-        width = density = height = None
-        error = False
-        for d in descriptors:
-            num, unit = d[:-1], d[-1:].lower()
-            try:
-                if unit == "w" and num.isdigit() and width is None and density is None:
-                    width = float(num)
-                    error |= width == 0
-                elif unit == "x" and width is None and density is None and height is None:
-                    density = float(num)
-                    error |= density < 0
-                elif unit == "h" and num.isdigit() and height is None and density is None:
-                    height = float(num)
-                else:
-                    error = True
-            except ValueError:
-                error = True
-        if height is not None and width is None:
-            error = True
-        if not error and url:
-            out.append((url, width, density))
+            descriptors, pos = _srcset_descriptors(value, pos)
+        sizes = _srcset_sizes(descriptors)
+        if sizes is not None and url:
+            out.append((url, *sizes))
+
+
+#: a ``data:`` srcset candidate with fewer decoded bytes than this is a placeholder (a 1x1 GIF is 43 bytes,
+#: a 1x1 PNG ~70; the smallest real photo thumbnails are several KiB)
+PLACEHOLDER_MAX_BYTES = 1024
+
+
+def is_placeholder(url: str, width: float | None = None) -> bool:
+    """A ``data:`` candidate that only holds a place for the real image: a declared width of 1 px, an
+    undecodable URI, fewer than :data:`PLACEHOLDER_MAX_BYTES` bytes, or a 1x1/2x2 image by its header."""
+    if not _is_data(url):
+        return False
+    if width is not None and width <= 2:
+        return True
+    try:
+        data = parse_data_uri(url.strip()).data
+    except (ValueError, TypeError):
+        return True
+    if len(data) < PLACEHOLDER_MAX_BYTES:
+        return True
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width <= 2 and im.height <= 2
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
 
 
 def _best_candidate(value: str | None) -> str | None:
-    """Largest candidate of a srcset: by ``w`` (px), else by ``x`` density (none given = 1x)."""
+    """Largest candidate of a srcset: by ``w`` (px), else by ``x`` density (none given = 1x), placeholders
+    (:func:`is_placeholder`) only when nothing else is given."""
     if not value:
         return None
     cands = parse_srcset(value)
+    real = [c for c in cands if not is_placeholder(c[0], c[1])]
+    cands = real or cands  # a placeholder data: candidate never displaces a URL or a real data: image
     if not cands:
         return None
     return max(cands, key=lambda c: (c[1] is not None, c[1] or c[2] or 1.0))[0]
@@ -293,7 +334,8 @@ def _picture_source(node, dropped: Counter) -> str | None:
 def _image_src(node, dropped: Counter) -> str | None:
     """Source of one ``<img>``: the ``<picture>`` source, else the srcset choice, else the first real
     (non-``data:``) URL of the lazy-loading attributes and ``src``; a ``data:`` URL is used when no real
-    one is given (a srcset's ``data:`` candidate yields to a real lazy ``data-src``: a placeholder)."""
+    one is given (a srcset's ``data:`` candidate yields to a real lazy ``data-src``, and a placeholder one
+    (:func:`is_placeholder`) to a real ``src``)."""
     s = _picture_source(node, dropped)
     if s:
         return s
@@ -306,8 +348,8 @@ def _image_src(node, dropped: Counter) -> str | None:
     for v in lazy:
         if not _is_data(v):
             return v
-    if chosen:
-        return chosen
+    if chosen and not (src and not _is_data(src) and is_placeholder(chosen)):
+        return chosen  # a data: image from srcset; a placeholder one yields to a real src
     return src if src and not _is_data(src) else (src or next(iter(lazy), None))
 
 
@@ -435,6 +477,59 @@ def page_links(base: str, tree: LexborHTMLParser, frames: bool = False) -> list[
     return out
 
 
+def declared_languages(tree: LexborHTMLParser, content_language: str | None = None) -> list[tuple[str, str]]:
+    """The page's declared language tags, strongest first, as ``[(source, tag)]``: ``<html lang>``/``xml:lang``,
+    ``<meta>`` (content-language, language, dc.language, og:locale), the HTTP ``Content-Language``
+    header, the most common ``lang`` inside ``<body>``."""
+    declared: list[tuple[str, str]] = []
+    html = tree.css_first("html")
+    if html is not None:
+        for key in ("lang", "xml:lang"):
+            if html.attributes.get(key):
+                declared.append(("html", html.attributes[key]))
+    for meta in tree.css("meta"):
+        a = meta.attributes
+        name = (a.get("http-equiv") or a.get("name") or a.get("property") or "").lower()
+        if name in ("content-language", "language", "dc.language", "og:locale") and a.get("content"):
+            declared.append(("meta", a["content"]))
+    if content_language:
+        declared.append(("header", content_language))
+    if tree.body is not None:
+        inner = Counter(n.attributes.get("lang") for n in tree.body.css("[lang]") if n.attributes.get("lang"))
+        if inner:
+            declared.append(("body-lang", inner.most_common(1)[0][0]))
+    return declared
+
+
+def page_images(tree: LexborHTMLParser, base: str, dropped: Counter) -> list[ImageRef]:
+    """One :class:`ImageRef` per distinct (image URL, alt-text) of the page's ``<img>`` elements, in document
+    order. Counted in ``dropped``: ``img_without_src`` (no usable source attribute),
+    ``image_url_unusable`` (a URL that does not resolve to http(s)), ``duplicate_on_page`` (an
+    (image URL, alt) pair already taken from this page), ``picture_source_skipped``."""
+    images: list[ImageRef] = []
+    seen: set[tuple[str, str | None]] = set()
+    for node in tree.css("img"):
+        src = _image_src(node, dropped)
+        if not src:
+            dropped["img_without_src"] += 1
+            continue
+        data = err = None
+        if _is_data(src):
+            img_url, data, err = data_image(src)
+        else:
+            img_url = normalise_url(base, src)
+        if not img_url:
+            dropped["image_url_unusable"] += 1
+            continue
+        alt = normalise_alt(node.attributes.get("alt")) if "alt" in node.attributes else None
+        if (img_url, alt) in seen:
+            dropped["duplicate_on_page"] += 1
+            continue
+        seen.add((img_url, alt))
+        images.append(ImageRef(img_url, alt, data, err))
+    return images
+
+
 def parse_page(
     url: str, body: bytes, headers: list[tuple[str, str]] | None = None, lid_model: str | None = None,
     opt_out_directives=DEFAULT_DIRECTIVES, user_agent: str = "",
@@ -466,44 +561,9 @@ def parse_page(
     if why:
         raise AIOptOut(why)
 
-    declared: list[tuple[str, str]] = []
-    html = tree.css_first("html")
-    if html is not None:
-        for key in ("lang", "xml:lang"):
-            if html.attributes.get(key):
-                declared.append(("html", html.attributes[key]))
-    for meta in tree.css("meta"):
-        a = meta.attributes
-        name = (a.get("http-equiv") or a.get("name") or a.get("property") or "").lower()
-        if name in ("content-language", "language", "dc.language", "og:locale") and a.get("content"):
-            declared.append(("meta", a["content"]))
-    if hdr.get("content-language"):
-        declared.append(("header", hdr["content-language"]))
-    if tree.body is not None:
-        inner = Counter(n.attributes.get("lang") for n in tree.body.css("[lang]") if n.attributes.get("lang"))
-        if inner:
-            declared.append(("body-lang", inner.most_common(1)[0][0]))
-
-    images: list[ImageRef] = []
-    seen: set[tuple[str, str | None]] = set()
+    declared = declared_languages(tree, hdr.get("content-language"))
     dropped: Counter = Counter()
-    for node in tree.css("img"):
-        src = _image_src(node, dropped)
-        if not src:
-            continue
-        data = err = None
-        if _is_data(src):
-            img_url, data, err = data_image(src)
-        else:
-            img_url = normalise_url(base, src)
-        if not img_url:
-            dropped["image_url_unusable"] += 1
-            continue
-        alt = normalise_alt(node.attributes.get("alt")) if "alt" in node.attributes else None
-        if (img_url, alt) in seen:
-            continue
-        seen.add((img_url, alt))
-        images.append(ImageRef(img_url, alt, data, err))
+    images = page_images(tree, base, dropped)
 
     title = tree.css_first("title")
     vis = _visible_text(tree)
@@ -533,7 +593,8 @@ class ExtractStage(Stage):
     """
 
     name = "extract"
-    writes = ("id", "lang", "page_url", "image_url", "alt_text", "page_lang", "source", "image")  # image: data: URIs
+    writes = ("id", "lang", "page_url", "image_url", "alt_text", "page_lang", "source", "image",  # image: data: URIs
+              "warc_filename", "warc_record_offset", "warc_record_length")
     rejects = True
     pages_per_batch = 16
 
@@ -549,20 +610,16 @@ class ExtractStage(Stage):
         response records of ``path`` starting at byte ``offset`` (at most ``limit``; see
         :func:`mella.warc.slice_offsets`). A file that stops being readable WARC (truncated, corrupt
         gzip) ends its slice there, counted as ``dropped:warc_unreadable`` in the page stats."""
-        import hashlib
         import logging
-        import os
-        from collections import Counter
 
+        from mella.ccindex import load_provenance
         from mella.io import write_json_atomic
-        from mella.schema import record_id
-        from mella.stages.base import reject
-        from mella.stages.filters.langid import assign_language
         from mella.warc import WARC_READ_ERRORS, iter_responses
 
         stats: Counter = Counter()
         rows: list[dict] = []
         n_pages = 0
+        cc = load_provenance(path)  # a Common Crawl copy: rows name Common Crawl's record
         records = iter_responses(path, offset, limit)
         while True:
             try:
@@ -574,35 +631,13 @@ class ExtractStage(Stage):
                                                     path, offset, type(e).__name__, e)
                 stats["dropped:warc_unreadable"] += 1
                 break
-            if rec.status != 200 or rec.content_type not in ("text/html", "application/xhtml+xml"):
+            skip = record_skip_reason(rec)
+            if skip:
+                stats[f"records_skipped:{skip}"] += 1
                 continue
             n_pages += 1
             stats["pages_in"] += 1
-            try:
-                page = parse_page(rec.url, rec.body, rec.headers, self.langid_cfg.model_path,
-                                  self.opt_out_directives, self.user_agent)
-            except PageRejected as e:
-                row = {"id": record_id(None, rec.url, None), "page_url": rec.url, "source": source}
-                reject(row, self.name, e.reason, str(e))
-                rows.append(row)
-                stats[f"pages_rejected:{e.reason}"] += 1
-            else:
-                stats.update({f"dropped:{k}": v for k, v in page.dropped.items()})
-                cands = [c for c in page.candidate_langs if c in self.targets]
-                if not cands:
-                    lang = page.lang or "und"
-                    row = {"id": record_id(lang, rec.url, None), "lang": lang, "page_url": rec.url,
-                           "page_lang": page.lang_evidence, "source": source}
-                    reject(row, self.name, "page_lang_not_target", page.lang_evidence)
-                    rows.append(row)
-                    stats[f"pages_rejected:page_lang_not_target:{lang}"] += 1
-                else:
-                    stats[f"pages_out:{cands[0]}"] += 1
-                    for ref in page.images:
-                        lang = assign_language(ref.alt_text, cands, self.langid_cfg)
-                        rows.append({"id": record_id(lang, rec.url, ref.image_url), "lang": lang,
-                                     "page_url": rec.url, **ref.row_fields(),
-                                     "page_lang": page.lang_evidence, "source": source})
+            rows.extend(self.page_rows(rec, source, stats, cc.get(rec.offset)))
             if n_pages % self.pages_per_batch == 0 and rows:
                 yield rows
                 rows = []
@@ -610,3 +645,51 @@ class ExtractStage(Stage):
             yield rows
         name = hashlib.sha1(f"{path}@{offset}".encode()).hexdigest()[:16]
         write_json_atomic({"path": path, "offset": offset, **stats}, os.path.join(stats_dir, f"pages-{name}.json"))
+
+    def page_rows(self, rec, source: str, stats: Counter, origin: tuple[str, int, int] | None = None) -> list[dict]:
+        """Rows of one HTML response record (:class:`mella.warc.WarcResponse`): one per image candidate of a
+        target-language page, else one reject row; updates the page counters in ``stats``
+        (``pages_out:<lang>``, ``pages_rejected:<reason>``, ``dropped:<reason>``, ``images_out``).
+        ``origin``: the record's (WARC file, offset, length) where it came from (Common Crawl), else its own."""
+        from mella.schema import record_id
+        from mella.stages.base import reject
+        from mella.stages.filters.langid import assign_language
+
+        name, first, length = origin or (os.path.basename(rec.path) or None, rec.offset, rec.length)
+        prov = {"source": source, "warc_filename": name, "warc_record_offset": first if first >= 0 else None,
+                "warc_record_length": length if length >= 0 else None}
+        try:
+            page = parse_page(rec.url, rec.body, rec.headers, self.langid_cfg.model_path,
+                              self.opt_out_directives, self.user_agent)
+        except PageRejected as e:
+            row = {"id": record_id(None, rec.url, None), "page_url": rec.url, **prov}
+            reject(row, self.name, e.reason, str(e))
+            stats[f"pages_rejected:{e.reason}"] += 1
+            return [row]
+        stats.update({f"dropped:{k}": v for k, v in page.dropped.items()})
+        cands = [c for c in page.candidate_langs if c in self.targets]
+        if not cands:
+            lang = page.lang or "und"
+            row = {"id": record_id(lang, rec.url, None), "lang": lang, "page_url": rec.url,
+                   "page_lang": page.lang_evidence, **prov}
+            reject(row, self.name, "page_lang_not_target", page.lang_evidence)
+            stats[f"pages_rejected:page_lang_not_target:{lang}"] += 1
+            return [row]
+        stats[f"pages_out:{cands[0]}"] += 1
+        rows = []
+        for ref in page.images:
+            lang = assign_language(ref.alt_text, cands, self.langid_cfg)
+            rows.append({"id": record_id(lang, rec.url, ref.image_url), "lang": lang, "page_url": rec.url,
+                         **ref.row_fields(), "page_lang": page.lang_evidence, **prov})
+        stats["images_out"] += len(rows)
+        return rows
+
+
+def record_skip_reason(rec) -> str | None:
+    """Why a WARC response record is no page to extract (counted ``records_skipped:<reason>``), or None:
+    ``http_<status>`` for a status other than 200, ``not_html`` for another media type (images, robots.txt)."""
+    if rec.status != 200:
+        return f"http_{rec.status}"
+    if rec.content_type not in ("text/html", "application/xhtml+xml"):
+        return "not_html"
+    return None

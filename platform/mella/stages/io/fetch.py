@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 
-from mella.net import CrawlConfig, FetchError, Fetcher
+from mella.hostlimits import job_gate
+from mella.net import CrawlConfig, Fetcher, FetchError
 from mella.optout import header_opt_out
 from mella.stages.base import Stage
 from mella.warc import FailureLog, RotatingWarcWriter, WarcIndex, shard_paths
@@ -71,8 +73,10 @@ class ImageFetchStage(Stage):
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="fetch-loop", daemon=True)
         self._loop_thread.start()
+        # one lease service per job (mella.hostlimits): per-host limits hold across every actor and the crawl
+        gate = job_gate(self.cfg, os.path.normpath(self.index_dir or self.warc_dir or "."))
         self.fetcher = Fetcher(self.cfg, warc=self.writer, cache=self.index, offline=self.offline,
-                               concurrency=self.concurrency, failures=self.failures)
+                               concurrency=self.concurrency, failures=self.failures, gate=gate)
         self._run(self._open())
 
     async def _open(self) -> None:
