@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
 from mella import phash_index as pi
+from mella.stages.dedup.phash import _bands, _bucket_pairs
 
 THRESHOLDS = [0, 4, 6, 8, 10]
 
@@ -231,3 +234,37 @@ def test_larger_image_survives_then_smaller_id():
     assert [a.tolist() for a in pi.near_duplicate_drops([], 3)] == [[], []]
     with pytest.raises(ValueError):
         pi.near_duplicate_drops(h, 3, pixels=[1, 2])
+
+
+# ------------------------------------------------------------------ the build stage's pair search
+
+
+@pytest.mark.parametrize("t", [0, 4, 6])
+def test_stage_bucket_pairs_equal_brute_force(t):
+    """The pHash dedup stage's band rows and per-bucket search (the index's ``pairs_in_runs``) find exactly the
+    brute-force pairs within each language, at every planted distance 0..t + 2, however the bands are bucketed."""
+    rng = np.random.default_rng(200 + t)
+    base = rng.integers(0, 2**64, size=1500, dtype=np.uint64)
+    near = base[rng.integers(0, base.size, 1500)].copy()
+    flips = np.arange(near.size) % (t + 3)  # every distance 0..t + 2, planted
+    for q in range(near.size):
+        for b in rng.choice(64, flips[q], replace=False):
+            near[q] ^= np.uint64(1 << int(b))
+    h = np.concatenate([base, near])
+    lang = rng.choice(["hu", "cs"], h.size)
+    img = rng.permutation(h.size) * 3 + 1  # image ids are not row numbers
+    want = set()
+    for code in ("hu", "cs"):
+        rows = np.flatnonzero(lang == code)
+        want |= {(code, int(min(img[rows[i]], img[rows[j]])), int(max(img[rows[i]], img[rows[j]])), d)
+                 for i, j, d in brute_pairs(h[rows], t)}
+    assert len(want) > 200  # the planted pairs within t are there (the test cannot pass vacuously)
+    m = pi.choose_num_substrings(h.size, t)
+    table = pa.table({"lang": lang.tolist(), "img": img, "phash": pi.hashes_to_hex(h)})
+    for p in (1, 5):
+        bands = _bands(table, m, t, p)
+        got = []
+        for k in range(p):
+            out = _bucket_pairs(bands.filter(pc.equal(bands["bucket"], k)), m, t)
+            got += zip(out["lang"].to_pylist(), out["a"].to_pylist(), out["b"].to_pylist(), out["dist"].to_pylist())
+        assert len(got) == len(set(got)) and {(la, a, b, int(d)) for la, a, b, d in got} == want, (t, p)

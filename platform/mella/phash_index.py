@@ -59,6 +59,8 @@ not on shards, partitions or input order (given distinct ids).
 **Scale-out.** Tables are independent and their outputs disjoint (proof above), so
 :func:`find_pairs_distributed` runs groups of tables as Ray tasks over one shared (zero-copy)
 object-store copy of the unique hashes and concatenates; memory per node is 8 bytes per unique hash.
+The build's stage (:mod:`mella.stages.dedup.phash`) instead shuffles one band row per (image, table) with
+Ray Data and searches each bucket with the same :func:`pairs_in_runs`, so both find the same pairs.
 """
 
 from __future__ import annotations
@@ -229,6 +231,82 @@ def choose_num_substrings(n: int, threshold: int) -> int:
 # ---------------------------------------------------------------------------------------- index
 
 
+def table_masks(m: int, threshold: int) -> list[tuple[np.uint64, list[np.uint64]]]:
+    """The multi-index tables for m substrings at ``threshold``, by table id (module docstring).
+
+    Table id k is the k-th s-subset C of {0..m-1} (s = m - threshold) in ``itertools.combinations`` order.
+    Returns, per table: (uint64 mask of C's bit positions, uint64 masks of the substrings numbered below
+    max(C) that are not in C: a pair must differ on each of them to be emitted by this table).
+    """
+    subs = _substring_masks(m)
+    out = []
+    for combo in itertools.combinations(range(m), m - threshold):
+        mask = _U64(0)
+        for k in combo:
+            mask |= subs[k]
+        out.append((mask, [subs[k] for k in range(combo[-1]) if k not in combo]))
+    return out
+
+
+def _emitted_by(x: np.ndarray, table, tables) -> np.ndarray:
+    """bool (k,): pairs with XOR ``x`` (uint64 (k,)) that table ``table`` (an int, or int (k,) per pair) emits:
+    they agree on every substring of C (guards against key-hash collisions) and C is their first s agreeing
+    substrings, so each pair is emitted by exactly one table."""
+    if np.ndim(table) == 0:
+        mask, earlier = tables[int(table)]
+        ok = (x & mask) == 0
+        for e in earlier:
+            ok &= (x & e) != 0
+        return ok
+    ok = np.zeros(x.size, bool)
+    for k in np.unique(table):
+        sel = table == k
+        ok[sel] = _emitted_by(x[sel], k, tables)
+    return ok
+
+
+def pairs_in_runs(run: np.ndarray, rows: np.ndarray, h: np.ndarray, table, tables, threshold: int):
+    """Pairs within ``threshold`` bits among the candidates of the multi-index: rows in one run of equal ``run``.
+
+    The one pair search of the index (:func:`find_pairs`) and of the build's distributed stage
+    (:mod:`mella.stages.dedup.phash`). Runs are enumerated by offset (position p vs p + 1, p + 2, ...), so the
+    working memory of a big run stays O(n) per step; candidates are verified exactly and emitted only by
+    their first agreeing table (module docstring), so there are no false positives and no repeats.
+
+    Args:
+        run: (n,) run keys in sorted order (any dtype): equal values are adjacent; one run = one table's bucket.
+        rows: int64 (n,), the row (index into ``h``) at each sorted position.
+        h: uint64 (N,), the hashes, indexed by row.
+        table: the table id of every row: an int, or int (N,) indexed by row when tables are mixed.
+        tables: :func:`table_masks` of (m, ``threshold``).
+        threshold: maximum Hamming distance in bits.
+
+    Returns:
+        (i int64 (k,), j int64 (k,), distance uint8 (k,)): the rows of each pair; i comes first in the run.
+    """
+    n = run.size
+    p = np.flatnonzero(run[1:] == run[:-1])
+    out_i, out_j, out_d = [], [], []
+    d = 1
+    while p.size:
+        i, j = rows[p], rows[p + d]
+        x = h[i] ^ h[j]
+        dist = popcount64(x)
+        ok = dist <= threshold
+        if ok.any():
+            i, j, x, dist = i[ok], j[ok], x[ok], dist[ok]
+            ok = _emitted_by(x, table if np.ndim(table) == 0 else table[i], tables)
+            out_i.append(i[ok])
+            out_j.append(j[ok])
+            out_d.append(dist[ok])
+        d += 1
+        p = p[p + d < n]
+        p = p[run[p + d] == run[p]]
+    if not out_i:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint8)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+
+
 def _pairs_in_tables(uniq: np.ndarray, threshold: int, m: int, table_ids: Sequence[int]):
     """Pairs (i < j) of *distinct* hashes in ``uniq`` within ``threshold``, from the given tables.
 
@@ -236,9 +314,7 @@ def _pairs_in_tables(uniq: np.ndarray, threshold: int, m: int, table_ids: Sequen
     table of the full set (module docstring), so results of disjoint table sets can be concatenated.
     """
     n = uniq.size
-    s = m - threshold
-    subs = _substring_masks(m)
-    combos = list(itertools.combinations(range(m), s))
+    tables = table_masks(m, threshold)
     idx_bits = max(1, int(n - 1).bit_length())
     if idx_bits > 32:
         raise ValueError(f"too many hashes for one index: {n}")
@@ -247,33 +323,13 @@ def _pairs_in_tables(uniq: np.ndarray, threshold: int, m: int, table_ids: Sequen
     positions = np.arange(n, dtype=_U64)
     out_i, out_j, out_d = [], [], []
     for tid in table_ids:
-        combo = combos[tid]
-        mask = _U64(0)
-        for k in combo:
-            mask |= subs[k]
-        earlier = [subs[k] for k in range(combo[-1]) if k not in combo]
-        # key hash: top (64 - idx_bits) bits of (h & mask) * golden; the index fills the low bits
-        packed = np.sort(((uniq & mask) * _GOLDEN) >> shift << shift | positions)
-        key = packed >> shift
-        order = (packed & low).astype(np.int64)
-        p = np.flatnonzero(key[1:] == key[:-1])
-        d = 1
-        while p.size:
-            a, b = order[p], order[p + d]  # a < b: equal keys are sorted by index
-            x = uniq[a] ^ uniq[b]
-            dist = popcount64(x)
-            ok = dist <= threshold
-            if ok.any():
-                a, b, x, dist = a[ok], b[ok], x[ok], dist[ok]
-                ok = (x & mask) == 0  # really equal on C, not just a key-hash collision
-                for e in earlier:  # C is the first s agreeing substrings: emitted once
-                    ok &= (x & e) != 0
-                out_i.append(a[ok])
-                out_j.append(b[ok])
-                out_d.append(dist[ok])
-            d += 1
-            p = p[p + d < n]
-            p = p[key[p + d] == key[p]]
+        # key hash: top (64 - idx_bits) bits of (h & mask) * golden; the index fills the low bits, so equal
+        # keys form runs with ascending indices
+        packed = np.sort(((uniq & tables[tid][0]) * _GOLDEN) >> shift << shift | positions)
+        i, j, dist = pairs_in_runs(packed >> shift, (packed & low).astype(np.int64), uniq, tid, tables, threshold)
+        out_i.append(i)
+        out_j.append(j)
+        out_d.append(dist)
     if not out_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint8)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)

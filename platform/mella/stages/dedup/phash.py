@@ -4,7 +4,8 @@ Each decoded image gets a 64-bit pHash (``imagehash.phash``, in :mod:`mella.stag
 each target language, distinct images whose pHashes are within ``threshold`` bits (Hamming distance)
 are near-duplicates; :func:`mella.phash_index.find_pairs` finds every such pair with an exact
 multi-index hash (sub-quadratic), run distributed: each table's band key shuffled with Ray Data,
-pairs found per bucket in tasks and written as Parquet (:func:`phash_pairs`); the survivor rule of
+pairs found per bucket in tasks by the index's own search (:func:`mella.phash_index.pairs_in_runs`) and
+written as Parquet (:func:`phash_pairs`); the survivor rule of
 :mod:`mella.stages.dedup.near_dup` (priority, same-page exemption) decides which images go. Every row
 showing a dropped image is rejected (reason ``near_duplicate``, detail: distance and the kept image).
 
@@ -22,7 +23,6 @@ changes are left to CNN semantic dedup. Photo corpora can afford 6–8 (``filter
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import numpy as np
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import ray
 from pydantic import Field
 
-from mella.phash_index import _GOLDEN, _substring_masks, choose_num_substrings, hashes_from_hex, num_tables, popcount64
+from mella.phash_index import _GOLDEN, choose_num_substrings, hashes_from_hex, num_tables, pairs_in_runs, table_masks
 from mella.resources import Strict
 from mella.stages.dedup.near_dup import NearDupStage, distinct_images, drops_from_pairs, shuffle_dir, write_pairs
 from mella.stages.dedup.shuffle import bucket_groupby, num_partitions
@@ -48,12 +48,8 @@ def _bands(t: pa.Table, m: int, threshold: int, p: int) -> pa.Table:
     """One row per (image, multi-index table): the table's substring bits of the pHash (``masked``) and the
     shuffle bucket of (table, masked) in ``[0, p)``."""
     h = hashes_from_hex(t["phash"].to_pylist())
-    subs = _substring_masks(m)
     out = []
-    for k, combo in enumerate(itertools.combinations(range(m), m - threshold)):
-        mask = np.uint64(0)
-        for c in combo:
-            mask |= subs[c]
+    for k, (mask, _earlier) in enumerate(table_masks(m, threshold)):
         masked = h & mask
         with np.errstate(over="ignore"):
             mix = (masked ^ np.uint64(k)) * _GOLDEN
@@ -64,38 +60,17 @@ def _bands(t: pa.Table, m: int, threshold: int, p: int) -> pa.Table:
 
 
 def _bucket_pairs(t: pa.Table, m: int, threshold: int) -> pa.Table:
-    """Pairs within ``threshold`` bits among one bucket's band rows: equal (table, lang, masked) runs,
-    verified exactly and emitted only by the pair's first agreeing table (proof in :mod:`mella.phash_index`)."""
-    subs = _substring_masks(m)
-    combos = list(itertools.combinations(range(m), m - threshold))
+    """Pairs within ``threshold`` bits among one bucket's band rows: runs of equal (table, lang, masked), searched
+    by the index's :func:`mella.phash_index.pairs_in_runs` (verified exactly, each pair from one table only)."""
     lang_codes = pc.dictionary_encode(t["lang"]).combine_chunks()
     lcode = lang_codes.indices.to_numpy()
     tab, masked = t["table"].to_numpy(), t["masked"].to_numpy()
     h, img = t["h"].to_numpy(), t["img"].to_numpy()
     o = np.lexsort((img, masked, lcode, tab))
-    tab, masked, lcode, h, img = tab[o], masked[o], lcode[o], h[o], img[o]
-    n = len(o)
-    same = lambda a, b: (tab[a] == tab[b]) & (masked[a] == masked[b]) & (lcode[a] == lcode[b])  # noqa: E731
-    p = np.flatnonzero(same(np.arange(n - 1), np.arange(1, n))) if n > 1 else np.empty(0, np.int64)
-    oi, oj, od = [], [], []
-    d = 1
-    while p.size:
-        a, b = p, p + d
-        x = h[a] ^ h[b]
-        dist = popcount64(x)
-        ok = dist <= threshold
-        for k in np.unique(tab[a[ok]]) if ok.any() else []:  # C is the first s agreeing substrings
-            sel = ok & (tab[a] == k)
-            for e in [subs[c] for c in range(combos[k][-1]) if c not in combos[k]]:
-                ok[sel] &= (x[sel] & e) != 0
-        oi.append(a[ok])
-        oj.append(b[ok])
-        od.append(dist[ok])
-        d += 1
-        p = p[p + d < n]
-        p = p[same(p, p + d)]
-    a, b = (np.concatenate(oi), np.concatenate(oj)) if oi else (np.empty(0, np.int64),) * 2
-    dist = np.concatenate(od) if od else np.empty(0, np.uint8)
+    ts, ms, ls = tab[o], masked[o], lcode[o]
+    new_run = (ts[1:] != ts[:-1]) | (ms[1:] != ms[:-1]) | (ls[1:] != ls[:-1])
+    run = np.concatenate(([0], np.cumsum(new_run)))[: len(o)]  # run id per sorted row: one table's bucket
+    a, b, dist = pairs_in_runs(run, o, h, tab, table_masks(m, threshold), threshold)
     langs = pa.DictionaryArray.from_arrays(pa.array(lcode[a], pa.int32()), lang_codes.dictionary).cast(pa.string())
     return pa.table({"lang": langs, "a": pa.array(np.minimum(img[a], img[b])), "b": pa.array(np.maximum(img[a], img[b])),
                      "dist": pa.array(dist.astype(np.float64))})
