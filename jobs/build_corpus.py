@@ -159,6 +159,24 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
         raise console.UsageError(f"{e} (fix --stage / stages.extra or the stage's config)") from None
 
 
+def write_report_and_card(output: str, debug: bool = False) -> bool:
+    """The corpus report and the dataset card (jobs/inspect_corpus.py writes them again). A failure of either is
+    one warning line naming the step and the retry; the rows are written and stand. Returns whether both were."""
+    from mella import dataset_card, report  # noqa: PLC0415
+
+    ok = True
+    for step, write in (("report", report.write_report), ("dataset card", dataset_card.write_card)):
+        try:
+            print(f"{step}: {write(output)}", flush=True)
+        except Exception as e:  # noqa: BLE001 - any failure here is reported, the rows are already written
+            ok = False
+            console.warn(f"the {step} step failed ({type(e).__name__}: {e}); the rows in {output} stand; "
+                         f"retry with: python jobs/inspect_corpus.py {output}")
+            if debug:
+                raise
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     console.setup(args.quiet, args.verbose)
@@ -211,10 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(funnel, timing), flush=True)
         print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)  "
               f"[{time.monotonic() - t0:.0f} s]", flush=True)
-        from mella import dataset_card, report  # noqa: PLC0415 - the corpus report and card (jobs/inspect_corpus.py)
-
-        print(f"report: {report.write_report(cfg.output)}\ndataset card: {dataset_card.write_card(cfg.output)}", flush=True)
-        done = True
+        done = True  # the rows stand: the report and the card after them never fail the job
+        write_report_and_card(cfg.output, args.debug)
     finally:
         progress.close()
         if demo is not None:

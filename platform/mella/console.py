@@ -180,6 +180,11 @@ def say(msg: str, stream: TextIO | None = None) -> None:
         print(msg, file=stream or sys.stdout, flush=True)
 
 
+def warn(msg: str) -> None:
+    """One ``warning: ...`` line on stderr (shown with -q too)."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
 class Progress:
     """One status line per phase: ``PHASE  text  elapsed``.
 

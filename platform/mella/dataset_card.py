@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import uuid
 from collections import Counter
 from urllib.parse import urlsplit
@@ -71,6 +72,7 @@ def partition_by_language(directory: str, rows_per_file: int = 50_000) -> dict[s
             w = writers[lang] = [pq.ParquetWriter(os.path.join(staging, name), schema, compression="zstd"), 0]
         return w
 
+    done = False
     try:
         for f in files:
             for rb in pq.ParquetFile(f).iter_batches(batch_size=8192):
@@ -82,9 +84,12 @@ def partition_by_language(directory: str, rows_per_file: int = 50_000) -> dict[s
                     w = writer_for(lang, rb.schema)
                     w[0].write_batch(part)
                     w[1] += part.num_rows
+        done = True
     finally:
         for w in writers.values():
             w[0].close()
+        if not done:  # a failed rewrite leaves the original parts and no staging folder
+            shutil.rmtree(staging, ignore_errors=True)
     replace_dir(staging, directory)
     return dict(sorted(names.items()))
 
