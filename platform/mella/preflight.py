@@ -60,6 +60,31 @@ def check_seeds(path: str, base_url: str | None = None) -> int:
     return len(seeds)
 
 
+def check_seed_hosts(path: str, base_url: str | None, allow: list[str]) -> None:
+    """Not every seed may be refused by the SSRF guard (:class:`mella.net.AddressPolicy`): a seed list whose
+    hosts are all IP literals or ``localhost`` outside ``allow`` would crawl nothing. Names are not resolved
+    here (no DNS before the run). Call after :func:`check_seeds`. Raises :class:`UsageError`."""
+    import ipaddress  # noqa: PLC0415
+
+    from mella.crawl import read_seeds  # noqa: PLC0415
+    from mella.net import AddressPolicy  # noqa: PLC0415
+
+    policy = AddressPolicy(allow)
+    hosts = {URL(s.url).host or "" for s in read_seeds(str(path), base_url)}
+    refused = set()
+    for host in hosts:
+        ip = "127.0.0.1" if host == "localhost" else host.strip("[]")
+        try:
+            ipaddress.ip_address(ip.split("%")[0])
+        except ValueError:
+            return  # a name: resolved (and guarded) at crawl time
+        if not policy.permits(ip):
+            refused.add(host)
+    if hosts and refused == hosts:
+        raise UsageError(f"every seed host is a private address ({', '.join(sorted(refused))}), refused by the SSRF "
+                         f"guard: pass --allow-private-hosts {','.join(sorted(refused))} to crawl it")
+
+
 def check_warcs(patterns: list[str]) -> list[str]:
     """Every ``--warc`` path/glob matches ``.warc``/``.warc.gz`` files; returns them. Raises :class:`UsageError`."""
     from mella.warc import expand_warc_paths  # noqa: PLC0415
