@@ -77,3 +77,26 @@ def test_quiet_prints_no_progress(level):
 
 def test_eta_durations():
     assert [_duration(s) for s in (5, 89.4, 600, 5399, 12_600)] == ["5 s", "89 s", "10 min", "90 min", "3.5 h"]
+
+
+def test_progress_line_carries_an_eta(level, monkeypatch):
+    """Crawl shards (``N/M``) and rows inside a unit (``N candidate rows done, K still in``) get an ETA from the
+    rate since the phase's first figure; a text with its own ETA gets no second one."""
+    level()
+    clock = [1000.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    p = console.Progress(out, interval_s=0.0)
+    p.start("crawl", "0/10 shards done")
+    clock[0] += 30
+    p.update("3/10 shards done, 40 pages")  # 3 shards in 30 s: 7 left → 70 s
+    assert out.getvalue().splitlines()[-1].endswith("[30 s, ETA 70 s]"), out.getvalue()
+    p.start("images", "unit 1/4, ETA 9 min, 0 candidate rows done, 0 still in")
+    clock[0] += 10
+    p.update("unit 1/4, ETA 9 min, 200 candidate rows done, 1200 still in")  # 20 rows/s: 1200 → 60 s
+    assert out.getvalue().splitlines()[-1].endswith("[10 s, unit ETA 60 s]"), out.getvalue()
+    p.start("write", "d_know/ and rejects/ (unit 2/4, ETA 5 min)")
+    clock[0] += 5
+    p.update("d_know/ and rejects/ (unit 3/4, ETA 2 min)")
+    p.close()
+    assert "ETA 2 min)  [5 s]" in out.getvalue() and "\x1b" not in out.getvalue()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -43,6 +44,9 @@ HARMLESS = ("Token authentication is enabled for this Ray cluster",
             )
 
 _level = NORMAL
+#: progress figures in a phase's text (:meth:`Progress._eta`)
+_OF = re.compile(r"\b(\d+)/(\d+)\b")
+_ROWS = re.compile(r"\b(\d+) candidate rows done, (\d+) still in\b")
 
 
 class UsageError(SystemExit):
@@ -180,6 +184,11 @@ def say(msg: str, stream: TextIO | None = None) -> None:
         print(msg, file=stream or sys.stdout, flush=True)
 
 
+def duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"3.5 h"``: an ETA for a progress line."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def warn(msg: str) -> None:
     """One ``warning: ...`` line on stderr (shown with -q too)."""
     print(f"warning: {msg}", file=sys.stderr, flush=True)
@@ -202,6 +211,7 @@ class Progress:
         self.text = ""
         self.t0 = self.last = 0.0
         self._printed: str | None = None
+        self._first: tuple[float, int] | None = None  # (time, done) of the phase's first progress figure
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -211,7 +221,7 @@ class Progress:
         """End the current phase (if any) and start ``phase``."""
         with self._lock:
             self._end_locked()
-            self.phase, self.text, self.t0, self.last = phase, text, time.monotonic(), 0.0
+            self.phase, self.text, self.t0, self.last, self._first = phase, text, time.monotonic(), 0.0, None
             self._emit_locked(force=self.tty)
         if self.enabled and self._thread is None:
             self._thread = threading.Thread(target=self._tick, daemon=True, name="mella-progress")
@@ -244,7 +254,31 @@ class Progress:
 
     # -- internals
     def _line(self) -> str:
-        return f"{self.phase:<10} {self.text}  [{time.monotonic() - self.t0:.0f} s]"
+        eta = self._eta()
+        return f"{self.phase:<10} {self.text}  [{time.monotonic() - self.t0:.0f} s{eta}]"
+
+    def _eta(self) -> str:
+        """An ETA from the text's progress figures, at the rate measured since the phase's first figure: inside a
+        unit (``N candidate rows done, K still in``) ``", unit ETA 40 s"``; else from ``N/M`` (crawl shards)
+        ``", ETA 3 min"`` unless the text carries its own ETA. "" until two figures have been seen."""
+        m = _ROWS.search(self.text)
+        label = "unit ETA"
+        if m:
+            done, left = int(m[1]), int(m[2])
+        else:
+            m = None if "ETA" in self.text else _OF.search(self.text)
+            if not m:
+                return ""
+            done, left, label = int(m[1]), int(m[2]) - int(m[1]), "ETA"
+        now = time.monotonic()
+        if self._first is None or done < self._first[1]:
+            self._first = (now, done)
+            return ""
+        t_first, d_first = self._first
+        if done <= d_first or left <= 0:
+            return ""
+        secs = (now - t_first) / (done - d_first) * left
+        return f", {label} {duration(secs)}"
 
     def _emit_locked(self, force: bool) -> None:
         if not self.enabled or self.phase is None:
