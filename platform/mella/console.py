@@ -133,6 +133,30 @@ def ray_init_kwargs() -> dict:
 _stderr_filtered = False
 
 
+#: ANSI escape sequences (CSI and OSC): Ray colours its worker prefixes even when stderr is a pipe
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+#: library chatter that is no warning of ours (shown with -v): lines a Ray actor or task printed, prefixed
+#: ``(Name pid=N)``, e.g. Serve's controller at shutdown; DeepSpeed's logger (``[date] [WARNING] [file.py:N:fn]``)
+#: and its op-builder notes (`` [WARNING]  async_io requires ...``)
+LIBRARY_LINES = (re.compile(rb"^\(\S[^\n]*? pid=\d+(?:, ip=[\d.]+)?\)"),
+                 re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+\] \[(?:WARNING|INFO)\] \[[\w.]+\.py:\d+:\w+\]"),
+                 re.compile(rb"^ ?\[WARNING\] {1,2}\S"))
+
+
+def _line_filter(patterns: tuple[str, ...], tty: bool) -> Callable[[bytes], bytes | None]:
+    """``keep(line)``: None for a line to drop (one of ``patterns``, or :data:`LIBRARY_LINES` once ANSI is
+    stripped), else the line, without escape codes unless ``tty``."""
+    pats = [p.encode() for p in patterns]
+
+    def keep(line: bytes) -> bytes | None:
+        plain = _ANSI.sub(b"", line)
+        if any(p in plain for p in pats) or any(rx.match(plain) for rx in LIBRARY_LINES):
+            return None
+        return line if tty else plain
+
+    return keep
+
+
 def filter_stderr(patterns: tuple[str, ...] = HARMLESS) -> None:
     """Drop lines holding any of ``patterns`` from everything written to file descriptor 2 by this process.
 
@@ -150,7 +174,7 @@ def filter_stderr(patterns: tuple[str, ...] = HARMLESS) -> None:
     r, w = os.pipe()
     os.dup2(w, 2)
     os.close(w)
-    pats = [p.encode() for p in patterns]
+    keep = _line_filter(patterns, tty=os.isatty(orig))
 
     def pump() -> None:
         with os.fdopen(r, "rb", buffering=0) as f:
@@ -158,11 +182,11 @@ def filter_stderr(patterns: tuple[str, ...] = HARMLESS) -> None:
             while chunk := f.read(65536):
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
-                out = b"".join(line + b"\n" for line in lines if not any(p in line for p in pats))
+                out = b"".join(kept + b"\n" for kept in map(keep, lines) if kept is not None)
                 if out:
                     os.write(orig, out)
-            if buf and not any(p in buf for p in pats):
-                os.write(orig, buf)
+            if buf and (kept := keep(buf)) is not None:
+                os.write(orig, kept)
 
     t = threading.Thread(target=pump, daemon=True, name="mella-stderr-filter")
     t.start()
