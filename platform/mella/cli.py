@@ -45,7 +45,7 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None, overrides: bool =
     if "--set" in rest or any(r.startswith("--set=") for r in rest):
         raise UsageError("--set is not a flag: write settings as bare key=value after the flags, e.g. lr=2e-5 "
                          f"(see {ap.prog} --help)")
-    bad = [r for r in rest if r.startswith("-") or "=" not in r or r.startswith("=")]
+    bad = [r for r in rest if r.startswith(("-", "=")) or "=" not in r]
     if bad:
         raise UsageError(f"unrecognized arguments: {' '.join(bad)} (lists are comma-separated, e.g. --langs hu,ko; "
                          f"settings go as key=value; see {ap.prog} --help)")
