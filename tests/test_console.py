@@ -117,3 +117,22 @@ def test_piped_stderr_filter_drops_library_lines_and_escape_codes():
                                         b"warning: the report step failed (ValueError: x); the rows in out stand",
                                         b"e2e.py: error: something"]
     assert console._line_filter((), tty=True)(b"\x1b[33mcoloured\x1b[0m") == b"\x1b[33mcoloured\x1b[0m"
+
+
+def test_deepspeed_warnings_only_with_verbose(level, capsys):
+    """DeepSpeed logs to stdout through its own handler ("Setting accelerator to CPU" on a CPU machine): hidden
+    unless -v, errors always shown. Uses DeepSpeed's real logger."""
+    import logging
+
+    level()
+    from deepspeed.utils import logger  # its import may warn about the accelerator: hidden too
+
+    logger.warning("a DeepSpeed warning")
+    logger.error("a real DeepSpeed error")
+    out = capsys.readouterr().out
+    assert "WARNING" not in out and "a real DeepSpeed error" in out, out
+    for f in list(logging.getLogger("DeepSpeed").filters):
+        logging.getLogger("DeepSpeed").removeFilter(f)
+    level(verbose=True)
+    logger.warning("shown with -v")
+    assert "shown with -v" in capsys.readouterr().out

@@ -90,6 +90,8 @@ def setup(quiet: bool = False, verbose: bool = False) -> int:
 
         # Ray Data: an actor pool sized for many inputs got one WARC file (the demo); harmless
         warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+        # DeepSpeed's own logger writes to stdout (no fd-2 filter reaches it): its warnings only with -v
+        logging.getLogger("DeepSpeed").addFilter(_ErrorsOnly())
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Writing model shards" bars
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     return _level
@@ -97,6 +99,13 @@ def setup(quiet: bool = False, verbose: bool = False) -> int:
 
 def level() -> int:
     return _level
+
+
+class _ErrorsOnly(logging.Filter):
+    """Keeps a library logger's errors, drops its info and warnings (they are not ours to show without -v)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 class _HarmlessFilter(logging.Filter):
