@@ -136,3 +136,16 @@ def test_deepspeed_warnings_only_with_verbose(level, capsys):
     level(verbose=True)
     logger.warning("shown with -v")
     assert "shown with -v" in capsys.readouterr().out
+
+
+def test_eta_from_the_phase_start_when_the_first_figure_comes_late(level, monkeypatch):
+    level()
+    clock = [50.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    p = console.Progress(out, interval_s=0.0)
+    p.start("train", "3 adapters, 6 steps each")
+    clock[0] += 40
+    p.update("1/3 adapters done")  # 40 s for the first: 2 left → 80 s
+    p.close()
+    assert "1/3 adapters done  [40 s, ETA 80 s]" in out.getvalue(), out.getvalue()

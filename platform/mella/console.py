@@ -291,7 +291,7 @@ class Progress:
         return f"{self.phase:<10} {self.text}  [{time.monotonic() - self.t0:.0f} s{eta}]"
 
     def _eta(self) -> str:
-        """An ETA from the text's progress figures, at the rate measured since the phase's first figure: inside a
+        """An ETA from the text's progress figures, at the rate measured since the phase's start: inside a
         unit (``N candidate rows done, K still in``) ``", unit ETA 40 s"``; else from ``N/M`` (crawl shards)
         ``", ETA 3 min"`` unless the text carries its own ETA. "" until two figures have been seen."""
         m = _ROWS.search(self.text)
@@ -304,9 +304,10 @@ class Progress:
                 return ""
             done, left, label = int(m[1]), int(m[2]) - int(m[1]), "ETA"
         now = time.monotonic()
-        if self._first is None or done < self._first[1]:
-            self._first = (now, done)
-            return ""
+        if self._first is None or done < self._first[1]:  # the phase started at 0 done unless a figure says more
+            self._first = (self.t0, 0) if done == 0 or self._first is None and now - self.t0 > 1 else (now, done)
+            if self._first[1] == done:
+                return ""
         t_first, d_first = self._first
         if done <= d_first or left <= 0:
             return ""
