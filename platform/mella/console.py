@@ -147,7 +147,7 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 #: library chatter that is no warning of ours (shown with -v): lines a Ray actor or task printed, prefixed
 #: ``(Name pid=N)``, e.g. Serve's controller at shutdown; DeepSpeed's logger (``[date] [WARNING] [file.py:N:fn]``)
 #: and its op-builder notes (`` [WARNING]  async_io requires ...``)
-LIBRARY_LINES = (re.compile(rb"^\(\S[^\n]*? pid=\d+(?:, ip=[\d.]+)?\)"),
+LIBRARY_LINES = (re.compile(rb"^\((?:raylet|gcs_server|\S[^\n]*? pid=\d+(?:, ip=[\d.]+)?)\)"),
                  re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+\] \[(?:WARNING|INFO)\] \[[\w.]+\.py:\d+:\w+\]"),
                  re.compile(rb"^ ?\[WARNING\] {1,2}\S"))
 
