@@ -3,7 +3,8 @@
     python jobs/build_corpus.py                                   # embedded demo web → ./mella_out
     python jobs/build_corpus.py --seeds FILE --output DIR [--allow-private-hosts [CIDR,...]] [--langs ar,cs] [--max-pages N]
     python jobs/build_corpus.py --warc GLOB [--warc GLOB ...] --output DIR [--offline]
-    python jobs/build_corpus.py --config build.yaml crawl.max_depth=3 ray.image_pool.pool_size=4
+    python jobs/build_corpus.py --config examples/paper_scale.yaml crawl.max_depth=3 ray.image_pool.pool_size=4
+    python jobs/build_corpus.py --config examples/common_crawl.yaml --print-config   # the effective settings
     python jobs/build_corpus.py --seeds FILE --output DIR --stage 'my_filters:AspectRatioFilter@resolution max_ratio=3'
     python jobs/build_corpus.py --seeds FILE --output DIR --d-ling --caption-model /models/Qwen2-VL-7B-Instruct \
         --mt-model /models/nllb-200-distilled-600M --translate-to hu,th --num-gpus 1
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from _bootstrap import ROOT
 
-from mella import console, preflight
-from mella.config import BuildConfig, apply_overrides, load_yaml
+from mella import cli, console, preflight
+from mella.config import BuildConfig, apply_overrides
 from mella.demo import DEFAULT_PORT
 
 
@@ -43,11 +44,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("--offline", action="store_true", help="never fetch: images missing from the WARCs are rejected")
     ap.add_argument("--allow-private-hosts", nargs="?", const="*", default=None,
                     help="let the SSRF guard through: '*' (bare flag) or comma-separated IPs/CIDRs")
-    ap.add_argument("--langs", help="comma-separated target languages (default: all configured)")
+    ap.add_argument("--langs", type=cli.comma_list, help="comma-separated target languages (default: all configured)")
     ap.add_argument("--max-pages", type=int, help="page budget per registered domain")
     ap.add_argument("--retry-failed", action="store_true",
                     help="refetch URLs whose earlier failure was transient (timeouts, 5xx); permanent ones never are")
-    ap.add_argument("--config", help="YAML file with BuildConfig fields")
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
     ap.add_argument("--stage", action="append", default=[], metavar="'MODULE:CLASS[@AFTER] [KEY=VALUE ...]'",
                     help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER, KEY=VALUE "
@@ -69,17 +69,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     g.add_argument("--mt-model", help="local seq2seq MT checkpoint dir (NLLB-200, M2M100 or multi-target Marian)")
     g.add_argument("--translate-to", help="comma-separated languages for each caption (default: the image page's language)")
     g.add_argument("--num-gpus", type=float, help="GPUs per model actor (caption, translate, categorise, embed, NSFW)")
+    cli.add_config_flags(ap, "BuildConfig")
     console.add_console_flags(ap)
-    args, rest = ap.parse_known_args(argv)
-    bad = [o for o in rest if "=" not in o or o.startswith("-")]
-    if bad:
-        raise console.UsageError(f"unrecognized arguments: {' '.join(bad)} (see build_corpus.py --help; "
-                                 "settings go as key=value, e.g. crawl.max_depth=3)")
-    return args, rest
+    return cli.parse(ap, argv)
 
 
 def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
-    data = load_yaml(args.config) if args.config else {}
+    data = cli.load_config(args.config)
     if args.output:
         data["output"] = args.output
     if args.seeds:
@@ -89,7 +85,7 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
     if args.offline:
         data["offline"] = True
     if args.langs:
-        data["langs"] = [x.strip() for x in args.langs.split(",") if x.strip()]
+        data["langs"] = args.langs
     crawl = data.setdefault("crawl", {})
     if args.allow_private_hosts is not None:
         crawl["allow_private_hosts"] = [x.strip() for x in args.allow_private_hosts.split(",") if x.strip()]
@@ -139,8 +135,8 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
 
 def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
     """Everything the run needs, before Ray or a server starts (mella.preflight); raises console.UsageError."""
-    if args.seeds:
-        preflight.check_seeds(args.seeds, args.base_url)
+    if cfg.seeds:
+        preflight.check_seeds(str(cfg.seeds), args.base_url)
     if cfg.warc:
         preflight.check_warcs(cfg.warc)
     preflight.check_langs(cfg.langs)
@@ -164,8 +160,8 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
         raise console.UsageError(f"{e} (fix --stage / stages.extra or the stage's config)") from None
     if not os.environ.get("RAY_ADDRESS"):  # a local Ray: its CPUs are known now (GPUs once it runs: check_resources)
         check_resources(plan, cfg.ray.num_cpus or os.cpu_count() or 1, float("inf"))
-    if args.seeds:  # last: the other checks name their own problem first
-        preflight.check_seed_hosts(args.seeds, args.base_url, cfg.crawl.allow_private_hosts)
+    if cfg.seeds:  # last: the other checks name their own problem first
+        preflight.check_seed_hosts(str(cfg.seeds), args.base_url, cfg.crawl.allow_private_hosts)
 
 
 def check_resources(plan: list, cpus: float, gpus: float) -> None:
@@ -198,11 +194,30 @@ def common_crawl_pages(index: str, cfg: BuildConfig) -> BuildConfig:
     return cfg.model_copy(update={"warc": [path]})
 
 
+def write_report_and_card(output: str, debug: bool = False) -> bool:
+    """The corpus report and the dataset card (jobs/inspect_corpus.py writes them again). A failure of either is
+    one warning line naming the step and the retry; the rows are written and stand. Returns whether both were."""
+    from mella import dataset_card, report  # noqa: PLC0415
+
+    ok = True
+    for step, write in (("report", report.write_report), ("dataset card", dataset_card.write_card)):
+        try:
+            print(f"{step}: {write(output)}", flush=True)
+        except Exception as e:  # noqa: BLE001 - any failure here is reported, the rows are already written
+            ok = False
+            console.warn(f"the {step} step failed ({type(e).__name__}: {e}); the rows in {output} stand; "
+                         f"retry with: python jobs/inspect_corpus.py {output}")
+            if debug:
+                raise
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     console.setup(args.quiet, args.verbose)
     demo_dir = ROOT / "demo_web"
-    if not args.seeds and not args.warc and not args.cc_index:
+    given = {**cli.load_config(args.config), **cli.set_dotted({}, [o for o in overrides if "." not in o.split("=")[0]])}
+    if not args.seeds and not args.warc and not args.cc_index and not given.get("seeds") and not given.get("warc"):
         # Embedded default: serve the bundled demo web on 127.0.0.1 and crawl it.
         args.seeds = str(demo_dir / "seeds.txt")
         args.base_url = f"http://127.0.0.1:{args.demo_port or 1}"  # the real port is known once the server runs
@@ -210,17 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         args.allow_private_hosts = args.allow_private_hosts or "127.0.0.1"
         overrides = ["crawl.politeness_delay_s=0", *overrides]
         demo_port = args.demo_port
-        preflight.check_port_free(demo_port, "--demo-port")
     else:
         demo_port = None
-    if not args.output:
+    if not args.output and not given.get("output"):
         raise console.UsageError("--output DIR is required with --seeds/--warc/--cc-index")
-    if sum(map(bool, (args.seeds, args.warc, args.cc_index))) > 1:
+    if sum(map(bool, (args.seeds or given.get("seeds"), args.warc or given.get("warc"), args.cc_index))) > 1:
         raise console.UsageError("give one of --seeds, --warc, --cc-index")
     if args.d_ling and not args.caption_model and not args.config and not any(o.startswith("d_ling.caption") for o in overrides):
         raise console.UsageError("--d-ling needs --caption-model DIR (a local Qwen2-VL or InternVL2 checkpoint; "
                                  "python jobs/make_tiny_model.py --output DIR makes a tiny random one for a trial)")
     cfg = build_config(args, overrides)
+    if args.print_config:
+        return cli.print_config(cfg)
+    if demo_port is not None:
+        preflight.check_port_free(demo_port, "--demo-port")
     check_inputs(args, cfg)
     if args.cc_index:
         cfg = common_crawl_pages(args.cc_index, cfg)
@@ -256,10 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(funnel, timing), flush=True)
         print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)  "
               f"[{time.monotonic() - t0:.0f} s]", flush=True)
-        from mella import dataset_card, report  # noqa: PLC0415 - the corpus report and card (jobs/inspect_corpus.py)
-
-        print(f"report: {report.write_report(cfg.output)}\ndataset card: {dataset_card.write_card(cfg.output)}", flush=True)
-        done = True
+        done = True  # the rows stand: the report and the card after them never fail the job
+        write_report_and_card(cfg.output, args.debug)
     finally:
         progress.close()
         if demo is not None:

@@ -1,6 +1,6 @@
 """Dataset statistics of a build output (the paper's Figure 4 counterpart). Thin entry point.
 
-    python jobs/corpus_stats.py --output DIR [--png PATH] [--json PATH]
+    python jobs/corpus_stats.py --data DIR [--png PATH] [--json PATH] [--print-config]
 
 Reads ``DIR/d_know/*.parquet`` and ``DIR/d_ling/*.parquet``; writes ``DIR/statistics.png`` and
 ``DIR/statistics.json`` (counts per language and source, category distribution, text-length histograms)
@@ -16,21 +16,24 @@ from pathlib import Path
 
 from _bootstrap import ROOT  # noqa: F401
 
-from mella import console
+from mella import cli, console
 from mella import corpus_stats as statistics
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output", required=True, help="build output directory (holds d_know/ and d_ling/)")
+    ap.add_argument("--data", required=True, help="build output directory (holds d_know/ and d_ling/)")
     ap.add_argument("--png", help="PNG path (default DIR/statistics.png)")
     ap.add_argument("--json", help="JSON path (default DIR/statistics.json)")
+    cli.add_config_flags(ap)
     console.add_console_flags(ap)
-    args = ap.parse_args(argv)
+    args, _ = cli.parse(ap, argv, overrides=False)
     console.setup(args.quiet, args.verbose)
-    if not any(os.path.isdir(os.path.join(args.output, d)) for d in statistics.DATASETS):
-        raise console.UsageError(f"--output {args.output} has neither d_know/ nor d_ling/: give a build_corpus output directory")
-    stats = statistics.write(args.output, args.png, args.json)
+    if args.print_config:
+        return cli.print_config(cli.flag_settings(args))
+    if not any(os.path.isdir(os.path.join(args.data, d)) for d in statistics.DATASETS):
+        raise console.UsageError(f"--data {args.data} has neither d_know/ nor d_ling/: give a build_corpus output directory")
+    stats = statistics.write(args.data, args.png, args.json)
     print(f"{'lang':6} {'D_know':>8} {'D_ling':>8} {'total':>8} {'avg chars':>10}")
     for lang, v in stats["per_lang"].items():
         print(f"{lang:6} {v['d_know']:>8} {v['d_ling']:>8} {v['total']:>8} {v['avg_text_chars']:>10}")

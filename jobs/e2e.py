@@ -26,7 +26,7 @@ from pathlib import Path
 
 from _bootstrap import ROOT
 
-from mella import console, preflight
+from mella import cli, console, preflight
 
 MIN_ROWS = 6  # a language needs this many D_know rows: 3 held out for evaluation, the rest to train on
 TRAIN_SET = ["n_test=3", "test_max_fraction=0.5", "warmup_ratio=0.0", "batch_size=2", "grad_accum=1",
@@ -85,16 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="build_corpus output (d_know/ [d_ling/])")
     ap.add_argument("--model", required=True, help="base model checkpoint dir (make_tiny_model.py output)")
     ap.add_argument("--output", required=True, help="where adapters/, eval/ go")
-    ap.add_argument("--langs", help="comma-separated languages (default: every language with enough D_know rows)")
+    ap.add_argument("--langs", type=cli.comma_list,
+                    help="comma-separated languages (default: every language with enough D_know rows)")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per adapter (default 6)")
     ap.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 1e-2: a tiny model, few steps)")
     ap.add_argument("--num-cpus", type=int, help="local Ray CPUs (default: all)")
     ap.add_argument("--parallel", type=int, default=1,
                     help="training runs at a time (default 1; 3 side by side on 2 CPUs stalled: their Ray Data "
                          "reads found no free CPU)")
+    cli.add_config_flags(ap)
     console.add_console_flags(ap)
-    a = ap.parse_args(argv)
+    a, _ = cli.parse(ap, argv, overrides=False)
     console.setup(a.quiet, a.verbose)
+    if a.print_config:
+        return cli.print_config(cli.flag_settings(a))
     train_job, eval_job = _load_job("train"), _load_job("evaluate")
     data, out = Path(a.data).resolve(), Path(a.output).resolve()
     model_cfg = preflight.check_model_dir(a.model, "--model")
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     present = train_job.rows_per_lang(data, "d_know")
     if not present:
         raise console.UsageError(f"--data {data} holds no d_know/*.parquet: run jobs/build_corpus.py --output {data} first")
-    langs = [x for x in a.langs.split(",") if x] if a.langs else sorted(k for k, n in present.items() if n >= MIN_ROWS)
+    langs = a.langs if a.langs else sorted(k for k, n in present.items() if n >= MIN_ROWS)
     preflight.check_langs(langs)
     few = [x for x in langs if present.get(x, 0) < MIN_ROWS]
     if few or not langs:
@@ -127,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         adapters = out / "adapters"
         base_args = ["--data", str(data), "--backbone", backbone, "--model", str(a.model), "--mix", "dual",
                      "--deepspeed", "zero2", "--num-workers", "1", *_verbosity(),
-                     *sum((["--set", kv] for kv in [*TRAIN_SET, f"max_steps={a.steps}", f"lr={a.lr}"]), [])]
+                     *TRAIN_SET, f"max_steps={a.steps}", f"lr={a.lr}"]
         if backbone == "qwen2-vl" and model_cfg.get("text_config", {}).get("hidden_size", 0) <= 256:  # the tiny model
             from mella.models.tiny import MAX_PIXELS, MIN_PIXELS  # noqa: PLC0415
 
-            base_args += ["--set", f"image_min_pixels={MIN_PIXELS}", "--set", f"image_max_pixels={MAX_PIXELS}"]
+            base_args += [f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}"]
         summaries: dict[str, dict] = {}
 
         def train(lang: str) -> dict:
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.start("evaluate", f"base vs {len(langs)} adapters through {url}")
             t = time.monotonic()
             with _log_to(out / "eval.log"):
-                result = eval_job.main(["--data", str(data), "--endpoint", url, "--langs", *langs, "--output",
+                result = eval_job.main(["--data", str(data), "--endpoint", url, "--langs", ",".join(langs), "--output",
                                         str(out / "eval"), "--n-test", "3", "--test-max-fraction", "0.5",
                                         "--max-tokens", "16", *_verbosity()])
             timings["evaluate"] = time.monotonic() - t

@@ -23,7 +23,7 @@ import time
 
 from _bootstrap import ROOT  # noqa: F401
 
-from mella import console
+from mella import cli, console
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-pages", type=int, default=5, help="gallery pages per language and dataset (default 5)")
     ap.add_argument("--no-card", action="store_true", help="do not write DIR/README.md")
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
+    cli.add_config_flags(ap)
     console.add_console_flags(ap)
-    args = ap.parse_args(argv)
+    args, _ = cli.parse(ap, argv, overrides=False)
     console.setup(args.quiet, args.verbose)
+    if args.print_config:
+        return cli.print_config(cli.flag_settings(args))
     if not args.quiet:  # the report's own progress lines (mella.report logs them at INFO)
         logging.getLogger("mella.report").setLevel(logging.INFO)
     from mella.report import check_inputs  # noqa: PLC0415 - light: no Ray, no models

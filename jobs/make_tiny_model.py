@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _bootstrap import ROOT  # noqa: F401
 
-from mella import console
+from mella import cli, console
 from mella.models.tiny import BACKBONES
 
 OTHERS = ("marian", "cometkiwi")  # D_ling's MT and QE models, tiny too (random weights, real layouts)
@@ -44,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone", choices=[*BACKBONES, *OTHERS], default="qwen2-vl")
     ap.add_argument("--output", required=True, help="checkpoint directory to write (must not hold another model)")
     ap.add_argument("--seed", type=int, default=0, help="torch seed of the random weights")
+    cli.add_config_flags(ap)
     console.add_console_flags(ap)
-    a = ap.parse_args(argv)
+    a, _ = cli.parse(ap, argv, overrides=False)
     console.setup(a.quiet, a.verbose)
+    if a.print_config:
+        return cli.print_config(cli.flag_settings(a))
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise console.UsageError(f"--output {out} is a file: give a directory")

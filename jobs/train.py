@@ -2,7 +2,7 @@
 
     python jobs/train.py --data DIR --lang hu --model PATH --output DIR [--backbone qwen2-vl|internvl2] \
         [--mix dual|ling-only|know-only|two-stage] [--deepspeed zero2|zero3] [--num-workers N] [--use-gpu] \
-        [--config train.yaml] [--set lr=2e-5 --set max_steps=100 ...]
+        [--config train.yaml] [--print-config] [lr=2e-5 max_steps=100 ...]
 
 Writes OUTPUT/adapter (PEFT adapter + mella_train.json), OUTPUT/train_log.jsonl, Ray results under
 OUTPUT/ray_results; prints the run summary as JSON. Hyperparameters: mella.train.config.TrainConfig.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _bootstrap import ROOT  # noqa: F401
 
-from mella import console, preflight
+from mella import cli, console, preflight
 
 #: config.json model_type → --backbone (Qwen2-VL; InternVL2 converted to the transformers -hf layout)
 MODEL_TYPES = {"qwen2_vl": "qwen2-vl", "internvl": "internvl2"}
@@ -83,14 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--deepspeed", choices=["zero2", "zero3"])
     ap.add_argument("--num-workers", type=int)
     ap.add_argument("--use-gpu", action="store_true", default=None)
-    ap.add_argument("--config", help="YAML file with TrainConfig fields")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any TrainConfig field")
     ap.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    cli.add_config_flags(ap, "TrainConfig")
     console.add_console_flags(ap)
-    a = ap.parse_args(argv)
+    a, overrides = cli.parse(ap, argv)
     console.setup(a.quiet, a.verbose)
-    if a.config and not Path(a.config).is_file():
-        raise console.UsageError(f"--config {a.config} does not exist")
+    cli.load_config(a.config)  # a missing or unreadable file: one line, exit 2
     preflight.check_not_hub_id(a.model, "--model")  # before the path is made absolute below
     backbone = a.backbone
     if backbone is None and Path(a.model, "config.json").is_file():
@@ -99,13 +97,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         # absolute: Ray Train workers do not run in this directory
-        cfg = TrainConfig.load(a.config, a.set, data=_abs(a.data), lang=a.lang, backbone=backbone, model=_abs(a.model),
+        cfg = TrainConfig.load(a.config, overrides, data=_abs(a.data), lang=a.lang, backbone=backbone, model=_abs(a.model),
                                output=_abs(a.output), mix=a.mix, deepspeed=a.deepspeed, num_workers=a.num_workers,
                                use_gpu=a.use_gpu)
     except ValueError as e:
         if type(e).__name__ == "ValidationError":
             raise
         raise console.UsageError(str(e)) from e
+    if a.print_config:
+        return cli.print_config(cfg)
     check_inputs(cfg)
     # inputs are valid: Ray from here on
     import ray  # noqa: PLC0415

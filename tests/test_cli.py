@@ -232,7 +232,7 @@ def test_train_bad_setting(tmp_path):
     data = _corpus(tmp_path / "corpus")
     out = tmp_path / "train"
     proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", str(tmp_path / "m"), "--output", str(out),
-                "--set", "grad_accum=0", cwd=tmp_path)
+                "grad_accum=0", cwd=tmp_path)
     _assert_clean_failure(proc, out, "grad_accum")
 
 
@@ -281,3 +281,108 @@ def test_every_job_refuses_an_unknown_flag_in_one_line(job, tmp_path):
     _assert_clean_failure(proc, out, f"{job}: error: ")
     # argparse names missing required arguments before unknown ones
     assert "unrecognized arguments: --bogus" in proc.stderr or "arguments are required" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ the eight bad invocations of a new user
+def _bad_invocation(case: str, tmp: Path) -> tuple[str, list[str], tuple[str, ...]]:
+    """``(job, args, needles)`` of one bad invocation (files it needs are made under ``tmp``)."""
+    seeds = tmp / "seeds.txt"
+    if case == "missing_seeds_file":
+        return "build_corpus.py", ["--seeds", str(tmp / "nope.txt")], ("nope.txt does not exist",)
+    if case == "malformed_url":
+        seeds.write_text("https://example.org/ok\nhttp://exa mple.org/\n")
+        return "build_corpus.py", ["--seeds", str(seeds)], ("is not a valid http(s) URL",)
+    if case == "warc_glob_matching_nothing":
+        return "build_corpus.py", ["--warc", str(tmp / "crawl" / "*.warc.gz")], ("no WARC file matches",)
+    if case == "unknown_language":
+        seeds.write_text("https://example.org/\n")
+        return "build_corpus.py", ["--seeds", str(seeds), "--langs", "hu,xx"], ("xx", "Add a language")
+    if case == "unknown_flag":
+        return "build_corpus.py", ["--seeds", str(seeds), "--bogus"], ("unrecognized arguments: --bogus",)
+    if case == "missing_config_file":
+        return "build_corpus.py", ["--config", str(tmp / "missing.yaml")], ("--config", "missing.yaml does not exist")
+    if case == "private_only_seeds":
+        seeds.write_text("http://127.0.0.1:8080/\nhttp://10.1.2.3/page.html\n")
+        return "build_corpus.py", ["--seeds", str(seeds)], ("SSRF guard", "--allow-private-hosts")
+    if case == "missing_model":
+        data = _corpus(tmp / "corpus")
+        return "train.py", ["--data", str(data), "--lang", "hu", "--model", str(tmp / "no-model")], \
+            ("--model", "does not exist")
+    raise AssertionError(case)
+
+
+EIGHT = ["missing_seeds_file", "malformed_url", "warc_glob_matching_nothing", "unknown_language", "unknown_flag",
+         "missing_config_file", "private_only_seeds", "missing_model"]
+
+
+@pytest.mark.parametrize("case", EIGHT)
+def test_bad_invocation_is_one_line_exit_2_no_output(case, tmp_path):
+    """Each: one line on stderr, exit 2, no traceback, no output folder, before Ray (RAY_ADDRESS is a dead port)."""
+    job, args, needles = _bad_invocation(case, tmp_path)
+    out = tmp_path / "out"
+    proc = _run(job, *args, "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, *needles)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# ------------------------------------------------------------------ one grammar
+def _print_config_args(job: str, tmp: Path) -> list[str]:
+    data = tmp / "corpus"
+    if not data.exists():
+        _corpus(data)
+    return {"build_corpus.py": ["--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", "http://127.0.0.1:1",
+                                "--output", str(tmp / "o"), "--langs", "hu,cs", "crawl.max_depth=2"],
+            "train.py": ["--data", str(data), "--lang", "hu", "--backbone", "qwen2-vl", "--model", str(tmp / "m"),
+                         "--output", str(tmp / "o"), "lr=2e-5", "max_steps=7"],
+            "evaluate.py": ["--data", str(data), "--langs", "hu,ko", "--endpoint", "http://127.0.0.1:1",
+                            "--output", str(tmp / "o"), "--seeds", "0,1", "n_test=5"],
+            "e2e.py": ["--data", str(data), "--model", str(tmp / "m"), "--output", str(tmp / "o"), "--langs", "hu,cs"],
+            "inspect_corpus.py": [str(data)],
+            "corpus_stats.py": ["--data", str(data)],
+            "make_tiny_model.py": ["--output", str(tmp / "m")]}.get(job, [])
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_job_prints_its_effective_config(job, tmp_path):
+    import yaml
+
+    proc = _run(job, *_print_config_args(job, tmp_path), "--print-config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    settings = yaml.safe_load(proc.stdout)
+    assert isinstance(settings, dict) and settings, proc.stdout
+    assert not (tmp_path / "o").exists()
+    expect = {"build_corpus.py": lambda s: s["langs"] == ["hu", "cs"] and s["crawl"]["max_depth"] == 2,
+              "train.py": lambda s: s["lr"] == 2e-5 and s["max_steps"] == 7,
+              "evaluate.py": lambda s: s["langs"] == ["hu", "ko"] and s["seeds"] == [0, 1] and s["n_test"] == 5,
+              "e2e.py": lambda s: s["langs"] == ["hu", "cs"]}
+    assert expect.get(job, lambda s: True)(settings), settings
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_example_configurations_print(example, tmp_path):
+    import yaml
+
+    proc = _run("build_corpus.py", "--config", str(ROOT / "examples" / example), "--print-config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    settings = yaml.safe_load(proc.stdout)
+    assert settings["seeds"] or settings["warc"]
+    assert "demo_web" not in str(settings["seeds"])  # the file's input, not the bundled demo
+
+
+def test_examples_cover_paper_scale_cluster_and_common_crawl():
+    assert {"paper_scale.yaml", "cluster.yaml", "common_crawl.yaml"} <= {p.name for p in (ROOT / "examples").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("job", ["build_corpus.py", "train.py", "evaluate.py"])
+def test_set_flag_names_the_key_value_form(job, tmp_path):
+    out = tmp_path / "o"
+    proc = _run(job, *_print_config_args(job, tmp_path), "--set", "lr=1", cwd=tmp_path)
+    _assert_clean_failure(proc, out, "--set is not a flag", "key=value")
+
+
+def test_space_separated_list_names_the_comma_form(tmp_path):
+    data = _corpus(tmp_path / "corpus")
+    out = tmp_path / "o"
+    proc = _run("evaluate.py", "--data", str(data), "--langs", "hu", "ko", "--endpoint", "http://127.0.0.1:1",
+                "--output", str(out), cwd=tmp_path)
+    _assert_clean_failure(proc, out, "unrecognized arguments: ko", "--langs hu,ko")

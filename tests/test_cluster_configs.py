@@ -8,8 +8,9 @@ ray.io/v1 CRDs (RayCluster, RayJob, RayService) that the operator needs.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import importlib
+import io
 import importlib.util
 import re
 import shlex
@@ -30,12 +31,6 @@ def load(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- commands
-class _Parsed(Exception):
-    def __init__(self, ns):
-        super().__init__("parsed")
-        self.ns = ns
-
-
 def _load_job(script: Path):
     spec = importlib.util.spec_from_file_location(f"_job_{script.stem}", script)
     mod = importlib.util.module_from_spec(spec)
@@ -43,32 +38,17 @@ def _load_job(script: Path):
     return mod
 
 
-def parse_job_argv(script: Path, argv: list[str]) -> argparse.Namespace:
-    """Parse ``argv`` with the real parser of ``jobs/<script>`` without running the job.
-
-    ``build_corpus.py`` exposes ``parse_args``/``build_config`` (the overrides are validated by
-    pydantic too); the other jobs build their parser inside ``main``, so ``main`` runs until the
-    parser returns and is stopped there. argparse errors exit with ``SystemExit(2)``.
-    """
+def parse_job_argv(script: Path, argv: list[str]) -> dict:
+    """Parse and validate ``argv`` with the real ``jobs/<script>`` without running it: ``--print-config``
+    (every job has it) returns after the flags and the ``key=value`` overrides are parsed and the job's
+    settings validated; the printed YAML is returned. Errors: ``SystemExit`` (argparse, UsageError) or
+    pydantic's ``ValidationError``."""
     mod = _load_job(script)
-    if hasattr(mod, "parse_args"):
-        ns, overrides = mod.parse_args(argv)
-        if hasattr(mod, "build_config"):
-            mod.build_config(ns, overrides)
-        return ns
-    real = argparse.ArgumentParser.parse_args
-
-    def stop_after_parse(self, args=None, namespace=None):
-        raise _Parsed(real(self, args, namespace))
-
-    argparse.ArgumentParser.parse_args = stop_after_parse
-    try:
-        mod.main(argv)
-    except _Parsed as p:
-        return p.ns
-    finally:
-        argparse.ArgumentParser.parse_args = real
-    raise AssertionError(f"{script} did not parse its arguments")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = mod.main([*argv, "--print-config"])
+    assert rc == 0, f"{script} {argv}: --print-config returned {rc}"
+    return yaml.safe_load(out.getvalue())
 
 
 def python_jobs(command: str) -> list[tuple[Path, list[str]]]:
@@ -93,9 +73,9 @@ def test_parse_job_argv_rejects_unknown_flags_and_bad_overrides():
         parse_job_argv(ROOT / "jobs/build_corpus.py", ["--output", "o", "--no-such-flag"])
     with pytest.raises(Exception, match="pool_size"):
         parse_job_argv(ROOT / "jobs/build_corpus.py", ["--output", "o", "ray.image_pool.pool_size=0"])
-    ns = parse_job_argv(ROOT / "jobs/train.py", ["--data", "d", "--lang", "hu", "--model", "m", "--output", "o",
-                                                  "--num-workers", "8", "--use-gpu"])
-    assert ns.num_workers == 8 and ns.use_gpu is True
+    settings = parse_job_argv(ROOT / "jobs/train.py", ["--data", "d", "--lang", "hu", "--backbone", "qwen2-vl", "--model",
+                                                        "m", "--output", "o", "--num-workers", "8", "--use-gpu"])
+    assert settings["num_workers"] == 8 and settings["use_gpu"] is True
 
 
 def check_command(command: str) -> int:

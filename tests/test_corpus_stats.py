@@ -84,7 +84,7 @@ def out_dir(tmp_path_factory) -> Path:
 
 def test_statistics_job_writes_png_and_json(out_dir):
     png, js = out_dir / "fig4.png", out_dir / "fig4.json"
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "corpus_stats.py"), "--output", str(out_dir), "--png", str(png),
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "corpus_stats.py"), "--data", str(out_dir), "--png", str(png),
                         "--json", str(js)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "\nhu " in r.stdout
@@ -111,7 +111,7 @@ def test_statistics_job_writes_png_and_json(out_dir):
 
 
 def test_statistics_of_missing_output_is_an_error(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "corpus_stats.py"), "--output", str(tmp_path)],
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "corpus_stats.py"), "--data", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "neither d_know/ nor d_ling/" in r.stderr
 

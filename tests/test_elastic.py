@@ -396,7 +396,7 @@ def test_training_resumes_after_losing_a_worker_node(tiny, workers, tmp_path):
     sets = TRAIN_FAST + ["max_steps=6", "checkpoint_every=2", "max_failures=1", "lr=1e-3"]
     args = ["jobs/train.py", "--data", str(tiny["corpus"]), "--lang", "hu", "--backbone", "qwen2-vl",
             "--model", str(tiny["qwen"]), "--output", str(out), "--mix", "know-only", "--deepspeed", "zero2",
-            "--num-workers", "2", *sum((["--set", s] for s in sets), [])]
+            "--num-workers", "2", *sets]
     env = {**workers.env, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))}
     job = Job(args, tmp_path / "job.log", env)
     frozen: list[psutil.Process] = []

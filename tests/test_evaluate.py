@@ -69,7 +69,7 @@ def setup(tmp_path_factory, ray_session):
     def train(lang: str) -> dict:  # the real training job, D_know ∪ D_ling (dual mix), on the shared corpus dir
         return train_main(["--data", str(data), "--lang", lang, "--backbone", "qwen2-vl", "--model", str(model),
                            "--output", str(root / "train" / lang), "--mix", "dual", "--deepspeed", "zero2",
-                           "--num-workers", "1", *sum((["--set", kv] for kv in TRAIN_SET), [])])
+                           "--num-workers", "1", *TRAIN_SET])
 
     with ThreadPoolExecutor(len(LANGS)) as pool:  # three Ray Train runs side by side in the same Ray
         summaries = dict(zip(LANGS, pool.map(train, LANGS)))
@@ -90,8 +90,8 @@ def evaluated(setup):
         with serving(setup["args"], env={"MELLA_TEST_EVAL_TOKEN": TOKEN}) as url:
             common = ["--data", str(setup["data"]), "--endpoint", url, "--token-env", "MELLA_TEST_EVAL_TOKEN", *SPLIT]
             models = EndpointGenerator(url, TOKEN).models()
-            greedy = evaluate_job.main([*common, "--langs", *LANGS, "--output", str(setup["root"] / "out")])
-            seeds = evaluate_job.main([*common, "--langs", "ko", "--seeds", "0", "1", "--temperature", "1.0",
+            greedy = evaluate_job.main([*common, "--langs", ",".join(LANGS), "--output", str(setup["root"] / "out")])
+            seeds = evaluate_job.main([*common, "--langs", "ko", "--seeds", "0,1", "--temperature", "1.0",
                                        "--output", str(setup["root"] / "out_seeds")])
     finally:
         os.environ.pop("MELLA_TEST_EVAL_TOKEN", None)
@@ -202,7 +202,7 @@ def test_ray_data_mode_reproduces_endpoint(evaluated, setup):
     out = setup["root"] / "out_raydata"
     evaluate_job.main(["--data", str(setup["data"]), "--langs", "hu", "--model", str(setup["model"]), "--adapters",
                        str(setup["root"] / "adapters"), "--output", str(out), *SPLIT,
-                       "--set", f"engine={{min_pixels: {MIN_PIXELS}, max_pixels: {MAX_PIXELS}}}"])
+                       f"engine={{min_pixels: {MIN_PIXELS}, max_pixels: {MAX_PIXELS}}}"])
     served = {(o["id"], o["model"]): o["text"] for o in _outputs(evaluated["greedy"]["paths"]["outputs"]) if o["lang"] == "hu"}
     local = {(o["id"], o["model"]): o["text"] for o in _outputs(out / "outputs.jsonl")}
     assert local == served

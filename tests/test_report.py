@@ -182,6 +182,13 @@ def test_dataset_card_loads_with_datasets(tmp_path):
     know = datasets.load_dataset(str(out), "d_know")
     assert {k: v.num_rows for k, v in know.items()} == {"ar": 9, "ko": 6, "th": 4}
     assert set(know["ar"]["alt_text"]) == {ALT["ar"]}
+    # the card declares features: image decodes to PIL, columns keep their types
+    feats = ds["d_know"].features
+    assert isinstance(feats["image"], datasets.Image) and isinstance(know["th"].features["image"], datasets.Image)
+    assert feats["width"] == datasets.Value("int32") and feats["lid_prob"] == datasets.Value("float32")
+    assert feats["fetched_at"].dtype.startswith("timestamp[ms") and feats["alt_text"] == datasets.Value("string")
+    img = ds["d_know"][0]["image"]
+    assert img.size == (320, 240), img
 
 
 def _inspect(*args: str, **kw) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -463,3 +464,43 @@ def test_fuzz_no_5xx_and_valid_neighbour_succeeds(served, fuzz_tally, kw):
         assert 400 <= bad.status_code < 500
         fuzz_tally[f"{bad.status_code} {_assert_openai_error(bad)['code']}"] += 1
     assert valid[0].status_code == 200, valid[0].text[:300]
+
+
+def test_client_leaving_mid_body_is_not_a_500(served):
+    """A client that sends half its body and closes: answered 499 (nginx's "client closed request") in the access
+    log, no 500 and no traceback in the Serve logs (proxy and replicas), and the server keeps serving.
+
+    The gateway turns Starlette's ``ClientDisconnect`` into that quiet 499; a request the proxy cancels instead
+    ends in ``CancelledError``, which is not an ``Exception`` and is left to Serve."""
+    import glob
+    import socket
+    from urllib.parse import urlsplit
+
+    import ray
+
+    logs = os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "serve")
+    before = {f: os.path.getsize(f) for f in glob.glob(os.path.join(logs, "*.log"))}
+
+    def new_lines() -> str:
+        text = ""
+        for f in glob.glob(os.path.join(logs, "*.log")):
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                fh.seek(before.get(f, 0))
+                text += fh.read()
+        return text
+
+    u = urlsplit(served["url"])
+    body = json.dumps(_valid(0)["json"]).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(head + body[: len(body) // 2])
+    deadline = time.monotonic() + 120
+    while "POST /v1/chat/completions 499" not in new_lines() and time.monotonic() < deadline:
+        time.sleep(0.5)  # the proxy's access-log line is the signal that the disconnect was handled
+    r = _send(served["client"], **_valid(1))
+    assert r.status_code == 200, r.text
+    text = new_lines()
+    assert "POST /v1/chat/completions 499" in text, text[-3000:]
+    assert "Traceback" not in text and "chat completion failed" not in text and "unhandled error" not in text, text
+    assert not re.search(r"POST /v1/chat/completions 5\d\d", text), text

@@ -185,7 +185,7 @@ def test_zero2_two_workers_overfit_via_job_and_adapter_reloads(tiny, ray_local):
     out = tiny["root"] / "z2"
     summary = main(["--data", str(tiny["corpus"]), "--lang", "hu", "--backbone", "qwen2-vl", "--model", str(tiny["qwen"]),
                     "--output", str(out), "--mix", "know-only", "--deepspeed", "zero2", "--num-workers", "2",
-                    *sum((["--set", kv] for kv in FAST + ["max_steps=12", "lr=1e-2", "lora_dropout=0"]), [])])
+                    *FAST, "max_steps=12", "lr=1e-2", "lora_dropout=0"])
     losses = _losses(out)
     assert len(losses) == 12 == summary["steps"]
     assert np.mean(losses[-3:]) < losses[0] - 0.3, losses  # overfits the 4 training samples

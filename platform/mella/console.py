@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -43,6 +44,9 @@ HARMLESS = ("Token authentication is enabled for this Ray cluster",
             )
 
 _level = NORMAL
+#: progress figures in a phase's text (:meth:`Progress._eta`)
+_OF = re.compile(r"\b(\d+)/(\d+)\b")
+_ROWS = re.compile(r"\b(\d+) candidate rows done, (\d+) still in\b")
 
 
 class UsageError(SystemExit):
@@ -86,6 +90,8 @@ def setup(quiet: bool = False, verbose: bool = False) -> int:
 
         # Ray Data: an actor pool sized for many inputs got one WARC file (the demo); harmless
         warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+        # DeepSpeed's own logger writes to stdout (no fd-2 filter reaches it): its warnings only with -v
+        logging.getLogger("DeepSpeed").addFilter(_ErrorsOnly())
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Writing model shards" bars
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     return _level
@@ -93,6 +99,13 @@ def setup(quiet: bool = False, verbose: bool = False) -> int:
 
 def level() -> int:
     return _level
+
+
+class _ErrorsOnly(logging.Filter):
+    """Keeps a library logger's errors, drops its info and warnings (they are not ours to show without -v)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 class _HarmlessFilter(logging.Filter):
@@ -129,6 +142,30 @@ def ray_init_kwargs() -> dict:
 _stderr_filtered = False
 
 
+#: ANSI escape sequences (CSI and OSC): Ray colours its worker prefixes even when stderr is a pipe
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+#: library chatter that is no warning of ours (shown with -v): lines a Ray actor or task printed, prefixed
+#: ``(Name pid=N)``, e.g. Serve's controller at shutdown; DeepSpeed's logger (``[date] [WARNING] [file.py:N:fn]``)
+#: and its op-builder notes (`` [WARNING]  async_io requires ...``)
+LIBRARY_LINES = (re.compile(rb"^\((?:raylet|gcs_server|\S[^\n]*? pid=\d+(?:, ip=[\d.]+)?)\)"),
+                 re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+\] \[(?:WARNING|INFO)\] \[[\w.]+\.py:\d+:\w+\]"),
+                 re.compile(rb"^ ?\[WARNING\] {1,2}\S"))
+
+
+def _line_filter(patterns: tuple[str, ...], tty: bool) -> Callable[[bytes], bytes | None]:
+    """``keep(line)``: None for a line to drop (one of ``patterns``, or :data:`LIBRARY_LINES` once ANSI is
+    stripped), else the line, without escape codes unless ``tty``."""
+    pats = [p.encode() for p in patterns]
+
+    def keep(line: bytes) -> bytes | None:
+        plain = _ANSI.sub(b"", line)
+        if any(p in plain for p in pats) or any(rx.match(plain) for rx in LIBRARY_LINES):
+            return None
+        return line if tty else plain
+
+    return keep
+
+
 def filter_stderr(patterns: tuple[str, ...] = HARMLESS) -> None:
     """Drop lines holding any of ``patterns`` from everything written to file descriptor 2 by this process.
 
@@ -146,7 +183,7 @@ def filter_stderr(patterns: tuple[str, ...] = HARMLESS) -> None:
     r, w = os.pipe()
     os.dup2(w, 2)
     os.close(w)
-    pats = [p.encode() for p in patterns]
+    keep = _line_filter(patterns, tty=os.isatty(orig))
 
     def pump() -> None:
         with os.fdopen(r, "rb", buffering=0) as f:
@@ -154,11 +191,11 @@ def filter_stderr(patterns: tuple[str, ...] = HARMLESS) -> None:
             while chunk := f.read(65536):
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
-                out = b"".join(line + b"\n" for line in lines if not any(p in line for p in pats))
+                out = b"".join(kept + b"\n" for kept in map(keep, lines) if kept is not None)
                 if out:
                     os.write(orig, out)
-            if buf and not any(p in buf for p in pats):
-                os.write(orig, buf)
+            if buf and (kept := keep(buf)) is not None:
+                os.write(orig, kept)
 
     t = threading.Thread(target=pump, daemon=True, name="mella-stderr-filter")
     t.start()
@@ -180,6 +217,16 @@ def say(msg: str, stream: TextIO | None = None) -> None:
         print(msg, file=stream or sys.stdout, flush=True)
 
 
+def duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"3.5 h"``: an ETA for a progress line."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def warn(msg: str) -> None:
+    """One ``warning: ...`` line on stderr (shown with -q too)."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
 class Progress:
     """One status line per phase: ``PHASE  text  elapsed``.
 
@@ -197,6 +244,7 @@ class Progress:
         self.text = ""
         self.t0 = self.last = 0.0
         self._printed: str | None = None
+        self._first: tuple[float, int] | None = None  # (time, done) of the phase's first progress figure
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -206,7 +254,7 @@ class Progress:
         """End the current phase (if any) and start ``phase``."""
         with self._lock:
             self._end_locked()
-            self.phase, self.text, self.t0, self.last = phase, text, time.monotonic(), 0.0
+            self.phase, self.text, self.t0, self.last, self._first = phase, text, time.monotonic(), 0.0, None
             self._emit_locked(force=self.tty)
         if self.enabled and self._thread is None:
             self._thread = threading.Thread(target=self._tick, daemon=True, name="mella-progress")
@@ -239,7 +287,32 @@ class Progress:
 
     # -- internals
     def _line(self) -> str:
-        return f"{self.phase:<10} {self.text}  [{time.monotonic() - self.t0:.0f} s]"
+        eta = self._eta()
+        return f"{self.phase:<10} {self.text}  [{time.monotonic() - self.t0:.0f} s{eta}]"
+
+    def _eta(self) -> str:
+        """An ETA from the text's progress figures, at the rate measured since the phase's start: inside a
+        unit (``N candidate rows done, K still in``) ``", unit ETA 40 s"``; else from ``N/M`` (crawl shards)
+        ``", ETA 3 min"`` unless the text carries its own ETA. "" until two figures have been seen."""
+        m = _ROWS.search(self.text)
+        label = "unit ETA"
+        if m:
+            done, left = int(m[1]), int(m[2])
+        else:
+            m = None if "ETA" in self.text else _OF.search(self.text)
+            if not m:
+                return ""
+            done, left, label = int(m[1]), int(m[2]) - int(m[1]), "ETA"
+        now = time.monotonic()
+        if self._first is None or done < self._first[1]:  # the phase started at 0 done unless a figure says more
+            self._first = (self.t0, 0) if done == 0 or self._first is None and now - self.t0 > 1 else (now, done)
+            if self._first[1] == done:
+                return ""
+        t_first, d_first = self._first
+        if done <= d_first or left <= 0:
+            return ""
+        secs = (now - t_first) / (done - d_first) * left
+        return f", {label} {duration(secs)}"
 
     def _emit_locked(self, force: bool) -> None:
         if not self.enabled or self.phase is None:

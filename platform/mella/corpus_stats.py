@@ -106,11 +106,9 @@ def plot(stats: dict, png_path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     from mella.taxonomy import load_taxonomy
 
-    tax = load_taxonomy()
     know, ling = stats["datasets"]["d_know"], stats["datasets"]["d_ling"]
     fig = plt.figure(figsize=(18, 10.5), dpi=100)
     gs = fig.add_gridspec(2, 2, width_ratios=[1, 1.25], height_ratios=[1, 1], hspace=0.22, wspace=0.12)
@@ -119,8 +117,18 @@ def plot(stats: dict, png_path: str) -> None:
     langs = list(stats["per_lang"])
     lang_colors = {lang: plt.cm.tab10(i % 10) for i, lang in enumerate(langs)}
 
-    # (a) main statistics table
-    ax = fig.add_subplot(gs[0, 0])
+    _table(fig.add_subplot(gs[0, 0]), stats, lang_colors)
+    _categories(fig.add_subplot(gs[0, 1]), stats, load_taxonomy())
+    _per_language(fig.add_subplot(gs[1, 0]), stats, lang_colors)
+    _lengths(fig.add_subplot(gs[1, 1]), stats)
+    fig.savefig(png_path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _table(ax, stats: dict, lang_colors: dict) -> None:
+    """(a) the main statistics per language, as a table."""
+    know, ling = stats["datasets"]["d_know"], stats["datasets"]["d_ling"]
+
     ax.axis("off")
     ax.set_title("(a) Main statistics per language", loc="left", fontsize=13)
     header = ["lang", "D_know", "D_ling", "total", "avg len\n(chars)", "avg len\nD_know", "avg len\nD_ling", "images\n(MB)"]
@@ -144,8 +152,12 @@ def plot(stats: dict, png_path: str) -> None:
         elif c == 0:
             cell.set_facecolor((*lang_colors[rows[r - 1][0]][:3], 0.35))
 
-    # (b) category rings: inner = major, outer = fine (grouped under its major); legend with counts
-    ax = fig.add_subplot(gs[0, 1])
+
+def _categories(ax, stats: dict, tax) -> None:
+    """(b) category rings: inner = major, outer = fine (grouped under its major); legend with counts."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
     ax.set_title("(b) Category distribution (inner ring: major, outer ring: fine)", loc="left", fontsize=13)
     fine_counts = stats["categories"]["fine"]
     majors = list(tax.majors) + (["unknown"] if fine_counts.get("unknown") else [])
@@ -181,8 +193,12 @@ def plot(stats: dict, png_path: str) -> None:
         ax.text(0.5, 0.5, "no categorised rows", ha="center", transform=ax.transAxes)
     ax.set_aspect("equal")
 
-    # (c) pairs per language, stacked by dataset and source
-    ax = fig.add_subplot(gs[1, 0])
+
+def _per_language(ax, stats: dict, lang_colors: dict) -> None:
+    """(c) pairs per language, stacked by dataset and source."""
+    import matplotlib.pyplot as plt
+
+    langs = list(stats["per_lang"])
     ax.set_title("(c) Image-text pairs per language and source", loc="left", fontsize=13)
     x = np.arange(len(langs))
     bottom = np.zeros(len(langs))
@@ -203,11 +219,15 @@ def plot(stats: dict, png_path: str) -> None:
         tick.set_fontweight("bold")
     ax.set_ylabel("pairs")
     ax.set_ylim(0, max(1, bottom.max() if len(bottom) else 1) * 1.3)
-    ax.legend(fontsize=9.5, loc="upper left", ncol=2, frameon=False)
+    if ax.get_legend_handles_labels()[0]:  # no rows: no legend (and no matplotlib warning)
+        ax.legend(fontsize=9.5, loc="upper left", ncol=2, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
 
-    # (d) text-length histograms (characters, log-spaced bins)
-    ax = fig.add_subplot(gs[1, 1])
+
+def _lengths(ax, stats: dict) -> None:
+    """(d) text-length histograms (characters, log-spaced bins)."""
+    import matplotlib.pyplot as plt
+
     ax.set_title("(d) Text length per pair (characters; D_know: alt-text, D_ling: translation)", loc="left", fontsize=13)
     hist = stats["text_length_hist"]
     edges = np.array(hist["bins"], float)
@@ -223,11 +243,9 @@ def plot(stats: dict, png_path: str) -> None:
     ax.set_xticks(edges[: hi + 1], [str(int(e)) for e in edges[: hi + 1]])
     ax.set_xlabel("characters per text (log scale)")
     ax.set_ylabel("pairs")
-    ax.legend(fontsize=10, frameon=False)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=10, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-
-    fig.savefig(png_path, bbox_inches="tight")
-    plt.close(fig)
 
 
 def write(out_dir: str, png_path: str | None = None, json_path: str | None = None) -> dict:

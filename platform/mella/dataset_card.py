@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import uuid
 from collections import Counter
 from urllib.parse import urlsplit
@@ -71,6 +72,7 @@ def partition_by_language(directory: str, rows_per_file: int = 50_000) -> dict[s
             w = writers[lang] = [pq.ParquetWriter(os.path.join(staging, name), schema, compression="zstd"), 0]
         return w
 
+    done = False
     try:
         for f in files:
             for rb in pq.ParquetFile(f).iter_batches(batch_size=8192):
@@ -82,9 +84,12 @@ def partition_by_language(directory: str, rows_per_file: int = 50_000) -> dict[s
                     w = writer_for(lang, rb.schema)
                     w[0].write_batch(part)
                     w[1] += part.num_rows
+        done = True
     finally:
         for w in writers.values():
             w[0].close()
+        if not done:  # a failed rewrite leaves the original parts and no staging folder
+            shutil.rmtree(staging, ignore_errors=True)
     replace_dir(staging, directory)
     return dict(sorted(names.items()))
 
@@ -148,32 +153,76 @@ def filter_steps(funnel: dict) -> list[str]:
     return lines
 
 
+def _about(funnel: dict) -> list[str]:
+    """The licence caveat and the filtering steps (paper 3.1, appendix B.2), the steps from the build's plan."""
+    return ["", "## Licence", "",
+            "The images and alt-texts were published on the web by third parties and remain theirs: their "
+            "copyright and licences (where stated on the source pages) apply, and this card grants no rights in "
+            "them. Every row keeps `page_url` and `image_url` so the source and its terms can be checked; use "
+            "the data for research in line with the source sites' terms and applicable law (e.g. text and data "
+            "mining exceptions), and remove rows on request of a rights holder.", "",
+            "## How the data was filtered (paper 3.1, appendix B.2)", "",
+            *filter_steps(funnel), "",
+            "Columns: see `platform/mella/schema.py` of the MELLA platform (`alt_text` is the D_know text, `text` "
+            "the D_ling translation, `caption_en` its English source). The report of this build is in "
+            "`report/index.html`.", ""]
+
+
+def features(out_dir: str) -> list[dict]:
+    """The card's ``features`` (Hub YAML form of ``datasets.Features``) from the parts' Arrow schema: every
+    column with its type, ``image`` (file bytes) declared ``datasets.Image`` so ``load_dataset`` decodes it."""
+    import datasets  # noqa: PLC0415
+
+    files = [f for ds in DATASETS for f in sorted(glob.glob(os.path.join(out_dir, ds, "*.parquet")))]
+    if not files:
+        return []
+    feats = datasets.Features.from_arrow_schema(pq.read_schema(files[0]))
+    if "image" in feats:
+        feats["image"] = datasets.Image()
+    return feats._to_yaml_list()
+
+
 def card(out_dir: str) -> tuple[dict, str]:
-    """``(front matter dict, Markdown body)`` for ``out_dir`` (partitions by language first)."""
+    """``(front matter dict, Markdown body)`` for ``out_dir`` (partitions by language first).
+
+    Any build output works: D_know and D_ling with or without rows, either absent (no ``configs`` then)."""
     names = {ds: partition_by_language(os.path.join(out_dir, ds)) for ds in DATASETS
              if glob.glob(os.path.join(out_dir, ds, "*.parquet"))}
     counts = {ds: {lang: sum(pq.ParquetFile(os.path.join(out_dir, ds, n)).metadata.num_rows for n in files)
                    for lang, files in names.get(ds, {}).items()} for ds in DATASETS}
-    total = sum(sum(c.values()) for c in counts.values())
-    langs = sorted({lang for c in counts.values() for lang in c})
-    configs = [{"config_name": "default", "default": True,  # omitted below when there are no rows at all
-                "data_files": [{"split": ds, "path": f"{ds}/*.parquet"} for ds in DATASETS if names.get(ds)]}]
-    configs = [c for c in configs if c["data_files"]]
-    for ds in DATASETS:
-        if names.get(ds):
-            configs.append({"config_name": ds, "data_files": [{"split": lang, "path": f"{ds}/part-{lang}-*.parquet"}
-                                                              for lang in names[ds]]})
-    front = {"pretty_name": f"MELLA corpus {os.path.basename(os.path.abspath(out_dir))}", "language": langs,
-             "multilinguality": "multilingual", "license": "other", "task_categories": ["image-to-text",
-                                                                                       "image-text-to-text"],
-             "size_categories": [size_category(total)], "source_datasets": ["original"],
-             "tags": ["mella", "alt-text", "image-captioning", "web-crawl", "low-resource-languages"],
-             "configs": configs}
+    front = _front(out_dir, names, counts)
     funnel = {}
     if os.path.exists(os.path.join(out_dir, "funnel.json")):
         with open(os.path.join(out_dir, "funnel.json"), encoding="utf-8") as fh:
             funnel = json.load(fh)
-    prov = _provenance(out_dir)
+    lines = _intro(out_dir, front, counts) + _funnel_lines(funnel) + _provenance_lines(out_dir, funnel) + _about(funnel)
+    return front, "\n".join(lines)
+
+
+def _front(out_dir: str, names: dict, counts: dict) -> dict:
+    """The YAML front matter: Hub metadata, ``configs`` (splits) and their ``dataset_info`` features."""
+    total = sum(sum(c.values()) for c in counts.values())
+    configs = [{"config_name": "default", "default": True,
+                "data_files": [{"split": ds, "path": f"{ds}/*.parquet"} for ds in DATASETS if names.get(ds)]}]
+    configs = [c for c in configs if c["data_files"]]  # omitted when there are no rows at all
+    for ds in DATASETS:
+        if names.get(ds):
+            configs.append({"config_name": ds, "data_files": [{"split": lang, "path": f"{ds}/part-{lang}-*.parquet"}
+                                                              for lang in names[ds]]})
+    front = {"pretty_name": f"MELLA corpus {os.path.basename(os.path.abspath(out_dir))}",
+             "language": sorted({lang for c in counts.values() for lang in c}),
+             "multilinguality": "multilingual", "license": "other",
+             "task_categories": ["image-to-text", "image-text-to-text"],
+             "size_categories": [size_category(total)], "source_datasets": ["original"],
+             "tags": ["mella", "alt-text", "image-captioning", "web-crawl", "low-resource-languages"],
+             "configs": configs}
+    feats = features(out_dir) if configs else []
+    if feats:
+        front["dataset_info"] = [{"config_name": c["config_name"], "features": feats} for c in configs]
+    return front
+
+
+def _intro(out_dir: str, front: dict, counts: dict) -> list[str]:
     names_of = load_languages()
     lines = [f"# {front['pretty_name']}", "",
              "Image-text pairs for multimodal LLMs in low-resource languages, built with the MELLA platform "
@@ -182,42 +231,41 @@ def card(out_dir: str) -> tuple[dict, str]:
              "English by an MLLM and machine-translated (linguistic capability).", "",
              "```python", "from datasets import load_dataset", f"ds = load_dataset({out_dir!r})            "
              "# splits d_know, d_ling", f"hu = load_dataset({out_dir!r}, \"d_know\", split=\"hu\")",
-             "# row[\"image\"] holds the image file bytes: PIL.Image.open(io.BytesIO(row[\"image\"]))", "```", "",
+             "# row[\"image\"] is a PIL image (datasets.Image)", "```", "",
              "## Rows per language", "", "| language | D_know | D_ling |", "|---|---:|---:|"]
-    for lang in langs:
+    for lang in front["language"]:
         name = names_of[lang].name if lang in names_of else lang
         lines.append(f"| {lang} ({name}) | {counts['d_know'].get(lang, 0)} | {counts['d_ling'].get(lang, 0)} |")
     lines.append(f"| **all** | {sum(counts['d_know'].values())} | {sum(counts['d_ling'].values())} |")
-    if funnel.get("stages"):
-        lines += ["", "## Funnel", "", "| stage | unit | in | out | rejected | top reasons |", "|---|---|---:|---:|---:|---|"]
-        for s in funnel["stages"]:
-            top = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
-            lines.append(f"| {s['stage']} | {s['unit']} | {s['in']} | {s['out']} | {s['rejected']} | {top} |")
+    return lines
+
+
+def _funnel_lines(funnel: dict) -> list[str]:
+    if not funnel.get("stages"):
+        return []
+    lines = ["", "## Funnel", "", "| stage | unit | in | out | rejected | top reasons |", "|---|---|---:|---:|---:|---|"]
+    for s in funnel["stages"]:
+        top = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
+        lines.append(f"| {s['stage']} | {s['unit']} | {s['in']} | {s['out']} | {s['rejected']} | {top} |")
+    return lines
+
+
+def _provenance_lines(out_dir: str, funnel: dict) -> list[str]:
+    prov = _provenance(out_dir)
     dates = f"{prov['first']:%Y-%m-%d %H:%M} – {prov['last']:%Y-%m-%d %H:%M} UTC" if prov["first"] else "unknown"
-    lines += ["", "## Provenance", "",
-              f"- Sources of the rows: {', '.join(f'{k}: {v}' for k, v in sorted(prov['sources'].items(), key=str))} "
-              "(`crawl`: pages crawled live by the platform, recorded as WARC under `warc/`; `warc`: given WARC files, "
-              "e.g. Common Crawl).",
-              f"- Images fetched (or WARC-dated): {dates}.",
-              "- Page hosts (rows): " + ", ".join(f"{h} ({n})" for h, n in prov["hosts"].most_common(20)) + ".",
-              "- Crawl per host (pages ok / failed): " + (", ".join(
-                  f"{h} ({v.get('ok', 0)} / {sum((v.get('failed') or {}).values())})"
-                  for h, v in sorted(funnel.get("hosts", {}).items())) or "none (WARC input)") + "."]
+    lines = ["", "## Provenance", "",
+             f"- Sources of the rows: {', '.join(f'{k}: {v}' for k, v in sorted(prov['sources'].items(), key=str))} "
+             "(`crawl`: pages crawled live by the platform, recorded as WARC under `warc/`; `warc`: given WARC files, "
+             "e.g. Common Crawl).",
+             f"- Images fetched (or WARC-dated): {dates}.",
+             "- Page hosts (rows): " + ", ".join(f"{h} ({n})" for h, n in prov["hosts"].most_common(20)) + ".",
+             "- Crawl per host (pages ok / failed): " + (", ".join(
+                 f"{h} ({v.get('ok', 0)} / {sum((v.get('failed') or {}).values())})"
+                 for h, v in sorted(funnel.get("hosts", {}).items())) or "none (WARC input)") + "."]
     if prov["warcs"]:
         lines.append(f"- Page WARC files read: {len(prov['warcs'])} (" + ", ".join(prov["warcs"][:10])
                      + (", ..." if len(prov["warcs"]) > 10 else "") + ").")
-    lines += ["", "## Licence", "",
-              "The images and alt-texts were published on the web by third parties and remain theirs: their "
-              "copyright and licences (where stated on the source pages) apply, and this card grants no rights in "
-              "them. Every row keeps `page_url` and `image_url` so the source and its terms can be checked; use "
-              "the data for research in line with the source sites' terms and applicable law (e.g. text and data "
-              "mining exceptions), and remove rows on request of a rights holder.", "",
-              "## How the data was filtered (paper 3.1, appendix B.2)", "",
-              *filter_steps(funnel), "",
-              "Columns: see `platform/mella/schema.py` of the MELLA platform (`alt_text` is the D_know text, `text` "
-              "the D_ling translation, `caption_en` its English source). The report of this build is in "
-              "`report/index.html`.", ""]
-    return front, "\n".join(lines)
+    return lines
 
 
 def write_card(out_dir: str) -> str:

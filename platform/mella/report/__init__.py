@@ -80,13 +80,28 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
                  thumb_num_cpus: float = 1) -> str:
     """Write ``out_dir/report/`` (see module doc) and return the path of its ``index.html``.
 
+    Any corpus works: no near-duplicate group, a language with no rows, empty or absent D_know / D_ling.
     Needs a running Ray (:func:`mella.runtime.init_ray`) for the thumbnails. The site is built in a
-    staging directory and swapped in whole: a rerun replaces it, a killed run leaves the old one.
-    Raises ``ValueError`` from :func:`check_inputs`.
+    staging directory and swapped in whole: a rerun replaces it, a killed run leaves the old one, and a
+    failed run removes its staging directory. Raises ``ValueError`` from :func:`check_inputs`.
     """
     check_inputs(out_dir, train_dir, eval_dir)
     staging = os.path.join(out_dir, f".staging-report-{uuid.uuid4().hex[:8]}")
     os.makedirs(staging)
+    try:
+        _write_site(staging, out_dir, train_dir, eval_dir, page_size=page_size, max_pages=max_pages,
+                    per_reason=per_reason, near_groups=near_groups, thumb_px=thumb_px, thumb_num_cpus=thumb_num_cpus)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    final = os.path.join(out_dir, REPORT_DIR)
+    replace_dir(staging, final)
+    return os.path.join(final, "index.html")
+
+
+def _write_site(staging: str, out_dir: str, train_dir: str | None, eval_dir: str | None, *, page_size: int,
+                max_pages: int, per_reason: int, near_groups: int, thumb_px: int, thumb_num_cpus: float) -> None:
+    """Every page of the report into ``staging``."""
     funnel = {}
     if os.path.exists(os.path.join(out_dir, "funnel.json")):
         with open(os.path.join(out_dir, "funnel.json"), encoding="utf-8") as f:
@@ -96,8 +111,34 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
     sel = select(out_dir, per_lang=page_size * max_pages, per_reason=per_reason, near_groups=near_groups)
     log.info("report: counted and sampled %d D_know, %d D_ling, %d reject rows in %.1f s", sum(sel.know.counts.values()),
              sum(sel.ling.counts.values()), sum(sel.rejects.counts.values()), time.perf_counter() - t0)
+    thumbs, found = _thumbnails(out_dir, sel, order, thumb_px, thumb_num_cpus)
+    log.info("report: %d thumbnails (Ray tasks) at %.1f s", len(thumbs), time.perf_counter() - t0)
+    nav = {"know": [], "ling": [], "train": train_dir is not None, "eval": eval_dir is not None}
+    lang_rows = _galleries(staging, sel, funnel, nav, thumbs, page_size)
+    _rejects_page(staging, sel, order, nav, thumbs, per_reason)
+    _near_page(staging, sel, nav, thumbs, found)
+    stats_png = None
+    if part_files(out_dir, "d_know") or part_files(out_dir, "d_ling"):
+        from mella import corpus_stats
 
-    # --- thumbnails: sampled D_know/D_ling rows where they are; rejects and kept near-dup images located
+        if corpus_stats.write(out_dir, os.path.join(staging, "statistics.png"), os.path.join(staging, "statistics.json")):
+            stats_png = "statistics.png"
+    if train_dir is not None:
+        _training_page(staging, nav, train_dir)
+    if eval_dir is not None:
+        _evaluation_page(staging, nav, eval_dir)
+    render.write_page(staging, "index.html", "index.html", title="Overview", nav=nav,
+                      corpus_name=os.path.basename(os.path.abspath(out_dir)), out_dir=os.path.abspath(out_dir),
+                      written_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), langs=lang_rows,
+                      know_total=sum(sel.know.counts.values()), ling_total=sum(sel.ling.counts.values()),
+                      reject_total=sum(sel.rejects.counts.values()), funnel_svg=render.funnel_svg(funnel),
+                      lang_funnel=render.lang_funnel(funnel), stats_png=stats_png)
+    log.info("report: written at %.1f s", time.perf_counter() - t0)
+
+
+def _thumbnails(out_dir: str, sel, order: dict[str, int], thumb_px: int, num_cpus: float) -> tuple[dict, dict]:
+    """``(thumbs, found)``: data URLs of the sampled D_know/D_ling rows (where they are), of the rejects and of
+    the kept near-duplicate images (located with :func:`locate`)."""
     requests: dict[str, list[tuple[str, int]]] = {}
     for tag, bk in (("know", sel.know), ("ling", sel.ling)):
         for rows in bk.rows.values():
@@ -105,20 +146,19 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
                 requests[f"{tag}:{r['id']}"] = [(r["_file"], r["_row"])]
     fetched = [r for rows in sel.rejects.rows.values() for r in rows if _fetched(r["stage"], order)]
     fetched += [r for g in sel.near.groups.values() for r in g["rows"]]
-    rej_ids = {r["id"] for r in fetched}
-    kept_urls = {(lang, url) for (_, lang, url) in sel.near.groups}
-    found = locate(out_dir, rej_ids, kept_urls)
+    found = locate(out_dir, {r["id"] for r in fetched}, {(lang, url) for (_, lang, url) in sel.near.groups})
     for key, locs in found.items():
         requests.setdefault(key if "\x1f" in key else f"rej:{key}", []).extend((f, r) for f, r, _ in locs)
-    thumbs = make_thumbnails(requests, thumb_px, thumb_num_cpus, warc_urls={f"rej:{r['id']}": r["image_url"] for r in fetched
-                                                                            if r.get("image_url")},
-                             warc_files=image_warcs(out_dir))
-    log.info("report: %d thumbnails (Ray tasks) at %.1f s", len(thumbs), time.perf_counter() - t0)
+    warc_urls = {f"rej:{r['id']}": r["image_url"] for r in fetched if r.get("image_url")}
+    thumbs = make_thumbnails(requests, thumb_px, num_cpus, warc_urls=warc_urls, warc_files=image_warcs(out_dir))
+    return thumbs, found
 
+
+def _galleries(staging: str, sel, funnel: dict, nav: dict, thumbs: dict, page_size: int) -> list[dict]:
+    """The D_know / D_ling gallery pages; returns the per-language rows of the overview (fills ``nav``)."""
     langs = sorted({k for k in sel.know.counts} | {k for k in sel.ling.counts} | set(funnel.get("d_know", {})),
                    key=str)
-    nav = {"know": [], "ling": [], "train": train_dir is not None, "eval": eval_dir is not None}
-    views = []  # (tag, dataset, lang, rows, pages)
+    views = []  # (tag, dataset, bk, lang, rows, pages)
     lang_rows = []
     for lang in langs:
         entry = {"code": lang, "name": render.lang_name(lang), "know": sel.know.counts.get(lang, 0),
@@ -138,15 +178,18 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
                               lang=lang, lang_name=render.lang_name(lang), dir=render.text_dir(lang), rows=chunk,
                               total=bk.counts[lang], sampled=len(rows), page_size=page_size, pages=pages, page=p + 1,
                               first=p * page_size + 1, last=p * page_size + len(chunk))
+    return lang_rows
 
-    # --- rejects by stage and reason
+
+def _rejects_page(staging: str, sel, order: dict[str, int], nav: dict, thumbs: dict, per_reason: int) -> None:
+    """``rejects.html``: every stage and reason with its exact count and sampled rows."""
     stages: dict[str, dict] = {}
     for (stage, reason), n in sel.rejects.counts.items():
         s = stages.setdefault(stage or "?", {"stage": stage or "?", "count": 0, "reasons": []})
         s["count"] += n
         rows = []
+        fetched = _fetched(stage, order)
         for r in sel.rejects.rows.get((stage, reason), []):
-            fetched = _fetched(stage, order)
             # a rejected alt-text is often not in the page's language: let the bidi algorithm pick the direction
             rows.append({**r, "thumb": thumbs.get(f"rej:{r['id']}", ""), "dir": "auto", "fetched": bool(fetched),
                          "no_image": "no thumbnail (image not stored or not decodable)" if fetched
@@ -158,7 +201,9 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
     render.write_page(staging, "rejects.html", "rejects.html", title="Rejects", nav=nav, stages=stage_list,
                       total=sum(sel.rejects.counts.values()), per_reason=per_reason)
 
-    # --- near-duplicate groups
+
+def _near_page(staging: str, sel, nav: dict, thumbs: dict, found: dict) -> None:
+    """``near-duplicates.html``: each sampled kept image beside the images dropped for it (none: empty lists)."""
     near = []
     for stage in NEAR_DUP_STAGES:
         groups = []
@@ -174,28 +219,6 @@ def write_report(out_dir: str, train_dir: str | None = None, eval_dir: str | Non
                      "groups": groups})
     render.write_page(staging, "near-duplicates.html", "near-duplicates.html", title="Near-duplicates", nav=nav,
                       stages=near)
-
-    # --- statistics figure and overview
-    stats_png = None
-    if part_files(out_dir, "d_know") or part_files(out_dir, "d_ling"):
-        from mella import corpus_stats
-
-        corpus_stats.write(out_dir, os.path.join(staging, "statistics.png"), os.path.join(staging, "statistics.json"))
-        stats_png = "statistics.png"
-    if train_dir is not None:
-        _training_page(staging, nav, train_dir)
-    if eval_dir is not None:
-        _evaluation_page(staging, nav, eval_dir)
-    render.write_page(staging, "index.html", "index.html", title="Overview", nav=nav,
-                      corpus_name=os.path.basename(os.path.abspath(out_dir)), out_dir=os.path.abspath(out_dir),
-                      written_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), langs=lang_rows,
-                      know_total=sum(sel.know.counts.values()), ling_total=sum(sel.ling.counts.values()),
-                      reject_total=sum(sel.rejects.counts.values()), funnel_svg=render.funnel_svg(funnel),
-                      lang_funnel=render.lang_funnel(funnel), stats_png=stats_png)
-    final = os.path.join(out_dir, REPORT_DIR)
-    replace_dir(staging, final)
-    log.info("report: written at %.1f s", time.perf_counter() - t0)
-    return os.path.join(final, "index.html")
 
 
 def _training_page(report_dir: str, nav: dict, train_dir: str) -> None:

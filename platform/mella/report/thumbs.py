@@ -43,8 +43,8 @@ def locate(out_dir: str, ids: set[str], urls: set[tuple[str, str]]) -> dict[str,
     found: dict[str, list[tuple[str, int, str]]] = defaultdict(list)
     if not ids and not urls:
         return found
-    want_urls = pa.array(sorted({u for _, u in urls}))
-    want_ids = pa.array(sorted(ids))
+    want_urls = pa.array(sorted({u for _, u in urls}), pa.string())  # typed: an empty set is not a null array
+    want_ids = pa.array(sorted(ids), pa.string())
     files = part_files(out_dir, "d_know") + part_files(out_dir, "d_ling") + unit_parts(out_dir)
     for f, t in iter_batches(files, ["id", "lang", "image_url", "alt_text"]):
         hit = pc.or_(pc.is_in(t["id"], want_ids), pc.is_in(t["image_url"], want_urls))

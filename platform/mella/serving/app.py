@@ -28,9 +28,10 @@ import logging
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from mella.serving import protocol
 from mella.serving.config import ServeConfig
@@ -258,6 +259,9 @@ class Gateway:
             res = await handle.chat.remote(gen)
         except ApiError as exc:
             return _error(exc)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing went wrong here
+            log.info("client closed the connection before sending its whole request body; not answered")
+            return Response(status_code=499)  # "client closed request" (nginx's code), for the access log only
         except Exception:  # noqa: BLE001 - the server answers 500 and stays up; details go to the log
             log.exception("chat completion failed")
             return _error(ApiError(500, "internal error while generating", "internal_error", type_="server_error"))
