@@ -56,7 +56,9 @@ def _samples(cfg: TrainConfig, sources) -> int:
 
 
 def test_ablation_training_sets_have_the_main_experiments_size(corpus, tmp_path):
-    grid = _grid(tmp_path, corpus, langs=["hu", "cs"], train={"n_test": 4, "test_max_fraction": 0.2})
+    grid = _grid(tmp_path, corpus, langs=["hu", "cs"], **{"train.n_test": 4, "train.test_max_fraction": 0.2,
+                                                          "evaluate.test_max_fraction": 0.2})
+    assert grid.train["max_steps"] == 3 and grid.train["n_test"] == 4  # dotted overrides set one nested key
     pools = training_pools(corpus, grid.langs, 4, 0.2)
     sizes = training_sizes(pools)
     trains, _ = plan(grid, sizes)

@@ -7,8 +7,8 @@ It expands (:func:`plan`) into
   spread is over *training* runs), and ``ling-only``, ``know-only``, ``two-stage`` once at the first seed
   (Table 4), each at the main experiment's training size (:func:`training_sizes`);
 * **eval cells** — one ``jobs/evaluate.py`` run each: per backbone and training seed, the base model and
-  that seed's MELLA adapters (plus, at the first seed, the one-source ablations and the SDRRL
-  approximation); per backbone and language, the two-stage adapter on its own merged base.
+  that seed's MELLA adapters (plus, at the first seed, the one-source ablations; the SDRRL approximation's
+  row is the ling-only adapter's scores); per backbone and language, the two-stage adapter on its merged base.
 
 A cell is finished when its ``result.json`` exists; it is written atomically (temporary file + rename)
 after the run succeeded, so a rerun skips it and a crash leaves no half-written result.
@@ -69,6 +69,10 @@ class GridConfig(Strict):
             raise ValueError(f"unknown backbone(s) {bad}; use qwen2-vl, internvl2")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        if self.evaluate.get("n_test", 100) > self.train.get("n_test", 100) or \
+                self.evaluate.get("test_max_fraction", 0.2) != self.train.get("test_max_fraction", 0.2):
+            raise ValueError("evaluate.n_test must not exceed train.n_test, and test_max_fraction must be equal: "
+                             "the evaluation's test images must be held out of training")
         if self.sdrrl and "ling-only" not in self.methods:
             raise ValueError("sdrrl: true needs method ling-only (SDRRL~ is the ling-only adapter)")
         return self
@@ -159,8 +163,6 @@ def plan(grid: GridConfig, sizes: dict[str, int]) -> tuple[list[TrainCell], list
                           if m in grid.methods for lang in grid.langs]
             trains += cells
             methods = [(c.method, f"mella-{{lang}}-{c.mix}-s{seed}") for c in cells if c.lang == grid.langs[0]]
-            if grid.sdrrl and seed == first:
-                methods.append((SDRRL, f"mella-{{lang}}-ling-only-s{seed}"))
             evals.append(EvalCell(bb, f"s{seed}", tuple(grid.langs), tuple(methods), seed, trains=tuple(cells)))
         if "two-stage" in grid.methods:
             for lang in grid.langs:
@@ -220,8 +222,11 @@ def collect(grid: GridConfig, evals: list[EvalCell]) -> list[dict]:
         for r in res["runs"]:
             if r["method"] == "-" and cell.model != "base":
                 continue
-            rows.append({"backbone": cell.backbone, "method": r["method"], "lang": r["lang"], "metric": r["metric"],
-                         "value": r["value"], "n": r["n"], "train_seed": cell.seed})
+            row = {"backbone": cell.backbone, "method": r["method"], "lang": r["lang"], "metric": r["metric"],
+                   "value": r["value"], "n": r["n"], "train_seed": cell.seed}
+            rows.append(row)
+            if grid.sdrrl and r["method"] == "ling-only":  # SDRRL~ is the ling-only adapter (docs/experiments.md)
+                rows.append({**row, "method": SDRRL})
     return rows
 
 
