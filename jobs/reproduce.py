@@ -150,6 +150,9 @@ def run_cells(grid: GridConfig, trains: list[TrainCell], evals: list[EvalCell]) 
             label = f"{cell.backbone}/{cell.lang}/{cell.mix}-s{cell.seed}" if isinstance(cell, TrainCell) \
                 else f"{cell.backbone}/eval/{cell.key}"
             progress.update(f"{k}/{len(todo)}: {label}")
+            if read_result(cell.dir(grid.output)) is not None:  # finished meanwhile (another driver on the grid)
+                stats["skipped"] += 1
+                continue
             res = run_train(grid, cell, train_job) if isinstance(cell, TrainCell) else run_eval(grid, cell, eval_job)
             stats["train_s" if isinstance(cell, TrainCell) else "eval_s"] += res["seconds"]
             stats["ran"] += 1
