@@ -139,10 +139,12 @@ def run_eval(grid: GridConfig, cell: EvalCell, eval_job) -> dict:
 
 
 def run_cells(grid: GridConfig, trains: list[TrainCell], evals: list[EvalCell]) -> dict:
-    """Every unfinished cell, trains first; returns counts ``{ran, skipped}`` and the seconds per cell kind."""
+    """Every unfinished cell (per backbone: trains, then evals); returns ``{ran, skipped}`` and seconds per cell kind."""
     train_job, eval_job = _load_job("train"), _load_job("evaluate")
     progress, stats = console.Progress(), {"ran": 0, "skipped": 0, "train_s": 0.0, "eval_s": 0.0}
-    todo = [c for c in [*trains, *evals] if read_result(c.dir(grid.output)) is None]
+    # per backbone, its training cells then its evaluations: a backbone's tables fill while the next one trains
+    order = [c for bb in grid.backbones for c in [*trains, *evals] if c.backbone == bb]
+    todo = [c for c in order if read_result(c.dir(grid.output)) is None]
     stats["skipped"] = len(trains) + len(evals) - len(todo)
     progress.start("cells", f"{len(todo)} to run, {stats['skipped']} finished before")
     try:
@@ -185,6 +187,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, GridConfig]:
     ap.add_argument("--data", help="corpus dir (overrides the grid's data)")
     ap.add_argument("--langs", help="comma-separated languages (overrides the grid's langs)")
     ap.add_argument("--print-config", action="store_true", help="print the resolved grid as YAML and exit")
+    ap.add_argument("--tables-only", action="store_true", help="write the tables from the finished cells; run nothing")
     ap.add_argument("--num-cpus", type=int, help="local Ray CPUs (default: all)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="grid settings, e.g. train.max_steps=2")
     console.add_console_flags(ap)
@@ -215,16 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     check_grid(grid, pools)
     trains, evals = plan(grid, training_sizes(pools))
     t0 = time.monotonic()
-    from mella.runtime import init_ray
+    stats = {"ran": 0, "skipped": 0}
+    if not a.tables_only:
+        from mella.runtime import init_ray
 
-    console.quiet_ray()
-    init_ray(a.num_cpus)
-    try:
-        stats = run_cells(grid, trains, evals)
-    finally:
-        import ray
+        console.quiet_ray()
+        init_ray(a.num_cpus)
+        try:
+            stats = run_cells(grid, trains, evals)
+        finally:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
     paths = write_tables(grid, trains, evals, pools)
     print(Path(paths["markdown"]).read_text(encoding="utf-8"))
     wall = time.monotonic() - t0
