@@ -80,7 +80,7 @@ def serving(args: dict, port: int):
         serve.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="build_corpus output (d_know/ [d_ling/])")
     ap.add_argument("--model", required=True, help="base model checkpoint dir (make_tiny_model.py output)")
@@ -97,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     console.add_console_flags(ap)
     a, _ = cli.parse(ap, argv, overrides=False)
     console.setup(a.quiet, a.verbose)
-    if a.print_config:
-        return cli.print_config(cli.flag_settings(a))
-    train_job, eval_job = _load_job("train"), _load_job("evaluate")
+    return a
+
+
+def _check(a: argparse.Namespace, train_job) -> tuple[Path, Path, dict, str, list[str]]:
+    """Inputs before Ray: ``(data, output, model config, backbone, langs)``; raises console.UsageError."""
     data, out = Path(a.data).resolve(), Path(a.output).resolve()
     model_cfg = preflight.check_model_dir(a.model, "--model")
     backbone = train_job.MODEL_TYPES.get(model_cfg.get("model_type"))
@@ -116,73 +118,58 @@ def main(argv: list[str] | None = None) -> int:
         raise console.UsageError(f"too few D_know rows (< {MIN_ROWS}) for {','.join(few) or 'every language'} in {data}: "
                                  f"rows per language {present}")
     preflight.check_output(out)
-    # inputs are valid: Ray from here on
-    import ray  # noqa: PLC0415
+    return data, out, model_cfg, backbone, langs
 
-    from mella.runtime import init_ray  # noqa: PLC0415
 
-    t0 = time.monotonic()
-    progress = console.Progress()
-    progress.start("ray", "starting")
-    console.quiet_ray()
-    init_ray(a.num_cpus)
-    timings: dict[str, float] = {}
-    try:
-        adapters = out / "adapters"
-        base_args = ["--data", str(data), "--backbone", backbone, "--model", str(a.model), "--mix", "dual",
-                     "--deepspeed", "zero2", "--num-workers", "1", *_verbosity(),
-                     *TRAIN_SET, f"max_steps={a.steps}", f"lr={a.lr}"]
-        if backbone == "qwen2-vl" and model_cfg.get("text_config", {}).get("hidden_size", 0) <= 256:  # the tiny model
-            from mella.models.tiny import MAX_PIXELS, MIN_PIXELS  # noqa: PLC0415
+def _train_all(a, train_job, base_args: list[str], langs: list[str], out: Path, progress) -> dict[str, dict]:
+    """One jobs/train.py run per language (``a.parallel`` at a time); adapters copied to OUT/adapters/mella-<lang>."""
+    summaries: dict[str, dict] = {}
 
-            base_args += [f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}"]
-        summaries: dict[str, dict] = {}
+    def train(lang: str) -> dict:
+        return train_job.main([*base_args, "--lang", lang, "--output", str(out / "train" / lang)])
 
-        def train(lang: str) -> dict:
-            return train_job.main([*base_args, "--lang", lang, "--output", str(out / "train" / lang)])
+    progress.start("train", f"{len(langs)} adapters ({','.join(langs)}), {a.steps} steps each, {a.parallel} at a time")
+    # the jobs' summary JSON goes to train.log, not the console; runs share this Ray (Ray Train runs side by side)
+    with _log_to(out / "train.log"), ThreadPoolExecutor(a.parallel) as pool:
+        for lang, summary in zip(langs, pool.map(train, langs)):
+            summaries[lang] = summary
+            loss = summary.get("final_loss")
+            progress.update(f"{len(summaries)}/{len(langs)} adapters done (last: {lang}"
+                            + (f", final loss {loss:.2f})" if isinstance(loss, float) else ")"))
+    for lang, summary in summaries.items():
+        dest = out / "adapters" / f"mella-{lang}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(summary["adapter"], dest)
+    return summaries
 
-        progress.start("train", f"{len(langs)} adapters ({','.join(langs)}), {a.steps} steps each, "
-                                f"{a.parallel} at a time")
+
+def _serve_and_evaluate(a, eval_job, serve_args: dict, data: Path, langs: list[str], out: Path, progress,
+                        timings: dict) -> dict:
+    """The Serve app on a free 127.0.0.1 port, jobs/evaluate.py against it, the app stopped; returns its result."""
+    progress.start("serve", f"starting the Serve app ({len(langs)} adapters)")
+    t = time.monotonic()
+    with serving(serve_args, _free_port()) as url:
+        timings["serve start"] = time.monotonic() - t
+        progress.start("evaluate", f"base vs {len(langs)} adapters through {url}")
         t = time.monotonic()
-        # the jobs' summary JSON goes to train.log, not the console; runs share this Ray (Ray Train runs side by side)
-        with _log_to(out / "train.log"), ThreadPoolExecutor(a.parallel) as pool:
-            for lang, summary in zip(langs, pool.map(train, langs)):
-                summaries[lang] = summary
-                loss = summary.get("final_loss")
-                progress.update(f"{len(summaries)}/{len(langs)} adapters done (last: {lang}"
-                                + (f", final loss {loss:.2f})" if isinstance(loss, float) else ")"))
-        timings["train"] = time.monotonic() - t
-        for lang, summary in summaries.items():
-            dest = adapters / f"mella-{lang}"
-            if dest.exists():
-                shutil.rmtree(dest)
-            shutil.copytree(summary["adapter"], dest)
-        serve_args = dict(model=str(Path(a.model).resolve()), backbone=backbone, adapters=str(adapters.resolve()),
-                          max_adapters_per_replica=len(langs), auth_token_env="MELLA_E2E_NO_TOKEN")
-        if "image_min_pixels=" in " ".join(base_args):
-            serve_args.update(image_min_pixels=MIN_PIXELS, image_max_pixels=MAX_PIXELS)
-        progress.start("serve", f"starting the Serve app ({len(langs)} adapters)")
-        t = time.monotonic()
-        with serving(serve_args, _free_port()) as url:
-            timings["serve start"] = time.monotonic() - t
-            progress.start("evaluate", f"base vs {len(langs)} adapters through {url}")
-            t = time.monotonic()
-            with _log_to(out / "eval.log"):
-                result = eval_job.main(["--data", str(data), "--endpoint", url, "--langs", ",".join(langs), "--output",
-                                        str(out / "eval"), "--n-test", "3", "--test-max-fraction", "0.5",
-                                        "--max-tokens", "16", *_verbosity()])
-            timings["evaluate"] = time.monotonic() - t
-            progress.end(f"done in {timings['evaluate']:.0f} s; Serve app stopped")
-    finally:
-        progress.close()
-        ray.shutdown()
-    report = Path(result["paths"]["markdown"]).read_text(encoding="utf-8")
-    wall = time.monotonic() - t0
-    print("\n" + report.strip() + "\n")
+        with _log_to(out / "eval.log"):
+            result = eval_job.main(["--data", str(data), "--endpoint", url, "--langs", ",".join(langs), "--output",
+                                    str(out / "eval"), "--n-test", "3", "--test-max-fraction", "0.5",
+                                    "--max-tokens", "16", *_verbosity()])
+        timings["evaluate"] = time.monotonic() - t
+        progress.end(f"done in {timings['evaluate']:.0f} s; Serve app stopped")
+    return result
+
+
+def _report(a, data: Path, out: Path, langs: list[str], result: dict, timings: dict, wall: float) -> None:
+    """Print the Table-3 report, where everything is, and write OUT/e2e.json."""
+    print("\n" + Path(result["paths"]["markdown"]).read_text(encoding="utf-8").strip() + "\n")
     print("NOTE: the base model is a TINY RANDOM-WEIGHT Qwen2-VL (jobs/make_tiny_model.py), and so are make e2e's "
           "D_ling captioner, translator (Marian) and QE model (COMETKiwi): the scores above are noise "
           "and only show that every step ran. A real run trains Qwen2-VL-7B-Instruct or InternVL2-8B on GPU nodes "
           "(--use-gpu, cluster/ configs, the paper's Table 7 settings): docs/training.md.")
+    adapters = out / "adapters"
     where = {"corpus (D_know, D_ling, rejects, funnel.json, WARCs)": data, "base model": Path(a.model),
              **{f"adapter {lang}": adapters / f"mella-{lang}" for lang in langs},
              "training logs": out / "train", "evaluation report (md, csv, json, png, outputs, pairs)": out / "eval"}
@@ -194,6 +181,44 @@ def main(argv: list[str] | None = None) -> int:
                                                "paths": {k: str(Path(v).resolve()) for k, v in where.items()},
                                                "aggregate": result["aggregate"]}, indent=2, ensure_ascii=False))
     print(f"train + serve + evaluate: {wall:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse(argv)
+    if a.print_config:
+        return cli.print_config(cli.flag_settings(a))
+    train_job, eval_job = _load_job("train"), _load_job("evaluate")
+    data, out, model_cfg, backbone, langs = _check(a, train_job)
+    # inputs are valid: Ray from here on
+    import ray  # noqa: PLC0415
+
+    from mella.runtime import init_ray  # noqa: PLC0415
+
+    t0 = time.monotonic()
+    progress = console.Progress()
+    progress.start("ray", "starting")
+    console.quiet_ray()
+    init_ray(a.num_cpus)
+    timings: dict[str, float] = {}
+    base_args = ["--data", str(data), "--backbone", backbone, "--model", str(a.model), "--mix", "dual",
+                 "--deepspeed", "zero2", "--num-workers", "1", *_verbosity(),
+                 *TRAIN_SET, f"max_steps={a.steps}", f"lr={a.lr}"]
+    serve_args = dict(model=str(Path(a.model).resolve()), backbone=backbone, adapters=str((out / "adapters").resolve()),
+                      max_adapters_per_replica=len(langs), auth_token_env="MELLA_E2E_NO_TOKEN")
+    if backbone == "qwen2-vl" and model_cfg.get("text_config", {}).get("hidden_size", 0) <= 256:  # the tiny model
+        from mella.models.tiny import MAX_PIXELS, MIN_PIXELS  # noqa: PLC0415
+
+        base_args += [f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}"]
+        serve_args.update(image_min_pixels=MIN_PIXELS, image_max_pixels=MAX_PIXELS)
+    try:
+        t = time.monotonic()
+        _train_all(a, train_job, base_args, langs, out, progress)
+        timings["train"] = time.monotonic() - t
+        result = _serve_and_evaluate(a, eval_job, serve_args, data, langs, out, progress, timings)
+    finally:
+        progress.close()
+        ray.shutdown()
+    _report(a, data, out, langs, result, timings, time.monotonic() - t0)
     return 0
 
 

@@ -56,6 +56,10 @@ class TrainConfig(Strict):
     batch_size: int = Field(4, ge=1)  # micro-batch per worker (per GPU)
     max_grad_norm: float = 1.0  # HF Trainer default
     max_steps: int | None = None  # optimizer steps; overrides epochs (repeats the data) when set
+    # fixed training size (paper Table 4: ablations train on as many samples as the main run): sample this many
+    # training rows with sample_seed (fewer in the pool: repeat it). None = every training row.
+    train_rows: int | None = Field(None, ge=1)
+    sample_seed: int = 0
 
     # LoRA (None = backbone default above)
     lora_rank: int = 16

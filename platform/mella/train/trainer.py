@@ -8,7 +8,8 @@ CPU), then copy the final adapter out of the last checkpoint and write its metad
 Mixes (paper Table 4): ``dual`` = D_know ∪ D_ling in one run (the paper's method; D_ling is used when
 present), ``know-only``, ``ling-only``, ``two-stage`` = LoRA on D_ling, merge it into the weights,
 then a new LoRA on D_know on top of the merged model (the final adapter applies to that merged model,
-saved under ``OUTPUT/stage1_merged``).
+saved under ``OUTPUT/stage1_merged``; the merge runs in a Ray task in the checkpoint's dtype, never on the
+driver: :func:`merge_adapter`).
 
 Fault tolerance: every ``checkpoint_every`` optimizer steps all ranks call ``engine.save_checkpoint``
 (LoRA weights, optimizer and scheduler state; frozen weights excluded) and rank 0 adds the PEFT adapter
@@ -83,12 +84,14 @@ def _files(data: Path, source: str) -> list[str]:
     return sorted(str(p) for p in (Path(data) / source).glob("*.parquet"))
 
 
-def prepare_data(cfg: TrainConfig, sources: tuple[str, ...], counter: str | None):
-    """The training dataset of ``sources`` for ``cfg.lang`` and facts about it.
+def select_training_rows(cfg: TrainConfig, sources: tuple[str, ...]) -> tuple[dict, dict]:
+    """The training rows of ``sources`` for ``cfg.lang`` (no Ray: parquet columns ``id, lang, sha256`` only).
 
-    Returns ``(dataset, info)``; ``info`` has ``rows`` per source, ``held_out`` image counts per source,
-    ``snapshot`` (hash of the training rows) and ``sources_used``. The test images of *both* sources
-    are held out whatever the mix, so every mix is evaluated on the same test set.
+    The test images of *both* sources are held out whatever the mix, so every mix is evaluated on the same
+    test set; ``cfg.train_rows`` fixes the number of samples (:func:`sample_rows`, seed ``cfg.sample_seed``).
+    Returns ``(selection, info)``: selection ``{"files": {source: [parquet]}, "held": sha256 array,
+    "keep": {source: id array}}``; info ``rows`` per source (drawn), ``pool_rows``, ``epoch_scale``,
+    ``held_out`` image counts, ``snapshot`` (hash of the drawn rows) and ``sources_used``.
 
     Raises:
         FileNotFoundError: a source the mix needs has no parquet files (``d_ling`` is optional in ``dual``).
@@ -104,15 +107,25 @@ def prepare_data(cfg: TrainConfig, sources: tuple[str, ...], counter: str | None
     used = [s for s in sources if s in splits and splits[s].train.num_rows]
     if not used:
         raise ValueError(f"no training rows for lang={cfg.lang!r} in {list(sources)} under {cfg.data}")
-    rows = [(s, r, h) for s in used for r, h in zip(splits[s].train["id"].to_pylist(), splits[s].train["sha256"].to_pylist())]
-    info = {"rows": {s: splits[s].train.num_rows for s in used}, "sources_used": used,
+    pool = [(s, r, h) for s in used for r, h in zip(splits[s].train["id"].to_pylist(), splits[s].train["sha256"].to_pylist())]
+    rows, repeat = sample_rows(pool, cfg.train_rows, cfg.sample_seed)
+    keep = {s: pa.array(sorted({r for src, r, _ in rows if src == s}), pa.string()) for s in used}
+    info = {"rows": {s: sum(1 for src, _, _ in rows if src == s) for s in used}, "sources_used": used,
+            "pool_rows": {s: splits[s].train.num_rows for s in used}, "epoch_scale": repeat,
             "held_out": {s: splits[s].test.num_rows for s in splits}, "snapshot": artifacts.snapshot_hash(rows)}
+    return {"files": present, "held": held, "keep": keep}, info
 
+
+def prepare_data(cfg: TrainConfig, sources: tuple[str, ...], counter: str | None):
+    """The training dataset of ``sources`` for ``cfg.lang`` (:func:`select_training_rows`) as a Ray Dataset of
+    built samples; returns ``(dataset, info)``. Raises what :func:`select_training_rows` raises."""
+    sel, info = select_training_rows(cfg, sources)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # resume skips by position
     parts = []
-    for s in used:
-        ds = ray.data.read_parquet(present[s]).select_columns(["lang", "sha256", "image", ANSWER_COLUMN[s]])
-        parts.append(ds.map_batches(_select, fn_kwargs={"lang": cfg.lang, "held": held, "source": s},
+    for s in info["sources_used"]:
+        ds = ray.data.read_parquet(sel["files"][s]).select_columns(["id", "lang", "sha256", "image", ANSWER_COLUMN[s]])
+        parts.append(ds.map_batches(_select, fn_kwargs={"lang": cfg.lang, "held": sel["held"], "source": s,
+                                                        "keep": sel["keep"][s]},
                                     batch_format="pyarrow", num_cpus=0.25))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     kwargs = dict(backbone=cfg.backbone, model=str(cfg.model), lang=cfg.lang, max_seq_length=cfg.max_seq_length,
@@ -122,9 +135,32 @@ def prepare_data(cfg: TrainConfig, sources: tuple[str, ...], counter: str | None
     return (ds.materialize() if cfg.materialize else ds), info
 
 
-def _select(t: pa.Table, lang: str, held: pa.Array, source: str) -> pa.Table:
-    keep = pc.and_(pc.equal(t["lang"], lang), pc.invert(pc.is_in(t["sha256"], value_set=held)))
-    t = t.filter(keep)
+def sample_rows(pool: list[tuple[str, str, str]], n: int | None, seed: int) -> tuple[list[tuple[str, str, str]], float]:
+    """A training set of ``n`` samples drawn from ``pool`` (``(source, id, sha256)`` rows) with ``seed``.
+
+    Paper Table 4: the ablations train on as many samples as the main experiment. ``n`` None or equal to
+    the pool: the whole pool, scale 1. ``n`` smaller: ``n`` rows drawn without replacement (``random.Random(seed)``
+    over the sorted pool, so the draw depends only on the rows and the seed). ``n`` larger: the whole pool,
+    and the returned epoch scale ``n / len(pool)`` (> 1) repeats it until ``n`` samples are seen.
+    Returns ``(rows, epoch_scale)``. Raises ``ValueError`` for ``n < 1``.
+    """
+    import random
+
+    if n is not None and n < 1:
+        raise ValueError(f"train_rows must be >= 1, got {n}")
+    pool = sorted(pool)
+    if n is None or n == len(pool):
+        return pool, 1.0
+    if n > len(pool):
+        return pool, n / len(pool)
+    return sorted(random.Random(seed).sample(pool, n)), 1.0
+
+
+def _select(t: pa.Table, lang: str, held: pa.Array, source: str, keep: pa.Array | None = None) -> pa.Table:
+    mask = pc.and_(pc.equal(t["lang"], lang), pc.invert(pc.is_in(t["sha256"], value_set=held)))
+    t = t.filter(mask)
+    if keep is not None:
+        t = t.filter(pc.is_in(t["id"], value_set=keep))
     return pa.table({"image": t["image"], "answer": t[ANSWER_COLUMN[source]], "sha256": t["sha256"],
                      "source": pa.array([source] * t.num_rows, pa.string())})
 
@@ -181,24 +217,16 @@ def _save(engine, cfg: TrainConfig, rank: int, state: dict, history: list[dict],
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def train_loop(config: dict) -> None:
-    """Ray Train worker loop (one process per rank). ``config``: ``cfg`` (TrainConfig dict), ``model``, ``total_steps``."""
+def _setup(cfg: TrainConfig, model_path: str, total_steps: int, world: int):
+    """PEFT LoRA model wrapped by ``deepspeed.initialize``; returns ``(backbone, engine, scheduler, n_total, n_train)``."""
     import deepspeed
-    import ray.train.torch
     import torch
-    import torch.distributed as dist
     from peft import LoraConfig, get_peft_model
     from transformers import get_scheduler
 
     from mella.models.backbones import load_backbone, load_model
 
-    cfg = TrainConfig(**config["cfg"])
-    total_steps, model_path = config["total_steps"], config["model"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     torch.manual_seed(cfg.seed)  # same LoRA init on every rank
-
     bb = load_backbone(cfg.backbone, model_path, min_pixels=cfg.image_min_pixels,
                        max_pixels=cfg.image_max_pixels, max_tiles=cfg.max_tiles)
     model = load_model(cfg.backbone, model_path, torch.bfloat16 if cfg.use_gpu else torch.float32)
@@ -215,34 +243,99 @@ def train_loop(config: dict) -> None:
                               num_training_steps=total_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=_ds_config(cfg, world))
+    return bb, engine, scheduler, n_total, n_train
 
-    step, epoch, history, resumed_from = 0, 0, [], None
+
+def _restore(engine) -> tuple[int, list[dict], int | None]:
+    """Load Ray Train's latest checkpoint into ``engine``; returns ``(step, history, resumed_from)``."""
     ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            engine.load_checkpoint(d, tag="ds", load_module_strict=False)
-            state = json.loads((Path(d) / "train_state.json").read_text())
-            history = [json.loads(line) for line in (Path(d) / "log.jsonl").read_text().splitlines()]
-        step = resumed_from = state["step"]
-    skip = step * cfg.grad_accum  # micro-batches already consumed (over all epochs)
+    if not ckpt:
+        return 0, [], None
+    with ckpt.as_directory() as d:
+        engine.load_checkpoint(d, tag="ds", load_module_strict=False)
+        state = json.loads((Path(d) / "train_state.json").read_text())
+        history = [json.loads(line) for line in (Path(d) / "log.jsonl").read_text().splitlines()]
+    return state["step"], history, state["step"]
 
-    peak = _peak_flops(cfg)
-    flops_per_token = 4 * n_total + 2 * n_train
+
+class _StepLog:
+    """Per-optimizer-step accounting: loss × answer tokens, answer tokens, all tokens, and timers."""
+
+    def __init__(self, cfg: TrainConfig, device, world: int, flops_per_token: float, peak: float | None):
+        import torch
+
+        self.cfg, self.world, self.flops_per_token, self.peak = cfg, world, flops_per_token, peak
+        self.acc = torch.zeros(3, dtype=torch.float64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0, self.c0, self.data_wait = time.perf_counter(), time.process_time(), 0.0
+        self.acc.zero_()
+
+    def add(self, loss: float, inputs: dict) -> None:
+        import torch
+
+        n_ans = int((inputs["labels"][:, 1:] != -100).sum())  # shifted, as the model's loss counts them
+        self.acc += torch.tensor([loss * n_ans, n_ans, int(inputs["attention_mask"].sum())], dtype=torch.float64,
+                                 device=self.acc.device)
+
+    def record(self, step: int, epoch: int, lr: float) -> dict:
+        import torch
+        import torch.distributed as dist
+
+        dist.all_reduce(self.acc)
+        dt = time.perf_counter() - self.t0
+        tok_s = self.acc[2].item() / dt
+        use_gpu = self.cfg.use_gpu
+        return {"step": step, "epoch": epoch, "loss": self.acc[0].item() / max(self.acc[1].item(), 1.0),
+                "tokens": int(self.acc[2].item()), "step_time_s": dt, "tokens_per_s": tok_s,
+                "data_wait_s": self.data_wait, "cpu_time_s": time.process_time() - self.c0, "end_unix_s": time.time(),
+                "torch_threads": torch.get_num_threads(), "lr": lr,
+                "mfu": tok_s * self.flops_per_token / (self.world * self.peak) if self.peak else None,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if use_gpu else None}
+
+
+def _batches(shard, cfg: TrainConfig, epoch: int, log: _StepLog):
+    """The shard's micro-batches of one epoch (seeded local shuffle); time spent waiting goes to ``log``."""
+    it = iter(shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                 local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+                                 local_shuffle_seed=cfg.seed + epoch))
+    while True:
+        tw = time.perf_counter()
+        batch = next(it, None)
+        log.data_wait += time.perf_counter() - tw
+        if batch is None:
+            return
+        yield batch
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train worker loop (one process per rank).
+
+    ``config``: ``cfg`` (TrainConfig dict), ``model``, ``total_steps``, ``epoch_scale`` (passes over the
+    data per configured epoch, > 1 when a fixed training size repeats a smaller pool).
+    """
+    import ray.train.torch
+    import torch
+
+    cfg = TrainConfig(**config["cfg"])
+    total_steps, model_path = config["total_steps"], config["model"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    bb, engine, scheduler, n_total, n_train = _setup(cfg, model_path, total_steps, world)
+    step, history, resumed_from = _restore(engine)
+    skip = step * cfg.grad_accum  # micro-batches already consumed (over all epochs)
+    log = _StepLog(cfg, device, world, 4 * n_total + 2 * n_train, _peak_flops(cfg))
     shard = ray.train.get_dataset_shard("train")
-    max_epochs = math.ceil(cfg.epochs) if cfg.max_steps is None else 10**9
-    acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss × answer tokens, answer tokens, all tokens
-    micro, last_saved, t0, c0, data_wait = 0, step, time.perf_counter(), time.process_time(), 0.0
+    scale = config.get("epoch_scale", 1.0)
+    max_epochs = math.ceil(cfg.epochs * scale) if cfg.max_steps is None else 10**9
+    extra = {"n_params": n_total, "n_trainable": n_train}
+    micro, last_saved, epoch = 0, step, 0
     while step < total_steps and epoch < max_epochs:
         batches = 0
-        it = iter(shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                     local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                     local_shuffle_seed=cfg.seed + epoch))
-        while True:
-            tw = time.perf_counter()
-            batch = next(it, None)
-            data_wait += time.perf_counter() - tw
-            if batch is None:
-                break
+        for batch in _batches(shard, cfg, epoch, log):
             batches += 1
             if skip:
                 skip -= 1
@@ -253,51 +346,38 @@ def train_loop(config: dict) -> None:
             loss = engine(**inputs).loss
             engine.backward(loss)
             engine.step()
-            n_ans = int((inputs["labels"][:, 1:] != -100).sum())  # shifted, as the model's loss counts them
-            acc += torch.tensor([loss.item() * n_ans, n_ans, int(inputs["attention_mask"].sum())], dtype=torch.float64, device=device)
+            log.add(loss.item(), inputs)
             micro += 1
             if micro % cfg.grad_accum:
                 continue
             step += 1
-            dist.all_reduce(acc)
-            dt = time.perf_counter() - t0
-            tok_s = acc[2].item() / dt
-            rec = {"step": step, "epoch": epoch, "loss": acc[0].item() / max(acc[1].item(), 1.0),
-                   "tokens": int(acc[2].item()), "step_time_s": dt, "tokens_per_s": tok_s,
-                   "data_wait_s": data_wait, "cpu_time_s": time.process_time() - c0, "end_unix_s": time.time(),
-                   "torch_threads": torch.get_num_threads(),
-                   "lr": scheduler.get_last_lr()[0],
-                   "mfu": tok_s * flops_per_token / (world * peak) if peak else None,
-                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cfg.use_gpu else None}
+            rec = log.record(step, epoch, scheduler.get_last_lr()[0])
             if resumed_from is not None and step == resumed_from + 1:
                 rec["resumed_from"] = resumed_from
             history.append(rec)
             if rank == 0:
                 print(json.dumps({"mella_train_step": rec}), flush=True)
-            acc.zero_()
             if step % cfg.checkpoint_every == 0 or step == total_steps:
-                state = {"step": step, "epoch": epoch}
-                _save(engine, cfg, rank, state, history, {**rec, "n_params": n_total, "n_trainable": n_train})
+                _save(engine, cfg, rank, {"step": step, "epoch": epoch}, history, {**rec, **extra})
                 last_saved = step
-            t0, c0, data_wait = time.perf_counter(), time.process_time(), 0.0
+            log.reset()
             if step >= total_steps:
                 break
         if batches == 0:
             raise RuntimeError(f"rank {rank}: empty dataset shard (too few samples for {world} workers?)")
         epoch += 1
     if last_saved != step or not history:  # data ran out before total_steps: save what we have
-        _save(engine, cfg, rank, {"step": step, "epoch": epoch}, history,
-              {**(history[-1] if history else {"step": step}), "n_params": n_total, "n_trainable": n_train})
+        _save(engine, cfg, rank, {"step": step, "epoch": epoch}, history, {**(history[-1] if history else {"step": step}), **extra})
 
 
 # --------------------------------------------------------------------------------------------- driver
-def _steps(cfg: TrainConfig, n_rows: int) -> int:
+def _steps(cfg: TrainConfig, n_rows: int, epoch_scale: float = 1.0) -> int:
+    """Optimizer steps of a run: ``max_steps``, else ``epochs × epoch_scale`` passes over ``n_rows``."""
     if cfg.max_steps:
         return cfg.max_steps
     per_worker = n_rows // cfg.num_workers  # Ray Train's equal split drops the remainder
     micro = math.ceil(per_worker / cfg.batch_size)
-    return max(1, math.ceil(cfg.epochs * micro / cfg.grad_accum))
+    return max(1, math.ceil(cfg.epochs * epoch_scale * micro / cfg.grad_accum))
 
 
 def run_stage(cfg: TrainConfig, sources: tuple[str, ...], model: Path, output: Path, name: str) -> dict:
@@ -317,11 +397,12 @@ def run_stage(cfg: TrainConfig, sources: tuple[str, ...], model: Path, output: P
     counter = SampleCounter.options(name=counter_name, scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
     ds, info = prepare_data(cfg, sources, counter_name)
-    total_steps = _steps(cfg, sum(info["rows"].values()))
+    total_steps = _steps(cfg, sum(info["rows"].values()), info["epoch_scale"])
     stage_cfg = cfg.model_copy(update={"model": Path(model)})
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": stage_cfg.model_dump(mode="json"), "model": str(model), "total_steps": total_steps},
+        train_loop_config={"cfg": stage_cfg.model_dump(mode="json"), "model": str(model), "total_steps": total_steps,
+                           "epoch_scale": info["epoch_scale"]},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -348,21 +429,51 @@ def run_stage(cfg: TrainConfig, sources: tuple[str, ...], model: Path, output: P
             "resumed": any("resumed_from" in h for h in history), **info}
 
 
-def merge_adapter(backbone: str, base: Path, adapter: Path, out: Path, cfg: TrainConfig) -> Path:
-    """Merge a LoRA adapter into its base weights (PEFT ``merge_and_unload``) and save a full checkpoint
-    (model + tokenizer + image processor) to ``out``. Runs on the driver in fp32 (7B: ~30 GiB RAM)."""
+def checkpoint_dtype(model: Path):
+    """The torch dtype a checkpoint's weights are stored in (``config.json`` ``dtype`` / ``torch_dtype``; float32
+    when absent or ``auto``)."""
+    import torch
+
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or cfg.get("text_config", {}).get("dtype") or "float32"
+    return getattr(torch, name) if name != "auto" and isinstance(getattr(torch, name, None), torch.dtype) else torch.float32
+
+
+def _merge(backbone: str, base: str, adapter: str, out: str, image_kw: dict) -> dict:
+    """Worker side of :func:`merge_adapter`: load in the checkpoint's dtype, merge, save. Returns facts of the run."""
     import torch
     from peft import PeftModel
 
     from mella.models.backbones import load_backbone, load_model
 
-    model = PeftModel.from_pretrained(load_model(backbone, base, torch.float32), str(adapter)).merge_and_unload()
-    model.save_pretrained(str(out))
-    bb = load_backbone(backbone, base, min_pixels=cfg.image_min_pixels, max_pixels=cfg.image_max_pixels,
-                       max_tiles=cfg.max_tiles)
-    bb.tokenizer.save_pretrained(str(out))
-    bb.image_processor.save_pretrained(str(out))
-    return Path(out)
+    dtype = checkpoint_dtype(Path(base))
+    model = PeftModel.from_pretrained(load_model(backbone, base, dtype), adapter).merge_and_unload()
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(out)
+    del model
+    bb = load_backbone(backbone, base, **image_kw)
+    bb.tokenizer.save_pretrained(out)
+    bb.image_processor.save_pretrained(out)
+    return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "dtype": str(dtype).removeprefix("torch."),
+            "weights_gib": n_bytes / 2**30, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "torch_threads": torch.get_num_threads()}
+
+
+def merge_adapter(backbone: str, base: Path, adapter: Path, out: Path, cfg: TrainConfig) -> dict:
+    """Merge a LoRA adapter into its base weights (PEFT ``merge_and_unload``) and save a full checkpoint
+    (model + tokenizer + image processor) to ``out`` — in a Ray task, not on the driver.
+
+    The task loads the base in the checkpoint's own dtype (:func:`checkpoint_dtype`: bf16 for Qwen2-VL-7B /
+    InternVL2-8B, so ~15-16 GiB of weights, not ~30 GiB in fp32) in the CPU memory of a worker with
+    ``cpus_per_worker`` CPUs (no GPU: merge_and_unload adds ``B·A·alpha/r`` to each LoRA-wrapped weight in place,
+    so peak memory ≈ the weights + one module's delta). The driver only
+    passes paths. Returns the task's facts: ``pid``, ``node``, ``dtype``, ``weights_gib``, ``peak_rss_gib``.
+    Raises ``ray.exceptions.RayTaskError`` when the task fails (e.g. out of memory on the worker).
+    """
+    task = ray.remote(_merge).options(num_cpus=cfg.cpus_per_worker, max_retries=0)
+    image_kw = dict(min_pixels=cfg.image_min_pixels, max_pixels=cfg.image_max_pixels, max_tiles=cfg.max_tiles)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return ray.get(task.remote(backbone, str(base), str(adapter), str(out), image_kw))
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -370,7 +481,8 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.output).resolve()
     if cfg.mix == "two-stage":
         s1 = run_stage(cfg, ("d_ling",), cfg.model, out / "stage1", "stage1-ling")
-        merged = merge_adapter(cfg.backbone, cfg.model, Path(s1["adapter"]), out / "stage1_merged", cfg)
+        merged = out / "stage1_merged"
+        s1["merge"] = merge_adapter(cfg.backbone, cfg.model, Path(s1["adapter"]), merged, cfg)
         summary = run_stage(cfg, ("d_know",), merged, out, "stage2-know")
         summary["stage1"] = s1
     else:
@@ -381,6 +493,6 @@ def train(cfg: TrainConfig) -> dict:
             "samples": summary["samples"], "final_loss": summary["final_loss"],
             "hyperparameters": cfg.model_dump(mode="json", exclude={"data", "output", "model"})}
     if cfg.mix == "two-stage":
-        meta["stage1"] = {k: summary["stage1"][k] for k in ("adapter", "steps", "snapshot", "rows", "final_loss")}
+        meta["stage1"] = {k: summary["stage1"][k] for k in ("adapter", "steps", "snapshot", "rows", "final_loss", "merge")}
     artifacts.write_metadata(Path(summary["adapter"]), meta)
     return summary
