@@ -64,7 +64,7 @@ def _log_to(path: Path):
 
 
 def _kv(settings: dict) -> list[str]:
-    """``{k: v}`` → ``["k=<json v>", ...]`` (JSON is YAML: the jobs' ``--set`` parses it back)."""
+    """``{k: v}`` → ``["k=<json v>", ...]`` (JSON is YAML: the jobs' bare ``key=value`` settings parse it back)."""
     return [f"{k}={json.dumps(v)}" for k, v in settings.items()]
 
 
@@ -96,7 +96,7 @@ def run_train(grid: GridConfig, cell: TrainCell, train_job) -> dict:
     out = cell.dir(grid.output)
     args = ["--data", str(grid.data), "--lang", cell.lang, "--backbone", cell.backbone,
             "--model", str(grid.backbones[cell.backbone]), "--output", str(out), "--mix", cell.mix, "-q"]
-    args += _flags("--set", [*_kv(grid.train), *cell.overrides(grid.sample_seed)])
+    args += [*_kv(grid.train), *cell.overrides(grid.sample_seed)]  # bare key=value settings (the jobs' grammar)
     t = time.monotonic()
     with _log_to(out / "train.log"):
         summary = train_job.main(args)
@@ -122,10 +122,10 @@ def run_eval(grid: GridConfig, cell: EvalCell, eval_job) -> dict:
     out = cell.dir(grid.output)
     model = grid.backbones[cell.backbone] if cell.model == "base" else \
         cell.trains[0].dir(grid.output) / "stage1_merged"
-    args = ["--data", str(grid.data), "--langs", *cell.langs, "--output", str(out), "--model", str(model),
+    args = ["--data", str(grid.data), "--langs", ",".join(cell.langs), "--output", str(out), "--model", str(model),
             "--adapters", str(_adapter_dir(grid, cell)), "--backbone", cell.backbone, "--seeds", str(cell.seed), "-q",
             *_flags("--method", [f"{m}={t}" for m, t in cell.methods]),
-            *_flags("--set", _kv({"backbone_label": cell.backbone, **grid.evaluate}))]
+            *_kv({"backbone_label": cell.backbone, **grid.evaluate})]
     t = time.monotonic()
     with _log_to(out / "eval.log"):
         res = eval_job.main(args)

@@ -116,7 +116,7 @@ def test_lora_step_deepspeed_zero2_on_gpu(checkpoints, workdir):
             "image_max_pixels=12544", "n_test=2", "max_tiles=4", "max_steps=3", "lr=1e-3"]
     cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), "--data", str(data), "--lang", "hu", "--backbone",
            "qwen2-vl", "--model", str(checkpoints["qwen2-vl"]), "--output", str(out), "--mix", "know-only",
-           "--deepspeed", "zero2", "--num-workers", "1", "--use-gpu", *[x for kv in sets for x in ("--set", kv)]]
+           "--deepspeed", "zero2", "--num-workers", "1", "--use-gpu", *sets]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads(done.stdout[done.stdout.index("{"):])
