@@ -57,11 +57,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                    help="skip the CPU EfficientNet-lite0 categories (4 major / 20 fine) of D_know rows")
     g = ap.add_argument_group("D_ling (paper 3.1.2): caption images without usable alt-text, translate them")
     g.add_argument("--d-ling", action="store_true", help="enable categorise → caption → translate → qe")
-    g.add_argument("--caption-model", help="local MLLM checkpoint dir for captioning (and --categoriser mllm)")
+    g.add_argument("--caption-model", help="MLLM for captioning (and --categoriser mllm): a checkpoint dir or a hub id "
+                   "org/name[@rev] (HF_HOME cache)")
     g.add_argument("--caption-family", choices=["qwen2-vl", "internvl2"], default="qwen2-vl")
     g.add_argument("--categoriser", choices=["efficientnet", "mllm"], help="default: efficientnet (CPU)")
     g.add_argument("--mt-backend", choices=["seq2seq", "deepl", "google", "mllm"], help="default: seq2seq")
-    g.add_argument("--mt-model", help="local seq2seq MT checkpoint dir (NLLB-200, M2M100 or multi-target Marian)")
+    g.add_argument("--mt-model", help="seq2seq MT model (NLLB-200, M2M100 or multi-target Marian): a checkpoint dir or a "
+                   "hub id org/name[@rev]")
     g.add_argument("--translate-to", help="comma-separated languages for each caption (default: the image page's language)")
     g.add_argument("--num-gpus", type=float, help="GPUs per model actor (caption, translate, categorise, embed, NSFW)")
     console.add_console_flags(ap)
@@ -142,15 +144,16 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
     preflight.check_output(cfg.output)
     d = cfg.d_ling
     if d.enabled:
-        preflight.check_model_dir(d.caption.mllm.model_path, "--caption-model")
+        # hub ids resolve here, on the driver; the model actors get the local snapshot directory
+        d.caption.mllm.model_path = preflight.check_model(d.caption.mllm.model_path, "--caption-model")[0]
         if d.categorise.backend == "mllm" and d.categorise.mllm is not None:
-            preflight.check_model_dir(d.categorise.mllm.model_path, "--caption-model")
+            d.categorise.mllm.model_path = preflight.check_model(d.categorise.mllm.model_path, "--caption-model")[0]
         tr = d.translate
         if tr.backend == "seq2seq":
             if tr.seq2seq is None or not tr.seq2seq.model_path:
                 raise console.UsageError("--d-ling with --mt-backend seq2seq needs --mt-model DIR (NLLB-200, M2M100 "
                                          "or a multi-target Marian checkpoint), or --mt-backend mllm|deepl|google")
-            preflight.check_model_dir(tr.seq2seq.model_path, "--mt-model")
+            tr.seq2seq.model_path = preflight.check_model(tr.seq2seq.model_path, "--mt-model")[0]
     from mella.plan import PlanError, build_plan  # noqa: PLC0415
 
     try:  # the plan itself: --stage / stages.extra classes import and place, configured backends exist

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(a.quiet, a.verbose)
     train_job, eval_job = _load_job("train"), _load_job("evaluate")
     data, out = Path(a.data).resolve(), Path(a.output).resolve()
-    model_cfg = preflight.check_model_dir(a.model, "--model")
+    a.model, model_cfg = preflight.check_model(a.model, "--model")
     backbone = train_job.MODEL_TYPES.get(model_cfg.get("model_type"))
     if backbone is None:
         raise console.UsageError(f"--model {a.model} is a {model_cfg.get('model_type')!r} checkpoint: "

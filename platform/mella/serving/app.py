@@ -33,6 +33,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mella.serving import protocol
+from mella.models.hub import resolve_model
 from mella.serving.config import ServeConfig
 from mella.serving.protocol import ApiError, GenerationFailed, GenRequest, GenResult, RequestError
 from mella.serving.registry import discover
@@ -274,9 +275,13 @@ def application(args: dict | ServeConfig, runtime_env: dict | None = None) -> se
 
     ``runtime_env`` (optional) is given to both deployments' actors, e.g. ``{"env_vars": {...}}`` to
     hand the auth token to the gateway from Python. Raises pydantic ``ValidationError`` for bad
-    settings and ``NotADirectoryError`` for a missing adapter directory (before any replica starts).
+    settings, ``NotADirectoryError`` for a missing adapter directory and :class:`mella.console.UsageError` for a
+    model that is neither a directory nor a hub id in the Hugging Face cache (before any replica starts).
     """
     cfg = args if isinstance(args, ServeConfig) else ServeConfig(**args)
+    # a hub id resolves here (HF cache, mella.models.hub) and the replicas get the local snapshot directory; the
+    # base model keeps the id's name (Qwen2-VL-7B-Instruct), not the snapshot's commit hash
+    cfg = cfg.model_copy(update={"base_model_name": cfg.base_name, "model": resolve_model(str(cfg.model), flag="model")})
     discover(cfg.adapters, cfg.base_name)
     plain = cfg.model_dump(mode="json")
     model, gateway = VLMDeployment, Gateway
