@@ -137,3 +137,70 @@ def test_train_job_takes_a_hub_id_and_writes_an_adapter(hf_home, tmp_path, repo_
     assert meta["original_model"].startswith(str(hf_home / "hub")) or repo_id == INTERNVL2
     want = {"qwen2-vl": (0.0, "linear", 0.0, 1), "internvl2": (0.03, "cosine", 0.01, 2)}[meta["backbone"]]
     assert (hp["warmup_ratio"], hp["lr_scheduler"], hp["weight_decay"], hp["grad_accum"]) == want
+
+
+# ------------------------------------------------------------------ build_corpus: ids, categories, placement
+MARIAN_ID = "mella-test/tiny-opus-mt-en-mul"  # a tiny Marian under a hub id (tests/test_dling.py's model)
+
+
+def _build_corpus_job():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mella_job_build_corpus", ROOT / "jobs" / "build_corpus.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def with_marian(hf_home):  # noqa: F811
+    from mella.models.hub import write_cache_entry
+    from test_dling import tiny_marian
+
+    write_cache_entry(hf_home / "hub", MARIAN_ID, tiny_marian)
+    return hf_home
+
+
+def _checked(job, argv):
+    args, overrides = job.parse_args(argv)
+    cfg = job.build_config(args, overrides)
+    job.check_inputs(args, cfg)
+    return cfg
+
+
+def test_build_corpus_takes_ids_for_caption_and_mt(with_marian, offline_hub, tmp_path):
+    job = _build_corpus_job()
+    cfg = _checked(job, ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output", str(tmp_path / "o"), "--d-ling",
+                         "--caption-model", QWEN2_VL, "--mt-model", MARIAN_ID, "--categoriser", "mllm"])
+    d, hub = cfg.d_ling, offline_hub / "hub"
+    assert Path(d.caption.mllm.model_path) == hub / "models--Qwen--Qwen2-VL-7B-Instruct" / "snapshots" / snapshot_commit(QWEN2_VL)
+    assert d.categorise.mllm.model_path == d.caption.mllm.model_path
+    assert Path(d.translate.seq2seq.model_path).parent.parent.name == "models--mella-test--tiny-opus-mt-en-mul"
+    with pytest.raises(UsageError, match="hf download facebook/nllb-200-distilled-600M"):
+        _checked(job, ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output", str(tmp_path / "o"), "--d-ling",
+                       "--caption-model", QWEN2_VL, "--mt-model", "facebook/nllb-200-distilled-600M"])
+
+
+def test_mllm_categories_without_d_ling_and_gpu_placement(offline_hub, tmp_path):
+    """``--categoriser mllm`` categorises D_know without ``--d-ling`` (paper 3.1: every image); ``--num-gpus``
+    reaches every model stage that runs, and the job's placement line says where each runs."""
+    from mella.plan import build_plan, model_placement, stage_names
+
+    job = _build_corpus_job()
+    seeds = ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output", str(tmp_path / "o")]
+    cfg = _checked(job, [*seeds, "--categoriser", "mllm", "--caption-model", QWEN2_VL, "--num-gpus", "1"])
+    assert not cfg.d_ling.enabled and cfg.d_ling.categorise.backend == "mllm"
+    plan = build_plan(cfg)
+    cat = [s for step in plan for s in getattr(step, "stages", [step]) if s.name == "categorise"]
+    assert type(cat[0]).__name__ == "MLLMCategoriser" and "caption" not in stage_names(plan)
+    assert (cfg.filters.moderation.num_gpus, cfg.filters.semantic.num_gpus, cfg.d_ling.categorise.num_gpus) == (1, 1, 1)
+    line = model_placement(cfg)
+    assert "embed GPU (1/actor)" in line and "categorise[qwen2-vl] GPU (1/actor)" in line
+    import onnxruntime as ort
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert ("nsfw GPU (1/actor)" in line) == cuda and ("no CUDAExecutionProvider" in line) == (not cuda)
+    cfg = _checked(job, seeds)
+    assert model_placement(cfg) == "nsfw CPU, embed CPU, categorise[efficientnet-lite0] CPU"
+    with pytest.raises(UsageError, match="--categoriser mllm needs --caption-model"):
+        _checked(job, [*seeds, "--categoriser", "mllm"])
