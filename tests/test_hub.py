@@ -36,6 +36,23 @@ def test_cache_layout_is_the_hubs(hf_home):
         assert f.is_symlink() and not os.path.isabs(os.readlink(f)) and f.resolve().parent == repo / "blobs"
 
 
+def test_transformers_finds_the_id_in_the_cache_by_itself(hf_home):
+    """The layout is the hub's: transformers' own resolution (no mella code) finds the id offline (a fresh
+    process: huggingface_hub reads HF_HOME when imported)."""
+    code = ("from transformers import AutoConfig, AutoTokenizer; "
+            f"print(AutoConfig.from_pretrained('{QWEN2_VL}').model_type, "
+            f"AutoTokenizer.from_pretrained('{QWEN2_VL}').convert_tokens_to_ids('<|image_pad|>'))")
+    proc = subprocess.run([PY, "-c", code], env=hub_env(hf_home, job_env()), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split() == ["qwen2_vl", "151655"], proc.stderr[-2000:]
+
+
+def test_make_tiny_model_hf_home_refuses_unknown_ids(tmp_path):
+    proc = subprocess.run([PY, str(ROOT / "jobs" / "make_tiny_model.py"), "--hf-home", str(tmp_path / "h"), "--ids",
+                           "nobody/nothing"], env=job_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no tiny writer" in proc.stderr and QWEN2_VL in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "h").exists()
+
+
 def test_id_resolves_offline_to_the_snapshot(offline_hub):
     snap = resolve_model(QWEN2_VL)
     assert snap == offline_hub / "hub" / "models--Qwen--Qwen2-VL-7B-Instruct" / "snapshots" / snapshot_commit(QWEN2_VL)
