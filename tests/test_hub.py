@@ -221,3 +221,16 @@ def test_mllm_categories_without_d_ling_and_gpu_placement(offline_hub, tmp_path)
     assert model_placement(cfg) == "nsfw CPU, embed CPU, categorise[efficientnet-lite0] CPU"
     with pytest.raises(UsageError, match="--categoriser mllm needs --caption-model"):
         _checked(job, [*seeds, "--categoriser", "mllm"])
+
+
+def test_serve_config_takes_an_id(offline_hub, tmp_path):
+    """serve's ``model:`` may be an id: the replicas get the snapshot directory, the base model keeps the id's name."""
+    from mella.serving.app import resolved
+    from mella.serving.config import ServeConfig
+
+    cfg = resolved(ServeConfig(model=QWEN2_VL))
+    assert cfg.model == resolve_model(QWEN2_VL) and cfg.base_name == "Qwen2-VL-7B-Instruct"
+    assert resolved(ServeConfig(model=f"{QWEN2_VL}@main")).base_name == "Qwen2-VL-7B-Instruct"
+    assert resolved(ServeConfig(model=QWEN2_VL, base_model_name="base")).base_name == "base"
+    with pytest.raises(UsageError, match="hf download Qwen/Qwen2-VL-72B-Instruct"):
+        resolved(ServeConfig(model="Qwen/Qwen2-VL-72B-Instruct"))
