@@ -157,6 +157,10 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
                 raise console.UsageError("--d-ling with --mt-backend seq2seq needs --mt-model DIR (NLLB-200, M2M100 "
                                          "or a multi-target Marian checkpoint), or --mt-backend mllm|deepl|google")
             tr.seq2seq.model_path = preflight.check_model(tr.seq2seq.model_path, "--mt-model")[0]
+            for lang, name in tr.seq2seq.model_paths.items():  # per-language models (Marian/OPUS-MT pairs)
+                tr.seq2seq.model_paths[lang] = preflight.check_model(name, f"translate.seq2seq.model_paths.{lang}")[0]
+        if tr.backend == "mllm" and tr.mllm is not None:
+            tr.mllm.model_path = preflight.check_model(tr.mllm.model_path, "--caption-model")[0]
     from mella.plan import PlanError, build_plan  # noqa: PLC0415
 
     try:  # the plan itself: --stage / stages.extra classes import and place, configured backends exist

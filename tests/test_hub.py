@@ -193,6 +193,9 @@ def test_build_corpus_takes_ids_for_caption_and_mt(with_marian, offline_hub, tmp
     assert Path(d.caption.mllm.model_path) == hub / "models--Qwen--Qwen2-VL-7B-Instruct" / "snapshots" / snapshot_commit(QWEN2_VL)
     assert d.categorise.mllm.model_path == d.caption.mllm.model_path
     assert Path(d.translate.seq2seq.model_path).parent.parent.name == "models--mella-test--tiny-opus-mt-en-mul"
+    cfg = _checked(job, ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output",
+                         str(tmp_path / "o"), "--d-ling", "--caption-model", QWEN2_VL, "--mt-backend", "mllm"])
+    assert cfg.d_ling.translate.mllm.model_path == d.caption.mllm.model_path
     with pytest.raises(UsageError, match="hf download facebook/nllb-200-distilled-600M"):
         _checked(job, ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output", str(tmp_path / "o"), "--d-ling",
                        "--caption-model", QWEN2_VL, "--mt-model", "facebook/nllb-200-distilled-600M"])
