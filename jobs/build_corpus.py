@@ -4,7 +4,7 @@
     python jobs/build_corpus.py --seeds FILE --output DIR [--allow-private-hosts [CIDR,...]] [--langs ar,cs] [--max-pages N]
     python jobs/build_corpus.py --warc GLOB [--warc GLOB ...] --output DIR [--offline]
     python jobs/build_corpus.py --config build.yaml crawl.max_depth=3 ray.image_pool.pool_size=4
-    python jobs/build_corpus.py --seeds FILE --output DIR --stage my_filters:AspectRatioFilter@resolution
+    python jobs/build_corpus.py --seeds FILE --output DIR --stage 'my_filters:AspectRatioFilter@resolution max_ratio=3'
     python jobs/build_corpus.py --seeds FILE --output DIR --d-ling --caption-model /models/Qwen2-VL-7B-Instruct \
         --mt-model /models/nllb-200-distilled-600M --translate-to hu,th --num-gpus 1
 
@@ -45,8 +45,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                     help="refetch URLs whose earlier failure was transient (timeouts, 5xx); permanent ones never are")
     ap.add_argument("--config", help="YAML file with BuildConfig fields")
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
-    ap.add_argument("--stage", action="append", default=[], metavar="MODULE:CLASS[@AFTER]",
-                    help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER; repeatable")
+    ap.add_argument("--stage", action="append", default=[], metavar="'MODULE:CLASS[@AFTER] [KEY=VALUE ...]'",
+                    help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER, KEY=VALUE "
+                         "passed to its constructor (one quoted argument); repeatable")
     ap.add_argument("--demo-port", type=int, default=DEFAULT_PORT,
                     help=f"port of the embedded demo web on 127.0.0.1 (default {DEFAULT_PORT}; keep it across reruns: "
                          "the URLs hold it; 0: any free port, a rerun then crawls again)")
@@ -164,9 +165,22 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
     from mella.plan import PlanError, build_plan  # noqa: PLC0415
 
     try:  # the plan itself: --stage / stages.extra classes import and place, configured backends exist
-        build_plan(cfg)
+        plan = build_plan(cfg)
     except (PlanError, ImportError) as e:
         raise console.UsageError(f"{e} (fix --stage / stages.extra or the stage's config)") from None
+    if not os.environ.get("RAY_ADDRESS"):  # a local Ray: its CPUs are known now (GPUs once it runs: check_resources)
+        check_resources(plan, cfg.ray.num_cpus or os.cpu_count() or 1, float("inf"))
+
+
+def check_resources(plan: list, cpus: float, gpus: float) -> None:
+    """The plan's pools and tasks fit ``cpus``/``gpus`` at once (:func:`mella.plan.check_fits`); raises
+    console.UsageError naming the pool to shrink."""
+    from mella.plan import PlanError, check_fits  # noqa: PLC0415
+
+    try:
+        check_fits(plan, cpus, gpus)
+    except PlanError as e:
+        raise console.UsageError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
 
         progress.start("ray", "starting" if not os.environ.get("RAY_ADDRESS") else f"joining {os.environ['RAY_ADDRESS']}")
         init_ray(cfg.ray.num_cpus)
-        progress.update(f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
+        have = ray.cluster_resources()
+        progress.update(f"{int(have.get('CPU', 0))} CPUs")
+        from mella.plan import build_plan  # noqa: PLC0415
+
+        check_resources(build_plan(cfg), have.get("CPU", 0), have.get("GPU", 0))  # before any Ray work
         funnel = BuildCorpus(cfg, seeds_base_url=args.base_url, progress=progress.callback()).run()
         progress.close()
         timing_path = Path(cfg.output) / "stage_stats.json"

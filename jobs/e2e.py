@@ -175,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     report = Path(result["paths"]["markdown"]).read_text(encoding="utf-8")
     wall = time.monotonic() - t0
     print("\n" + report.strip() + "\n")
-    print("NOTE: the base model is a TINY RANDOM-WEIGHT Qwen2-VL (jobs/make_tiny_model.py): the scores above are noise "
+    print("NOTE: the base model is a TINY RANDOM-WEIGHT Qwen2-VL (jobs/make_tiny_model.py), and so are make e2e's "
+          "D_ling captioner, translator (Marian) and QE model (COMETKiwi): the scores above are noise "
           "and only show that every step ran. A real run trains Qwen2-VL-7B-Instruct or InternVL2-8B on GPU nodes "
           "(--use-gpu, cluster/ configs, the paper's Table 7 settings): docs/training.md.")
-    where = {"corpus (D_know, rejects, funnel.json, WARCs)": data, "base model": Path(a.model),
+    where = {"corpus (D_know, D_ling, rejects, funnel.json, WARCs)": data, "base model": Path(a.model),
              **{f"adapter {lang}": adapters / f"mella-{lang}" for lang in langs},
              "training logs": out / "train", "evaluation report (md, csv, json, png, outputs, pairs)": out / "eval"}
     print("where everything is:")

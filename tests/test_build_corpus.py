@@ -15,6 +15,7 @@ from helpers import build, decisions, pair_keys, path_of, read_dir
 from oracle import recall
 from webserver import serve_directory
 
+from mella.funnel import counter_disagreements
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA
 
 pytestmark = [pytest.mark.slow]
@@ -51,6 +52,13 @@ def test_miniweb_decisions_equal_recorded_fixture(miniweb_run):
 
 
 @needs_miniweb()
+def test_miniweb_stage_counters_agree_with_funnel(miniweb_run):
+    """stage_stats.json (the runners' counters) and funnel.json (counted from the output) agree for every image stage,
+    the model stages and the dedup stages included."""
+    timing = json.loads((miniweb_run["out"] / "stage_stats.json").read_text())
+    assert counter_disagreements(miniweb_run["funnel"], timing) == []
+
+
 def test_miniweb_no_thai_or_vietnamese_rows(miniweb_run):
     langs = {r["lang"] for r in read_dir(miniweb_run["out"] / "d_know", ["lang"])}
     assert "th" not in langs and "vi" not in langs
@@ -135,6 +143,9 @@ def test_demo_web_crawl(tmp_path, ray_session):
     r, missing = recall(str(tmp_path / "out"), str(DEMO_WEB / "PAIRS_expected.tsv"), str(url))
     assert r >= 0.95, missing
     assert funnel["d_know"]["th"] == 0 and funnel["d_know"]["vi"] == 0
+    timing = json.loads((tmp_path / "out" / "stage_stats.json").read_text())
+    assert counter_disagreements(funnel, timing) == []  # alt_text, langid (Ray tasks) and decode/resolution too
+    assert timing["alt_text"]["rows_in"] == next(s["in"] for s in funnel["stages"] if s["stage"] == "alt_text") > 0
 
 
 def test_langs_subset(tmp_path, ray_session):

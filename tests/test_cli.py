@@ -131,6 +131,21 @@ def test_stage_flag_unknown_module(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_plan_that_cannot_be_scheduled_is_refused_before_ray(tmp_path):
+    """``ray.image_pool.pool_size=4`` on 2 CPUs: four image actors (4 x 0.25) and the model pool (1) would hold every
+    CPU and the extract tasks never start. A local Ray's CPUs are known before it starts: one line naming the pool
+    to shrink, exit 2 (no RAY_ADDRESS here: a check that let the plan through would start a local Ray and build)."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in job_env().items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([PY, str(ROOT / "jobs" / "build_corpus.py"), "--seeds", str(DEMO_WEB / "seeds.txt"),
+                           "--base-url", "http://127.0.0.1:1", "--output", str(out), "--num-cpus", "2",
+                           "ray.image_pool.pool_size=4"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180)
+    _assert_clean_failure(proc, out, "cannot run", "needs 2.5 CPUs", "ImageStages 4 x 0.25",
+                          "shrink ray.image_pool.pool_size to 2")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_demo_port_busy(tmp_path):
     import socket
 

@@ -131,7 +131,16 @@ def tiny_nllb(path: Path, langs=("eng_Latn", "hun_Latn", "tha_Thai", "vie_Latn")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("dling")
     return {"qwen": tiny_qwen2vl(root / "qwen"), "marian": tiny_marian(root / "tiny-marian"),
-            "nllb": tiny_nllb(root / "tiny-nllb"), "root": root}
+            "nllb": tiny_nllb(root / "tiny-nllb"), "kiwi": tiny_cometkiwi(root / "tiny-cometkiwi"), "root": root}
+
+
+def tiny_cometkiwi(path: Path) -> Path:
+    """Tiny random COMETKiwi in the published layout; its encoder named by a local directory (COMET accepts a path
+    as ``pretrained_model``), so Ray workers need no hub cache."""
+    from mella.models.cometkiwi import write_tiny_infoxlm, write_tiny_published
+
+    enc = write_tiny_infoxlm(path / "infoxlm")
+    return write_tiny_published(path / "kiwi", pretrained_model=str(enc))
 
 
 def _mllm_cfg(models) -> MLLMConfig:
@@ -263,13 +272,34 @@ def test_qe_not_configured_keeps_rows_and_null_score():
     assert out[0]["qe_score"] is None and out[0]["reason"] is None
 
 
-def test_qe_configured_without_comet_is_an_error(tmp_path):
-    import importlib.util
+def test_qe_missing_checkpoint_fails_at_start(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoints/model.ckpt"):
+        QEStage(QEConfig(model_path=str(tmp_path)))
 
-    if importlib.util.find_spec("comet") is not None:
-        pytest.skip("unbabel-comet is installed here")
-    with pytest.raises(ImportError, match="unbabel-comet"):
-        QEStage(QEConfig(model_path=str(tmp_path / "model.ckpt")))
+
+def test_qe_scores_with_cometkiwi_and_rejects_below_threshold(models):
+    """The stage's scores are COMETKiwi's (whose parity with unbabel-comet tests/test_cometkiwi.py proves) on
+    (caption_en, text); rows under the threshold are rejected with their score in the detail."""
+    from mella.models.cometkiwi import COMETKiwi
+
+    rows = [{"id": str(i), "lang": "vi", "caption_en": en, "text": vi} for i, (en, vi) in enumerate([
+        ("A dog runs across the green park.", "Con chó chạy qua công viên xanh."),
+        ("Two children play football on the beach.", "Hai đứa trẻ chơi bóng đá trên bãi biển."),
+        ("A red car is parked in front of an old house.", "Một chiếc xe màu đỏ."),
+        ("The market sells fresh fruit.", "")])]
+    pairs = [{"src": r["caption_en"], "mt": r["text"]} for r in rows]
+    expected = COMETKiwi.load(models["kiwi"]).score(pairs)
+    cut = sorted(expected)[1] + 1e-6  # two rows under, two over
+    for path in (models["kiwi"], models["kiwi"] / "checkpoints" / "model.ckpt"):
+        stage = QEStage(QEConfig(model_path=str(path), threshold=cut, batch_size=3))
+        out = stage(to_table(rows, REJECT_SCHEMA)).to_pylist()
+        assert [r["qe_score"] for r in out] == pytest.approx(expected, abs=1e-6)
+        for r, s in zip(out, expected):
+            if s < cut:
+                assert r["stage"] == "qe" and r["reason"] == "qe_below_threshold" and r["detail"].startswith(f"{s:.3f}")
+            else:
+                assert r["reason"] is None
+        assert sum(r["reason"] is None for r in out) == 2
 
 
 # ------------------------------------------------------------------------------- Ray end to end
@@ -303,7 +333,8 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
     )
     cat = EfficientNetCategoriser(cfg.categorise, cfg.stats_dir)
     ds = ray.data.from_arrow(routed)
-    for step in (cat, CaptionStage(cfg.caption, cfg.stats_dir), TranslateStage(cfg.translate, cfg.stats_dir)):
+    qe = QEStage(QEConfig(model_path=str(models["kiwi"]), threshold=0.0, batch_size=4, num_cpus=0.25), cfg.stats_dir)
+    for step in (cat, CaptionStage(cfg.caption, cfg.stats_dir), TranslateStage(cfg.translate, cfg.stats_dir), qe):
         ds = apply(ds, step)
     out = pa.concat_tables(ray.get(ds.to_arrow_refs())).to_pylist()
     kept = [r for r in out if r["reason"] is None]
@@ -314,11 +345,11 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
         assert r["category"] == "screenshot_ui" and r["category_major"] == "information_technology"
         assert r["caption_en"] and r["text"] and r["mt_backend"] == "marian:tiny-marian"
         assert r["id"] == record_id(r["lang"], r["page_url"], r["image_url"]) and r["image"]
-        assert r["qe_score"] is None  # QE not configured
+        assert isinstance(r["qe_score"], float)  # the tiny COMETKiwi scored it in the QE actor pool
     assert len({r["id"] for r in kept}) == len(kept)
     # batching: every model call saw at most its configured batch size, and every row exactly once
     recs = [json.loads(Path(p).read_text()) for p in glob.glob(str(stats / "*.json"))]
-    for stage, size, total in (("categorise", 2, 5), ("caption", 2, 5), ("translate", 4, 15)):
+    for stage, size, total in (("categorise", 2, 5), ("caption", 2, 5), ("translate", 4, 15), ("qe", 4, 15)):
         sizes = [r["rows"] for r in recs if r["stage"] == stage]
         assert sizes and max(sizes) <= size and sum(sizes) == total, (stage, sizes)
     assert {r["lang"] for r in recs if r["stage"] == "translate"} == set(TARGETS)

@@ -1,5 +1,5 @@
 """A new user's loop (issue 14): the demo twice (same funnel, zero requests the second time, a readable
-console) and `make e2e` (corpus → tiny model → adapters → Serve → Table-3 report)."""
+console) and `make e2e` (tiny models → corpus with D_ling → adapters → Serve → Table-3 report)."""
 
 from __future__ import annotations
 
@@ -73,16 +73,25 @@ def test_make_e2e(tmp_path):
     venv = Path(PY).parent.parent
     e2e = tmp_path / "e2e"
     proc = subprocess.run(["make", "-C", str(ROOT), "-o", f"{venv}/bin/.installed", "e2e", f"VENV={venv}", f"E2E={e2e}",
-                           "E2E_LANGS=hu"],  # one adapter keeps CI's share to minutes; `make e2e` trains every language
+                           "E2E_LANGS=ar"],  # one adapter keeps CI's share to minutes; `make e2e` trains every language
                           env=job_env(), capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
-    # the demo corpus has D_know only (D_ling needs a captioning model): keyword accuracy, base and MELLA rows
-    assert "**Keyword Accuracy**" in out and "| HU |" in out, out
+    # D_ling: the tiny Qwen2-VL captioned, the tiny Marian translated, the tiny COMETKiwi scored every kept row
+    import pyarrow.parquet as pq
+
+    ling = pq.read_table(e2e / "corpus" / "d_ling").to_pylist()
+    assert sum(r["lang"] == "ar" for r in ling) >= 2, [r["lang"] for r in ling]
+    assert all(r["caption_en"] and r["text"] and r["mt_backend"] == "marian:tiny-marian" for r in ling)
+    assert all(isinstance(r["qe_score"], float) and r["qe_score"] >= 0.6 for r in ling)  # qe.threshold 0.6
+    # keyword accuracy (D_know) and BLEU / ROUGE-L / METEOR (D_ling), base and MELLA rows
+    for title in ("Keyword Accuracy", "BLEU", "ROUGE-L", "METEOR"):
+        assert f"**{title}**" in out, (title, out)
+    assert "| AR |" in out, out
     assert "| base-tiny-qwen2-vl | - |" in out and "| base-tiny-qwen2-vl | MELLA |" in out, out
     assert "TINY RANDOM-WEIGHT" in out and "Qwen2-VL-7B-Instruct" in out
     summary = json.loads((e2e / "e2e.json").read_text())
-    assert summary["langs"] == ["hu"]  # E2E_LANGS; without it every demo language with D_know rows
+    assert summary["langs"] == ["ar"]  # E2E_LANGS; without it every demo language with D_know rows
     for lang in summary["langs"]:
         assert (e2e / "adapters" / f"mella-{lang}" / "adapter_model.safetensors").is_file()
         assert f"adapter {lang}" in out

@@ -138,7 +138,7 @@ def _anchor(heading: str) -> str:
 
 def test_doc_links_resolve():
     """Relative links in README.md and docs/*.md point at files that exist and, with ``#x``, at a heading there
-    (docs/d_ling.md → README "Add a stage" / "Add a language"; docs/training.md ↔ docs/d_ling.md)."""
+    (docs/d_ling.md → docs/corpus.md "Add a stage" / "Add a language"; docs/training.md ↔ docs/d_ling.md)."""
     import re
 
     link = re.compile(r"\]\(([^)\s]+)\)")
@@ -156,5 +156,5 @@ def test_doc_links_resolve():
                 if frag not in heads:
                     bad.append((doc.name, target))
     assert bad == []
-    assert "README.md#add-a-stage" in (ROOT / "docs" / "d_ling.md").read_text(encoding="utf-8")
+    assert "corpus.md#add-a-stage" in (ROOT / "docs" / "d_ling.md").read_text(encoding="utf-8")
     assert "convert_internvl_weights_to_hf.py" in (ROOT / "docs" / "training.md").read_text(encoding="utf-8")

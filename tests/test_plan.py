@@ -49,8 +49,8 @@ def test_plan_with_moderation_api_and_without_phash(tmp_path, monkeypatch):
     models = next(s for s in plan if s.name == "ModelStages")
     assert [type(s).__name__ for s in models.stages] == ["NSFWStage", "APIModerationStage", "EmbedStage",
                                                          "EfficientNetCategoriser"]
-    names = stage_names(plan)  # both moderation stages reject under one name: listed once
-    assert names.count("moderation") == 1 and "phash_dedup" not in names
+    names = stage_names(plan)  # the two moderation stages have their own names: their counters stay apart
+    assert names.count("moderation") == 1 and names.count("moderation_api") == 1 and "phash_dedup" not in names
 
 
 def test_plan_with_d_ling(tmp_path):
@@ -135,3 +135,64 @@ def test_image_pool_resources_come_from_the_config(tmp_path):
     assert [s.name for s in pool.stages] == ["fetch", "decode", "resolution"]
     assert (pool.resources.pool_size, pool.resources.max_pool_size, pool.resources.num_cpus) == (3, 6, 1.0)
     assert pool.batch_size == 16
+
+
+# ------------------------------------------------------------------------------------------ the plan as data
+def test_default_plan_is_one_list_that_yaml_can_reorder_trim_and_extend(tmp_path):
+    from mella.plan import DEFAULT_PLAN
+
+    assert stage_names(build_plan(_cfg(tmp_path))) == [n for n in DEFAULT_PLAN
+                                                       if n not in ("moderation_api", "caption", "translate", "qe")]
+    # reorder (langid before alt_text), leave out (moderation, phash), add a user stage with arguments in place
+    plan = build_plan(_cfg(tmp_path, stages={"plan": [
+        "extract", "langid", "alt_text", "fetch", "decode", "resolution",
+        {"class": "alt_min_words:MinWordsFilter", "args": {"min_words": 3}},
+        "embed", "categorise", "exact_dedup", "semantic_dedup"]}))
+    assert stage_names(plan) == ["extract", "langid", "alt_text", "fetch", "decode", "resolution", "alt_min_words",
+                                 "embed", "categorise", "exact_dedup", "semantic_dedup"]
+    assert [s.name for s in plan][:6] == ["extract", "langid", "alt_text", "ImageStages", "alt_min_words", "ModelStages"]
+    assert next(s for s in plan if s.name == "alt_min_words").min_words == 3
+    with pytest.raises(PlanError, match="unknown stage 'langd'"):
+        build_plan(_cfg(tmp_path, stages={"plan": ["extract", "langd"]}))
+
+
+def test_stage_placed_inside_a_pool_joins_it(tmp_path):
+    plan = build_plan(_cfg(tmp_path, stages={"extra": ["alt_min_words:MinWordsFilter@decode"]}))
+    pool = next(s for s in plan if s.name == "ImageStages")
+    assert [s.name for s in pool.members] == ["fetch", "decode", "alt_min_words", "resolution"]
+
+
+def test_command_line_stage_with_arguments_and_d_ling_routing(tmp_path):
+    """``--stage 'mod:Class@after key=value'``: the arguments reach the constructor; a routable (alt-text) user filter
+    routes its rejects to D_ling when D_ling is on, and drops them when it is off."""
+    from mella.schema import REJECT_SCHEMA, to_table
+
+    spec = "alt_min_words:MinWordsFilter@langid min_words=3"
+    rows = [{"id": "a", "alt_text": "two words"}, {"id": "b", "alt_text": "a red tram crossing"}]
+    batch = to_table(rows, REJECT_SCHEMA)
+    for d_ling, expect in ((D_LING, ("alt_min_words:too_few_words", None)), ({}, (None, "too_few_words"))):
+        plan = build_plan(_cfg(tmp_path, d_ling=d_ling, stages={"extra": [spec]}))
+        names = [s.name for s in plan]
+        assert names.index("alt_min_words") == names.index("langid") + 1
+        stage = plan[names.index("alt_min_words")]
+        assert stage.min_words == 3 and stage.route_to_d_ling == bool(d_ling)
+        out = stage(batch).to_pylist()  # the stage run alone, through the executor's task runner
+        assert (out[0]["d_ling_reason"], out[0]["reason"]) == expect
+        assert out[1]["reason"] is None and out[1]["d_ling_reason"] is None
+    with pytest.raises(PlanError, match="not key=value"):
+        build_plan(_cfg(tmp_path, stages={"extra": ["alt_min_words:MinWordsFilter@langid min_words"]}))
+
+
+def test_check_fits_names_the_pool_to_shrink(tmp_path):
+    from mella.plan import check_fits, demand
+
+    plan = build_plan(_cfg(tmp_path))
+    assert demand(phases(plan)[1])[:2] == (2.0, 0.0)  # image pool 2 x 0.25 + model pool 1 + one 0.5-CPU task
+    check_fits(plan, 2, 0)
+    with pytest.raises(PlanError, match=r"needs 2 CPUs .* the cluster has 1; give the ModelStages pool fewer CPUs"):
+        check_fits(plan, 1, 0)
+    gpu = build_plan(_cfg(tmp_path, filters={"moderation": {"num_gpus": 1, "pool_size": 2}}))
+    with pytest.raises(PlanError, match=r"needs 2 GPUs .*ModelStages 2 x 1.*shrink filters.moderation.pool_size/"
+                                        r"filters.semantic.pool_size/d_ling.categorise.pool_size to 1"):
+        check_fits(gpu, 8, 1)
+    check_fits(gpu, 8, 2)

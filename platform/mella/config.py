@@ -90,10 +90,13 @@ class RayConfig(Strict):
 class StagesConfig(Strict):
     """Stages added to the plan without forking (see README "Add a stage")."""
 
+    plan: list[str | dict[str, Any]] | None = Field(
+        None, description="the whole plan in run order: built-in stage names (mella.plan.DEFAULT_PLAN, the default) "
+                          "and user stages ('pkg.module:Class key=value' or {class: ..., args: {...}}) where they run")
     extra: list[str | dict[str, Any]] = Field(
         default_factory=list,
-        description="'pkg.module:Class[@after_stage]' or {class: ..., after: ..., args: {...}}; after defaults to the "
-                    "last per-unit stage")
+        description="'pkg.module:Class[@after_stage] [key=value ...]' or {class: ..., after: ..., args: {...}}; "
+                    "after defaults to the last per-unit stage")
 
 
 class BuildConfig(Strict):

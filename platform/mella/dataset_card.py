@@ -109,6 +109,45 @@ def _provenance(out_dir: str) -> dict:
     return {"hosts": hosts, "sources": sources, "first": first, "last": last, "warcs": sorted(warcs)}
 
 
+#: What each built-in stage does, for the card's "How the data was filtered" (listed in the funnel's order, which is
+#: the plan's; a stage the plan lacks is not described, a user's stage is named).
+STAGE_TEXT = {
+    "crawl": "Crawl the seed sites within their registered domains, honouring robots.txt, politeness delays and "
+             "size caps; every response recorded as WARC.",
+    "extract": "Extract `<img>` and alt-text from HTML pages in a target language.",
+    "alt_text": "Alt-text: drop empty, too short, filename-like and boilerplate alt-texts (→ D_ling with captioning).",
+    "langid": "Alt-text language: HTML language metadata and fastText lid.176 with script and orthography checks "
+              "(→ D_ling when not in the page's language).",
+    "fetch": "Images: fetch (or read back from WARC).",
+    "decode": "Decode (Pillow, decompression-bomb guard).",
+    "resolution": "Keep images with both sides > 256 px.",
+    "moderation": "Moderation: open_nsfw score < 0.8.",
+    "moderation_api": "Moderation API: reject the categories it flags.",
+    "exact_dedup": "Exact duplicates per language (decoded pixels).",
+    "phash_dedup": "pHash near-duplicates per language (Hamming distance).",
+    "semantic_dedup": "CNN (EfficientNet-lite0) semantic near-duplicates per language (cosine).",
+    "caption": "D_ling: category-specific English captions by an MLLM.",
+    "translate": "D_ling: machine translation into the target language.",
+    "qe": "D_ling: quality estimation of the translations.",
+}
+
+
+def filter_steps(funnel: dict) -> list[str]:
+    """Numbered Markdown lines, one per stage of the build's funnel (the plan's order): :data:`STAGE_TEXT`, or the
+    stage's name and top reasons for a stage the platform does not know (a user's). Without a funnel (a corpus not
+    written by build_corpus): the default plan's stages."""
+    stages = funnel.get("stages")
+    if not stages:
+        from mella.plan import CRAWL, DEFAULT_PLAN  # noqa: PLC0415 - the plan imports every stage module
+
+        stages = [{"stage": name, "reasons": {}} for name in (CRAWL, *DEFAULT_PLAN)]
+    lines = []
+    for k, s in enumerate(stages, 1):
+        text = STAGE_TEXT.get(s["stage"]) or f"`{s['stage']}` (a user stage): rejects {', '.join(s['reasons']) or 'none'}."
+        lines.append(f"{k}. {text}")
+    return lines
+
+
 def card(out_dir: str) -> tuple[dict, str]:
     """``(front matter dict, Markdown body)`` for ``out_dir`` (partitions by language first)."""
     names = {ds: partition_by_language(os.path.join(out_dir, ds)) for ds in DATASETS
@@ -150,7 +189,7 @@ def card(out_dir: str) -> tuple[dict, str]:
         lines.append(f"| {lang} ({name}) | {counts['d_know'].get(lang, 0)} | {counts['d_ling'].get(lang, 0)} |")
     lines.append(f"| **all** | {sum(counts['d_know'].values())} | {sum(counts['d_ling'].values())} |")
     if funnel.get("stages"):
-        lines += ["", "## Funnel", "", "| stage | unit | in | out | dropped | top reasons |", "|---|---|---:|---:|---:|---|"]
+        lines += ["", "## Funnel", "", "| stage | unit | in | out | rejected | top reasons |", "|---|---|---:|---:|---:|---|"]
         for s in funnel["stages"]:
             top = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
             lines.append(f"| {s['stage']} | {s['unit']} | {s['in']} | {s['out']} | {s['rejected']} | {top} |")
@@ -174,18 +213,7 @@ def card(out_dir: str) -> tuple[dict, str]:
               "the data for research in line with the source sites' terms and applicable law (e.g. text and data "
               "mining exceptions), and remove rows on request of a rights holder.", "",
               "## How the data was filtered (paper 3.1, appendix B.2)", "",
-              "1. Crawl the seed sites within their registered domains, honouring robots.txt, politeness delays "
-              "and size caps; every response recorded as WARC.",
-              "2. Extract `<img>` and alt-text from HTML pages in a target language.",
-              "3. Alt-text: drop empty, too short, filename-like and boilerplate alt-texts (→ D_ling with captioning).",
-              "4. Alt-text language: HTML language metadata and fastText lid.176 with script and orthography "
-              "checks (→ D_ling when not in the page's language).",
-              "5. Images: fetch, decode (Pillow, decompression-bomb guard), keep both sides > 256 px.",
-              "6. Moderation: open_nsfw score < 0.8 (and an optional moderation API).",
-              "7. Deduplication per language: exact (decoded pixels), pHash near-duplicates (Hamming distance), "
-              "CNN (EfficientNet-lite0) semantic near-duplicates (cosine).",
-              "8. D_ling: category-specific English captions by an MLLM, machine translation into the target "
-              "language, quality estimation.", "",
+              *filter_steps(funnel), "",
               "Columns: see `platform/mella/schema.py` of the MELLA platform (`alt_text` is the D_know text, `text` "
               "the D_ling translation, `caption_en` its English source). The report of this build is in "
               "`report/index.html`.", ""]

@@ -41,15 +41,39 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
     kept = Counter(r["lang"] for r in _read_cols(know_dir, ["lang"]))
     cands = _read_cols(candidates_dir, ["lang", "d_ling_reason"]) if candidates_dir else []
     rejects = _read_cols(rejects_dir, ["stage", "reason", "lang", "image_url", "d_ling_reason"])
-    stages: list[dict] = []
+    lines = [] if crawl_stats is None else [_crawl_line(crawl_stats, rejects)]
+    lines.append(_extract_line(page_stats, rejects))
+    lines += _image_lines(image_stages, listed, kept, cands, rejects)
+    out = {
+        "stages": lines,
+        "d_know": {lang: kept.get(lang, 0) for lang in langs},
+        "d_know_total": sum(kept.values()),
+        # counts only: the funnel of a rerun equals the first run's (network seconds are timings: stage_stats.json)
+        "hosts": {h: {k: v for k, v in agg.items() if k != "seconds"}
+                  for h, agg in (crawl_stats or {}).get("hosts", {}).items()},
+    }
+    if ling_dir is not None:
+        ling = Counter(r["lang"] for r in _read_cols(ling_dir, ["lang"]))
+        cand_by_lang = Counter(r["lang"] for r in cands)
+        lines += _d_ling_lines(ling_stages, rejects, sum(cand_by_lang.values()), sum(ling.values()))
+        out["d_ling_candidates"] = dict(sorted(cand_by_lang.items()))
+        out["d_ling"] = {lang: ling.get(lang, 0) for lang in langs}
+        out["d_ling_total"] = sum(ling.values())
+    return out
 
-    if crawl_stats is not None:
-        reasons = Counter(r["reason"] for r in rejects if r["stage"] == "crawl")
-        stages.append({
-            "stage": "crawl", "unit": "pages", "in": crawl_stats["pages_ok"] + crawl_stats["pages_failed"],
-            "out": crawl_stats["pages_ok"], "rejected": crawl_stats["pages_failed"], "reasons": dict(reasons), "by_lang": {},
-            "cut_off": crawl_stats.get("cut_off", {}),  # URLs never requested: max_pages / max_depth
-        })
+
+def _crawl_line(crawl_stats: dict, rejects: list[dict]) -> dict:
+    """The crawl's line (pages): fetched, failed by reason, and the URLs never requested (``cut_off``)."""
+    reasons = Counter(r["reason"] for r in rejects if r["stage"] == "crawl")
+    return {
+        "stage": "crawl", "unit": "pages", "in": crawl_stats["pages_ok"] + crawl_stats["pages_failed"],
+        "out": crawl_stats["pages_ok"], "rejected": crawl_stats["pages_failed"], "reasons": dict(reasons), "by_lang": {},
+        "cut_off": crawl_stats.get("cut_off", {}),  # URLs never requested: max_pages / max_depth
+    }
+
+
+def _extract_line(page_stats: list[dict], rejects: list[dict]) -> dict:
+    """The extract line (pages), from the source's per-slice ``pages-*.json`` counters."""
     pages_in = sum(s.get("pages_in", 0) for s in page_stats)
     pages_out: Counter = Counter()
     for s in page_stats:
@@ -57,15 +81,20 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
             if k.startswith("pages_out:"):
                 pages_out[k.split(":", 1)[1]] += v
     reasons = Counter(r["reason"] for r in rejects if r["stage"] == "extract")
-    dropped: Counter = Counter()  # items inside kept pages that never became rows (<picture> sources skipped)
+    not_taken: Counter = Counter()  # items inside kept pages that never became rows (<picture> sources skipped)
     for s in page_stats:
-        dropped.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("dropped:")})
-    stages.append({
+        not_taken.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("dropped:")})
+    return {
         "stage": "extract", "unit": "pages", "in": pages_in, "out": sum(pages_out.values()),
         "rejected": sum(reasons.values()), "reasons": dict(reasons),
-        "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())}, "dropped": dict(dropped),
-    })
+        "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())}, "dropped": dict(not_taken),
+    }
 
+
+def _image_lines(image_stages: list[str], listed: list[str], kept: Counter, cands: list[dict],
+                 rejects: list[dict]) -> list[dict]:
+    """One line per image stage (images), in plan order: what reached it is every row it or a later stage
+    rejected, plus the kept rows and the D_ling candidates."""
     image_rejects = [r for r in rejects if r["stage"] in image_stages]
     rej_by_stage: dict[str, Counter] = defaultdict(Counter)
     reasons_by_stage: dict[str, Counter] = defaultdict(Counter)
@@ -76,6 +105,7 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
     remaining = Counter(kept)
     for r in image_rejects + cands:
         remaining[r["lang"]] += 1
+    lines = []
     for stage in image_stages:
         if stage not in rej_by_stage and stage not in listed:
             continue  # an enricher that dropped nothing
@@ -88,43 +118,52 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
         }
         if routed.get(stage):
             entry["routed_to_d_ling"] = routed[stage]
-        stages.append(entry)
-    out = {
-        "stages": stages,
-        "d_know": {lang: kept.get(lang, 0) for lang in langs},
-        "d_know_total": sum(kept.values()),
-        # counts only: the funnel of a rerun equals the first run's (network seconds are timings: stage_stats.json)
-        "hosts": {h: {k: v for k, v in agg.items() if k != "seconds"}
-                  for h, agg in (crawl_stats or {}).get("hosts", {}).items()},
+        lines.append(entry)
+    return lines
+
+
+def _d_ling_lines(ling_stages: list[str], rejects: list[dict], n_cand: int, n_ling: int) -> list[dict]:
+    """The D_ling stages' lines: caption counts images, translate and qe count (image, target language) pairs."""
+    n_rej = Counter(r["stage"] for r in rejects if r["stage"] in ling_stages)
+    reasons = {st: dict(Counter(r["reason"] for r in rejects if r["stage"] == st)) for st in ling_stages}
+    flow = {  # stage: (unit, in, out); translate writes one row per (image, target language)
+        "caption": ("images", n_cand, n_cand - n_rej["caption"]),
+        "translate": ("pairs", n_ling + n_rej["qe"] + n_rej["translate"], n_ling + n_rej["qe"]),
+        "qe": ("pairs", n_ling + n_rej["qe"], n_ling),
     }
-    if ling_dir is not None:
-        ling = Counter(r["lang"] for r in _read_cols(ling_dir, ["lang"]))
-        cand_by_lang = Counter(r["lang"] for r in cands)
-        n_rej = Counter(r["stage"] for r in rejects if r["stage"] in ling_stages)
-        reasons = {st: dict(Counter(r["reason"] for r in rejects if r["stage"] == st)) for st in ling_stages}
-        n_ling = sum(ling.values())
-        n_cand = sum(cand_by_lang.values())
-        flow = {  # stage: (unit, in, out); translate writes one row per (image, target language)
-            "caption": ("images", n_cand, n_cand - n_rej["caption"]),
-            "translate": ("pairs", n_ling + n_rej["qe"] + n_rej["translate"], n_ling + n_rej["qe"]),
-            "qe": ("pairs", n_ling + n_rej["qe"], n_ling),
-        }
-        for stage in ling_stages:
-            if stage not in flow:  # a user's D_ling stage: counted by its rejects only
-                flow[stage] = ("pairs", n_ling + n_rej[stage], n_ling)
-            unit, n_in, n_out = flow[stage]
-            stages.append({"stage": stage, "unit": unit, "in": n_in, "out": n_out, "rejected": n_rej[stage],
-                           "reasons": reasons[stage], "by_lang": {}})
-        out["d_ling_candidates"] = dict(sorted(cand_by_lang.items()))
-        out["d_ling"] = {lang: ling.get(lang, 0) for lang in langs}
-        out["d_ling_total"] = sum(ling.values())
-    return out
+    lines = []
+    for stage in ling_stages:
+        if stage not in flow:  # a user's D_ling stage: counted by its rejects only
+            flow[stage] = ("pairs", n_ling + n_rej[stage], n_ling)
+        unit, n_in, n_out = flow[stage]
+        lines.append({"stage": stage, "unit": unit, "in": n_in, "out": n_out, "rejected": n_rej[stage],
+                      "reasons": reasons[stage], "by_lang": {}})
+    return lines
+
+
+def counter_disagreements(funnel: dict, timing: dict) -> list[str]:
+    """Where the runners' counters (``stage_stats.json``: rows in, rejects) disagree with the funnel, one line a
+    stage; ``[]`` when every image stage of the funnel has the same ``in`` and ``rejected`` in both. The page
+    stages (crawl, extract) count pages and translate/qe count pairs (one image becomes several): not compared."""
+    lines = []
+    for s in funnel["stages"]:
+        if s["unit"] != "images" or s["stage"] in PAGE_STAGES:
+            continue
+        c = timing.get(s["stage"])
+        if c is None:
+            lines.append(f"{s['stage']}: in the funnel, not in stage_stats")
+            continue
+        n_rej = sum(c["rejected"].values())
+        if (c["rows_in"], n_rej) != (s["in"], s["rejected"]):
+            lines.append(f"{s['stage']}: funnel in {s['in']} rejected {s['rejected']}, "
+                         f"counters rows_in {c['rows_in']} rejected {n_rej} ({c['rejected']})")
+    return lines
 
 
 def format_table(funnel: dict, timing: dict | None = None) -> str:
     """Human-readable funnel: one line per stage, then D_know per language; with ``timing`` (the build's
     ``stage_stats.json``) also the slowest crawled hosts."""
-    lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'dropped':>9}  top reasons"]
+    lines = [f"{'stage':<16}{'unit':<8}{'in':>8}{'out':>8}{'rejected':>9}  top reasons"]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}:{v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
         extra = {**s.get("cut_off", {}), **s.get("dropped", {})}

@@ -10,11 +10,14 @@ Phases (each resumable; output directory layout in the README):
    pool → model pool → user stages) → parquet parts. A unit is committed by renaming its staging
    directory; a rerun skips committed units, and images fetched by a killed run are read back
    from ``DIR/warc/images-*.warc``.
-2. **global dedup** over all units: each :class:`~mella.stages.base.DedupStage` of the plan finds its
-   decisions (exact, pHash, CNN) into ``_work/decisions/<stage>.parquet``.
-3. **final**: all units → the dedup stages applied → ``d_know/``, ``rejects/`` and the D_ling
-   candidates, written to a staging directory and swapped in whole; with D_ling, the plan's D_ling
-   steps (caption → translate → qe) into ``d_ling/``; then ``funnel.json`` and ``stage_stats.json``.
+2. **global dedup** (:meth:`BuildCorpus.global_dedup`) over all units: each global dedup stage of the plan
+   finds its decisions (exact, pHash, CNN) into ``_work/decisions/<stage>.parquet``.
+3. **write** (:meth:`BuildCorpus.write`): all units → the decisions applied → ``d_know/``, ``rejects/`` and
+   the D_ling candidates, in a staging directory.
+4. **D_ling** (:meth:`BuildCorpus.d_ling`, D_ling on): the plan's D_ling steps (caption → translate → qe)
+   into ``d_ling/``.
+5. **count** (:meth:`BuildCorpus.count`): ``funnel.json`` from the output, ``stage_stats.json`` from the
+   stage counters; :meth:`BuildCorpus.publish` swaps the staging directory in whole.
 
 Rows carry the one schema of :mod:`mella.schema` from extraction to the output; a dropped row keeps
 its place in the stream with ``stage``/``reason`` set until the writer routes it to ``rejects/``.
@@ -28,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 
@@ -39,13 +43,12 @@ import ray
 from mella import funnel as funnel_mod
 from mella.config import BuildConfig
 from mella.crawl import crawl_shard, merge_results, read_seeds, shard_seeds
-from mella.executor import apply, read_source, stage_stats
+from mella.executor import apply, read_applied, read_source, stage_stats
 from mella.io import remove_stale, replace_dir, write_json_atomic, write_parquet_atomic
 from mella.plan import CRAWL, build_plan, phases, stage_names
 from mella.resources import StageResources
 from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.base import LIGHT, DedupStage, reject
-from mella.stages.dedup.shuffle import read_applied
 from mella.stages.io.fetch import reopen_units_with_transient_failures
 from mella.warc import cleanup_open_shards, expand_warc_paths, shard_paths, slice_offsets
 
@@ -56,6 +59,8 @@ CRAWL_NUM_CPUS = 0
 #: Longest wait (seconds) for the crawl while no page file is ready: a shard's end wakes it at once;
 #: the bound is for a long shard closing a full file (64 MiB) while it runs on.
 CRAWL_POLL_S = 5.0
+#: Seconds without a written batch after which the progress line says what the unit waits for (free CPUs).
+RESOURCE_POLL_S = 15.0
 
 
 # ------------------------------------------------------------------------------------ writers
@@ -188,13 +193,6 @@ class BuildCorpus:
         log.info("crawl: %d pages, %d failures in %.1f s", stats["pages_ok"], stats["pages_failed"],
                  time.monotonic() - c["t0"])
 
-    def crawl(self) -> dict:
-        """Phase 0 alone: crawl seeds into page WARC shards and wait for every shard. Returns crawl stats."""
-        self.crawl_start()
-        while self.crawling():
-            self.poll_crawl(timeout_s=CRAWL_POLL_S)
-        return self.crawl_stats
-
     def _crawl_note(self) -> str:
         """``"crawl 2/4 shards, "`` for the images line while the crawl runs, else ``""``."""
         if not self.crawling():
@@ -280,39 +278,79 @@ class BuildCorpus:
         self.progress("images", f"{where}, {self._crawl_note()}{len(files)} WARC file(s) in {len(items)} slices: "
                                 "extract → alt-text → langid → fetch → decode → models")
         rows, active, t0 = 0, 0, time.monotonic()
-        for r in ds.iter_rows():  # one row per written batch: its row count and rows still in
-            rows, active = rows + r["rows"], active + r["active"]
-            self.poll_crawl()  # the crawl's tasks run on meanwhile: count the shards that ended
-            self.progress("images", f"{where}, {self._crawl_note()}{rows} candidate rows done, {active} still in "
-                                    f"({rows / max(time.monotonic() - t0, 1e-3):.1f} rows/s)")
+        last = [t0]  # when the last batch was written: the watcher speaks up after RESOURCE_POLL_S without one
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch_resources, args=(where, last, stop), daemon=True)
+        watcher.start()
+        try:
+            for r in ds.iter_rows():  # one row per written batch: its row count and rows still in
+                rows, active = rows + r["rows"], active + r["active"]
+                last[0] = time.monotonic()
+                self.poll_crawl()  # the crawl's tasks run on meanwhile: count the shards that ended
+                self.progress("images", f"{where}, {self._crawl_note()}{rows} candidate rows done, {active} still in "
+                                        f"({rows / max(time.monotonic() - t0, 1e-3):.1f} rows/s)")
+        finally:
+            stop.set()
         log.info("unit written: %d rows, %d still in", rows, active)
+
+    def _watch_resources(self, where: str, last: list[float], stop: threading.Event) -> None:
+        """While a unit runs: when no batch was written for ``RESOURCE_POLL_S`` seconds and the cluster has less CPU
+        free than the unit's smallest task needs, say so on the progress line: the unit's next tasks wait for
+        resources (its own pools and tasks hold them, another job does, or an autoscaler is adding nodes). A plan
+        whose pools alone leave no room for a task never starts (:func:`mella.plan.check_fits`)."""
+        need = min([LIGHT.num_cpus] + [s.resources.num_cpus for s in self.unit_steps if s.resources.pool_size is None])
+        while not stop.wait(RESOURCE_POLL_S):
+            if time.monotonic() - last[0] < RESOURCE_POLL_S:
+                continue
+            free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+            if free < need:
+                self.progress("images", f"{where}, no batch for {time.monotonic() - last[0]:.0f} s, {free:g} of "
+                                        f"{total:g} CPUs free: new tasks wait for resources ({need:g} CPU each)")
 
     def unit_parts(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.units_dir, "*", "parts", "*.parquet")))
 
     def final(self, crawl_stats: dict | None) -> dict:
-        """Phases 2–3: the dedup stages' decisions over all units; d_know/ + rejects/ (+ D_ling) written
-        atomically; funnel."""
+        """Phases 2-5 over all committed units, in order: :meth:`global_dedup` finds the decisions,
+        :meth:`write` applies them and writes d_know/ + rejects/ (+ the D_ling candidates), :meth:`d_ling`
+        captions those, :meth:`count` makes the funnel and the stage counters; :meth:`publish` swaps it all in."""
         parts = self.unit_parts()
-        self.progress("dedup", f"exact, pHash and CNN duplicates over {len(parts)} part file(s)")
-        decisions_dir = os.path.join(self.work, "decisions")
-        os.makedirs(decisions_dir, exist_ok=True)
-        remove_stale(decisions_dir)
-        upstream: dict[str, str] = {}
-        for st in self.global_steps:
-            if hasattr(st, "find"):
-                path = os.path.join(decisions_dir, f"{st.name}.parquet")
-                st.find(parts, path, dict(upstream))
-                upstream[st.name] = path
-                log.info("%s: decisions in %s", st.name, path)
+        self.global_dedup(parts)
         staging = os.path.join(self.out, f".staging-{uuid.uuid4().hex[:8]}")
         dirs = {k: os.path.join(staging, k) for k in ("d_know", "rejects", "d_ling_candidates", "d_ling", "stats")}
         for d in dirs.values():
             os.makedirs(d)
+        self.write(parts, dirs)
+        if self.ling_steps:
+            self.d_ling(dirs["d_ling_candidates"], dirs["d_ling"], dirs["rejects"], dirs["stats"])
+        funnel, timing = self.count(dirs, crawl_stats)
+        self.publish(staging, dirs, funnel, timing)
+        return funnel
+
+    def global_dedup(self, parts: list[str]) -> dict[str, str]:
+        """Phase 2: each global dedup stage of the plan finds its decisions over every unit's parts, in plan order,
+        into ``_work/decisions/<stage>.parquet`` (a stage sees the earlier stages' decisions). Returns
+        ``{stage: decisions file}``; stages never apply them (:meth:`write` does)."""
+        self.progress("dedup", f"exact, pHash and CNN duplicates over {len(parts)} part file(s)")
+        decisions_dir = os.path.join(self.work, "decisions")
+        os.makedirs(decisions_dir, exist_ok=True)
+        remove_stale(decisions_dir)
+        found: dict[str, str] = {}
+        for st in self.global_steps:
+            if isinstance(st, DedupStage):
+                path = os.path.join(decisions_dir, f"{st.name}.parquet")
+                st.find(parts, path, dict(found))
+                found[st.name] = path
+                log.info("%s: decisions in %s", st.name, path)
+        return found
+
+    def write(self, parts: list[str], dirs: dict[str, str]) -> None:
+        """Phase 3: every unit part with the dedup decisions applied (each task holds one part and that part's
+        decisions: :func:`mella.executor.read_applied`), the plan's other global row steps, then
+        :func:`split_and_write` → ``dirs['d_know']``, ``dirs['rejects']`` and, with D_ling, the candidates;
+        the crawl's failures (live crawl) are added to the rejects."""
         self.progress("write", "d_know/ and rejects/")
         if parts:
-            # the dedup stages' decisions are applied part by part (mella.stages.dedup.shuffle.read_applied):
-            # each task holds one part and that part's decisions, never all of them
             dedup = [st for st in self.global_steps if isinstance(st, DedupStage)]
             ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=len(parts))
             ds = ds.map_batches(read_applied, batch_size=1, batch_format="pyarrow", **LIGHT.map_batches_args(),
@@ -324,36 +362,44 @@ class BuildCorpus:
                                 fn_kwargs={"know_dir": dirs["d_know"], "rejects_dir": dirs["rejects"],
                                            "candidates_dir": dirs["d_ling_candidates"] if self.cfg.d_ling.enabled else None})
             ds.take_all()
-        if self.ling_steps:
-            self.d_ling(dirs["d_ling_candidates"], dirs["d_ling"], dirs["rejects"], dirs["stats"])
         crawl_rej = os.path.join(self.work, "crawl_rejects.parquet")
         if os.path.exists(crawl_rej) and not self.cfg.warc:
             t = pq.read_table(crawl_rej)
             if t.num_rows:
                 write_parquet_atomic(conform(t, REJECT_SCHEMA), os.path.join(dirs["rejects"], "part-crawl.parquet"))
+
+    def count(self, dirs: dict[str, str], crawl_stats: dict | None) -> tuple[dict, dict]:
+        """Phase 5: ``(funnel, stage counters)``. The funnel is counted from the written output
+        (:func:`mella.funnel.compute`, in the plan's stage order); the counters are the runners' (``stage-*.json``
+        of every unit and of the final pass, :func:`mella.executor.stage_stats`), with the crawl's network seconds."""
         page_stats = []
         for m in glob.glob(os.path.join(self.units_dir, "*", "pages-*.json")):
             with open(m, encoding="utf-8") as fh:
                 page_stats.append(json.load(fh))
-        plan_stages = [s for s in self.plan[1:] for s in (s.stages if hasattr(s, "stages") else [s])]
-        result = funnel_mod.compute(dirs["d_know"], dirs["rejects"], page_stats, crawl_stats, self.cfg.langs,
+        plan_stages = [s for step in self.plan[1:] for s in step.members]
+        funnel = funnel_mod.compute(dirs["d_know"], dirs["rejects"], page_stats, crawl_stats, self.cfg.langs,
                                     stages=[CRAWL] + stage_names(self.plan),
                                     listed=[s.name for s in plan_stages if s.rejects],
                                     ling_stages=[s.name for s in self.ling_steps],
                                     candidates_dir=dirs["d_ling_candidates"],
                                     ling_dir=dirs["d_ling"] if self.cfg.d_ling.enabled else None)
         timing = stage_stats([os.path.join(self.units_dir, u) for u in os.listdir(self.units_dir)] + [dirs["stats"]])
+        for line in funnel_mod.counter_disagreements(funnel, timing):
+            log.warning("stage counters disagree with the funnel: %s", line)
         if crawl_stats:  # network seconds per origin: timings, not counts (funnel.json stays equal across reruns)
             timing["crawl"] = {"slowest_hosts": crawl_stats.get("slowest_hosts", []),
                                "host_seconds": {h: v.get("seconds", 0.0) for h, v in crawl_stats.get("hosts", {}).items()}}
+        return funnel, timing
+
+    def publish(self, staging: str, dirs: dict[str, str], funnel: dict, timing: dict) -> None:
+        """d_know/, rejects/ (and d_ling/) swapped in whole, then ``funnel.json`` and ``stage_stats.json``."""
         replace_dir(dirs["d_know"], os.path.join(self.out, "d_know"))
         replace_dir(dirs["rejects"], os.path.join(self.out, "rejects"))
         if self.cfg.d_ling.enabled:
             replace_dir(dirs["d_ling"], os.path.join(self.out, "d_ling"))
         shutil.rmtree(staging)
-        write_json_atomic(result, os.path.join(self.out, "funnel.json"))
+        write_json_atomic(funnel, os.path.join(self.out, "funnel.json"))
         write_json_atomic(timing, os.path.join(self.out, "stage_stats.json"))
-        return result
 
     def d_ling(self, candidates_dir: str, ling_dir: str, rejects_dir: str, stats_dir: str) -> None:
         """Phase 4 (D_ling enabled): the plan's D_ling steps over the routed candidates → ``ling_dir``.

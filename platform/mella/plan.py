@@ -1,20 +1,26 @@
-"""build_corpus's plan as data: ``build_plan(cfg)`` returns the list of steps the executor runs.
-
-The list is read in order (paper 3.1 and appendix B.2 → module):
+"""build_corpus's plan as data: ``build_plan(cfg)`` turns :data:`DEFAULT_PLAN` — one list of stage names, or the
+``stages.plan`` list a YAML config gives — into the steps the executor runs. Each stage has one kind
+(:mod:`mella.stages.base`), and the kinds come in this order (paper 3.1 and appendix B.2 → module):
 
 =====================  ========================================================================
-source                 :class:`~mella.stages.io.extract.ExtractStage` (WARC records → candidates)
-per work unit          alt_text → langid → ``ImageStages`` (fetch → decode → resolution, one
-                       actor pool) → ``ModelStages`` (moderation, CNN embedding, categorise:
-                       one actor pool) → user stages; committed unit by unit
-global                 exact_dedup → phash_dedup → semantic_dedup (:class:`DedupStage`: decisions
-                       over all units, then applied in the final pass with the writer)
-D_ling                 caption → translate → qe (stages with ``d_ling = True``), on the images
-                       routed to D_ling that survived everything above
+source                 ``extract`` (:class:`~mella.stages.io.extract.ExtractStage`: WARC records → candidates)
+per work unit          row stages and filters: alt_text → langid → the image pool (fetch → decode → resolution)
+                       → the model pool (moderation, embed, categorise) → user stages; committed unit by unit
+global dedup           exact_dedup → phash_dedup → semantic_dedup (:class:`~mella.stages.base.DedupStage`:
+                       decisions over all units as Parquet, applied by the executor in the write phase)
+D_ling                 caption → translate → qe (stages with ``d_ling = True``), on the images routed to D_ling
+                       that survived everything above
 =====================  ========================================================================
 
-The funnel's stage order and the schema's stage list are :func:`stage_names` of this plan. A user's
-stage is inserted with ``--stage pkg.module:Class[@after]`` / ``stages.extra`` (:func:`user_stage`).
+In YAML::
+
+    stages:
+      plan: [extract, alt_text, langid, fetch, decode, resolution,
+             {class: my_filters:AspectRatioFilter, args: {max_ratio: 3}},
+             moderation, embed, categorise, exact_dedup, phash_dedup, semantic_dedup]
+
+or, keeping the default order, ``stages.extra: ["my_filters:AspectRatioFilter@resolution max_ratio=3"]`` (the
+command line's ``--stage``). The funnel's stage order is :func:`stage_names` of the plan.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import importlib
 import os
 import sys
 
+import yaml
+
 from mella.config import BuildConfig
-from mella.stages.base import DedupStage, Fused, Stage
+from mella.stages.base import LIGHT, DedupStage, Filter, Fused, Stage, Step
 from mella.stages.dedup.exact import ExactDedupStage
 from mella.stages.dedup.phash import PhashDedupStage
 from mella.stages.dedup.semantic import SemanticDedupStage
@@ -42,8 +50,6 @@ from mella.stages.io.extract import ExtractStage
 from mella.stages.io.fetch import ImageFetchStage
 from mella.warc import expand_warc_paths
 
-Step = Stage | Fused
-
 #: The crawl runs before the plan (Ray tasks writing WARC shards); the funnel lists it first.
 CRAWL = "crawl"
 
@@ -52,62 +58,150 @@ class PlanError(ValueError):
     """A plan that cannot run: an unknown stage to insert after, a class that is not a Stage, ..."""
 
 
+#: The default plan: every built-in stage in run order (paper 3.1, appendix B.2-B.3), the one place the order is
+#: written. ``stages.plan`` in a YAML config replaces it (reorder, leave out, add ``{class, after, args}``); a stage
+#: its own config turns off (``filters.moderation.enabled: false``, D_ling off, ...) is left out when built.
+DEFAULT_PLAN: tuple[str, ...] = (
+    "extract", "alt_text", "langid",
+    "fetch", "decode", "resolution",                          # the image pool (POOLS["ImageStages"])
+    "moderation", "moderation_api", "embed", "categorise",    # the model pool (POOLS["ModelStages"])
+    "exact_dedup", "phash_dedup", "semantic_dedup",           # global: decisions over all work units
+    "caption", "translate", "qe",                             # D_ling, on the images routed there
+)
+
+#: Stages run fused in one Ray Data operator (one actor pool): consecutive members of a group, and a stage placed
+#: between two of them (it joins the pool). The image pool's resources come from ``ray.image_pool``; the model
+#: pool asks for the largest of its members' declarations.
+POOLS: dict[str, tuple[str, ...]] = {
+    "ImageStages": ("fetch", "decode", "resolution"),
+    "ModelStages": ("moderation", "moderation_api", "embed", "categorise"),
+}
+
+
+def _fetch(cfg: BuildConfig) -> Stage:
+    warc_dir = os.path.join(str(cfg.output), "warc")
+    return ImageFetchStage(cfg.crawl, None if cfg.offline else warc_dir, expand_warc_paths(cfg.warc) if cfg.warc else [],
+                           offline=cfg.offline, concurrency=cfg.ray.image_pool.concurrency, index_dir=warc_dir)
+
+
+def _categorise(cfg: BuildConfig) -> Stage | None:
+    d, c = cfg.d_ling, cfg.d_ling.categorise
+    if not (d.enabled or c.enabled):  # categories without D_ling: the CPU EfficientNet by default
+        return None
+    return (MLLMCategoriser if c.backend == "mllm" else EfficientNetCategoriser)(c, d.stats_dir)
+
+
+def _caption(cfg: BuildConfig) -> Stage | None:
+    d = cfg.d_ling
+    if not d.enabled:
+        return None
+    # captions survive a killed run: keyed by the caption configuration (model, generation parameters)
+    key = hashlib.sha1(d.caption.model_dump_json().encode()).hexdigest()[:16]
+    return CaptionStage(d.caption, d.stats_dir, os.path.join(str(cfg.output), "_work", "caption_cache", key))
+
+
+def _if(enabled, make):
+    """A factory that builds ``make(cfg)`` when ``enabled(cfg)``, else leaves the stage out (None)."""
+    return lambda cfg: make(cfg) if enabled(cfg) else None
+
+
+#: Built-in stages by name: ``cfg -> Stage`` (None: turned off by its config). Constructors only keep configuration.
+STAGES = {
+    "extract": lambda cfg: ExtractStage(cfg.langs, cfg.langid, cfg.crawl.ai_opt_out_directives, cfg.crawl.user_agent),
+    "alt_text": lambda cfg: AltTextStage(route_to_d_ling=cfg.d_ling.enabled, max_chars=cfg.filters.max_alt_chars),
+    "langid": lambda cfg: LangIDStage(cfg.langid, route_to_d_ling=cfg.d_ling.enabled),
+    "fetch": _fetch,
+    "decode": lambda cfg: DecodeStage(cfg.filters),
+    "resolution": lambda cfg: ResolutionStage(cfg.filters),
+    "moderation": _if(lambda cfg: cfg.filters.moderation.enabled, lambda cfg: NSFWStage(cfg.filters.moderation)),
+    "moderation_api": _if(lambda cfg: cfg.filters.moderation.enabled and cfg.filters.moderation.api.enabled,
+                          lambda cfg: APIModerationStage(cfg.filters.moderation)),
+    "embed": _if(lambda cfg: cfg.filters.semantic.enabled, lambda cfg: EmbedStage(cfg.filters.semantic)),
+    "categorise": _categorise,
+    "exact_dedup": lambda cfg: ExactDedupStage(cfg.filters.exact_dedup_key, with_d_ling=cfg.d_ling.enabled,
+                                               max_pairs_per_image=cfg.filters.max_pairs_per_image),
+    "phash_dedup": _if(lambda cfg: cfg.filters.phash.enabled,
+                       lambda cfg: PhashDedupStage(cfg.filters.phash, cfg.filters.exact_dedup_key)),
+    "semantic_dedup": _if(lambda cfg: cfg.filters.semantic.enabled,
+                          lambda cfg: SemanticDedupStage(cfg.filters.semantic, cfg.filters.exact_dedup_key)),
+    "caption": _caption,
+    "translate": _if(lambda cfg: cfg.d_ling.enabled, lambda cfg: TranslateStage(cfg.d_ling.translate, cfg.d_ling.stats_dir)),
+    # without qe.model_path it passes rows through, qe_score null
+    "qe": _if(lambda cfg: cfg.d_ling.enabled, lambda cfg: QEStage(cfg.d_ling.qe, cfg.d_ling.stats_dir)),
+}
+
+
 def build_plan(cfg: BuildConfig) -> list[Step]:
-    """The steps of one build, in order (module docstring). Constructors only keep configuration;
-    models load in each stage's ``setup`` on the workers.
+    """The steps of one build, in order: ``stages.plan`` (default :data:`DEFAULT_PLAN`), each name built from
+    :data:`STAGES` and each user entry imported (:func:`user_stage`), ``stages.extra`` inserted after the stage
+    each names, then the :data:`POOLS` members fused. Models load in each stage's ``setup`` on the workers.
 
     Raises:
-        PlanError: a ``stages.extra`` entry cannot be imported or placed.
+        PlanError: an unknown stage name, a user stage that cannot be imported or placed, a plan out of order.
     """
-    f, d, out = cfg.filters, cfg.d_ling, str(cfg.output)
-    route = d.enabled
-    warc_dir = os.path.join(out, "warc")
-    pool = cfg.ray.image_pool
-    plan: list[Step] = [
-        ExtractStage(cfg.langs, cfg.langid, cfg.crawl.ai_opt_out_directives, cfg.crawl.user_agent),
-        AltTextStage(route_to_d_ling=route, max_chars=f.max_alt_chars),
-        LangIDStage(cfg.langid, route_to_d_ling=route),
-        Fused([
-            ImageFetchStage(cfg.crawl, None if cfg.offline else warc_dir,
-                            expand_warc_paths(cfg.warc) if cfg.warc else [], offline=cfg.offline,
-                            concurrency=pool.concurrency, index_dir=warc_dir),
-            DecodeStage(f), ResolutionStage(f),
-        ], name="ImageStages", resources=pool.stage_resources(), batch_size=pool.batch_size),
-    ]
-    models: list[Stage] = []
-    if f.moderation.enabled:
-        models.append(NSFWStage(f.moderation))
-        if f.moderation.api.enabled:
-            models.append(APIModerationStage(f.moderation))
-    if f.semantic.enabled:
-        models.append(EmbedStage(f.semantic))
-    if d.enabled or d.categorise.enabled:  # categories without D_ling: the CPU EfficientNet by default
-        c = d.categorise
-        models.append((MLLMCategoriser if c.backend == "mllm" else EfficientNetCategoriser)(c, d.stats_dir))
-    if models:
-        plan.append(Fused(models, name="ModelStages"))
-    plan.append(ExactDedupStage(f.exact_dedup_key, with_d_ling=d.enabled, max_pairs_per_image=f.max_pairs_per_image))
-    if f.phash.enabled:
-        plan.append(PhashDedupStage(f.phash, f.exact_dedup_key))
-    if f.semantic.enabled:
-        plan.append(SemanticDedupStage(f.semantic, f.exact_dedup_key))
-    if d.enabled:
-        # captions survive a killed run: keyed by the caption configuration (model, generation parameters)
-        key = hashlib.sha1(d.caption.model_dump_json().encode()).hexdigest()[:16]
-        plan.append(CaptionStage(d.caption, d.stats_dir, os.path.join(out, "_work", "caption_cache", key)))
-        plan.append(TranslateStage(d.translate, d.stats_dir))
-        plan.append(QEStage(d.qe, d.stats_dir))  # without qe.model_path it passes rows through, qe_score null
+    stages: list[Stage] = []
+    for entry in cfg.stages.plan if cfg.stages.plan is not None else DEFAULT_PLAN:
+        if isinstance(entry, str) and ":" not in entry:
+            if entry not in STAGES:
+                raise PlanError(f"unknown stage {entry!r} in stages.plan: built-in stages are {list(STAGES)}")
+            stage = STAGES[entry](cfg)
+            if stage is not None:
+                stages.append(stage)
+        else:  # a user's stage, in the place the list gives it
+            stages.append(_routed(user_stage(entry)[0], cfg))
     for spec in cfg.stages.extra:
-        plan = insert_stage(plan, *user_stage(spec))
+        stage, after = user_stage(spec)
+        stages = insert_stage(stages, _routed(stage, cfg), after)
+    plan = fuse(stages, cfg)
     check_plan(plan)
     return plan
+
+
+def _routed(stage: Stage, cfg: BuildConfig) -> Stage:
+    """A user's :class:`~mella.stages.base.Filter` that judges the alt-text (``routable = True``) routes what it
+    rejects to D_ling when D_ling is on, as ``alt_text`` and ``langid`` do."""
+    if isinstance(stage, Filter) and stage.routable and "route_to_d_ling" not in vars(stage):
+        stage.route_to_d_ling = cfg.d_ling.enabled
+    return stage
+
+
+def fuse(stages: list[Stage], cfg: BuildConfig) -> list[Step]:
+    """``stages`` with the members of each :data:`POOLS` group that stand together (a stage placed between two
+    members joins them) as one :class:`~mella.stages.base.Fused` step."""
+    group_of = {name: g for g, names in POOLS.items() for name in names}
+    plan: list[Step] = []
+    run: list[Stage] = []
+    group = None
+
+    def close() -> None:
+        if run:
+            plan.append(_pool(group, run, cfg) if group else run[0])
+
+    for i, s in enumerate(stages):
+        g = group_of.get(s.name)
+        if g is None and group and any(group_of.get(t.name) == group for t in stages[i + 1:i + 2]):
+            g = group  # between two members of the running group: joins it
+        if g is not None and g == group:
+            run.append(s)
+            continue
+        close()
+        run, group = [s], g
+    close()
+    return plan
+
+
+def _pool(group: str, stages: list[Stage], cfg: BuildConfig) -> Fused:
+    if group == "ImageStages":
+        pool = cfg.ray.image_pool
+        return Fused(stages, name=group, resources=pool.stage_resources(), batch_size=pool.batch_size)
+    return Fused(stages, name=group)
 
 
 def stage_names(plan: list[Step]) -> list[str]:
     """Every stage name in plan order, fused members expanded (the funnel's order after ``crawl``)."""
     names: list[str] = []
     for step in plan:
-        for s in (step.stages if isinstance(step, Fused) else [step]):
+        for s in step.members:
             if s.name not in names:
                 names.append(s.name)
     return names
@@ -125,25 +219,24 @@ def check_plan(plan: list[Step]) -> None:
     """Raise :class:`PlanError` unless the plan is source, per-unit steps, global steps, D_ling steps."""
     if not plan or not isinstance(plan[0], ExtractStage):
         raise PlanError("a plan starts with the extract stage")
-    seen_global = seen_ling = False
+    seen_ling = False
     for step in plan[1:]:
-        members = step.stages if isinstance(step, Fused) else [step]
+        members = getattr(step, "members", [step])
         for s in members:
             if not isinstance(s, Stage):
                 raise PlanError(f"{s!r} is not a mella.stages.base.Stage")
         if any(isinstance(s, DedupStage) for s in members):
             if isinstance(step, Fused) or seen_ling:
                 raise PlanError(f"dedup stage {step!r} must stand alone, before the D_ling stages")
-            seen_global = True
         elif any(s.d_ling for s in members):
             seen_ling = True
         elif seen_ling:
             raise PlanError(f"{step!r} comes after a D_ling stage but is not one (set d_ling = True)")
-    del seen_global
 
 
 def user_stage(spec: str | dict) -> tuple[Stage, str | None]:
-    """A user's stage from ``'pkg.module:Class[@after]'`` or ``{class, after, args}``: ``(instance, after)``.
+    """A user's stage from ``'pkg.module:Class[@after] [key=value ...]'`` or ``{class, after, args}``:
+    ``(instance, after)``; the arguments go to the class's constructor.
 
     The module is imported in the driver (the current directory is on ``sys.path``, as for
     ``python -m``) and registered with cloudpickle *by value*, so Ray workers run it without the
@@ -153,8 +246,14 @@ def user_stage(spec: str | dict) -> tuple[Stage, str | None]:
         PlanError: malformed spec, module or class not found, or not a Stage subclass.
     """
     if isinstance(spec, str):
-        target, _, after = spec.partition("@")
+        head, *pairs = spec.split()
+        target, _, after = head.partition("@")
         args: dict = {}
+        for pair in pairs:  # 'key=value', the value read as YAML (3 → int, 0.5 → float, true → bool)
+            key, eq, value = pair.partition("=")
+            if not eq or not key:
+                raise PlanError(f"stage {head!r}: argument {pair!r} is not key=value")
+            args[key] = yaml.safe_load(value)
     else:
         target, after, args = spec.get("class", ""), spec.get("after") or "", spec.get("args") or {}
     mod_name, _, cls_name = target.partition(":")
@@ -189,7 +288,7 @@ def insert_stage(plan: list[Step], stage: Stage, after: str | None) -> list[Step
         _, units, _, _ = phases(plan)
         return plan[:1 + len(units)] + [stage] + plan[1 + len(units):]
     for i, step in enumerate(plan):
-        members = step.stages if isinstance(step, Fused) else [step]
+        members = step.members
         if any(s.name == after for s in members):
             return plan[:i + 1] + [stage] + plan[i + 1:]
     raise PlanError(f"cannot insert {stage.name!r} after {after!r}: stages are {stage_names(plan)}")
@@ -225,3 +324,54 @@ def model_placement(cfg: BuildConfig) -> str:
         parts.append(f"translate[{t.backend}] " + (_where(t.num_gpus) if t.backend in ("seq2seq", "mllm") else "API"))
         parts.append(f"qe {_where(d.qe.num_gpus)}" if d.qe.model_path else "qe off (no qe.model_path)")
     return ", ".join(parts) or "none"
+
+
+#: The setting that sizes a pool, named when a plan does not fit the cluster (the model pool's size is the largest
+#: ``pool_size`` of its members' config blocks).
+POOL_SETTINGS = {"ImageStages": "ray.image_pool.pool_size", "moderation": "filters.moderation.pool_size",
+                 "embed": "filters.semantic.pool_size", "categorise": "d_ling.categorise.pool_size",
+                 "caption": "d_ling.caption.pool_size", "translate": "d_ling.translate.pool_size",
+                 "qe": "d_ling.qe.pool_size"}
+
+
+def demand(steps: list[Step]) -> tuple[float, float, list[tuple[str, int, float, float]]]:
+    """What the steps of one streaming phase hold at once: ``(cpus, gpus, pools)``, where ``pools`` lists
+    ``(operator, actors, cpus each, gpus each)``. A fixed pool (or an elastic pool's minimum) holds its actors for
+    the whole phase; Ray tasks need room for one task of the largest (the source's read tasks: ``LIGHT``)."""
+    pools = [(s.operator_name, s.resources.pool_size, s.resources.num_cpus, s.resources.num_gpus)
+             for s in steps if s.resources.pool_size is not None]
+    tasks = [s.resources for s in steps if s.resources.pool_size is None] + [LIGHT]
+    cpus = sum(n * c for _, n, c, _ in pools) + max(r.num_cpus for r in tasks)
+    gpus = sum(n * g for _, n, _, g in pools) + max(r.num_gpus for r in tasks)
+    return cpus, gpus, pools
+
+
+def check_fits(plan: list[Step], cpus: float, gpus: float) -> None:
+    """Raise :class:`PlanError` (one line, naming the pool to shrink) when a phase of ``plan`` needs more CPUs or
+    GPUs at once than the cluster has: its pools would take every CPU and its tasks never start — Ray Data waits
+    for resources that never free, without a message.
+
+    ``cpus``/``gpus``: the cluster's totals (``ray.cluster_resources()``; on an autoscaling cluster, its maximum).
+    """
+    _, units, globals_, ling = phases(plan)
+    for phase, steps in (("per-unit", units), ("write", [s for s in globals_ if not isinstance(s, DedupStage)]),
+                         ("D_ling", ling)):
+        need_c, need_g, pools = demand(steps)
+        for kind, need, have, i in (("CPU", need_c, cpus, 2), ("GPU", need_g, gpus, 3)):
+            if need <= have + 1e-9:
+                continue
+            biggest = max(pools, key=lambda p: p[1] * p[i], default=None)
+            if biggest is None or biggest[1] * biggest[i] == 0:
+                raise PlanError(f"the {phase} phase needs {need:g} {kind}s at once, the cluster has {have:g}")
+            name, n, each = biggest[0], biggest[1], biggest[i]
+            fit = int((have - (need - n * each)) // each + 1e-9)
+            setting = POOL_SETTINGS.get(name) or "/".join(POOL_SETTINGS.get(s.name, f"{s.name}.pool_size")
+                                                        for s in _members(plan, name))
+            held = ", ".join(f"{p[0]} {p[1]} x {p[i]:g}" for p in pools if p[i])
+            advice = f"shrink {setting} to {fit}" if fit >= 1 else f"give the {name} pool fewer {kind}s per actor"
+            raise PlanError(f"the plan cannot run: the {phase} phase needs {need:g} {kind}s at once ({held}, plus one "
+                            f"task), the cluster has {have:g}; {advice}, or give Ray more {kind}s")
+
+
+def _members(plan: list[Step], operator: str) -> list[Stage]:
+    return next((s.members for s in plan if s.operator_name == operator), [])

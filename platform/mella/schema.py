@@ -87,6 +87,9 @@ RECORD_SCHEMA = pa.schema(BASE_FIELDS + EXTENSION_FIELDS)
 #: Schema of a reject: the record plus stage/reason/detail; ``image`` is always null.
 REJECT_SCHEMA = pa.schema(BASE_FIELDS + EXTENSION_FIELDS + REJECT_FIELDS)
 
+#: Large columns a stage that only reads metadata never needs as Python objects (bytes, 1280 floats).
+HEAVY_COLUMNS = ("image", "embedding")
+
 RECORD_COLUMNS: list[str] = RECORD_SCHEMA.names
 REJECT_COLUMNS: list[str] = REJECT_SCHEMA.names
 

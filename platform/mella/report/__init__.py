@@ -36,11 +36,6 @@ from mella.report.thumbs import image_warcs, locate, make_thumbnails
 
 log = logging.getLogger("mella.report")
 REPORT_DIR = "report"
-#: Stage order when ``funnel.json`` is absent (its ``stages`` list is used otherwise): paper 3.1, appendix B.2-B.3.
-DEFAULT_ORDER = ("crawl", "extract", "alt_text", "langid", "fetch", "decode", "resolution", "moderation", "exact_dedup",
-                 "phash_dedup", "semantic_dedup", "caption", "translate", "qe")
-
-
 def check_inputs(out_dir: str, train_dir: str | None = None, eval_dir: str | None = None) -> None:
     """Raise ``ValueError`` (one line) unless ``out_dir`` is a build output and the optional run dirs hold
     their reports (``mella_train.json`` somewhere under ``train_dir``; ``report.json`` in ``eval_dir``)."""
@@ -62,9 +57,12 @@ def _train_files(train_dir: str) -> list[str]:
 
 
 def _stage_order(funnel: dict) -> dict[str, int]:
-    names = [s["stage"] for s in funnel.get("stages", [])] or list(DEFAULT_ORDER)
+    """``{stage: position}``: the funnel's order (the build's plan), or the default plan's when it lacks ``fetch``."""
+    names = [s["stage"] for s in funnel.get("stages", [])]
     if "fetch" not in names:
-        names = list(DEFAULT_ORDER)
+        from mella.plan import CRAWL, DEFAULT_PLAN  # noqa: PLC0415 - the plan imports every stage module
+
+        names = [CRAWL, *DEFAULT_PLAN]
     return {s: i for i, s in enumerate(names)}
 
 

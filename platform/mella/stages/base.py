@@ -17,7 +17,7 @@ A stage declares, next to its code:
   * :class:`Stage` (enricher) — ``process(rows)``: fill columns of the active rows in place, call
     :meth:`Stage.reject` on the rows it drops; may return a new row list (one row → several);
   * :class:`DedupStage` (global) — ``find(parts, ...)`` writes decisions over *all* work-unit parts
-    to a Parquet file; applying them is an ordinary row stage (``setup`` loads the decisions).
+    to a Parquet file; the executor applies them (:func:`mella.executor.apply_decisions`), never the stage.
 
 Rows are dicts with ``REJECT_SCHEMA`` keys. A row whose ``reason`` is set was rejected upstream:
 later stages never see it, it keeps its place in the stream and the writer routes it to
@@ -30,13 +30,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from mella.executor import TaskRunner, apply_decisions
 from mella.resources import StageResources
+from mella.schema import HEAVY_COLUMNS, REJECT_SCHEMA, conform
 
 #: Ray tasks at half a CPU: the default for pure-Python stages (Ray Data fits two per core).
 LIGHT = StageResources(num_cpus=0.5)
-
-#: Large columns a stage that only reads metadata never needs as Python objects (bytes, 1280 floats).
-HEAVY_COLUMNS = ("image", "embedding")
 
 
 def reject(row: dict, stage: str, reason: str, detail: str = "") -> None:
@@ -67,6 +66,16 @@ class Stage:
     batch_size: int | None = None
 
     @property
+    def members(self) -> list[Stage]:
+        """The stages this plan step runs: ``[self]`` (a :class:`Fused` step lists its own)."""
+        return [self]
+
+    @property
+    def operator_name(self) -> str:
+        """The Ray Data operator name of this step (the class name: ``AltTextStage``)."""
+        return type(self).__name__
+
+    @property
     def reads_image(self) -> bool:
         """Whether the stage needs the heavy columns (``image``, ``embedding``) as Python objects."""
         return any(c in HEAVY_COLUMNS for c in self.reads)
@@ -94,8 +103,6 @@ class Stage:
     def __call__(self, batch):
         """Run this stage alone on one Arrow batch (REJECT_SCHEMA columns) outside Ray — tools, tests,
         notebooks; :meth:`setup` runs on first use. Returns the batch with the stage applied."""
-        from mella.executor import TaskRunner  # noqa: PLC0415 - the executor imports this module
-
         if not getattr(self, "_set_up", False):
             self.setup()
             self._set_up = True
@@ -145,18 +152,26 @@ class Filter(Stage):
 
 
 class DedupStage(Stage):
-    """A global stage: decisions found over every work unit's rows, then applied row by row.
+    """A global dedup stage: it finds decisions over every work unit's rows; the executor applies them.
 
-    :meth:`find` runs in the driver between the per-unit phase and the final pass; it may start
+    :meth:`find` runs in the driver between the per-unit phase and the write phase; it may start
     Ray work, and writes its decisions to ``decisions`` (a Parquet file under the job's work
     directory; the driver keeps only paths). ``upstream`` maps each earlier dedup stage's name to
-    its decisions file (pHash needs exact dedup's survivors, CNN dedup the pHash drops). The
-    stage object is then run as a row stage: :meth:`setup` loads its decisions, :meth:`process`
-    rejects the rows they name.
+    its decisions file (pHash needs exact dedup's survivors, CNN dedup the pHash drops). A dedup
+    stage never rejects rows itself: the write phase applies every stage's decisions part by part
+    (:func:`mella.executor.apply_decisions`), and so does calling the stage on a batch (tools, tests).
     """
 
     rejects: ClassVar[bool] = True
     decisions: str | None = None
+
+    def process(self, rows: list[dict]) -> None:
+        raise TypeError(f"{self.name} is a global dedup stage: its decisions are applied by "
+                        "mella.executor.apply_decisions, not row by row")
+
+    def __call__(self, batch):
+        """``batch`` (REJECT_SCHEMA) with this stage's decisions applied (:func:`mella.executor.apply_decisions`)."""
+        return apply_decisions(conform(batch, REJECT_SCHEMA), [self])[0]
 
     def find(self, parts: list[str], decisions: str, upstream: dict[str, str]) -> None:  # pragma: no cover
         """Write the decisions over ``parts`` (unit Parquet files, REJECT_SCHEMA) to ``decisions``."""
@@ -203,5 +218,19 @@ class Fused:
         sizes = [s.batch_size for s in self.stages if s.batch_size]
         return min(sizes) if sizes else None
 
+    @property
+    def members(self) -> list[Stage]:
+        """The fused stages, in the order they run."""
+        return self.stages
+
+    @property
+    def operator_name(self) -> str:
+        """The Ray Data operator (and actor class) name: the group's name (``ImageStages``)."""
+        return self.name
+
     def __repr__(self) -> str:
         return f"Fused({self.name}: {', '.join(s.name for s in self.stages)})"
+
+
+#: One step of a plan: a stage, or stages fused into one Ray Data operator.
+Step = Stage | Fused

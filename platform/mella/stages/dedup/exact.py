@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mella.stages.base import DedupStage
-from mella.stages.dedup.shuffle import AppliesDecisions, active_rows, bucket_groupby, spill_area, row_key, task_shuffle, count_rows, hex_bucket, num_partitions, write_decisions
+from mella.stages.dedup.shuffle import active_rows, bucket_groupby, spill_area, row_key, task_shuffle, count_rows, hex_bucket, num_partitions, write_decisions
 
 KEY_COLUMNS = ["lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason", "d_ling_reason"]
 SEP = "\x1f"
@@ -135,7 +135,7 @@ def exact_bucket(t: pa.Table, with_d_ling: bool, max_pairs_per_image: int | None
 ExactKey = Literal["image_text", "image"]
 
 
-class ExactDedupStage(AppliesDecisions, DedupStage):
+class ExactDedupStage(DedupStage):
     """Reject every row of a duplicated group except its survivor (reason ``duplicate``).
 
     ``with_d_ling`` (``image_text`` mode): a D_ling candidate whose picture is also a D_know pair in

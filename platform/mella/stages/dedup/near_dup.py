@@ -46,7 +46,7 @@ import ray
 from mella import survivor
 from mella.io import replace_dir
 from mella.stages.base import DedupStage
-from mella.stages.dedup.shuffle import (AppliesDecisions, active_rows, bucket_groupby, spill_area, task_shuffle, count_rows, hex_bucket, hex_u64, num_partitions,
+from mella.stages.dedup.shuffle import (active_rows, bucket_groupby, spill_area, task_shuffle, count_rows, hex_bucket, hex_u64, num_partitions,
                                         rows_to_decisions, write_decisions)
 
 SEP = "\x1f"
@@ -235,7 +235,7 @@ def _record_index(rec: pa.Table, pairs: pa.Table) -> tuple[np.ndarray, np.ndarra
     return out["a"], out["b"]
 
 
-class NearDupStage(AppliesDecisions, DedupStage):
+class NearDupStage(DedupStage):
     """Base of the pHash and CNN near-duplicate stages: ``find`` writes, per part, the rows showing a
     dropped image (reason ``reason``); the final pass rejects them."""
 

@@ -26,9 +26,7 @@ import hashlib
 import math
 import os
 import shutil
-import time
 import uuid
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -36,8 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from mella.io import replace_dir, write_json_atomic
-from mella.schema import REJECT_SCHEMA, conform
+from mella.io import replace_dir
 
 #: Key rows per shuffle partition: a bucket's key columns stay a few MB (pixel hex, URLs, ids).
 ROWS_PER_PARTITION = 50_000
@@ -275,65 +272,3 @@ def _join_bucket(t: pa.Table, reason: str) -> pa.Table:
     return pa.table({"part": j["part"], "id": j["id"], "key": j["key"],
                      "reason": pa.array([reason] * j.num_rows, pa.string()),
                      "detail": j["detail"]})
-
-
-# ------------------------------------------------------------------------------- the final pass
-def apply_decisions(t: pa.Table, part: str, stages) -> tuple[pa.Table, dict]:
-    """Mark the rows of ``t`` (one part, REJECT_SCHEMA) that the dedup ``stages`` reject (in order: a row
-    keeps the first stage's reason), freeing their image and embedding. Returns (table, per-stage counters)."""
-    counts = {}
-    for st in stages:
-        t0, c0 = time.perf_counter(), time.process_time()
-        active = pc.is_null(t["reason"])
-        d = part_decisions(st.decisions, part)
-        n_in = pc.sum(active).as_py() or 0
-        keys = row_key(t)
-        hit = pc.and_(active, pc.is_in(keys, value_set=d["key"])) if d.num_rows else None
-        rejected = Counter()
-        if hit is not None and pc.any(hit).as_py():
-            idx = pc.index_in(keys, value_set=d["key"])
-            detail = pc.take(d["detail"], pc.fill_null(idx, 0))
-            reason = pc.take(d["reason"], pc.fill_null(idx, 0))
-            t = t.set_column(t.schema.get_field_index("stage"), "stage",
-                             pc.if_else(hit, pa.scalar(st.name), t["stage"]))
-            t = t.set_column(t.schema.get_field_index("reason"), "reason", pc.if_else(hit, reason, t["reason"]))
-            t = t.set_column(t.schema.get_field_index("detail"), "detail", pc.if_else(hit, detail, t["detail"]))
-            for col in ("image", "embedding"):
-                i = t.schema.get_field_index(col)
-                t = t.set_column(i, col, pc.if_else(hit, pa.scalar(None, t.schema.field(col).type), t[col]))
-            rejected.update(reason.filter(hit).to_pylist())
-        counts[st.name] = {"rows_in": n_in, "rejected": dict(rejected), "wall_s": time.perf_counter() - t0,
-                           "cpu_s": time.process_time() - c0, "batches": 1}
-    return t, counts
-
-
-def read_applied(batch: pa.Table, stages, stats_dir: str | None):
-    """Ray Data generator UDF of the final pass: each part (``part`` column) read whole, the dedup stages'
-    decisions for that part applied (:func:`apply_decisions`); counters to ``stats_dir/stage-*.json``."""
-    for part in batch["part"].to_pylist():
-        t, counts = apply_decisions(conform(pq.read_table(part), REJECT_SCHEMA), part, stages)
-        if stats_dir:
-            write_json_atomic(counts, os.path.join(stats_dir, f"stage-{uuid.uuid4().hex}.json"))
-        yield t
-
-
-class AppliesDecisions:
-    """Row-stage form of a dedup stage's decisions (the :class:`~mella.stages.base.DedupStage` contract) for
-    tools and tests: each batch reads only the decisions naming its row ids (a filtered scan, memory
-    O(batch)). The build applies them part by part instead (:func:`read_applied`)."""
-
-    decisions: str | None = None
-
-    def setup(self) -> None:
-        """Nothing is loaded: :meth:`process` looks its rows up."""
-
-    def process(self, rows: list[dict]) -> None:
-        if not self.decisions or not rows:
-            return
-        ids = [r["id"] for r in rows]
-        d = pq.read_table(self.decisions, columns=["key", "reason", "detail"], filters=[("id", "in", ids)])
-        found = dict(zip(d["key"].to_pylist(), zip(d["reason"].to_pylist(), d["detail"].to_pylist())))
-        for r in rows:
-            key = f"{r['id']}{SEP}{r.get('alt_text') or ''}"
-            if key in found:
-                self.reject(r, *found[key])

@@ -295,7 +295,7 @@ class APIModerationStage(Stage):
     errors of this actor.
     """
 
-    name = "moderation"
+    name = "moderation_api"
     reads = ("image",)
     writes = ("moderation_scores",)
     rejects = True
