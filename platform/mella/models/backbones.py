@@ -131,9 +131,12 @@ class Qwen2VL(Backbone):
     feature_names = ("pixel_values", "image_grid_thw")
 
     def __init__(self, model_path: str, min_pixels: int, max_pixels: int):
-        from transformers import Qwen2VLProcessor
+        from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
 
-        self.processor = Qwen2VLProcessor.from_pretrained(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        # the PIL backend (Qwen2-VL's reference resizing, as the platform used before the processor); the
+        # torchvision backend resamples with torch's bicubic
+        pil = Qwen2VLImageProcessorPil.from_pretrained(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.processor = Qwen2VLProcessor.from_pretrained(model_path, image_processor=pil)
         super().__init__("qwen2-vl", self.processor.tokenizer, self.processor.image_processor, QWEN2_VL_TEMPLATE,
                          "<|image_pad|>")
 
