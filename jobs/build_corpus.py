@@ -62,13 +62,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                    help="skip the CPU EfficientNet-lite0 categories (4 major / 20 fine) of D_know rows")
     g = ap.add_argument_group("D_ling (paper 3.1.2): caption images without usable alt-text, translate them")
     g.add_argument("--d-ling", action="store_true", help="enable categorise → caption → translate → qe")
-    g.add_argument("--caption-model", help="local MLLM checkpoint dir for captioning (and --categoriser mllm)")
+    g.add_argument("--caption-model", help="MLLM for captioning (and --categoriser mllm): a checkpoint dir or a hub id "
+                   "org/name[@rev] (HF_HOME cache)")
     g.add_argument("--caption-family", choices=["qwen2-vl", "internvl2"], default="qwen2-vl")
-    g.add_argument("--categoriser", choices=["efficientnet", "mllm"], help="default: efficientnet (CPU)")
+    g.add_argument("--categoriser", choices=["efficientnet", "mllm"], help="default: efficientnet; mllm = the --caption-model MLLM (with or without --d-ling)")
     g.add_argument("--mt-backend", choices=["seq2seq", "deepl", "google", "mllm"], help="default: seq2seq")
-    g.add_argument("--mt-model", help="local seq2seq MT checkpoint dir (NLLB-200, M2M100 or multi-target Marian)")
+    g.add_argument("--mt-model", help="seq2seq MT model (NLLB-200, M2M100 or multi-target Marian): a checkpoint dir or a "
+                   "hub id org/name[@rev]")
     g.add_argument("--translate-to", help="comma-separated languages for each caption (default: the image page's language)")
-    g.add_argument("--num-gpus", type=float, help="GPUs per model actor (caption, translate, categorise, embed, NSFW)")
+    g.add_argument("--num-gpus", type=float, help="GPUs per model actor: NSFW (onnxruntime CUDA provider), embed, categorise, and with --d-ling "
+                   "caption, translate, QE; the job prints where each model stage runs")
     cli.add_config_flags(ap, "BuildConfig")
     console.add_console_flags(ap)
     return cli.parse(ap, argv)
@@ -102,16 +105,16 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
         filters.setdefault("moderation", {})["enabled"] = False
     if args.no_categorise:
         data.setdefault("d_ling", {}).setdefault("categorise", {})["enabled"] = False
+    if args.categoriser:  # every image is categorised (paper 3.1), with or without D_ling
+        cat = data.setdefault("d_ling", {}).setdefault("categorise", {})
+        cat["backend"] = args.categoriser
+        if args.categoriser == "mllm" and args.caption_model:
+            cat["mllm"] = {"family": args.caption_family, "model_path": args.caption_model}
     if args.d_ling:
         d = data.setdefault("d_ling", {})
         d["enabled"] = True
         if args.caption_model:
-            mllm = {"family": args.caption_family, "model_path": args.caption_model}
-            d.setdefault("caption", {})["mllm"] = mllm
-            if args.categoriser == "mllm":
-                d.setdefault("categorise", {})["mllm"] = mllm
-        if args.categoriser:
-            d.setdefault("categorise", {})["backend"] = args.categoriser
+            d.setdefault("caption", {})["mllm"] = {"family": args.caption_family, "model_path": args.caption_model}
         tr = d.setdefault("translate", {})
         if args.mt_backend:
             tr["backend"] = args.mt_backend
@@ -126,8 +129,8 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
     if args.num_gpus is not None:  # every model stage's pool block (read from the config classes)
         from mella.config import pool_blocks  # noqa: PLC0415
 
-        for path in pool_blocks():
-            if args.d_ling or not path.startswith("d_ling."):
+        for path in pool_blocks():  # categorise runs without --d-ling too
+            if args.d_ling or not path.startswith("d_ling.") or path == "d_ling.categorise":
                 apply_overrides(data, [f"{path}.num_gpus={args.num_gpus}"])
     apply_overrides(data, overrides)
     return BuildConfig.model_validate(data)
@@ -142,16 +145,23 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
     preflight.check_langs(cfg.langs)
     preflight.check_output(cfg.output)
     d = cfg.d_ling
+    # hub ids resolve here, on the driver; the model actors get the local snapshot directory
+    if d.categorise.enabled and d.categorise.backend == "mllm":
+        if d.categorise.mllm is None:
+            raise console.UsageError("--categoriser mllm needs --caption-model DIR|ORG/NAME (the MLLM that categorises)")
+        d.categorise.mllm.model_path = preflight.check_model(d.categorise.mllm.model_path, "--caption-model")[0]
     if d.enabled:
-        preflight.check_model_dir(d.caption.mllm.model_path, "--caption-model")
-        if d.categorise.backend == "mllm" and d.categorise.mllm is not None:
-            preflight.check_model_dir(d.categorise.mllm.model_path, "--caption-model")
+        d.caption.mllm.model_path = preflight.check_model(d.caption.mllm.model_path, "--caption-model")[0]
         tr = d.translate
         if tr.backend == "seq2seq":
             if tr.seq2seq is None or not tr.seq2seq.model_path:
                 raise console.UsageError("--d-ling with --mt-backend seq2seq needs --mt-model DIR (NLLB-200, M2M100 "
                                          "or a multi-target Marian checkpoint), or --mt-backend mllm|deepl|google")
-            preflight.check_model_dir(tr.seq2seq.model_path, "--mt-model")
+            tr.seq2seq.model_path = preflight.check_model(tr.seq2seq.model_path, "--mt-model")[0]
+            for lang, name in tr.seq2seq.model_paths.items():  # per-language models (Marian/OPUS-MT pairs)
+                tr.seq2seq.model_paths[lang] = preflight.check_model(name, f"translate.seq2seq.model_paths.{lang}")[0]
+        if tr.backend == "mllm" and tr.mllm is not None:
+            tr.mllm.model_path = preflight.check_model(tr.mllm.model_path, "--caption-model")[0]
     from mella.plan import PlanError, build_plan  # noqa: PLC0415
 
     try:  # the plan itself: --stage / stages.extra classes import and place, configured backends exist
@@ -242,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args, cfg)
     if args.cc_index:
         cfg = common_crawl_pages(args.cc_index, cfg)
+    from mella.plan import model_placement  # noqa: PLC0415
+
+    console.say(f"model stages: {model_placement(cfg)}")
     # inputs are valid: from here on servers, Ray and the output directory
     demo = None
     if demo_port is not None:

@@ -103,7 +103,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _check(a: argparse.Namespace, train_job) -> tuple[Path, Path, dict, str, list[str]]:
     """Inputs before Ray: ``(data, output, model config, backbone, langs)``; raises console.UsageError."""
     data, out = Path(a.data).resolve(), Path(a.output).resolve()
-    model_cfg = preflight.check_model_dir(a.model, "--model")
+    a.model, model_cfg = preflight.check_model(a.model, "--model")
     backbone = train_job.MODEL_TYPES.get(model_cfg.get("model_type"))
     if backbone is None:
         raise console.UsageError(f"--model {a.model} is a {model_cfg.get('model_type')!r} checkpoint: "

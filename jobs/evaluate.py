@@ -40,7 +40,7 @@ def check_inputs(a: argparse.Namespace) -> None:
     if a.endpoint:
         preflight.check_url(a.endpoint, "--endpoint")
     if a.model:
-        preflight.check_model_dir(a.model, "--model")
+        a.model = preflight.check_model(a.model, "--model")[0]  # a hub id → its local snapshot, for the workers
         if a.adapters and not Path(a.adapters).is_dir():
             raise console.UsageError(f"--adapters {a.adapters} does not exist: give the directory holding mella-<lang>/ adapters")
     preflight.check_output(a.output)

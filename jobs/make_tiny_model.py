@@ -1,6 +1,9 @@
 """Make a tiny random-weight base model (Hugging Face format) that runs on a laptop CPU.
 
     python jobs/make_tiny_model.py --backbone qwen2-vl --output DIR      # ~50 MB, ~10 s
+    python jobs/make_tiny_model.py --hf-home DIR [--ids Qwen/Qwen2-VL-7B-Instruct,...]
+        # tiny checkpoints in the published layouts under their real hub ids, in a Hugging Face cache:
+        # then HF_HOME=DIR HF_HUB_OFFLINE=1 python jobs/train.py --model Qwen/Qwen2-VL-7B-Instruct ...
     python jobs/make_tiny_model.py --backbone marian --output DIR        # D_ling's seq2seq MT (mella.models.tiny_mt)
     python jobs/make_tiny_model.py --backbone cometkiwi --output DIR     # D_ling's QE (mella.models.cometkiwi)
 
@@ -42,7 +45,9 @@ def make_other(kind: str, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", choices=[*BACKBONES, *OTHERS], default="qwen2-vl")
-    ap.add_argument("--output", required=True, help="checkpoint directory to write (must not hold another model)")
+    ap.add_argument("--output", help="checkpoint directory to write (must not hold another model)")
+    ap.add_argument("--hf-home", help="write the tiny published-layout checkpoints into this HF_HOME's hub cache")
+    ap.add_argument("--ids", help="comma-separated hub ids for --hf-home (default: every one this build can write)")
     ap.add_argument("--seed", type=int, default=0, help="torch seed of the random weights")
     cli.add_config_flags(ap)
     console.add_console_flags(ap)
@@ -50,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(a.quiet, a.verbose)
     if a.print_config:
         return cli.print_config(cli.flag_settings(a))
+    if bool(a.output) == bool(a.hf_home):
+        raise console.UsageError("give --output DIR (one checkpoint) or --hf-home DIR (published layouts), one of them")
+    if a.hf_home:
+        return _hf_home(Path(a.hf_home), [x.strip() for x in a.ids.split(",") if x.strip()] if a.ids else None)
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise console.UsageError(f"--output {out} is a file: give a directory")
@@ -76,6 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"tiny {a.backbone} model (RANDOM weights, {size / 2**20:.1f} MiB) in {out.resolve()}; "
           "a real run uses Qwen2-VL-7B-Instruct or InternVL2-8B (docs/training.md)", flush=True)
+    return 0
+
+
+def _hf_home(home: Path, ids: list[str] | None) -> int:
+    from mella.models.hub import write_cache_entry  # noqa: PLC0415
+    from mella.models.tiny import PUBLISHED, published_writers  # noqa: PLC0415
+
+    unknown = [i for i in ids or [] if i not in PUBLISHED]
+    if unknown:
+        raise console.UsageError(f"--ids {','.join(unknown)}: no tiny writer; known: {','.join(PUBLISHED)}")
+    if home.exists() and not home.is_dir():
+        raise console.UsageError(f"--hf-home {home} is a file: give a directory")
+    for repo_id, writer in published_writers(ids).items():
+        snap = write_cache_entry(home / "hub", repo_id, writer)
+        print(f"{repo_id}: tiny, RANDOM weights, published layout -> {snap}", flush=True)
+    print(f"use it with: HF_HOME={home.resolve()} HF_HUB_OFFLINE=1", flush=True)
     return 0
 
 

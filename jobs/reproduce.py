@@ -76,8 +76,10 @@ def _flags(flag: str, values: list[str]) -> list[str]:
 def check_grid(grid: GridConfig, pools: dict) -> None:
     """Languages, checkpoints (model_type matches the backbone), sources the methods need; raises UsageError."""
     preflight.check_langs(grid.langs)
-    for bb, path in grid.backbones.items():
-        kind = MODEL_TYPES.get(preflight.check_model_dir(str(path), f"backbones.{bb}").get("model_type"))
+    for bb, path in list(grid.backbones.items()):
+        local, model_cfg = preflight.check_model(str(path), f"backbones.{bb}")  # a dir or a hub id (HF cache)
+        grid.backbones[bb] = Path(local)
+        kind = MODEL_TYPES.get(model_cfg.get("model_type"))
         if kind != bb:
             raise console.UsageError(f"backbones.{bb}: {path} is a {kind or 'non-MLLM'} checkpoint, not {bb}")
     need_ling = {"MELLA", "ling-only", "two-stage"} & set(grid.methods)

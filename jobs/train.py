@@ -1,13 +1,13 @@
 """LoRA SFT of one language's adapter on D_know ∪ D_ling (paper 3.3, 4.1; Ray Train + DeepSpeed ZeRO).
 
-    python jobs/train.py --data DIR --lang hu --model PATH --output DIR [--backbone qwen2-vl|internvl2] \
+    python jobs/train.py --data DIR --lang hu --model PATH|ORG/NAME[@REV] --output DIR [--backbone qwen2-vl|internvl2] \
         [--mix dual|ling-only|know-only|two-stage] [--deepspeed zero2|zero3] [--num-workers N] [--use-gpu] \
         [--config train.yaml] [--print-config] [lr=2e-5 max_steps=100 ...]
 
 Writes OUTPUT/adapter (PEFT adapter + mella_train.json), OUTPUT/train_log.jsonl, Ray results under
 OUTPUT/ray_results; prints the run summary as JSON. Hyperparameters: mella.train.config.TrainConfig.
 Guide: docs/training.md. Inputs are checked before Ray starts (the corpus holds rows of --lang for the
-mix, --model is a local checkpoint with a config.json of the backbone): a bad one is one line on
+mix, --model is a local checkpoint or a hub id in the Hugging Face cache, of the backbone): a bad one is one line on
 stderr, exit code 2, never a Ray Train retry. --backbone defaults to the checkpoint's model_type.
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from _bootstrap import ROOT  # noqa: F401
 
 from mella import cli, console, preflight
+from mella.models.hub import parse_hub_id
 
 #: config.json model_type → --backbone (Qwen2-VL; InternVL2 converted to the transformers -hf layout)
 MODEL_TYPES = {"qwen2_vl": "qwen2-vl", "internvl": "internvl2"}
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", required=True, help="corpus dir with d_know/*.parquet [and d_ling/*.parquet]")
     ap.add_argument("--lang", required=True)
     ap.add_argument("--backbone", choices=["qwen2-vl", "internvl2"], help="default: from the checkpoint's config.json")
-    ap.add_argument("--model", required=True, help="local HF checkpoint dir of the base model")
+    ap.add_argument("--model", required=True,
+                    help="base model: a local HF checkpoint dir or a hub id org/name[@rev] (resolved via HF_HOME)")
     ap.add_argument("--output", required=True)
     ap.add_argument("--mix", choices=["dual", "ling-only", "know-only", "two-stage"])
     ap.add_argument("--deepspeed", choices=["zero2", "zero3"])
@@ -89,15 +91,17 @@ def main(argv: list[str] | None = None) -> dict:
     a, overrides = cli.parse(ap, argv)
     console.setup(a.quiet, a.verbose)
     cli.load_config(a.config)  # a missing or unreadable file: one line, exit 2
-    preflight.check_not_hub_id(a.model, "--model")  # before the path is made absolute below
-    backbone = a.backbone
-    if backbone is None and Path(a.model, "config.json").is_file():
-        backbone = MODEL_TYPES.get(preflight.check_model_dir(a.model, "--model").get("model_type"))
+    backbone, model = a.backbone, a.model
+    if Path(a.model, "config.json").is_file() or (not Path(a.model).expanduser().exists() and parse_hub_id(a.model)):
+        # a hub id is resolved here, on the driver: Ray Train workers get the local snapshot directory
+        model, model_cfg = preflight.check_model(a.model, "--model")
+        backbone = backbone or MODEL_TYPES.get(model_cfg.get("model_type"))
     from mella.train.config import TrainConfig  # noqa: PLC0415
 
     try:
         # absolute: Ray Train workers do not run in this directory
-        cfg = TrainConfig.load(a.config, overrides, data=_abs(a.data), lang=a.lang, backbone=backbone, model=_abs(a.model),
+        cfg = TrainConfig.load(a.config, overrides, data=_abs(a.data), lang=a.lang, backbone=backbone, model=_abs(model),
+                               model_name=a.model,
                                output=_abs(a.output), mix=a.mix, deepspeed=a.deepspeed, num_workers=a.num_workers,
                                use_gpu=a.use_gpu)
     except ValueError as e:

@@ -28,6 +28,9 @@ def job_env() -> dict[str, str]:
     return env
 
 
+# Ray workers of an in-process ray.init inherit this environment: they import this checkout's platform/ too,
+# not another checkout installed in the venv
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "platform"), os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
 

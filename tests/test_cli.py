@@ -200,13 +200,18 @@ def test_evaluate_model_dir_without_weights(tmp_path):
     _assert_clean_failure(proc, out, "--model", "no weights")
 
 
-def test_model_hub_id_is_refused_with_the_fix(tmp_path):
-    """``--model Qwen/Qwen2-VL-2B-Instruct`` (no hub here): one line saying to download it, not 4 retries and 430 lines."""
+def test_model_hub_id_absent_from_the_cache_is_one_line(tmp_path):
+    """``--model Qwen/Qwen2-VL-2B-Instruct`` not in the (offline) HF cache: one line naming the cache and the
+    download command, not 4 retries and 430 lines."""
     data = _corpus(tmp_path / "corpus")
     out = tmp_path / "train"
-    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", "Qwen/Qwen2-VL-2B-Instruct", "--output",
-                str(out), cwd=tmp_path)
-    _assert_clean_failure(proc, out, "hub ids are not accepted here", "download the checkpoint and pass its directory")
+    env = {**_env(), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([PY, str(ROOT / "jobs" / "train.py"), "--data", str(data), "--lang", "hu", "--model",
+                           "Qwen/Qwen2-VL-2B-Instruct", "--output", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    _assert_clean_failure(proc, out, "not in the Hugging Face cache", str(tmp_path / "hf" / "hub"),
+                          "hf download Qwen/Qwen2-VL-2B-Instruct")
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

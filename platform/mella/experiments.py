@@ -45,7 +45,7 @@ RESULT = "result.json"
 
 
 class GridConfig(Strict):
-    """One experiment grid. ``backbones`` maps backbone (``qwen2-vl`` | ``internvl2``) → local checkpoint dir."""
+    """One experiment grid. ``backbones`` maps backbone (``qwen2-vl`` | ``internvl2``) → checkpoint dir or hub id."""
 
     data: Path
     output: Path

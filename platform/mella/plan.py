@@ -294,6 +294,38 @@ def insert_stage(plan: list[Step], stage: Stage, after: str | None) -> list[Step
     raise PlanError(f"cannot insert {stage.name!r} after {after!r}: stages are {stage_names(plan)}")
 
 
+def _where(num_gpus: float) -> str:
+    return f"GPU ({num_gpus:g}/actor)" if num_gpus > 0 else "CPU"
+
+
+def model_placement(cfg: BuildConfig) -> str:
+    """One line: each model stage of ``cfg`` and where it runs (``CPU`` or ``GPU (n/actor)``, the pool block's
+    ``num_gpus``; an actor given a GPU runs its model there when CUDA is present: torch ``cuda``, onnxruntime's
+    ``CUDAExecutionProvider``). NSFW asks onnxruntime on this machine whether its CUDA provider exists."""
+    f, d = cfg.filters, cfg.d_ling
+    parts = []
+    if f.moderation.enabled:
+        where = _where(f.moderation.num_gpus)
+        if f.moderation.num_gpus > 0:
+            import onnxruntime as ort  # noqa: PLC0415
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                where = "CPU (onnxruntime here has no CUDAExecutionProvider: pip install '.[gpu]')"
+        parts.append(f"nsfw {where}")
+    if f.semantic.enabled:
+        parts.append(f"embed {_where(f.semantic.num_gpus)}")
+    if d.enabled or d.categorise.enabled:
+        c = d.categorise
+        name = c.mllm.family if c.backend == "mllm" and c.mllm else "efficientnet-lite0"
+        parts.append(f"categorise[{name}] {_where(c.num_gpus)}")
+    if d.enabled:
+        parts.append(f"caption[{d.caption.mllm.family}] {_where(d.caption.num_gpus)}")
+        t = d.translate
+        parts.append(f"translate[{t.backend}] " + (_where(t.num_gpus) if t.backend in ("seq2seq", "mllm") else "API"))
+        parts.append(f"qe {_where(d.qe.num_gpus)}" if d.qe.model_path else "qe off (no qe.model_path)")
+    return ", ".join(parts) or "none"
+
+
 #: The setting that sizes a pool, named when a plan does not fit the cluster (the model pool's size is the largest
 #: ``pool_size`` of its members' config blocks).
 POOL_SETTINGS = {"ImageStages": "ray.image_pool.pool_size", "moderation": "filters.moderation.pool_size",

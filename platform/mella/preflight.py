@@ -7,7 +7,6 @@ creates a file or a directory. URL syntax: RFC 3986 via ``yarl`` (the URL librar
 from __future__ import annotations
 
 import json
-import re
 import socket
 from pathlib import Path
 
@@ -141,30 +140,29 @@ def check_langs(langs: list[str]) -> list[str]:
 #: Files that hold a checkpoint's weights (transformers' ``save_pretrained``: safetensors, or PyTorch
 #: pickles for older checkpoints; a sharded checkpoint has an index file naming its shards).
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
-#: A Hugging Face hub id, ``org/name`` (the hub's repo-id rule: letters, digits, ``-_.``).
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+def check_model(name: str | Path, flag: str) -> tuple[str, dict]:
+    """Resolve ``name`` (a local directory or a hub id ``org/name[@rev]``, :func:`mella.models.hub.resolve_model`)
+    and check the checkpoint (:func:`check_model_dir`). Returns ``(absolute local path, parsed config.json)``:
+    jobs hand that path to their Ray workers, so every worker loads the very files checked here.
 
-
-def check_not_hub_id(path: str | Path, flag: str) -> None:
-    """Raise :class:`UsageError` when ``path`` is no local path but looks like a hub id (``org/name``).
-
-    For jobs that make paths absolute before the full :func:`check_model_dir` (which calls this too).
+    Raises:
+        UsageError: one line — see :func:`mella.models.hub.resolve_model` and :func:`check_model_dir`.
     """
-    if not Path(path).exists() and HUB_ID.match(str(path)):
-        raise UsageError(f"{flag} {path} does not exist here and looks like a model hub id: hub ids are not accepted "
-                         "here (no model hub): download the checkpoint and pass its directory")
+    from mella.models.hub import resolve_model  # noqa: PLC0415
+
+    path = resolve_model(name, flag=flag)
+    return str(path), check_model_dir(path, flag)
 
 
 def check_model_dir(path: str | Path, flag: str) -> dict:
     """``path`` is a local Hugging Face checkpoint directory: it exists, holds a parseable config.json
     and weights (:data:`WEIGHT_GLOBS`).
 
-    Returns the parsed config. Raises :class:`UsageError`, one line naming the fix: hub ids (``org/name``
-    that is no local path) are refused, since the jobs run without a model hub and load local paths.
+    Returns the parsed config. Raises :class:`UsageError`, one line naming the fix. Hub ids are resolved
+    by :func:`check_model` first.
     """
     p = Path(path)
-    hint = "give a local checkpoint directory (python jobs/make_tiny_model.py --output DIR makes a tiny one)"
-    check_not_hub_id(path, flag)
+    hint = "give a local checkpoint directory or a hub id (python jobs/make_tiny_model.py --output DIR makes a tiny one)"
     if not p.exists():
         raise UsageError(f"{flag} {path} does not exist: {hint}")
     if not p.is_dir() or not (p / "config.json").is_file():

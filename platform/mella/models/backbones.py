@@ -1,16 +1,17 @@
 """The two MLLM backbones of the paper (4.1.3, Table 7): Qwen2-VL-7B-Instruct and InternVL2-8B.
 
-Each backbone knows: its chat template (Jinja, from the model's own repository), how an image becomes
-model inputs and how many placeholder tokens it needs, how to collate a padded batch, and how to load
-the model class from transformers. Processors are not used: transformers' ``Qwen2VLProcessor`` and
-``InternVLProcessor`` need torchvision (absent on CPU machines, see STACK.md), so we call their PIL
-image processors and expand the image placeholder ourselves, exactly as the processors do.
+Each backbone knows: its chat template (Jinja, from the model's own repository), how an image and a prompt
+become model inputs, how to collate a padded batch, and how to load the model class from transformers.
+
+Qwen2-VL goes through its real processor (``Qwen2VLProcessor``: image processor, placeholder expansion,
+``mm_token_type_ids``), loaded with ``from_pretrained`` from the checkpoint: :meth:`Backbone.encode`.
+Serving encodes multi-image chats image by image (:meth:`Backbone.image_features` + :meth:`Backbone.expand`);
+tests/test_processors.py shows that path equal to the processor's output on many images and prompts.
 
 InternVL2 runs through transformers' native ``InternVLForConditionalGeneration``, i.e. an ``-hf``
-checkpoint (``model_type: internvl``). InternVL2-8B is published only as a remote-code checkpoint
-(InternViT-300M + InternLM2-7B); convert it with transformers' ``convert_internvl_weights_to_hf.py``
-(InternLM2 → Llama layout) before training. The chat format is InternVL2's ``internlm2-chat``
-conversation template (InternVL ``conversation.py``), with its system message.
+checkpoint (``model_type: internvl``; InternVL2-8B as published is converted by mella.models.hub). Its image
+processor is GotOcr2's (dynamic 448-px tiling, max tiles + thumbnail); the chat format is InternVL2's
+``internlm2-chat`` conversation template (InternVL ``conversation.py``), with its system message.
 """
 
 from __future__ import annotations
@@ -94,6 +95,15 @@ class Backbone:
         i = where[0]
         return ids[:i] + image_tokens + ids[i + 1 :]
 
+    def encode(self, img: Image.Image, prompt: str) -> tuple[list[int], dict[str, np.ndarray]]:
+        """Prompt ids (system + user turn with the image's tokens + assistant header) and the image features.
+
+        This base version expands the placeholder by hand (:meth:`expand`); Qwen2-VL uses its processor.
+        Raises ``ValueError`` as :meth:`expand`.
+        """
+        feats, tokens = self.image_features(img)
+        return self.expand(self.prompt_ids(prompt), tokens), feats
+
     def check_image(self, width: int, height: int) -> None:
         """Raise ``ValueError`` when this backbone's image processor cannot take a ``width`` × ``height`` px image.
 
@@ -121,10 +131,31 @@ class Qwen2VL(Backbone):
     feature_names = ("pixel_values", "image_grid_thw")
 
     def __init__(self, model_path: str, min_pixels: int, max_pixels: int):
-        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+        from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
 
-        proc = Qwen2VLImageProcessorPil.from_pretrained(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
-        super().__init__("qwen2-vl", AutoTokenizer.from_pretrained(model_path), proc, QWEN2_VL_TEMPLATE, "<|image_pad|>")
+        # the PIL backend (Qwen2-VL's reference resizing, as the platform used before the processor); the
+        # torchvision backend resamples with torch's bicubic
+        pil = Qwen2VLImageProcessorPil.from_pretrained(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.processor = Qwen2VLProcessor.from_pretrained(model_path, image_processor=pil)
+        super().__init__("qwen2-vl", self.processor.tokenizer, self.processor.image_processor, QWEN2_VL_TEMPLATE,
+                         "<|image_pad|>")
+
+    def encode(self, img: Image.Image, prompt: str) -> tuple[list[int], dict[str, np.ndarray]]:
+        """Through ``Qwen2VLProcessor``: prompt ids with ``<|image_pad|>`` expanded by the processor;
+        ``pixel_values`` float32 ``[patches, C*T*P*P]``, ``image_grid_thw`` int64 ``[1, 3]``.
+
+        Raises ``ValueError`` unless the chat holds exactly one image placeholder (a prompt that itself
+        contains ``<|image_pad|>`` would desynchronise features and tokens).
+        """
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+            chat_template=self.template, add_generation_prompt=True, tokenize=False)
+        if text.count(self.placeholder) != 1:
+            raise ValueError(f"expected one {self.placeholder} in the prompt, found {text.count(self.placeholder)}")
+        out = self.processor(text=[text], images=[img], return_tensors="np")
+        feats = {"pixel_values": out["pixel_values"].astype(np.float32),
+                 "image_grid_thw": out["image_grid_thw"].astype(np.int64)}
+        return out["input_ids"][0].tolist(), feats
 
     def check_image(self, width: int, height: int) -> None:
         """Run transformers' own ``smart_resize`` (Qwen2-VL image processor) on the size: it raises ``ValueError``

@@ -2,7 +2,7 @@
 with Qwen2-VL or InternVL2, through transformers (CPU/GPU) or vLLM (GPU nodes, when installed).
 
 Prompt building and image features come from :mod:`mella.models.backbones` (the chat templates of the
-two model families, their PIL image processors and the image-placeholder expansion), so training and
+two model families and their processors: ``Backbone.encode``), so training and
 data generation format prompts identically. Generation batches are **left-padded** (decoder-only
 models continue from the last position), and Qwen2-VL gets ``mm_token_type_ids`` (required by
 transformers 5, see STACK.md).
@@ -126,8 +126,7 @@ class MLLM:
 
         if image is None:
             return self._text_ids(prompt), {}
-        feats, img_tokens = self.bb.image_features(decode_image(image))
-        return self.bb.expand(self.bb.prompt_ids(prompt), img_tokens), feats
+        return self.bb.encode(decode_image(image), prompt)
 
     # ------------------------------------------------------------------------------ generation
     def generate(self, items: list[tuple[bytes | None, str]], gen: GenerationConfig) -> list[str]:

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from mella.serving import protocol
+from mella.models.hub import resolve_model
 from mella.serving.config import ServeConfig
 from mella.serving.protocol import ApiError, GenerationFailed, GenRequest, GenResult, RequestError
 from mella.serving.registry import discover
@@ -273,14 +274,26 @@ class Gateway:
         return protocol.completion(req.model, res)
 
 
+def resolved(cfg: ServeConfig) -> ServeConfig:
+    """``cfg`` with ``model`` resolved to a local directory (a hub id through the HF cache, mella.models.hub: the
+    replicas get the snapshot directory; on a cluster the cache must be shared) and ``base_model_name`` fixed to
+    the name the user gave (``Qwen2-VL-7B-Instruct`` for ``Qwen/Qwen2-VL-7B-Instruct``, not the snapshot hash).
+
+    Raises :class:`mella.console.UsageError` (one line) for a model that is neither a directory nor a cached id.
+    """
+    name = cfg.base_model_name or str(cfg.model).split("@")[0].rstrip("/").rsplit("/", 1)[-1]
+    return cfg.model_copy(update={"base_model_name": name, "model": resolve_model(str(cfg.model), flag="model")})
+
+
 def application(args: dict | ServeConfig, runtime_env: dict | None = None) -> serve.Application:
     """The bound application (gateway → model deployment) for ``serve.run``.
 
     ``runtime_env`` (optional) is given to both deployments' actors, e.g. ``{"env_vars": {...}}`` to
     hand the auth token to the gateway from Python. Raises pydantic ``ValidationError`` for bad
-    settings and ``NotADirectoryError`` for a missing adapter directory (before any replica starts).
+    settings, ``NotADirectoryError`` for a missing adapter directory and :class:`mella.console.UsageError` for a
+    model that is neither a directory nor a hub id in the Hugging Face cache (before any replica starts).
     """
-    cfg = args if isinstance(args, ServeConfig) else ServeConfig(**args)
+    cfg = resolved(args if isinstance(args, ServeConfig) else ServeConfig(**args))
     discover(cfg.adapters, cfg.base_name)
     plain = cfg.model_dump(mode="json")
     model, gateway = VLMDeployment, Gateway

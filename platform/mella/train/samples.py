@@ -48,8 +48,7 @@ def build_sample(bb: Backbone, image: bytes, prompt: str, answer: str | None, ma
         img = decode_image(image)
     except Exception:  # noqa: BLE001 - Pillow raises many types for bad bytes; the reason is what counts
         return "image_decode"
-    features, image_tokens = bb.image_features(img)
-    prompt_ids = bb.expand(bb.prompt_ids(prompt), image_tokens)
+    prompt_ids, features = bb.encode(img, prompt)
     answer_ids = bb.answer_ids(answer)
     status = "ok"
     budget = max_seq_length - len(prompt_ids)

@@ -169,7 +169,9 @@ class EfficientNetCategoriser(Stage):
     def setup(self) -> None:
         import torch
 
-        self.model = load_efficientnet_lite0(self.cfg.weights_path)
+        # on the GPU when this actor was given one (num_gpus > 0) and CUDA is there, as the embed stage
+        self.device = torch.device("cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+        self.model = load_efficientnet_lite0(self.cfg.weights_path).to(self.device)
         self.tax = load_taxonomy()
         self.keys = list(self.tax.fine)
         # [1000, n_categories] 0/1 matrix: ImageNet class → category
@@ -184,9 +186,9 @@ class EfficientNetCategoriser(Stage):
         return self._probs([preprocess_lite(b) for b in images])
 
     def _probs(self, arrays: list[np.ndarray]) -> np.ndarray:
-        x = self.torch.from_numpy(np.stack(arrays))
+        x = self.torch.from_numpy(np.stack(arrays)).to(self.device)
         with self.torch.inference_mode():
-            p = self.model(x).softmax(-1)
+            p = self.model(x).softmax(-1).float().cpu()
         return (p @ self.to_category).numpy()
 
     def process(self, rows: list[dict]) -> None:
