@@ -26,10 +26,11 @@ def measure(data: Path, model: str, langs: list[str] | None, max_tiles: int) -> 
     import io
 
     import pyarrow.parquet as pq
-    from mella.train.config import TrainConfig
-    from mella.train.samples import ANSWER_COLUMN, SampleBuilder
     from PIL import Image
     from transformers import GotOcr2ImageProcessorPil
+
+    from mella.train.config import TrainConfig
+    from mella.train.samples import ANSWER_COLUMN, SampleBuilder
 
     d = TrainConfig.model_fields
     tiles = GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1,

@@ -127,7 +127,7 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
     if args.stage:
         data.setdefault("stages", {}).setdefault("extra", []).extend(args.stage)
     if args.num_gpus is not None:  # every model stage's pool block (read from the config classes)
-        from mella.config import pool_blocks  # noqa: PLC0415
+        from mella.config import pool_blocks
 
         for path in pool_blocks():  # categorise runs without --d-ling too
             if args.d_ling or not path.startswith("d_ling.") or path == "d_ling.categorise":
@@ -162,7 +162,7 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
                 tr.seq2seq.model_paths[lang] = preflight.check_model(name, f"translate.seq2seq.model_paths.{lang}")[0]
         if tr.backend == "mllm" and tr.mllm is not None:
             tr.mllm.model_path = preflight.check_model(tr.mllm.model_path, "--caption-model")[0]
-    from mella.plan import PlanError, build_plan  # noqa: PLC0415
+    from mella.plan import PlanError, build_plan
 
     try:  # the plan itself: --stage / stages.extra classes import and place, configured backends exist
         plan = build_plan(cfg)
@@ -177,7 +177,7 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
 def check_resources(plan: list, cpus: float, gpus: float) -> None:
     """The plan's pools and tasks fit ``cpus``/``gpus`` at once (:func:`mella.plan.check_fits`); raises
     console.UsageError naming the pool to shrink."""
-    from mella.plan import PlanError, check_fits  # noqa: PLC0415
+    from mella.plan import PlanError, check_fits
 
     try:
         check_fits(plan, cpus, gpus)
@@ -188,7 +188,7 @@ def check_resources(plan: list, cpus: float, gpus: float) -> None:
 def common_crawl_pages(index: str, cfg: BuildConfig) -> BuildConfig:
     """``--cc-index``: copy the selected Common Crawl records into ``DIR/warc`` (mella.ccindex; a rerun reads
     the finished copy, no request) and return ``cfg`` with that WARC as its input."""
-    from mella import ccindex  # noqa: PLC0415
+    from mella import ccindex
 
     if not ccindex.CRAWL_ID.match(index) and not os.path.exists(index):
         raise console.UsageError(f"--cc-index {index}: neither a crawl id (CC-MAIN-YYYY-WW) nor an existing "
@@ -207,13 +207,13 @@ def common_crawl_pages(index: str, cfg: BuildConfig) -> BuildConfig:
 def write_report_and_card(output: str, debug: bool = False) -> bool:
     """The corpus report and the dataset card (jobs/inspect_corpus.py writes them again). A failure of either is
     one warning line naming the step and the retry; the rows are written and stand. Returns whether both were."""
-    from mella import dataset_card, report  # noqa: PLC0415
+    from mella import dataset_card, report
 
     ok = True
     for step, write in (("report", report.write_report), ("dataset card", dataset_card.write_card)):
         try:
             print(f"{step}: {write(output)}", flush=True)
-        except Exception as e:  # noqa: BLE001 - any failure here is reported, the rows are already written
+        except Exception as e:
             ok = False
             console.warn(f"the {step} step failed ({type(e).__name__}: {e}); the rows in {output} stand; "
                          f"retry with: python jobs/inspect_corpus.py {output}")
@@ -252,13 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args, cfg)
     if args.cc_index:
         cfg = common_crawl_pages(args.cc_index, cfg)
-    from mella.plan import model_placement  # noqa: PLC0415
+    from mella.plan import model_placement
 
     console.say(f"model stages: {model_placement(cfg)}")
     # inputs are valid: from here on servers, Ray and the output directory
     demo = None
     if demo_port is not None:
-        from mella.demo import DemoWeb  # noqa: PLC0415
+        from mella.demo import DemoWeb
 
         demo = DemoWeb(demo_dir, port=demo_port).start()
         args.base_url = demo.base_url
@@ -266,18 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     progress = console.Progress()
     t0, done = time.monotonic(), False
     try:
-        import ray  # noqa: PLC0415
+        import ray
 
         console.quiet_ray()
-        from mella.funnel import format_table  # noqa: PLC0415
-        from mella.pipeline import BuildCorpus  # noqa: PLC0415
-        from mella.runtime import init_ray  # noqa: PLC0415
+        from mella.funnel import format_table
+        from mella.pipeline import BuildCorpus
+        from mella.runtime import init_ray
 
         progress.start("ray", "starting" if not os.environ.get("RAY_ADDRESS") else f"joining {os.environ['RAY_ADDRESS']}")
         init_ray(cfg.ray.num_cpus)
         have = ray.cluster_resources()
         progress.update(f"{int(have.get('CPU', 0))} CPUs")
-        from mella.plan import build_plan  # noqa: PLC0415
+        from mella.plan import build_plan
 
         check_resources(build_plan(cfg), have.get("CPU", 0), have.get("GPU", 0))  # before any Ray work
         funnel = BuildCorpus(cfg, seeds_base_url=args.base_url, progress=progress.callback()).run()

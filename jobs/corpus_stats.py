@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-from _bootstrap import ROOT  # noqa: F401
+from _bootstrap import ROOT  # noqa: F401 - the import puts platform/ on sys.path
 
 from mella import cli, console
 from mella import corpus_stats as statistics

@@ -36,7 +36,7 @@ TRAIN_SET = ["n_test=3", "test_max_fraction=0.5", "warmup_ratio=0.0", "batch_siz
 
 def _load_job(name: str):
     """``main`` of jobs/NAME.py (scripts, loaded by path so their names cannot clash with packages)."""
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"mella_job_{name}", ROOT / "jobs" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
@@ -65,9 +65,9 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def serving(args: dict, port: int):
     """The MELLA Serve app on 127.0.0.1:port in the current Ray; yields its base URL; shut down after."""
-    from ray import serve  # noqa: PLC0415
+    from ray import serve
 
-    from mella.serving.app import application  # noqa: PLC0415
+    from mella.serving.app import application
 
     quiet = {"log_level": "INFO" if console.level() == console.VERBOSE else "WARNING"}
     if console.level() < console.VERBOSE:  # the driver's own "Started Serve ..." INFO lines
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     train_job, eval_job = _load_job("train"), _load_job("evaluate")
     data, out, model_cfg, backbone, langs = _check(a, train_job)
     # inputs are valid: Ray from here on
-    import ray  # noqa: PLC0415
+    import ray
 
-    from mella.runtime import init_ray  # noqa: PLC0415
+    from mella.runtime import init_ray
 
     t0 = time.monotonic()
     progress = console.Progress()
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_args = dict(model=str(Path(a.model).resolve()), backbone=backbone, adapters=str((out / "adapters").resolve()),
                       max_adapters_per_replica=len(langs), auth_token_env="MELLA_E2E_NO_TOKEN")
     if backbone == "qwen2-vl" and model_cfg.get("text_config", {}).get("hidden_size", 0) <= 256:  # the tiny model
-        from mella.models.tiny import MAX_PIXELS, MIN_PIXELS  # noqa: PLC0415
+        from mella.models.tiny import MAX_PIXELS, MIN_PIXELS
 
         base_args += [f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}"]
         serve_args.update(image_min_pixels=MIN_PIXELS, image_max_pixels=MAX_PIXELS)

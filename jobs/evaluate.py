@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from _bootstrap import ROOT  # noqa: F401
+from _bootstrap import ROOT  # noqa: F401 - the import puts platform/ on sys.path
 
 from mella import cli, console, preflight
 
@@ -55,7 +55,7 @@ def _int_list(value: str) -> list[int]:
 
 def eval_config(a: argparse.Namespace, overrides: list[str]):
     """The EvalConfig of ``--config``, the flags, then the ``key=value`` overrides (pydantic errors: exit 2)."""
-    from mella.evaluation import EvalConfig  # noqa: PLC0415
+    from mella.evaluation import EvalConfig
 
     values = cli.load_config(a.config)
     flags = dict(data=a.data, langs=a.langs, output=a.output, endpoint=a.endpoint, token=os.environ.get(a.token_env),
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.print_config:
         return cli.print_config(cfg.model_copy(update={"token": None}))
     check_inputs(a)
-    from mella.evaluation import run  # noqa: PLC0415
+    from mella.evaluation import run
 
     started = False
     if cfg.model is not None:

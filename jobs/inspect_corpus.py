@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 
-from _bootstrap import ROOT  # noqa: F401
+from _bootstrap import ROOT  # noqa: F401 - the import puts platform/ on sys.path
 
 from mella import cli, console
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return cli.print_config(cli.flag_settings(args))
     if not args.quiet:  # the report's own progress lines (mella.report logs them at INFO)
         logging.getLogger("mella.report").setLevel(logging.INFO)
-    from mella.report import check_inputs  # noqa: PLC0415 - light: no Ray, no models
+    from mella.report import check_inputs
 
     if args.page_size < 1 or args.max_pages < 1:
         raise console.UsageError("--page-size and --max-pages must be >= 1")
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         check_inputs(args.dir, args.train, args.eval)
     except ValueError as e:
         raise console.UsageError(str(e)) from None
-    from mella import dataset_card  # noqa: PLC0415
-    from mella.report import write_report  # noqa: PLC0415
-    from mella.runtime import init_ray  # noqa: PLC0415
+    from mella import dataset_card
+    from mella.report import write_report
+    from mella.runtime import init_ray
 
     init_ray(args.num_cpus)
     index = write_report(args.dir, args.train, args.eval, page_size=args.page_size, max_pages=args.max_pages)

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from _bootstrap import ROOT  # noqa: F401
+from _bootstrap import ROOT  # noqa: F401 - the import puts platform/ on sys.path
 
 from mella import cli, console
 from mella.models.tiny import BACKBONES
@@ -31,11 +31,11 @@ OTHERS = ("marian", "cometkiwi")  # D_ling's MT and QE models, tiny too (random 
 def make_other(kind: str, out: Path) -> None:
     """The tiny Marian (``out``) or the tiny COMETKiwi (``out/kiwi``, its encoder ``out/infoxlm``)."""
     if kind == "marian":
-        from mella.models.tiny_mt import write_tiny_marian  # noqa: PLC0415
+        from mella.models.tiny_mt import write_tiny_marian
 
         write_tiny_marian(out)
     else:
-        from mella.models.cometkiwi import write_tiny_infoxlm, write_tiny_published  # noqa: PLC0415
+        from mella.models.cometkiwi import write_tiny_infoxlm, write_tiny_published
 
         enc = write_tiny_infoxlm(out / "infoxlm")  # named by path in hparams.yaml: no hub cache needed
         write_tiny_published(out / "kiwi", pretrained_model=str(enc.resolve()))
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             raise console.UsageError(f"--output {out} already holds a {model_type} model: give another directory")
         console.say(f"tiny {a.backbone} model already in {out} (delete it to make a new one)")
         return 0
-    from mella.models.tiny import build_tiny, qwen_tokenizer_dir  # noqa: PLC0415
+    from mella.models.tiny import build_tiny, qwen_tokenizer_dir
 
     try:
         qwen_tokenizer_dir()
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hf_home(home: Path, ids: list[str] | None) -> int:
-    from mella.models.hub import write_cache_entry  # noqa: PLC0415
-    from mella.models.tiny import PUBLISHED, published_writers  # noqa: PLC0415
+    from mella.models.hub import write_cache_entry
+    from mella.models.tiny import PUBLISHED, published_writers
 
     unknown = [i for i in ids or [] if i not in PUBLISHED]
     if unknown:

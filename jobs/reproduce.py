@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 from _bootstrap import ROOT
+
 from mella import console, preflight
 from mella.experiments import (
     EvalCell,

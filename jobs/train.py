@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from _bootstrap import ROOT  # noqa: F401
+from _bootstrap import ROOT  # noqa: F401 - the import puts platform/ on sys.path
 
 from mella import cli, console, preflight
 from mella.models.hub import parse_hub_id
@@ -37,7 +37,7 @@ def _abs(path: str) -> str:
 
 def rows_per_lang(data: Path, source: str) -> dict[str, int]:
     """Rows per ``lang`` in ``data/source/*.parquet`` (reads the ``lang`` column only); {} when absent."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     counts: dict[str, int] = {}
     for f in sorted(glob.glob(str(data / source / "*.parquet"))):
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         # a hub id is resolved here, on the driver: Ray Train workers get the local snapshot directory
         model, model_cfg = preflight.check_model(a.model, "--model")
         backbone = backbone or MODEL_TYPES.get(model_cfg.get("model_type"))
-    from mella.train.config import TrainConfig  # noqa: PLC0415
+    from mella.train.config import TrainConfig
 
     try:
         # absolute: Ray Train workers do not run in this directory
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
         return cli.print_config(cfg)
     check_inputs(cfg)
     # inputs are valid: Ray from here on
-    import ray  # noqa: PLC0415
+    import ray
 
-    from mella.train.trainer import train  # noqa: PLC0415
+    from mella.train.trainer import train
 
     console.quiet_ray()
     started = not ray.is_initialized()

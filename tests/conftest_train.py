@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mella.models.tiny import MAX_PIXELS, MIN_PIXELS, qwen_tokenizer_dir, tiny_internvl, tiny_qwen2vl  # noqa: F401
+from mella.models.tiny import MAX_PIXELS, MIN_PIXELS, qwen_tokenizer_dir, tiny_internvl, tiny_qwen2vl  # noqa: F401 - re-exported for the training tests
 from mella.schema import record_id, to_table
 
 MINIWEB = Path("/work/shared/miniweb")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import unicodedata
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mella import survivor
@@ -45,7 +44,7 @@ def _near(rows, drop_ids, value, pairs_fn, detail_fn):
         ks = [k for k in keys if k[0] == lang]
         i, j, d, extra = pairs_fn([imgs[k]["row"] for k in ks])
         idx = np.arange(len(i))
-        dropped = survivor.greedy_drops(i, j, idx, exempt=lambda s, t: _exempt(imgs[ks[s]]["apps"], imgs[ks[t]]["apps"]))
+        dropped = survivor.greedy_drops(i, j, idx, exempt=lambda s, t, ks=ks: _exempt(imgs[ks[s]]["apps"], imgs[ks[t]]["apps"]))
         for dd, (s, q) in dropped.items():
             out[ks[dd]] = detail_fn(d[q], extra[q], imgs[ks[s]]["row"]["image_url"])
     return out

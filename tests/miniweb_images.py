@@ -6,9 +6,8 @@ import csv
 import io
 from pathlib import Path
 
-from PIL import Image, ImageEnhance
-
 from conftest import MINIWEB
+from PIL import Image, ImageEnhance
 
 
 def real_images(n: int) -> list[tuple[str, bytes]]:

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import conftest  # noqa: E402,F401  (sys.path for mella)
-from conftest import MINIWEB  # noqa: E402
-from helpers import build, decisions  # noqa: E402
-from test_build_corpus import PATIENT  # noqa: E402
-from webserver import serve_directory  # noqa: E402
+import conftest  # noqa: F401  (sys.path for mella)
+from conftest import MINIWEB
+from helpers import build, decisions
+from test_build_corpus import PATIENT
+from webserver import serve_directory
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "miniweb_decisions.tsv"
 

@@ -16,7 +16,7 @@ import os
 from datetime import datetime, timezone
 
 from mella.io import write_parquet_atomic
-from mella.schema import REJECT_SCHEMA, RECORD_SCHEMA, record_id, to_table
+from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id, to_table
 
 ALT = {
     "ar": "صورة لشاشة تثبيت النظام مع قائمة اللغات",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from helpers import assert_funnel_balance, build, path_of, read_dir
 from webserver import serve_bad_web
 
@@ -134,6 +133,7 @@ def test_private_address_refused_without_flag(tmp_path, ray_session):
 def test_paper_seed_sites_offline_end_cleanly_with_every_host_counted(tmp_path, ray_session):
     """The 24 sites of paper Table 6 with no network: the job finishes, each host's failure counted."""
     from conftest import ROOT
+
     from mella.crawl import read_seeds
     from mella.urls import origin
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import DEMO_WEB, MINIWEB, needs_miniweb
 from helpers import assert_funnel_balance, build, decisions, pair_keys, path_of, read_dir
 from oracle import recall

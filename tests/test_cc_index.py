@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import MINIWEB
+from webserver import serve_directory
+
 from mella.ccindex import (
     cld2_code,
     load_provenance,
@@ -23,7 +25,6 @@ from mella.config import CrawlConfig
 from mella.stages.filters.langid import LangIDConfig
 from mella.stages.io.extract import ExtractStage
 from mella.warc import iter_responses
-from webserver import serve_directory
 
 CC_WARC = MINIWEB / "warc" / "cc-sample-resiliparse.warc.gz"
 CC_NAME = "crawl-data/CC-MAIN-2024-42/segments/1/warc/CC-MAIN-sample-00000.warc.gz"
@@ -117,6 +118,7 @@ def test_cc_index_build_end_to_end_and_rerun_without_requests(tmp_path, ray_sess
 
     import build_corpus
     from helpers import assert_funnel_balance, build, read_dir
+
     from mella.config import BuildConfig
     from mella.crawl import crawl_async, read_seeds
 

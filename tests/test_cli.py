@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import DEMO_WEB, ROOT, job_env
 from ports import free_port
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import importlib.util
+import io
 import re
 import shlex
 import sys

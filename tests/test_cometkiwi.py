@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from mella.models import cometkiwi as ck
 
 PAIRS = [

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import MINIWEB, ROOT, needs_miniweb
 from PIL import Image
 
-from conftest import MINIWEB, ROOT, needs_miniweb
 from mella import corpus_stats as statistics
 from mella.languages import normalise_lang_tag
-from mella.schema import REJECT_SCHEMA, RECORD_SCHEMA, conform, record_id, to_table
+from mella.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform, record_id, to_table
 from mella.stages.enrich.categorise import CategoriseConfig, EfficientNetCategoriser
 
 pytestmark = needs_miniweb()

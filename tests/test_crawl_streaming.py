@@ -15,7 +15,6 @@ import zlib
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-
 from conftest import DEMO_WEB
 from helpers import build, read_dir
 from webserver import _HU_IMAGES, _HU_PROSE, _img, _page, _pairs
@@ -129,7 +128,7 @@ def test_a_unit_commits_while_a_crawl_shard_still_runs(tmp_path, ray_session):
         def job() -> None:
             try:
                 result["funnel"] = build(out, seeds=seeds, crawl=WAIT, ray={"files_per_group": 8})
-            except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            except BaseException as e:
                 result["error"] = e
 
         runner = threading.Thread(target=job, daemon=True, name="test-build")

@@ -13,13 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from mella.config import CrawlConfig
 from mella.console import UsageError
 from mella.preflight import check_seed_addresses
 from mella.stages.filters.langid import LangIDConfig
 from mella.stages.io.extract import ExtractStage, is_placeholder, parse_page
 from mella.warc import RotatingWarcWriter, iter_responses
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 

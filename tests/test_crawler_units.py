@@ -13,15 +13,15 @@ import time
 
 import pytest
 from PIL import Image
+from webserver import serve_crawler_web
 
 from mella.crawl import Seed, crawl_async
-from mella.net import CrawlConfig, FetchError, Fetcher
+from mella.net import CrawlConfig, Fetcher, FetchError
 from mella.optout import header_opt_out, meta_opt_out, parse_tdmrep, tdmrep_reserved
 from mella.retry import Retryable, RetryPolicy, parse_retry_after, retry_async
 from mella.stages.io.extract import data_image, parse_srcset
 from mella.urls import normalise_url, origin
 from mella.warc import FailureLog
-from webserver import serve_crawler_web
 
 CFG = dict(politeness_delay_s=0.0, read_timeout_s=1.5, total_timeout_s=3.0, connect_timeout_s=2.0,
            max_retries=2, backoff_base_s=0.05, backoff_max_s=1.0, allow_private_hosts=["127.0.0.1"])
@@ -179,7 +179,7 @@ def test_failure_log_remembers_permanent_and_transient_until_retry_failed(tmp_pa
         before = dict(url.hits)
         again = _fetch_all(cfg, urls, failures=FailureLog(str(tmp_path), "t"))
         mid = dict(url.hits)
-        retried = _fetch_all(cfg, urls, failures=FailureLog(str(tmp_path), "t", retry_failed=True))
+        _fetch_all(cfg, urls, failures=FailureLog(str(tmp_path), "t", retry_failed=True))
         after = dict(url.hits)
     assert [getattr(r, "reason", 200) for r in first] == ["http_404", "http_500", 200]
     assert [getattr(r, "reason", 200) for r in again] == ["http_404", "http_500", 200]
@@ -323,11 +323,11 @@ def test_image_fetch_stage_serves_concurrent_batches_from_one_loop(tmp_path):
     import hashlib
     import threading
 
-    from mella.stages.io.fetch import ImageFetchStage
-    from mella.warc import WarcIndex, shard_paths
+    from conftest import DEMO_WEB
     from webserver import serve_directory
 
-    from conftest import DEMO_WEB
+    from mella.stages.io.fetch import ImageFetchStage
+    from mella.warc import WarcIndex, shard_paths
 
     paths = sorted(p.relative_to(DEMO_WEB).as_posix() for p in DEMO_WEB.rglob("*.png"))[:48]
     assert len(paths) == 48

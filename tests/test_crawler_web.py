@@ -8,7 +8,6 @@ import json
 from collections import Counter
 
 import pytest
-
 from helpers import build, path_of, read_dir
 from webserver import GALLERY_ALTS, SLOW_PAGE_IMAGES, serve_crawler_web
 

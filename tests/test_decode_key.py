@@ -14,9 +14,9 @@ from collections import Counter
 
 import imagehash
 import pytest
+from conftest import DEMO_WEB
 from PIL import Image
 
-from conftest import DEMO_WEB
 from mella.stages.filters.decode import DecodeConfig, decode_image, pixel_key
 
 IMAGES = sorted(p for p in DEMO_WEB.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif"))

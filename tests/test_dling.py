@@ -20,9 +20,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import MINIWEB, needs_miniweb
 from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl
+
+from mella.config import DLingConfig
+from mella.executor import apply
+from mella.languages import load_languages
+from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig
+from mella.pipeline import split_and_write
 from mella.schema import REJECT_SCHEMA, record_id, to_table
 from mella.stages.enrich.caption import CORE_ASPECTS, CULTURE_ASPECT, CaptionStage, caption_prompt
 from mella.stages.enrich.categorise import (
@@ -34,12 +39,7 @@ from mella.stages.enrich.categorise import (
     load_taxonomy,
     parse_category,
 )
-from mella.config import DLingConfig
-from mella.executor import apply
-from mella.pipeline import split_and_write
-from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig
 from mella.stages.enrich.qe import QEConfig, QEStage
-from mella.languages import load_languages
 from mella.stages.enrich.translate import Seq2SeqConfig, TranslateConfig, TranslateStage, lang_code
 
 pytestmark = needs_miniweb()

@@ -56,12 +56,11 @@ from pathlib import Path
 import psutil
 import pytest
 from aiohttp import web
-from ray.cluster_utils import Cluster
-
 from conftest import DEMO_WEB, ROOT
 from conftest_train import MAX_PIXELS, MIN_PIXELS, checkpoint_committed, tiny_qwen2vl, write_corpus
 from helpers import FAST_CRAWL, path_of, read_dir
 from ports import free_port
+from ray.cluster_utils import Cluster
 from webserver import ALLOW_ALL, _running
 
 pytestmark = pytest.mark.slow
@@ -154,7 +153,7 @@ def _start(make, attempts: int = 3):
     for attempt in range(1, attempts + 1):
         try:
             return make()
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception here
+        except Exception as e:
             if "timed out during startup" not in str(e) or attempt == attempts:
                 raise
 

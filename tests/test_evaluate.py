@@ -20,19 +20,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import ROOT, needs_miniweb
 from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl, write_corpus
+from PIL import Image
 from serve_helpers import serving
 
 sys.path.insert(0, str(ROOT / "jobs"))
-import evaluate as evaluate_job  # noqa: E402  (jobs/evaluate.py)
+import evaluate as evaluate_job
 
-from mella import metrics  # noqa: E402
-from mella.evaluation import EndpointGenerator  # noqa: E402
-from mella.split import split_by_image  # noqa: E402
-from mella.train.artifacts import read_metadata, snapshot_hash  # noqa: E402
+from mella import metrics
+from mella.evaluation import EndpointGenerator
+from mella.split import split_by_image
+from mella.train.artifacts import read_metadata, snapshot_hash
 
 pytestmark = [needs_miniweb(), pytest.mark.slow]
 LANGS = ["hu", "ko", "ar"]

@@ -6,15 +6,15 @@ import io
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import needs_miniweb
 from dedup_reference import reference_decisions
 from global_phase_run import run_global_phase
+from PIL import Image
+from synthetic_parts import make_parts
+
 from mella.schema import REJECT_SCHEMA, record_id, to_table
 from mella.stages.dedup.near_dup import app_keys, same_page_exempt
 from mella.stages.dedup.semantic import SemanticDedupConfig
-from synthetic_parts import make_parts
 
 
 def test_distributed_decisions_equal_brute_force(tmp_path, ray_session):

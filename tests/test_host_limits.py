@@ -12,10 +12,11 @@ import time
 
 import pytest
 from aiohttp import web
-from mella.config import CrawlConfig
-from mella.hostlimits import HostGate
 from PIL import Image
 from webserver import _running
+
+from mella.config import CrawlConfig
+from mella.hostlimits import HostGate
 
 #: scheduling noise allowed between the client's request start and the server's handler start, seconds
 JITTER_S = 0.06

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, job_env
-from hf_cache import INTERNVL2, QWEN2_VL, available, hf_home, hub_env, offline_hub  # noqa: F401
+from hf_cache import INTERNVL2, QWEN2_VL, available, hf_home, hub_env, offline_hub  # noqa: F401 - pytest fixtures requested by name
+
 from mella.console import UsageError
 from mella.models.hub import hub_cache_dir, resolve_model, snapshot_commit
 
@@ -87,7 +87,7 @@ def test_published_internvl_format_needs_the_converter(offline_hub, tmp_path):
     """A remote-code InternVL2 checkpoint (model_type internvl_chat) is converted, or refused in one line."""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl_chat", "architectures": ["InternVLChatModel"]}))
     try:
-        import mella.models.internvl2  # noqa: F401
+        import mella.models.internvl2  # noqa: F401 - the import is the check
     except ImportError:
         with pytest.raises(UsageError, match="published remote-code format"):
             resolve_model(tmp_path)
@@ -170,9 +170,10 @@ def _build_corpus_job():
 
 
 @pytest.fixture(scope="module")
-def with_marian(hf_home):  # noqa: F811
-    from mella.models.hub import write_cache_entry
+def with_marian(hf_home):
     from test_dling import tiny_marian
+
+    from mella.models.hub import write_cache_entry
 
     write_cache_entry(hf_home / "hub", MARIAN_ID, tiny_marian)
     return hf_home

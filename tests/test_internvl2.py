@@ -66,7 +66,7 @@ def original(published):
     out = {}
     for shard in sorted(published.glob("model-*.safetensors")):
         with safe_open(shard, framework="pt") as f:
-            out |= {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+            out |= {k: f.get_tensor(k).float() for k in f.keys()}
     return out
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_WEB, ROOT, job_env
 from helpers import build, pair_keys
 from oracle import recall

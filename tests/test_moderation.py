@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from aiohttp import web
+from conftest import needs_miniweb
+from miniweb_images import real_images
+from nsfw_probe import PROBE_HEX, png, render
 from PIL import Image
 
-from conftest import needs_miniweb
 from mella.schema import REJECT_SCHEMA, to_table
 from mella.stages.filters.moderation import (
     DEFAULT_NSFW_THRESHOLD,
@@ -26,8 +28,6 @@ from mella.stages.filters.moderation import (
     ModerationConfig,
     NSFWStage,
 )
-from nsfw_probe import PROBE_HEX, png, render
-from miniweb_images import real_images
 
 KEY_ENV = "MELLA_TEST_MODERATION_KEY"
 KEY = "sk-test-do-not-log-7f3a"

@@ -8,11 +8,10 @@ import io
 import json
 
 import pytest
-from PIL import Image, ImageEnhance
-
 from conftest import DEMO_WEB
 from helpers import build, path_of, read_dir
 from nsfw_probe import PROBE_HEX, render
+from PIL import Image, ImageEnhance
 from webserver import serve_directory
 
 pytestmark = [pytest.mark.slow]
@@ -64,7 +63,7 @@ def built(tmp_path_factory, ray_session):
     site.mkdir()
     originals = _real_images(N_ORIGINALS)
     imgs, planted = [], []
-    for i, (path, alt) in enumerate(originals):
+    for i, (path, _alt) in enumerate(originals):
         data = (DEMO_WEB / path).read_bytes()
         (site / f"orig{i}.png").write_bytes(data)
         imgs.append((f"orig{i}.png", f"Az eredeti képernyőkép a kézikönyvből, sorszáma {i}"))

@@ -7,11 +7,11 @@ import os
 from datetime import datetime, timezone
 
 import pytest
+from webserver import serve_bad_web
 
 from mella.config import CrawlConfig
-from mella.net import AddressPolicy, FetchError, Fetcher
+from mella.net import AddressPolicy, Fetcher, FetchError
 from mella.warc import RotatingWarcWriter, WarcIndex, cleanup_open_shards, iter_responses, slice_offsets
-from webserver import serve_bad_web
 
 
 @pytest.mark.parametrize("ip, allowed", [

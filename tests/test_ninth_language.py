@@ -17,9 +17,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from helpers import build, path_of, read_dir
+from PIL import Image
 from webserver import serve_directory
 
 from mella import languages, metrics

@@ -11,9 +11,9 @@ import random
 
 import numpy as np
 import pytest
+from hf_cache import QWEN2_VL, hf_home, offline_hub  # noqa: F401 - pytest fixtures requested by name
 from PIL import Image
 
-from hf_cache import QWEN2_VL, hf_home, offline_hub  # noqa: F401
 from mella.models.backbones import END_OF_TURN, load_backbone
 from mella.models.hub import resolve_model
 from mella.train.samples import build_sample
@@ -36,7 +36,7 @@ def _images() -> list[Image.Image]:
 
 
 @pytest.fixture(scope="module")
-def qwen(hf_home):  # noqa: F811
+def qwen(hf_home):  # noqa: F811 - a pytest fixture requested by name
     import os
 
     old = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE")}

@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from selectolax.lexbor import LexborHTMLParser as HTMLParser
-
 from conftest import DEMO_WEB, ROOT, needs_miniweb
+from selectolax.lexbor import LexborHTMLParser as HTMLParser
 from synthetic_corpus import ALT, write_corpus
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -52,10 +51,11 @@ LING = {"th": 7, "ar": 3}
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory, ray_session):
+    from synthetic_corpus import _row, image_pool
+
     from mella.io import write_parquet_atomic
     from mella.report import write_report
     from mella.schema import RECORD_SCHEMA, to_table
-    from synthetic_corpus import _row, image_pool
 
     out = tmp_path_factory.mktemp("synthetic") / "corpus"
     counts = write_corpus(str(out), KNOW, LING, rows_per_file=20, near_dups=3, rejects_per_reason=4)
@@ -221,9 +221,10 @@ def _inspect_main(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def test_inspect_with_training_and_evaluation_reports(tmp_path, ray_session, capsys):
+    from synthetic_corpus import image_pool
+
     from mella.evaluation import Item, Output, score, write_report
     from mella.train.artifacts import write_metadata
-    from synthetic_corpus import image_pool
 
     out = tmp_path / "corpus"
     write_corpus(str(out), {"hu": 6, "ar": 4}, rows_per_file=5)
@@ -275,7 +276,6 @@ def test_demo_build_writes_report_and_card_rendered_in_chromium(tmp_path):
     translations of a random-weight model are not Thai, so Thai rendering is checked on the synthetic corpus
     (test_synthetic_report_in_chromium_thai_arabic_no_console_errors); here the Thai D_ling page must render."""
     import datasets
-
     from conftest_train import tiny_qwen2vl
     from test_dling import tiny_marian
 

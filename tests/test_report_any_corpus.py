@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_WEB
 from synthetic_corpus import write_corpus
 from webserver import serve_directory

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
+from synthetic_corpus import write_corpus
+
 from mella.experiments import (
     METRICS,
     collect,
@@ -21,7 +23,6 @@ from mella.experiments import (
 from mella.io import write_json_atomic
 from mella.train.config import TrainConfig
 from mella.train.trainer import MIX_SOURCES, sample_rows, select_training_rows
-from synthetic_corpus import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,10 +145,11 @@ def test_merge_runs_in_a_ray_task_in_the_checkpoints_dtype(ray_session, tmp_path
     """Two-stage's merge: the driver never loads the model; the task loads it in the checkpoint's dtype."""
     import torch
     from conftest_train import tiny_qwen2vl
-    from mella.train.trainer import merge_adapter
     from peft import LoraConfig, get_peft_model
     from safetensors import safe_open
     from transformers import Qwen2VLForConditionalGeneration
+
+    from mella.train.trainer import merge_adapter
 
     base = tiny_qwen2vl(tmp_path / "base")
     model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.bfloat16)
@@ -161,6 +163,6 @@ def test_merge_runs_in_a_ray_task_in_the_checkpoints_dtype(ray_session, tmp_path
     assert facts["pid"] != os.getpid() and facts["dtype"] == "bfloat16"
     files = list((tmp_path / "merged").glob("*.safetensors"))
     with safe_open(str(files[0]), "pt") as f:
-        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
     assert dtypes == {torch.bfloat16}
     assert (tmp_path / "merged" / "tokenizer_config.json").is_file()

@@ -7,11 +7,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import needs_miniweb
 from miniweb_images import planted_variants, real_images
-from mella.stages.enrich.embed import EmbedStage
+from PIL import Image
+
 from mella.stages.dedup.semantic import (
     DEFAULT_THRESHOLD,
     EMBED_DIM,
@@ -19,6 +18,7 @@ from mella.stages.dedup.semantic import (
     find_semantic_duplicates,
     spherical_kmeans,
 )
+from mella.stages.enrich.embed import EmbedStage
 
 pytestmark = needs_miniweb()
 
@@ -70,7 +70,7 @@ def test_planted_near_duplicates_found(stage, corpus):
     imgs, emb = corpus
     sub = imgs[::3]  # 10 originals x 4 edits
     var_bytes, var_ids, var_of = [], [], []
-    for k, (p, b) in enumerate(sub):
+    for k, (_p, b) in enumerate(sub):
         for name, vb in planted_variants(b).items():
             var_bytes.append(vb)
             var_ids.append(f"{k:02d}-{name}")

@@ -14,10 +14,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from PIL import Image
-
 from conftest import MINIWEB, needs_miniweb
 from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl
+from PIL import Image
 from serve_helpers import data_url, make_adapters, serving
 
 pytestmark = [needs_miniweb(), pytest.mark.slow]

@@ -23,11 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from conftest_train import MAX_PIXELS, MIN_PIXELS, QWEN_TOKENIZER, tiny_qwen2vl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from conftest_train import MAX_PIXELS, MIN_PIXELS, QWEN_TOKENIZER, tiny_qwen2vl
 from serve_helpers import data_url, make_adapters, serving
 
 TOKEN = "fuzz-token-8d2e"

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest_train import MAX_PIXELS, MIN_PIXELS, checkpoint_committed, tiny_internvl, tiny_qwen2vl, write_corpus
+
 from mella.models.backbones import END_OF_TURN, load_backbone, load_model
 from mella.train.config import LORA_TARGETS, TrainConfig
 from mella.train.samples import MIN_ANSWER_TOKENS, build_sample

@@ -7,9 +7,9 @@ or the reverse), which carry little content for their size — run through build
 from __future__ import annotations
 
 import pytest
-
 from conftest import MINIWEB, needs_miniweb
 from helpers import build, read_dir
+
 from mella.stages.base import Filter
 
 

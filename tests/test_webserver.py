@@ -16,10 +16,9 @@ import xml.etree.ElementTree as ET
 import aiohttp
 import charset_normalizer
 import pytest
+import webserver
 from PIL import Image
 from selectolax.lexbor import LexborHTMLParser
-
-import webserver
 from webserver import DEMO_WEB, IMG_CASES, serve_bad_web, serve_directory
 
 SLOW_S = 1.0

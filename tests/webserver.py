@@ -91,8 +91,8 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from aiohttp import web
 from PIL import Image

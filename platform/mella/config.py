@@ -12,9 +12,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from mella.languages import ENV_VAR, default_targets, load_languages
 from mella.net import CrawlConfig  # config beside its code (HTTP fetching); composed into BuildConfig here
-from mella.stages.filters.moderation import ModerationConfig
-from mella.stages.dedup.phash import PhashConfig
+from mella.resources import PoolConfig, StageResources, Strict
 from mella.stages.dedup.exact import ExactKey
+from mella.stages.dedup.phash import PhashConfig
 from mella.stages.dedup.semantic import SemanticDedupConfig
 from mella.stages.enrich.caption import CaptionConfig
 from mella.stages.enrich.categorise import CategoriseConfig
@@ -22,8 +22,7 @@ from mella.stages.enrich.qe import QEConfig
 from mella.stages.enrich.translate import TranslateConfig
 from mella.stages.filters.decode import DecodeConfig
 from mella.stages.filters.langid import LangIDConfig
-from mella.resources import PoolConfig, StageResources, Strict
-
+from mella.stages.filters.moderation import ModerationConfig
 
 
 class FilterConfig(DecodeConfig):
@@ -52,7 +51,7 @@ class DLingConfig(Strict):
     stats_dir: str | None = Field(None, description="per-batch timing records (JSON) for throughput measurement")
 
     @model_validator(mode="after")
-    def _caption_model_given(self) -> "DLingConfig":
+    def _caption_model_given(self) -> DLingConfig:
         if self.enabled and self.caption is None:
             raise ValueError("d_ling.enabled needs d_ling.caption.mllm (family, model_path): "
                              "--caption-model PATH or d_ling.caption.mllm.model_path=PATH")

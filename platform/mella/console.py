@@ -27,7 +27,8 @@ import re
 import sys
 import threading
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 PIPE_INTERVAL_S = 10.0
@@ -66,7 +67,7 @@ class UsageError(SystemExit):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line (``PROG: error: ...; see --help``) raised as :class:`UsageError`."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
@@ -86,7 +87,7 @@ def setup(quiet: bool = False, verbose: bool = False) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if _level == VERBOSE
                         else "%(levelname)s %(name)s: %(message)s")
     if _level < VERBOSE:
-        import warnings  # noqa: PLC0415
+        import warnings
 
         # Ray Data: an actor pool sized for many inputs got one WARC file (the demo); harmless
         warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
@@ -121,7 +122,7 @@ def quiet_ray() -> None:
     """
     if _level == VERBOSE:
         return
-    import ray.data  # noqa: F401,PLC0415  (configures the ray.data logger)
+    import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -176,7 +177,7 @@ def filter_stderr(patterns: tuple[str, ...] = HARMLESS) -> None:
     if _stderr_filtered:
         return
     _stderr_filtered = True
-    import atexit  # noqa: PLC0415
+    import atexit
 
     sys.stderr.flush()
     orig = os.dup(2)
@@ -348,7 +349,7 @@ def run_job(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     exit 1; with ``--debug`` in ``argv`` the traceback is printed too. Unless ``-v``, the known harmless
     lines are filtered out of this process's stderr (:func:`filter_stderr`).
     """
-    from pydantic import ValidationError  # noqa: PLC0415
+    from pydantic import ValidationError
 
     args = sys.argv[1:] if argv is None else argv
     prog = prog or os.path.basename(sys.argv[0])
@@ -365,13 +366,13 @@ def run_job(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         return 130
     except (UsageError, ValidationError) as e:
         if debug:  # a UsageError is a SystemExit: Python would exit without printing it
-            import traceback  # noqa: PLC0415
+            import traceback
 
             traceback.print_exc()
         msg = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - the job's last line of defence: one line, not a traceback
+    except Exception as e:
         if debug:
             raise
         first = (str(e).strip().splitlines() or [""])[0][:300]

@@ -143,7 +143,7 @@ def filter_steps(funnel: dict) -> list[str]:
     written by build_corpus): the default plan's stages."""
     stages = funnel.get("stages")
     if not stages:
-        from mella.plan import CRAWL, DEFAULT_PLAN  # noqa: PLC0415 - the plan imports every stage module
+        from mella.plan import CRAWL, DEFAULT_PLAN
 
         stages = [{"stage": name, "reasons": {}} for name in (CRAWL, *DEFAULT_PLAN)]
     lines = []
@@ -171,7 +171,7 @@ def _about(funnel: dict) -> list[str]:
 def features(out_dir: str) -> list[dict]:
     """The card's ``features`` (Hub YAML form of ``datasets.Features``) from the parts' Arrow schema: every
     column with its type, ``image`` (file bytes) declared ``datasets.Image`` so ``load_dataset`` decodes it."""
-    import datasets  # noqa: PLC0415
+    import datasets
 
     files = [f for ds in DATASETS for f in sorted(glob.glob(os.path.join(out_dir, ds, "*.parquet")))]
     if not files:

@@ -51,7 +51,7 @@ class DemoWeb:
         self.port = site._server.sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "DemoWeb":
+    def start(self) -> DemoWeb:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
         return self

@@ -107,7 +107,7 @@ def _mime(data: bytes) -> str:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return Image.MIME.get(img.format, "image/png")
-    except Exception:  # noqa: BLE001 - the server rejects undecodable images with a 400 anyway
+    except Exception:
         return "image/png"
 
 
@@ -262,7 +262,7 @@ def table3(agg: list[dict], langs: list[str], methods: list[str]) -> tuple[str, 
     for metric in METRIC_TITLES:
         if not any(a["metric"] == metric for a in agg):
             continue
-        md += [f"**{METRIC_TITLES[metric]}** (0-100)", "", "| Backbone | Method | " + " | ".join(l.upper() for l in langs) + " |",
+        md += [f"**{METRIC_TITLES[metric]}** (0-100)", "", "| Backbone | Method | " + " | ".join(lang.upper() for lang in langs) + " |",
                "|---|---|" + "---:|" * len(langs)]
         for bb in backbones:
             for method in methods:
@@ -313,7 +313,7 @@ def _thumb(data: bytes, size: int = 256) -> str:
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=80)
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    except Exception:  # noqa: BLE001 - a thumbnail is optional in the export
+    except Exception:
         return ""
 
 
@@ -423,7 +423,7 @@ class EvalConfig(Strict):
     num_gpus: float = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "EvalConfig":
+    def _check(self) -> EvalConfig:
         if (self.endpoint is None) == (self.model is None):
             raise ValueError("give exactly one of endpoint (serve mode) or model (Ray Data mode)")
         return self

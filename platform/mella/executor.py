@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,7 +133,7 @@ class PoolRunner(_Runner):
         for s in getattr(self, "stages", []):
             try:
                 s.teardown()
-            except Exception:  # noqa: BLE001 - interpreter shutdown; nothing left to report to
+            except Exception:
                 pass
 
 
@@ -204,7 +204,7 @@ def apply_decisions(t: pa.Table, stages: list, part: str | None = None) -> tuple
     (``stage.decisions``, DECISION_SCHEMA): those of ``part`` when ``t`` is one unit part (the write phase), else those
     naming ``t``'s row ids (a batch outside the build: ``DedupStage.__call__``). Stages find decisions; only this
     function applies them. Returns ``(table, per-stage counters)``."""
-    from mella.stages.dedup.shuffle import part_decisions, row_key  # noqa: PLC0415 - it imports Ray
+    from mella.stages.dedup.shuffle import part_decisions, row_key
 
     counts = {}
     for st in stages:

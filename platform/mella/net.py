@@ -218,7 +218,7 @@ class Fetcher:
         #: network seconds per origin (requests only, no queueing), for "slowest hosts"
         self.seconds_by_origin: dict[str, float] = {}
 
-    async def __aenter__(self) -> "Fetcher":
+    async def __aenter__(self) -> Fetcher:
         self._resolver = GuardedResolver(self.policy)
         connector = aiohttp.TCPConnector(
             limit=self._concurrency, limit_per_host=self.cfg.per_host_concurrency, resolver=self._resolver, ttl_dns_cache=60

@@ -307,7 +307,7 @@ def model_placement(cfg: BuildConfig) -> str:
     if f.moderation.enabled:
         where = _where(f.moderation.num_gpus)
         if f.moderation.num_gpus > 0:
-            import onnxruntime as ort  # noqa: PLC0415
+            import onnxruntime as ort
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 where = "CPU (onnxruntime here has no CUDAExecutionProvider: pip install '.[gpu]')"

@@ -38,7 +38,7 @@ def check_seeds(path: str, base_url: str | None = None) -> int:
 
     Returns the number of seeds. Raises :class:`UsageError`.
     """
-    from mella.crawl import read_seeds  # noqa: PLC0415
+    from mella.crawl import read_seeds
 
     p = Path(path)
     if not p.is_file():
@@ -62,7 +62,7 @@ def check_seeds(path: str, base_url: str | None = None) -> int:
 def check_seed_hosts(path: str, base_url: str | None, allow_private_hosts: list[str]) -> None:
     """The SSRF guard lets at least one seed of a valid seeds file (:func:`check_seeds` first) through
     (:func:`check_seed_addresses`). Raises :class:`UsageError`."""
-    from mella.crawl import read_seeds  # noqa: PLC0415
+    from mella.crawl import read_seeds
 
     check_seed_addresses([s.url for s in read_seeds(path, base_url)], allow_private_hosts, f"seeds file {path}")
 
@@ -74,8 +74,8 @@ SEED_DNS_TIMEOUT_S = 3.0
 def _host_addresses(hosts: list[str], timeout_s: float) -> dict[str, list[str]]:
     """IP addresses of each host (an IP literal is its own; DNS via ``getaddrinfo`` in threads, at most
     ``timeout_s`` for all); a host without an answer in time, or that does not resolve, maps to ``[]``."""
-    import ipaddress  # noqa: PLC0415
-    from concurrent.futures import ThreadPoolExecutor, wait  # noqa: PLC0415
+    import ipaddress
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     out: dict[str, list[str]] = {}
     names = []
@@ -103,7 +103,7 @@ def check_seed_addresses(urls: list[str], allow_private_hosts: list[str], what: 
     to private, loopback, link-local or reserved addresses not covered by ``allow_private_hosts`` (the
     job would fetch nothing and end with 0 pairs). A host that does not resolve here counts as allowed
     (the crawl reports its failure)."""
-    from mella.net import AddressPolicy  # noqa: PLC0415
+    from mella.net import AddressPolicy
 
     policy = AddressPolicy(allow_private_hosts)
     hosts = sorted({URL(u).host or "" for u in urls} - {""})
@@ -117,7 +117,7 @@ def check_seed_addresses(urls: list[str], allow_private_hosts: list[str], what: 
 
 def check_warcs(patterns: list[str]) -> list[str]:
     """Every ``--warc`` path/glob matches ``.warc``/``.warc.gz`` files; returns them. Raises :class:`UsageError`."""
-    from mella.warc import expand_warc_paths  # noqa: PLC0415
+    from mella.warc import expand_warc_paths
 
     try:
         return expand_warc_paths(patterns)
@@ -127,7 +127,7 @@ def check_warcs(patterns: list[str]) -> list[str]:
 
 def check_langs(langs: list[str]) -> list[str]:
     """Every code is configured (``languages.yaml`` or a file named by ``$MELLA_LANGUAGES``). Raises :class:`UsageError`."""
-    from mella.languages import ENV_VAR, load_languages  # noqa: PLC0415
+    from mella.languages import ENV_VAR, load_languages
 
     known = load_languages()
     bad = [x for x in langs if x not in known]
@@ -148,7 +148,7 @@ def check_model(name: str | Path, flag: str) -> tuple[str, dict]:
     Raises:
         UsageError: one line — see :func:`mella.models.hub.resolve_model` and :func:`check_model_dir`.
     """
-    from mella.models.hub import resolve_model  # noqa: PLC0415
+    from mella.models.hub import resolve_model
 
     path = resolve_model(name, flag=flag)
     return str(path), check_model_dir(path, flag)

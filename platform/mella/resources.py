@@ -71,7 +71,7 @@ class StageResources(BaseModel):
     batches_per_actor: int = Field(1, ge=1, description="batches a pool actor runs at once, one thread each")
 
     @model_validator(mode="after")
-    def _check_pool(self) -> "StageResources":
+    def _check_pool(self) -> StageResources:
         if self.max_pool_size is not None:
             if self.pool_size is None:
                 raise ValueError("max_pool_size needs pool_size (an elastic pool is an actor pool)")
@@ -83,7 +83,7 @@ class StageResources(BaseModel):
 
     def map_batches_args(self) -> dict[str, Any]:
         """Keyword arguments for ``Dataset.map_batches``: resources, and ``compute`` for a pool."""
-        import ray  # noqa: PLC0415 - configs are imported where Ray is not needed (serving, tools)
+        import ray
 
         args: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.num_gpus:

@@ -27,7 +27,7 @@ def greedy_drops(i, j, dist, rank=None, exempt: Callable[[int, int], bool] | Non
         ``{dropped index: (kept index, distance)}``. O(p log p) time, O(p) memory.
     """
     i, j, dist = np.asarray(i, np.int64), np.asarray(j, np.int64), np.asarray(dist)
-    r = (lambda x: x) if rank is None else (lambda x, _r=np.asarray(rank): _r[x])
+    r = (lambda x: x) if rank is None else (lambda x, _r=np.asarray(rank): _r[x])  # noqa: B008 - binds the array once, not a shared default
     better = r(i) < r(j)
     src, dst = np.where(better, i, j), np.where(better, j, i)
     order = np.lexsort((r(src), r(dst)))

@@ -70,8 +70,8 @@ def main() -> None:
     import pyarrow as pa
     import ray
     import torch
-
     from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl
+
     from mella.stages.enrich.caption import CaptionConfig, CaptionStage
 
     work = Path(tempfile.mkdtemp(prefix="bench_caption_"))

@@ -56,9 +56,8 @@ def _tree(p: psutil.Process) -> list[psutil.Process]:
 def run_one(n: int, work: str, nodes: int, cpus: float, dim: int) -> dict:
     """Child process body: generate parts, start the cluster, run the global phase, measure."""
     import ray
-    from ray.cluster_utils import Cluster
-
     from global_phase_run import find_global_phase, read_decisions
+    from ray.cluster_utils import Cluster
 
     with open(os.path.join(work, "planted.json"), encoding="utf-8") as f:
         parts = json.load(f)["parts"]  # written by the --generate process: the driver never held the synthetic rows

@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     import ray
+
     from mella.config import CrawlConfig
     from mella.runtime import init_ray
 

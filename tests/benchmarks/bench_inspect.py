@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import TreeSampler  # noqa: E402
-from synthetic_corpus import LANGS, write_corpus  # noqa: E402
+from procs import TreeSampler  # noqa: E402 - after the sys.path set-up above
+from synthetic_corpus import LANGS, write_corpus  # noqa: E402 - after the sys.path set-up above
 
 
 def run_inspect(out: str) -> tuple[float, int, float, str]:
@@ -69,7 +69,7 @@ def main() -> None:
             n_rej = sum(counts["rejects"].values())
             print(f"rows={n}: wrote {sum(per_lang.values())} D_know + {n_rej} rejects, {size:.0f} MiB parquet "
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
-            for attempt in range(3):  # Ray gives its raylet 30 s to register: on an overloaded box, start again
+            for _attempt in range(3):  # Ray gives its raylet 30 s to register: on an overloaded box, start again
                 try:
                     wall, peak, cpu, line = run_inspect(out)
                     break

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import TreeSampler  # noqa: E402
+from procs import TreeSampler  # noqa: E402 - after the sys.path set-up above
 
 
 def crawl_demo(out: str) -> list[str]:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from mella.schema import REJECT_SCHEMA, to_table
-from mella.stages.filters.moderation import ModerationConfig, NSFWStage
 from mella.stages.dedup.semantic import SemanticDedupConfig
 from mella.stages.enrich.embed import EmbedStage, preprocess
+from mella.stages.filters.moderation import ModerationConfig, NSFWStage
 
 ROOT = Path(__file__).resolve().parents[3] / "shared" / "miniweb"
 

@@ -23,10 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT / "tests")]
 
-import httpx  # noqa: E402
-
-from conftest_train import MAX_PIXELS, MIN_PIXELS, miniweb_pairs, tiny_qwen2vl  # noqa: E402
-from serve_helpers import data_url, make_adapters, serving  # noqa: E402
+import httpx  # noqa: E402 - after the sys.path set-up above
+from conftest_train import MAX_PIXELS, MIN_PIXELS, miniweb_pairs, tiny_qwen2vl  # noqa: E402 - after the sys.path set-up above
+from serve_helpers import data_url, make_adapters, serving  # noqa: E402 - after the sys.path set-up above
 
 ADAPTERS = ["mella-hu", "mella-ko", "mella-ar"]
 

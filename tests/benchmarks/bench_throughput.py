@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import TreeSampler  # noqa: E402
+from procs import TreeSampler  # noqa: E402 - after the sys.path set-up above
 
 sys.path.insert(0, str(ROOT / "tests"))
-from ports import free_port  # noqa: E402
+from ports import free_port  # noqa: E402 - after the sys.path set-up above
 
 MINIWEB = Path(os.environ.get("MELLA_SHARED", ROOT.parent / "shared")) / "miniweb"
 
@@ -195,7 +195,7 @@ def reference_kept(urls: list[str], base: str) -> list[tuple[str, str]]:
                 with Image.open(io.BytesIO((MINIWEB / path).read_bytes())) as im:
                     if im.width > 256 and im.height > 256 and im.format in ("JPEG", "PNG", "WEBP", "GIF"):
                         by_path[path] = str(imagehash.phash(im.convert("RGBA"), hash_size=8))
-            except Exception:  # noqa: BLE001 - not an image Pillow decodes: not kept by either side
+            except Exception:
                 pass
         if by_path[path] is not None:
             out.append((record_id("hu", "bench", u), by_path[path]))

@@ -37,12 +37,12 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
 
-import pyarrow.parquet as pq  # noqa: E402
-import ray  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402 - after the sys.path set-up above
+import ray  # noqa: E402 - after the sys.path set-up above
+from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl, write_corpus  # noqa: E402 - after the sys.path set-up above
 
-from conftest_train import MAX_PIXELS, MIN_PIXELS, tiny_qwen2vl, write_corpus  # noqa: E402
-from mella.train.config import TrainConfig  # noqa: E402
-from mella.train.trainer import train  # noqa: E402
+from mella.train.config import TrainConfig  # noqa: E402 - after the sys.path set-up above
+from mella.train.trainer import train  # noqa: E402 - after the sys.path set-up above
 
 WARMUP = 3
 

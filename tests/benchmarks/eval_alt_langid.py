@@ -18,8 +18,8 @@ from collections import Counter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "platform"))
 
-from mella.stages.io.extract import parse_page  # noqa: E402
-from mella.stages.filters.langid import assign_language, check_alt_language  # noqa: E402
+from mella.stages.filters.langid import assign_language, check_alt_language
+from mella.stages.io.extract import parse_page
 
 
 def main() -> None:

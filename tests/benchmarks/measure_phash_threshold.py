@@ -90,7 +90,7 @@ def main() -> None:
 
     # planted near-duplicates: distance image ↔ variant
     planted: dict[str, list[int]] = {}
-    for (path, img), h in zip(images, hashes):
+    for (_path, img), h in zip(images, hashes):
         for name, v in variants(img).items():
             planted.setdefault(name, []).append(int(hamming(int(h), phash64(v))[0]))
     # distinct real images: all pairs with different decoded pixels

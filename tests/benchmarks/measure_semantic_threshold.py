@@ -30,8 +30,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
 from measure_phash_threshold import DEFAULT_ROOT, load_images, pct, variants
+
 from mella import phash_index
 from mella.stages.dedup.phash import PhashConfig
 from mella.stages.dedup.semantic import SemanticDedupConfig, find_semantic_duplicates, semantic_pairs

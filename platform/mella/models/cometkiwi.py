@@ -340,7 +340,7 @@ def write_tiny_published(d: str | Path, seed: int = 0, **overrides) -> Path:
         for i, p in enumerate(model.layerwise_attention.scalar_parameters):
             p.fill_(0.4 * i - 0.3)
         model.layerwise_attention.gamma.fill_(1.3)
-        for name, p in model.encoder.named_parameters():  # BERT's 0.02 init makes every <s> vector alike
+        for _name, p in model.encoder.named_parameters():  # BERT's 0.02 init makes every <s> vector alike
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.3)
         linears = [m for m in model.estimator.ff if isinstance(m, nn.Linear)]

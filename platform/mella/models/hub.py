@@ -53,8 +53,8 @@ def parse_hub_id(name: str) -> tuple[str, str | None] | None:
 
 
 def _download(repo: str, rev: str | None, flag: str, name: str) -> Path:
-    from huggingface_hub import snapshot_download  # noqa: PLC0415
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError  # noqa: PLC0415
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     cache, offline = hub_cache_dir(), hub_offline()
     get = f"hf download {repo}" + (f" --revision {rev}" if rev else "")
@@ -106,7 +106,7 @@ def _native(path: Path, flag: str) -> Path:
     if cfg.get("model_type") != "internvl_chat":
         return path
     try:
-        from mella.models.internvl2 import native_checkpoint  # noqa: PLC0415
+        from mella.models.internvl2 import native_checkpoint
     except ImportError as e:
         raise UsageError(f"{flag} {path} is InternVL2 in its published remote-code format (internvl_chat) and this "
                          "build has no converter (mella.models.internvl2): pass an InternVL -hf checkpoint") from e

@@ -390,7 +390,7 @@ def _write_weights(src: Path, cfg: dict, out: Path) -> None:
     for shard in shards:
         converted = {}
         with safe_open(src / shard, framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            for key in f.keys():
                 converted |= convert_tensor(key, f.get_tensor(key), cfg)
         save_file(converted, out / shard, metadata={"format": "pt"})
         weight_map |= {k: shard for k in converted}

@@ -60,7 +60,7 @@ def _stage_order(funnel: dict) -> dict[str, int]:
     """``{stage: position}``: the funnel's order (the build's plan), or the default plan's when it lacks ``fetch``."""
     names = [s["stage"] for s in funnel.get("stages", [])]
     if "fetch" not in names:
-        from mella.plan import CRAWL, DEFAULT_PLAN  # noqa: PLC0415 - the plan imports every stage module
+        from mella.plan import CRAWL, DEFAULT_PLAN
 
         names = [CRAWL, *DEFAULT_PLAN]
     return {s: i for i, s in enumerate(names)}

@@ -33,8 +33,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from mella.serving import protocol
 from mella.models.hub import resolve_model
+from mella.serving import protocol
 from mella.serving.config import ServeConfig
 from mella.serving.protocol import ApiError, GenerationFailed, GenRequest, GenResult, RequestError
 from mella.serving.registry import discover
@@ -263,7 +263,7 @@ class Gateway:
         except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing went wrong here
             log.info("client closed the connection before sending its whole request body; not answered")
             return Response(status_code=499)  # "client closed request" (nginx's code), for the access log only
-        except Exception:  # noqa: BLE001 - the server answers 500 and stays up; details go to the log
+        except Exception:
             log.exception("chat completion failed")
             return _error(ApiError(500, "internal error while generating", "internal_error", type_="server_error"))
         if isinstance(res, RequestError):

@@ -155,7 +155,7 @@ class VLMEngine:
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 width, height = probe.size
-        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes
+        except Exception as exc:
             raise RequestError(f"image cannot be decoded: {exc}", "invalid_image") from exc
         try:
             self.bb.check_image(width, height)
@@ -165,7 +165,7 @@ class VLMEngine:
         try:
             img = decode_image(data)
             feats, tokens = self.bb.image_features(img)
-        except Exception as exc:  # noqa: BLE001 - Pillow/processor errors on this image are the request's fault
+        except Exception as exc:
             raise RequestError(f"image cannot be processed: {type(exc).__name__}: {exc}", "invalid_image") from exc
         features.append(feats)
         return tokens
@@ -251,7 +251,7 @@ class VLMEngine:
     def _generate_isolated(self, batch: list[_Encoded], adapters: list[str | None], *sampling) -> list:
         try:
             return self._generate_locked(batch, adapters, *sampling)
-        except Exception as exc:  # noqa: BLE001 - retried one by one below; the failure is logged
+        except Exception as exc:
             if len(batch) == 1:
                 log.exception("generation failed for one request")
                 return [GenerationFailed(f"{type(exc).__name__}: {exc}")]

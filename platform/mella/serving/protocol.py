@@ -320,7 +320,7 @@ def decode_image_url(url: str, cfg: ServeConfig, param: str) -> bytes:
                 img.load()
     except ApiError:
         raise
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types (UnidentifiedImageError, OSError, bomb ...)
+    except Exception as exc:
         raise ApiError(400, f"image cannot be decoded: {type(exc).__name__}: {exc}", "invalid_image", param) from exc
     return data
 

@@ -108,7 +108,7 @@ class Stage:
             self._set_up = True
         return TaskRunner.run(TaskRunner([self]), batch)
 
-    def __enter__(self) -> "Stage":
+    def __enter__(self) -> Stage:
         """``with Stage(cfg) as s:`` — setup and teardown around use outside Ray (tools, tests)."""
         self.setup()
         return self

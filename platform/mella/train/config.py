@@ -99,7 +99,7 @@ class TrainConfig(Strict):
     peak_tflops: float | None = None  # per device, for MFU; None = look up the GPU name, unknown -> no MFU
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.lora_target_modules is None:
             self.lora_target_modules = LORA_TARGETS[self.backbone]
         for key, value in TABLE7[self.backbone].items():
@@ -115,7 +115,7 @@ class TrainConfig(Strict):
         return int(self.deepspeed[-1])
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None, **kwargs) -> "TrainConfig":
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None, **kwargs) -> TrainConfig:
         """Build from an optional YAML file, then keyword args, then ``key=value`` strings (YAML-typed).
 
         Raises ``ValueError`` for an override without ``=``; pydantic ``ValidationError`` for bad values.

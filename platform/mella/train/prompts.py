@@ -12,7 +12,7 @@ import hashlib
 import random
 import unicodedata
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import yaml
 
@@ -62,7 +62,7 @@ def _validate(lang: str, entry: dict) -> PromptSet:
     return PromptSet(lang, tuple(train), eval_know, eval_ling)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_file(path: str) -> dict[str, PromptSet]:
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}

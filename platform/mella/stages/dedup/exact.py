@@ -30,7 +30,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mella.stages.base import DedupStage
-from mella.stages.dedup.shuffle import active_rows, bucket_groupby, spill_area, row_key, task_shuffle, count_rows, hex_bucket, num_partitions, write_decisions
+from mella.stages.dedup.shuffle import (
+    active_rows,
+    bucket_groupby,
+    count_rows,
+    hex_bucket,
+    num_partitions,
+    row_key,
+    spill_area,
+    task_shuffle,
+    write_decisions,
+)
 
 KEY_COLUMNS = ["lang", "pixel_sha256", "alt_text", "page_url", "image_url", "reason", "d_ling_reason"]
 SEP = "\x1f"

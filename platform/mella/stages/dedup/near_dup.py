@@ -46,8 +46,18 @@ import ray
 from mella import survivor
 from mella.io import replace_dir
 from mella.stages.base import DedupStage
-from mella.stages.dedup.shuffle import (active_rows, bucket_groupby, spill_area, task_shuffle, count_rows, hex_bucket, hex_u64, num_partitions,
-                                        rows_to_decisions, write_decisions)
+from mella.stages.dedup.shuffle import (
+    active_rows,
+    bucket_groupby,
+    count_rows,
+    hex_bucket,
+    hex_u64,
+    num_partitions,
+    rows_to_decisions,
+    spill_area,
+    task_shuffle,
+    write_decisions,
+)
 
 SEP = "\x1f"
 #: The row columns a near-duplicate stage reads (plus its value columns).
@@ -202,7 +212,8 @@ def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Ta
         return same_page_exempt((pv[po[s]:po[s + 1]].tolist(), rv[ro[s]:ro[s + 1]].tolist()),
                                 (pv[po[d]:po[d + 1]].tolist(), rv[ro[d]:ro[d + 1]].tolist()))
     dropped = survivor.greedy_drops(i, j, np.arange(len(i)), exempt=exempt)
-    del rec, pages, real, pv, po, rv, ro, i, j
+    del rec, pages, real, i, j
+    pv = po = rv = ro = None  # free the endpoint arrays (exempt's closure cells) before the names are fetched
     if not dropped:
         return empty
     d_rows = np.fromiter(dropped.keys(), np.int64, len(dropped))

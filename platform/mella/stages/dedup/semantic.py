@@ -327,7 +327,7 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
 BRUTE_FORCE_MAX = 2048
 
 
-def _fit_centroids(images_dir: str, lang: str, n: int, k: int, cfg: "SemanticDedupConfig") -> np.ndarray:
+def _fit_centroids(images_dir: str, lang: str, n: int, k: int, cfg: SemanticDedupConfig) -> np.ndarray:
     """Ray task: spherical k-means for one language on a bounded, seeded sample (≤ ``fit_sample`` × ~1.2 rows
     read, by the pixel-hash key ``u``). Returns (k, 1280) float32 centroids."""
     frac = min(1.0, 1.2 * cfg.fit_sample / max(n, 1))

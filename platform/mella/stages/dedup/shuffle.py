@@ -54,7 +54,7 @@ def task_shuffle():
     """Ray Data's sort-based (pull) shuffle for the global phase's group-bys: plain tasks. Ray 2.60's
     default hash shuffle keeps aggregator actors holding CPUs until the dataset ends, which starves the
     later operators of a small cluster (seen on 2 CPUs: the sort after a group-by never scheduled)."""
-    from ray.data.context import DataContext, ShuffleStrategy  # noqa: PLC0415
+    from ray.data.context import DataContext, ShuffleStrategy
 
     ctx = DataContext.get_current()
     old = ctx.shuffle_strategy
@@ -258,7 +258,7 @@ def rows_to_decisions(rows, drops: pa.Table, reason: str, n_rows: int, spill_dir
 
 def _tag(t: pa.Table, p: int, side: int) -> pa.Table:
     n = t.num_rows
-    col = lambda c: t[c] if c in t.column_names else pa.nulls(n, pa.string())  # noqa: E731
+    col = lambda c: t[c] if c in t.column_names else pa.nulls(n, pa.string())  # noqa: E731 - a one-line accessor
     key = row_key(t) if side == 0 else pa.nulls(n, pa.string())
     return pa.table({"bucket": hex_bucket(t["pixel_sha256"].to_pylist(), p), "side": pa.array([side] * n, pa.int8()),
                      "part": col("part"), "id": col("id"), "key": key, "lang": t["lang"], "pixel_sha256": t["pixel_sha256"],

@@ -32,14 +32,14 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
 from PIL.Image import DecompressionBombError, UnidentifiedImageError
+from pydantic import Field
 
 from mella.languages import load_languages
-from mella.stages.base import Stage
-from mella.taxonomy import Taxonomy, load_taxonomy
 from mella.models.mllm import MLLM, GenerationConfig, MLLMConfig, log_batch, timed
 from mella.resources import PoolConfig
+from mella.stages.base import Stage
+from mella.taxonomy import Taxonomy, load_taxonomy
 
 #: Figure 7 items 1–3, English output.
 CORE_ASPECTS = (

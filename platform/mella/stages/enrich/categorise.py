@@ -35,7 +35,6 @@ from mella.stages.base import Stage
 from mella.taxonomy import UNKNOWN, Taxonomy, load_taxonomy
 
 
-
 # ------------------------------------------------------------------------------- answer parsing
 def _norm(text: str) -> str:
     """Lower-case, accents stripped, ``&``→``and``, non-alphanumerics → single spaces."""

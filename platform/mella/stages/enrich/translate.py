@@ -38,12 +38,12 @@ import aiohttp
 from pydantic import Field
 
 from mella.languages import language, load_languages
+from mella.models.mllm import GenerationConfig, MLLMConfig, log_batch, timed
 from mella.ratelimit import RateLimiter
+from mella.resources import PoolConfig, Strict
 from mella.retry import Retryable, RetryPolicy, parse_retry_after, retry_async
 from mella.schema import record_id
 from mella.stages.base import Stage
-from mella.models.mllm import GenerationConfig, MLLMConfig, log_batch, timed
-from mella.resources import PoolConfig, Strict
 
 Backend = Literal["deepl", "google", "seq2seq", "mllm"]
 

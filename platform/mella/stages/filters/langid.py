@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from mella import lid
-from mella.resources import Strict
 from mella.languages import load_languages, script_shares
+from mella.resources import Strict
 from mella.stages.base import Filter
 
 #: share of an alt-text's letters that must be in the target language's script(s); product names

@@ -60,9 +60,9 @@ from PIL import Image
 from pydantic import Field
 
 from mella.ratelimit import RateLimiter
+from mella.resources import PoolConfig, Strict
 from mella.retry import Retryable, RetryPolicy, parse_retry_after, retry_async
 from mella.stages.base import Stage, reject
-from mella.resources import PoolConfig, Strict
 
 log = logging.getLogger(__name__)
 
