@@ -33,8 +33,9 @@ def measure(data: Path, model: str, langs: list[str] | None, max_tiles: int) -> 
     from mella.train.samples import ANSWER_COLUMN, SampleBuilder
 
     d = TrainConfig.model_fields
-    tiles = GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1,
-                                     max_patches=max_tiles)
+    tiles = GotOcr2ImageProcessorPil(
+        size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1, max_patches=max_tiles
+    )
     out = {}
     for source in ("d_know", "d_ling"):
         files = sorted((data / source).glob("*.parquet"))
@@ -44,11 +45,25 @@ def measure(data: Path, model: str, langs: list[str] | None, max_tiles: int) -> 
         rows = [r for r in t if not langs or r["lang"] in langs]
         qwen, text, intern = [], [], []
         for lang in sorted({r["lang"] for r in rows}):
-            b = SampleBuilder("qwen2-vl", model, lang, 10**6, 0, d["image_min_pixels"].default,
-                              d["image_max_pixels"].default, max_tiles)
+            b = SampleBuilder(
+                "qwen2-vl",
+                model,
+                lang,
+                10**6,
+                0,
+                d["image_min_pixels"].default,
+                d["image_max_pixels"].default,
+                max_tiles,
+            )
             mine = [r for r in rows if r["lang"] == lang]
-            res = b({"image": [r["image"] for r in mine], "answer": [r[ANSWER_COLUMN[source]] for r in mine],
-                     "source": [source] * len(mine), "sha256": [r["sha256"] for r in mine]})
+            res = b(
+                {
+                    "image": [r["image"] for r in mine],
+                    "answer": [r[ANSWER_COLUMN[source]] for r in mine],
+                    "source": [source] * len(mine),
+                    "sha256": [r["sha256"] for r in mine],
+                }
+            )
             pad = b.bb.tokenizer.convert_tokens_to_ids("<|image_pad|>")
             for ids, r in zip(res["input_ids"], mine):
                 n_img = int((ids == pad).sum())
@@ -57,10 +72,15 @@ def measure(data: Path, model: str, langs: list[str] | None, max_tiles: int) -> 
                 img = Image.open(io.BytesIO(r["image"])).convert("RGB")
                 n_tiles = tiles(img, return_tensors="np")["pixel_values"].shape[0]
                 intern.append(len(ids) - n_img + 256 * n_tiles)
-        out[source] = {"samples": len(qwen), **{f"{k}_mean": round(statistics.fmean(v), 1) for k, v in
-                                                (("text", text), ("qwen2vl_total", qwen), ("internvl2_total", intern))},
-                       "qwen2vl_total_p90": sorted(qwen)[int(0.9 * (len(qwen) - 1))],
-                       "internvl2_total_p90": sorted(intern)[int(0.9 * (len(intern) - 1))]}
+        out[source] = {
+            "samples": len(qwen),
+            **{
+                f"{k}_mean": round(statistics.fmean(v), 1)
+                for k, v in (("text", text), ("qwen2vl_total", qwen), ("internvl2_total", intern))
+            },
+            "qwen2vl_total_p90": sorted(qwen)[int(0.9 * (len(qwen) - 1))],
+            "internvl2_total_p90": sorted(intern)[int(0.9 * (len(intern) - 1))],
+        }
     return out
 
 

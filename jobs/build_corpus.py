@@ -36,45 +36,88 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("--seeds", help="seed file: URLs one a line (or paths, with --base-url), or YAML {lang: [urls]}")
     ap.add_argument("--base-url", help="origin to prefix seed lines that are paths")
     ap.add_argument("--warc", action="append", default=[], help="WARC file or glob (.warc / .warc.gz); repeatable")
-    ap.add_argument("--cc-index", metavar="CC-MAIN-YYYY-WW|PATH",
-                    help="Common Crawl by language: read this crawl's columnar index (or a local Parquet copy), take the "
-                         "status-200 HTML pages whose primary language is in --langs, read each record by Range request "
-                         "(base URL $MELLA_CC_BASE_URL, default https://data.commoncrawl.org/) into DIR/warc")
+    ap.add_argument(
+        "--cc-index",
+        metavar="CC-MAIN-YYYY-WW|PATH",
+        help="Common Crawl by language: read this crawl's columnar index (or a local Parquet copy), take the "
+        "status-200 HTML pages whose primary language is in --langs, read each record by Range request "
+        "(base URL $MELLA_CC_BASE_URL, default https://data.commoncrawl.org/) into DIR/warc",
+    )
     ap.add_argument("--output", help="output directory (default ./mella_out for the demo)")
     ap.add_argument("--offline", action="store_true", help="never fetch: images missing from the WARCs are rejected")
-    ap.add_argument("--allow-private-hosts", nargs="?", const="*", default=None,
-                    help="let the SSRF guard through: '*' (bare flag) or comma-separated IPs/CIDRs")
+    ap.add_argument(
+        "--allow-private-hosts",
+        nargs="?",
+        const="*",
+        default=None,
+        help="let the SSRF guard through: '*' (bare flag) or comma-separated IPs/CIDRs",
+    )
     ap.add_argument("--langs", type=cli.comma_list, help="comma-separated target languages (default: all configured)")
     ap.add_argument("--max-pages", type=int, help="page budget per registered domain")
-    ap.add_argument("--retry-failed", action="store_true",
-                    help="refetch URLs whose earlier failure was transient (timeouts, 5xx); permanent ones never are")
+    ap.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="refetch URLs whose earlier failure was transient (timeouts, 5xx); permanent ones never are",
+    )
     ap.add_argument("--num-cpus", type=int, help="local Ray only")
-    ap.add_argument("--stage", action="append", default=[], metavar="'MODULE:CLASS[@AFTER] [KEY=VALUE ...]'",
-                    help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER, KEY=VALUE "
-                         "passed to its constructor (one quoted argument); repeatable")
-    ap.add_argument("--demo-port", type=int, default=DEFAULT_PORT,
-                    help=f"port of the embedded demo web on 127.0.0.1 (default {DEFAULT_PORT}; keep it across reruns: "
-                         "the URLs hold it; 0: any free port, a rerun then crawls again)")
-    g = ap.add_argument_group("filters (paper B.2; all on by default)")
-    g.add_argument("--no-semantic-dedup", action="store_true", help="skip CNN (EfficientNet-lite0) semantic dedup")
-    g.add_argument("--no-moderation", action="store_true", help="skip the open_nsfw moderation stage")
-    g.add_argument("--no-categorise", action="store_true",
-                   help="skip the CPU EfficientNet-lite0 categories (4 major / 20 fine) of D_know rows")
-    g = ap.add_argument_group("D_ling (paper 3.1.2): caption images without usable alt-text, translate them")
-    g.add_argument("--d-ling", action="store_true", help="enable categorise → caption → translate → qe")
-    g.add_argument("--caption-model", help="MLLM for captioning (and --categoriser mllm): a checkpoint dir or a hub id "
-                   "org/name[@rev] (HF_HOME cache)")
-    g.add_argument("--caption-family", choices=["qwen2-vl", "internvl2"], default="qwen2-vl")
-    g.add_argument("--categoriser", choices=["efficientnet", "mllm"], help="default: efficientnet; mllm = the --caption-model MLLM (with or without --d-ling)")
-    g.add_argument("--mt-backend", choices=["seq2seq", "deepl", "google", "mllm"], help="default: seq2seq")
-    g.add_argument("--mt-model", help="seq2seq MT model (NLLB-200, M2M100 or multi-target Marian): a checkpoint dir or a "
-                   "hub id org/name[@rev]")
-    g.add_argument("--translate-to", help="comma-separated languages for each caption (default: the image page's language)")
-    g.add_argument("--num-gpus", type=float, help="GPUs per model actor: NSFW (onnxruntime CUDA provider), embed, categorise, and with --d-ling "
-                   "caption, translate, QE; the job prints where each model stage runs")
+    ap.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="'MODULE:CLASS[@AFTER] [KEY=VALUE ...]'",
+        help="add your own stage (a mella.stages.base.Stage subclass) after stage AFTER, KEY=VALUE "
+        "passed to its constructor (one quoted argument); repeatable",
+    )
+    ap.add_argument(
+        "--demo-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port of the embedded demo web on 127.0.0.1 (default {DEFAULT_PORT}; keep it across reruns: "
+        "the URLs hold it; 0: any free port, a rerun then crawls again)",
+    )
+    _filter_and_d_ling_flags(ap)
     cli.add_config_flags(ap, "BuildConfig")
     console.add_console_flags(ap)
     return cli.parse(ap, argv)
+
+
+def _filter_and_d_ling_flags(ap: argparse.ArgumentParser) -> None:
+    """The filters' switches and the D_ling group of flags."""
+    g = ap.add_argument_group("filters (paper B.2; all on by default)")
+    g.add_argument("--no-semantic-dedup", action="store_true", help="skip CNN (EfficientNet-lite0) semantic dedup")
+    g.add_argument("--no-moderation", action="store_true", help="skip the open_nsfw moderation stage")
+    g.add_argument(
+        "--no-categorise",
+        action="store_true",
+        help="skip the CPU EfficientNet-lite0 categories (4 major / 20 fine) of D_know rows",
+    )
+    g = ap.add_argument_group("D_ling (paper 3.1.2): caption images without usable alt-text, translate them")
+    g.add_argument("--d-ling", action="store_true", help="enable categorise → caption → translate → qe")
+    g.add_argument(
+        "--caption-model",
+        help="MLLM for captioning (and --categoriser mllm): a checkpoint dir or a hub id "
+        "org/name[@rev] (HF_HOME cache)",
+    )
+    g.add_argument("--caption-family", choices=["qwen2-vl", "internvl2"], default="qwen2-vl")
+    g.add_argument(
+        "--categoriser",
+        choices=["efficientnet", "mllm"],
+        help="default: efficientnet; mllm = the --caption-model MLLM (with or without --d-ling)",
+    )
+    g.add_argument("--mt-backend", choices=["seq2seq", "deepl", "google", "mllm"], help="default: seq2seq")
+    g.add_argument(
+        "--mt-model",
+        help="seq2seq MT model (NLLB-200, M2M100 or multi-target Marian): a checkpoint dir or a hub id org/name[@rev]",
+    )
+    g.add_argument(
+        "--translate-to", help="comma-separated languages for each caption (default: the image page's language)"
+    )
+    g.add_argument(
+        "--num-gpus",
+        type=float,
+        help="GPUs per model actor: NSFW (onnxruntime CUDA provider), embed, categorise, and with --d-ling "
+        "caption, translate, QE; the job prints where each model stage runs",
+    )
 
 
 def build_config(args: argparse.Namespace, overrides: list[str]) -> BuildConfig:
@@ -148,15 +191,19 @@ def check_inputs(args: argparse.Namespace, cfg: BuildConfig) -> None:
     # hub ids resolve here, on the driver; the model actors get the local snapshot directory
     if d.categorise.enabled and d.categorise.backend == "mllm":
         if d.categorise.mllm is None:
-            raise console.UsageError("--categoriser mllm needs --caption-model DIR|ORG/NAME (the MLLM that categorises)")
+            raise console.UsageError(
+                "--categoriser mllm needs --caption-model DIR|ORG/NAME (the MLLM that categorises)"
+            )
         d.categorise.mllm.model_path = preflight.check_model(d.categorise.mllm.model_path, "--caption-model")[0]
     if d.enabled:
         d.caption.mllm.model_path = preflight.check_model(d.caption.mllm.model_path, "--caption-model")[0]
         tr = d.translate
         if tr.backend == "seq2seq":
             if tr.seq2seq is None or not tr.seq2seq.model_path:
-                raise console.UsageError("--d-ling with --mt-backend seq2seq needs --mt-model DIR (NLLB-200, M2M100 "
-                                         "or a multi-target Marian checkpoint), or --mt-backend mllm|deepl|google")
+                raise console.UsageError(
+                    "--d-ling with --mt-backend seq2seq needs --mt-model DIR (NLLB-200, M2M100 "
+                    "or a multi-target Marian checkpoint), or --mt-backend mllm|deepl|google"
+                )
             tr.seq2seq.model_path = preflight.check_model(tr.seq2seq.model_path, "--mt-model")[0]
             for lang, name in tr.seq2seq.model_paths.items():  # per-language models (Marian/OPUS-MT pairs)
                 tr.seq2seq.model_paths[lang] = preflight.check_model(name, f"translate.seq2seq.model_paths.{lang}")[0]
@@ -191,8 +238,9 @@ def common_crawl_pages(index: str, cfg: BuildConfig) -> BuildConfig:
     from mella import ccindex
 
     if not ccindex.CRAWL_ID.match(index) and not os.path.exists(index):
-        raise console.UsageError(f"--cc-index {index}: neither a crawl id (CC-MAIN-YYYY-WW) nor an existing "
-                                 "local Parquet file or directory")
+        raise console.UsageError(
+            f"--cc-index {index}: neither a crawl id (CC-MAIN-YYYY-WW) nor an existing local Parquet file or directory"
+        )
     try:
         for lang in cfg.langs:
             ccindex.cld2_code(lang)
@@ -215,35 +263,74 @@ def write_report_and_card(output: str, debug: bool = False) -> bool:
             print(f"{step}: {write(output)}", flush=True)
         except Exception as e:
             ok = False
-            console.warn(f"the {step} step failed ({type(e).__name__}: {e}); the rows in {output} stand; "
-                         f"retry with: python jobs/inspect_corpus.py {output}")
+            console.warn(
+                f"the {step} step failed ({type(e).__name__}: {e}); the rows in {output} stand; "
+                f"retry with: python jobs/inspect_corpus.py {output}"
+            )
             if debug:
                 raise
     return ok
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(argv)
-    console.setup(args.quiet, args.verbose)
-    demo_dir = ROOT / "demo_web"
+def input_mode(args: argparse.Namespace, overrides: list[str]) -> tuple[list[str], int | None]:
+    """No --seeds/--warc/--cc-index (nor in --config): the embedded demo web. Checks the input flags agree;
+    returns ``(overrides, demo port or None)``. Raises console.UsageError."""
     given = {**cli.load_config(args.config), **cli.set_dotted({}, [o for o in overrides if "." not in o.split("=")[0]])}
+    demo_port = None
     if not args.seeds and not args.warc and not args.cc_index and not given.get("seeds") and not given.get("warc"):
         # Embedded default: serve the bundled demo web on 127.0.0.1 and crawl it.
-        args.seeds = str(demo_dir / "seeds.txt")
+        args.seeds = str(ROOT / "demo_web" / "seeds.txt")
         args.base_url = f"http://127.0.0.1:{args.demo_port or 1}"  # the real port is known once the server runs
         args.output = args.output or str(Path.cwd() / "mella_out")
         args.allow_private_hosts = args.allow_private_hosts or "127.0.0.1"
         overrides = ["crawl.politeness_delay_s=0", *overrides]
         demo_port = args.demo_port
-    else:
-        demo_port = None
     if not args.output and not given.get("output"):
         raise console.UsageError("--output DIR is required with --seeds/--warc/--cc-index")
     if sum(map(bool, (args.seeds or given.get("seeds"), args.warc or given.get("warc"), args.cc_index))) > 1:
         raise console.UsageError("give one of --seeds, --warc, --cc-index")
-    if args.d_ling and not args.caption_model and not args.config and not any(o.startswith("d_ling.caption") for o in overrides):
-        raise console.UsageError("--d-ling needs --caption-model DIR (a local Qwen2-VL or InternVL2 checkpoint; "
-                                 "python jobs/make_tiny_model.py --output DIR makes a tiny random one for a trial)")
+    caption_given = args.caption_model or args.config or any(o.startswith("d_ling.caption") for o in overrides)
+    if args.d_ling and not caption_given:
+        raise console.UsageError(
+            "--d-ling needs --caption-model DIR (a local Qwen2-VL or InternVL2 checkpoint; "
+            "python jobs/make_tiny_model.py --output DIR makes a tiny random one for a trial)"
+        )
+    return overrides, demo_port
+
+
+def run(cfg: BuildConfig, base_url: str | None, progress: console.Progress, debug: bool) -> None:
+    """Ray, the plan's resource check against the cluster, the build, the funnel table, the report and card."""
+    import ray
+
+    from mella.funnel import format_table
+    from mella.pipeline import BuildCorpus
+    from mella.plan import build_plan
+    from mella.runtime import init_ray
+
+    console.quiet_ray()
+    t0 = time.monotonic()
+    progress.start("ray", "starting" if not os.environ.get("RAY_ADDRESS") else f"joining {os.environ['RAY_ADDRESS']}")
+    init_ray(cfg.ray.num_cpus)
+    have = ray.cluster_resources()
+    progress.update(f"{int(have.get('CPU', 0))} CPUs")
+    check_resources(build_plan(cfg), have.get("CPU", 0), have.get("GPU", 0))  # before any Ray work
+    funnel = BuildCorpus(cfg, seeds_base_url=base_url, progress=progress.callback()).run()
+    progress.close()
+    timing_path = Path(cfg.output) / "stage_stats.json"
+    timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.exists() else None
+    print(format_table(funnel, timing), flush=True)
+    print(
+        f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)  "
+        f"[{time.monotonic() - t0:.0f} s]",
+        flush=True,
+    )
+    write_report_and_card(cfg.output, debug)  # the rows stand: the report and the card never fail the job
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    console.setup(args.quiet, args.verbose)
+    overrides, demo_port = input_mode(args, overrides)
     cfg = build_config(args, overrides)
     if args.print_config:
         return cli.print_config(cfg)
@@ -260,41 +347,22 @@ def main(argv: list[str] | None = None) -> int:
     if demo_port is not None:
         from mella.demo import DemoWeb
 
-        demo = DemoWeb(demo_dir, port=demo_port).start()
+        demo = DemoWeb(ROOT / "demo_web", port=demo_port).start()
         args.base_url = demo.base_url
-        console.say(f"demo web: {demo.base_url} (bundled pages from {demo_dir})")
+        console.say(f"demo web: {demo.base_url} (bundled pages from {ROOT / 'demo_web'})")
     progress = console.Progress()
-    t0, done = time.monotonic(), False
+    done = False
     try:
-        import ray
-
-        console.quiet_ray()
-        from mella.funnel import format_table
-        from mella.pipeline import BuildCorpus
-        from mella.runtime import init_ray
-
-        progress.start("ray", "starting" if not os.environ.get("RAY_ADDRESS") else f"joining {os.environ['RAY_ADDRESS']}")
-        init_ray(cfg.ray.num_cpus)
-        have = ray.cluster_resources()
-        progress.update(f"{int(have.get('CPU', 0))} CPUs")
-        from mella.plan import build_plan
-
-        check_resources(build_plan(cfg), have.get("CPU", 0), have.get("GPU", 0))  # before any Ray work
-        funnel = BuildCorpus(cfg, seeds_base_url=args.base_url, progress=progress.callback()).run()
-        progress.close()
-        timing_path = Path(cfg.output) / "stage_stats.json"
-        timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.exists() else None
-        print(format_table(funnel, timing), flush=True)
-        print(f"output: {os.path.abspath(cfg.output)}  (d_know/, rejects/, funnel.json, warc/)  "
-              f"[{time.monotonic() - t0:.0f} s]", flush=True)
-        done = True  # the rows stand: the report and the card after them never fail the job
-        write_report_and_card(cfg.output, args.debug)
+        run(cfg, args.base_url, progress, args.debug)
+        done = True
     finally:
         progress.close()
         if demo is not None:
             demo.stop()
-            console.say(f"demo web: {demo.requests} HTTP requests served"
-                        + (" (everything came from the WARCs of the previous run)" if done and demo.requests == 0 else ""))
+            console.say(
+                f"demo web: {demo.requests} HTTP requests served"
+                + (" (everything came from the WARCs of the previous run)" if done and demo.requests == 0 else "")
+            )
     return 0
 
 

@@ -31,12 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         return cli.print_config(cli.flag_settings(args))
     if not any(os.path.isdir(os.path.join(args.data, d)) for d in statistics.DATASETS):
-        raise console.UsageError(f"--data {args.data} has neither d_know/ nor d_ling/: give a build_corpus output directory")
+        raise console.UsageError(
+            f"--data {args.data} has neither d_know/ nor d_ling/: give a build_corpus output directory"
+        )
     stats = statistics.write(args.data, args.png, args.json)
     print(f"{'lang':6} {'D_know':>8} {'D_ling':>8} {'total':>8} {'avg chars':>10}")
     for lang, v in stats["per_lang"].items():
         print(f"{lang:6} {v['d_know']:>8} {v['d_ling']:>8} {v['total']:>8} {v['avg_text_chars']:>10}")
-    print(f"{'all':6} {stats['datasets']['d_know']['rows']:>8} {stats['datasets']['d_ling']['rows']:>8} {stats['total']:>8}")
+    print(
+        f"{'all':6} {stats['datasets']['d_know']['rows']:>8} {stats['datasets']['d_ling']['rows']:>8} {stats['total']:>8}"
+    )
     print("categories (major):", ", ".join(f"{k} {v}" for k, v in stats["categories"]["major"].items()))
     print(f"wrote {stats['png']}")
     return 0

@@ -29,9 +29,20 @@ from _bootstrap import ROOT
 from mella import cli, console, preflight
 
 MIN_ROWS = 6  # a language needs this many D_know rows: 3 held out for evaluation, the rest to train on
-TRAIN_SET = ["n_test=3", "test_max_fraction=0.5", "warmup_ratio=0.0", "batch_size=2", "grad_accum=1",
-             "lora_rank=8", "lora_alpha=16", "lora_dropout=0", "max_seq_length=192", "cpus_per_worker=0.5",
-             "materialize=true", "checkpoint_every=1000"]
+TRAIN_SET = [
+    "n_test=3",
+    "test_max_fraction=0.5",
+    "warmup_ratio=0.0",
+    "batch_size=2",
+    "grad_accum=1",
+    "lora_rank=8",
+    "lora_alpha=16",
+    "lora_dropout=0",
+    "max_seq_length=192",
+    "cpus_per_worker=0.5",
+    "materialize=true",
+    "checkpoint_every=1000",
+]
 
 
 def _load_job(name: str):
@@ -85,14 +96,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", required=True, help="build_corpus output (d_know/ [d_ling/])")
     ap.add_argument("--model", required=True, help="base model checkpoint dir (make_tiny_model.py output)")
     ap.add_argument("--output", required=True, help="where adapters/, eval/ go")
-    ap.add_argument("--langs", type=cli.comma_list,
-                    help="comma-separated languages (default: every language with enough D_know rows)")
+    ap.add_argument(
+        "--langs",
+        type=cli.comma_list,
+        help="comma-separated languages (default: every language with enough D_know rows)",
+    )
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per adapter (default 6)")
     ap.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 1e-2: a tiny model, few steps)")
     ap.add_argument("--num-cpus", type=int, help="local Ray CPUs (default: all)")
-    ap.add_argument("--parallel", type=int, default=1,
-                    help="training runs at a time (default 1; 3 side by side on 2 CPUs stalled: their Ray Data "
-                         "reads found no free CPU)")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="training runs at a time (default 1; 3 side by side on 2 CPUs stalled: their Ray Data "
+        "reads found no free CPU)",
+    )
     cli.add_config_flags(ap)
     console.add_console_flags(ap)
     a, _ = cli.parse(ap, argv, overrides=False)
@@ -106,17 +124,22 @@ def _check(a: argparse.Namespace, train_job) -> tuple[Path, Path, dict, str, lis
     a.model, model_cfg = preflight.check_model(a.model, "--model")
     backbone = train_job.MODEL_TYPES.get(model_cfg.get("model_type"))
     if backbone is None:
-        raise console.UsageError(f"--model {a.model} is a {model_cfg.get('model_type')!r} checkpoint: "
-                                 "give a Qwen2-VL or InternVL2 (-hf) one")
+        raise console.UsageError(
+            f"--model {a.model} is a {model_cfg.get('model_type')!r} checkpoint: give a Qwen2-VL or InternVL2 (-hf) one"
+        )
     present = train_job.rows_per_lang(data, "d_know")
     if not present:
-        raise console.UsageError(f"--data {data} holds no d_know/*.parquet: run jobs/build_corpus.py --output {data} first")
+        raise console.UsageError(
+            f"--data {data} holds no d_know/*.parquet: run jobs/build_corpus.py --output {data} first"
+        )
     langs = a.langs if a.langs else sorted(k for k, n in present.items() if n >= MIN_ROWS)
     preflight.check_langs(langs)
     few = [x for x in langs if present.get(x, 0) < MIN_ROWS]
     if few or not langs:
-        raise console.UsageError(f"too few D_know rows (< {MIN_ROWS}) for {','.join(few) or 'every language'} in {data}: "
-                                 f"rows per language {present}")
+        raise console.UsageError(
+            f"too few D_know rows (< {MIN_ROWS}) for {','.join(few) or 'every language'} in {data}: "
+            f"rows per language {present}"
+        )
     preflight.check_output(out)
     return data, out, model_cfg, backbone, langs
 
@@ -134,8 +157,10 @@ def _train_all(a, train_job, base_args: list[str], langs: list[str], out: Path, 
         for lang, summary in zip(langs, pool.map(train, langs)):
             summaries[lang] = summary
             loss = summary.get("final_loss")
-            progress.update(f"{len(summaries)}/{len(langs)} adapters done (last: {lang}"
-                            + (f", final loss {loss:.2f})" if isinstance(loss, float) else ")"))
+            progress.update(
+                f"{len(summaries)}/{len(langs)} adapters done (last: {lang}"
+                + (f", final loss {loss:.2f})" if isinstance(loss, float) else ")")
+            )
     for lang, summary in summaries.items():
         dest = out / "adapters" / f"mella-{lang}"
         if dest.exists():
@@ -144,8 +169,9 @@ def _train_all(a, train_job, base_args: list[str], langs: list[str], out: Path, 
     return summaries
 
 
-def _serve_and_evaluate(a, eval_job, serve_args: dict, data: Path, langs: list[str], out: Path, progress,
-                        timings: dict) -> dict:
+def _serve_and_evaluate(
+    a, eval_job, serve_args: dict, data: Path, langs: list[str], out: Path, progress, timings: dict
+) -> dict:
     """The Serve app on a free 127.0.0.1 port, jobs/evaluate.py against it, the app stopped; returns its result."""
     progress.start("serve", f"starting the Serve app ({len(langs)} adapters)")
     t = time.monotonic()
@@ -154,9 +180,25 @@ def _serve_and_evaluate(a, eval_job, serve_args: dict, data: Path, langs: list[s
         progress.start("evaluate", f"base vs {len(langs)} adapters through {url}")
         t = time.monotonic()
         with _log_to(out / "eval.log"):
-            result = eval_job.main(["--data", str(data), "--endpoint", url, "--langs", ",".join(langs), "--output",
-                                    str(out / "eval"), "--n-test", "3", "--test-max-fraction", "0.5",
-                                    "--max-tokens", "16", *_verbosity()])
+            result = eval_job.main(
+                [
+                    "--data",
+                    str(data),
+                    "--endpoint",
+                    url,
+                    "--langs",
+                    ",".join(langs),
+                    "--output",
+                    str(out / "eval"),
+                    "--n-test",
+                    "3",
+                    "--test-max-fraction",
+                    "0.5",
+                    "--max-tokens",
+                    "16",
+                    *_verbosity(),
+                ]
+            )
         timings["evaluate"] = time.monotonic() - t
         progress.end(f"done in {timings['evaluate']:.0f} s; Serve app stopped")
     return result
@@ -165,21 +207,36 @@ def _serve_and_evaluate(a, eval_job, serve_args: dict, data: Path, langs: list[s
 def _report(a, data: Path, out: Path, langs: list[str], result: dict, timings: dict, wall: float) -> None:
     """Print the Table-3 report, where everything is, and write OUT/e2e.json."""
     print("\n" + Path(result["paths"]["markdown"]).read_text(encoding="utf-8").strip() + "\n")
-    print("NOTE: the base model is a TINY RANDOM-WEIGHT Qwen2-VL (jobs/make_tiny_model.py), and so are make e2e's "
-          "D_ling captioner, translator (Marian) and QE model (COMETKiwi): the scores above are noise "
-          "and only show that every step ran. A real run trains Qwen2-VL-7B-Instruct or InternVL2-8B on GPU nodes "
-          "(--use-gpu, cluster/ configs, the paper's Table 7 settings): docs/training.md.")
+    print(
+        "NOTE: the base model is a TINY RANDOM-WEIGHT Qwen2-VL (jobs/make_tiny_model.py), and so are make e2e's "
+        "D_ling captioner, translator (Marian) and QE model (COMETKiwi): the scores above are noise "
+        "and only show that every step ran. A real run trains Qwen2-VL-7B-Instruct or InternVL2-8B on GPU nodes "
+        "(--use-gpu, cluster/ configs, the paper's Table 7 settings): docs/training.md."
+    )
     adapters = out / "adapters"
-    where = {"corpus (D_know, D_ling, rejects, funnel.json, WARCs)": data, "base model": Path(a.model),
-             **{f"adapter {lang}": adapters / f"mella-{lang}" for lang in langs},
-             "training logs": out / "train", "evaluation report (md, csv, json, png, outputs, pairs)": out / "eval"}
+    where = {
+        "corpus (D_know, D_ling, rejects, funnel.json, WARCs)": data,
+        "base model": Path(a.model),
+        **{f"adapter {lang}": adapters / f"mella-{lang}" for lang in langs},
+        "training logs": out / "train",
+        "evaluation report (md, csv, json, png, outputs, pairs)": out / "eval",
+    }
     print("where everything is:")
     for k, v in where.items():
         print(f"  {k:<55} {Path(v).resolve()}")
-    (out / "e2e.json").write_text(json.dumps({"langs": langs, "seconds": round(wall, 1),
-                                               "timings_s": {k: round(v, 1) for k, v in timings.items()},
-                                               "paths": {k: str(Path(v).resolve()) for k, v in where.items()},
-                                               "aggregate": result["aggregate"]}, indent=2, ensure_ascii=False))
+    (out / "e2e.json").write_text(
+        json.dumps(
+            {
+                "langs": langs,
+                "seconds": round(wall, 1),
+                "timings_s": {k: round(v, 1) for k, v in timings.items()},
+                "paths": {k: str(Path(v).resolve()) for k, v in where.items()},
+                "aggregate": result["aggregate"],
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     print(f"train + serve + evaluate: {wall:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")
 
 
@@ -200,11 +257,31 @@ def main(argv: list[str] | None = None) -> int:
     console.quiet_ray()
     init_ray(a.num_cpus)
     timings: dict[str, float] = {}
-    base_args = ["--data", str(data), "--backbone", backbone, "--model", str(a.model), "--mix", "dual",
-                 "--deepspeed", "zero2", "--num-workers", "1", *_verbosity(),
-                 *TRAIN_SET, f"max_steps={a.steps}", f"lr={a.lr}"]
-    serve_args = dict(model=str(Path(a.model).resolve()), backbone=backbone, adapters=str((out / "adapters").resolve()),
-                      max_adapters_per_replica=len(langs), auth_token_env="MELLA_E2E_NO_TOKEN")
+    base_args = [
+        "--data",
+        str(data),
+        "--backbone",
+        backbone,
+        "--model",
+        str(a.model),
+        "--mix",
+        "dual",
+        "--deepspeed",
+        "zero2",
+        "--num-workers",
+        "1",
+        *_verbosity(),
+        *TRAIN_SET,
+        f"max_steps={a.steps}",
+        f"lr={a.lr}",
+    ]
+    serve_args = dict(
+        model=str(Path(a.model).resolve()),
+        backbone=backbone,
+        adapters=str((out / "adapters").resolve()),
+        max_adapters_per_replica=len(langs),
+        auth_token_env="MELLA_E2E_NO_TOKEN",
+    )
     if backbone == "qwen2-vl" and model_cfg.get("text_config", {}).get("hidden_size", 0) <= 256:  # the tiny model
         from mella.models.tiny import MAX_PIXELS, MIN_PIXELS
 

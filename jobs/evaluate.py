@@ -31,7 +31,9 @@ def check_inputs(a: argparse.Namespace) -> None:
     """Corpus, languages, endpoint URL or model/adapter dirs, before Ray or any request; raises console.UsageError."""
     data = Path(a.data)
     if not data.is_dir() or not any((data / s).is_dir() for s in ("d_know", "d_ling")):
-        raise console.UsageError(f"--data {data} holds neither d_know/ nor d_ling/: give a build_corpus output directory")
+        raise console.UsageError(
+            f"--data {data} holds neither d_know/ nor d_ling/: give a build_corpus output directory"
+        )
     preflight.check_langs(a.langs)
     if a.endpoint and a.model:
         raise console.UsageError("give --endpoint URL or --model DIR (Ray Data mode), not both")
@@ -42,7 +44,9 @@ def check_inputs(a: argparse.Namespace) -> None:
     if a.model:
         a.model = preflight.check_model(a.model, "--model")[0]  # a hub id → its local snapshot, for the workers
         if a.adapters and not Path(a.adapters).is_dir():
-            raise console.UsageError(f"--adapters {a.adapters} does not exist: give the directory holding mella-<lang>/ adapters")
+            raise console.UsageError(
+                f"--adapters {a.adapters} does not exist: give the directory holding mella-<lang>/ adapters"
+            )
     preflight.check_output(a.output)
 
 
@@ -58,10 +62,22 @@ def eval_config(a: argparse.Namespace, overrides: list[str]):
     from mella.evaluation import EvalConfig
 
     values = cli.load_config(a.config)
-    flags = dict(data=a.data, langs=a.langs, output=a.output, endpoint=a.endpoint, token=os.environ.get(a.token_env),
-                 model=a.model, adapters=a.adapters, backbone=a.backbone, seeds=a.seeds, temperature=a.temperature,
-                 max_tokens=a.max_tokens, keyword_top_k=a.keyword_top_k, n_test=a.n_test,
-                 test_max_fraction=a.test_max_fraction)
+    flags = dict(
+        data=a.data,
+        langs=a.langs,
+        output=a.output,
+        endpoint=a.endpoint,
+        token=os.environ.get(a.token_env),
+        model=a.model,
+        adapters=a.adapters,
+        backbone=a.backbone,
+        seeds=a.seeds,
+        temperature=a.temperature,
+        max_tokens=a.max_tokens,
+        keyword_top_k=a.keyword_top_k,
+        n_test=a.n_test,
+        test_max_fraction=a.test_max_fraction,
+    )
     values.update({k: v for k, v in flags.items() if v is not None})
     if a.method:
         if any("=" not in m for m in a.method):
@@ -116,8 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
             import ray
 
             ray.shutdown()
-    print(json.dumps({"paths": result["paths"], "missing": result["missing"], "aggregate": result["aggregate"]},
-                     indent=2, ensure_ascii=False))
+    print(
+        json.dumps(
+            {"paths": result["paths"], "missing": result["missing"], "aggregate": result["aggregate"]},
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     return result
 
 

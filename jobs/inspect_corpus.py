@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = console.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir", help="build output directory (d_know/, d_ling/, rejects/, funnel.json)")
     ap.add_argument("--train", help="training output directory (holds mella_train.json files)")
-    ap.add_argument("--eval", help="evaluation output directory (report.json, chart.png, pairs.csv of jobs/evaluate.py)")
+    ap.add_argument(
+        "--eval", help="evaluation output directory (report.json, chart.png, pairs.csv of jobs/evaluate.py)"
+    )
     ap.add_argument("--page-size", type=int, default=48, help="thumbnails per gallery page (default 48)")
     ap.add_argument("--max-pages", type=int, default=5, help="gallery pages per language and dataset (default 5)")
     ap.add_argument("--no-card", action="store_true", help="do not write DIR/README.md")

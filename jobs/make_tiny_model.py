@@ -83,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         raise console.UsageError(str(e)) from e
     build_tiny(a.backbone, out, seed=a.seed)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"tiny {a.backbone} model (RANDOM weights, {size / 2**20:.1f} MiB) in {out.resolve()}; "
-          "a real run uses Qwen2-VL-7B-Instruct or InternVL2-8B (docs/training.md)", flush=True)
+    print(
+        f"tiny {a.backbone} model (RANDOM weights, {size / 2**20:.1f} MiB) in {out.resolve()}; "
+        "a real run uses Qwen2-VL-7B-Instruct or InternVL2-8B (docs/training.md)",
+        flush=True,
+    )
     return 0
 
 

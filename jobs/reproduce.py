@@ -88,17 +88,32 @@ def check_grid(grid: GridConfig, pools: dict) -> None:
         if not p["d_know"] and {"MELLA", "know-only", "two-stage"} & set(grid.methods):
             raise console.UsageError(f"--data {grid.data} has no D_know training rows for {lang} (after the split)")
         if need_ling and not p["d_ling"]:
-            raise console.UsageError(f"--data {grid.data} has no D_ling training rows for {lang}: the methods "
-                                     f"{sorted(need_ling)} need d_ling/ (build_corpus.py --d-ling) or drop them "
-                                     "(methods=base,know-only sdrrl=false)")
+            raise console.UsageError(
+                f"--data {grid.data} has no D_ling training rows for {lang}: the methods "
+                f"{sorted(need_ling)} need d_ling/ (build_corpus.py --d-ling) or drop them "
+                "(methods=base,know-only sdrrl=false)"
+            )
     preflight.check_output(grid.output)
 
 
 def run_train(grid: GridConfig, cell: TrainCell, train_job) -> dict:
     """One jobs/train.py run; its summary goes to the cell's result.json (atomically) once it succeeded."""
     out = cell.dir(grid.output)
-    args = ["--data", str(grid.data), "--lang", cell.lang, "--backbone", cell.backbone,
-            "--model", str(grid.backbones[cell.backbone]), "--output", str(out), "--mix", cell.mix, "-q"]
+    args = [
+        "--data",
+        str(grid.data),
+        "--lang",
+        cell.lang,
+        "--backbone",
+        cell.backbone,
+        "--model",
+        str(grid.backbones[cell.backbone]),
+        "--output",
+        str(out),
+        "--mix",
+        cell.mix,
+        "-q",
+    ]
     args += [*_kv(grid.train), *cell.overrides(grid.sample_seed)]  # bare key=value settings (the jobs' grammar)
     t = time.monotonic()
     with _log_to(out / "train.log"):
@@ -123,20 +138,38 @@ def _adapter_dir(grid: GridConfig, cell: EvalCell) -> Path:
 def run_eval(grid: GridConfig, cell: EvalCell, eval_job) -> dict:
     """One jobs/evaluate.py run (Ray Data mode); its per-run scores go to the cell's result.json."""
     out = cell.dir(grid.output)
-    model = grid.backbones[cell.backbone] if cell.model == "base" else \
-        cell.trains[0].dir(grid.output) / "stage1_merged"
-    args = ["--data", str(grid.data), "--langs", ",".join(cell.langs), "--output", str(out), "--model", str(model),
-            "--adapters", str(_adapter_dir(grid, cell)), "--backbone", cell.backbone, "--seeds", str(cell.seed), "-q",
-            *_flags("--method", [f"{m}={t}" for m, t in cell.methods]),
-            *_kv({"backbone_label": cell.backbone, **grid.evaluate})]
+    model = grid.backbones[cell.backbone] if cell.model == "base" else cell.trains[0].dir(grid.output) / "stage1_merged"
+    args = [
+        "--data",
+        str(grid.data),
+        "--langs",
+        ",".join(cell.langs),
+        "--output",
+        str(out),
+        "--model",
+        str(model),
+        "--adapters",
+        str(_adapter_dir(grid, cell)),
+        "--backbone",
+        cell.backbone,
+        "--seeds",
+        str(cell.seed),
+        "-q",
+        *_flags("--method", [f"{m}={t}" for m, t in cell.methods]),
+        *_kv({"backbone_label": cell.backbone, **grid.evaluate}),
+    ]
     t = time.monotonic()
     with _log_to(out / "eval.log"):
         res = eval_job.main(args)
     if res["missing"]:
         raise RuntimeError(f"eval cell {cell.backbone}/{cell.key}: adapters not found: {res['missing']}")
     report = json.loads(Path(res["paths"]["json"]).read_text(encoding="utf-8"))
-    result = {"cell": {k: v for k, v in asdict(cell).items() if k != "trains"}, "seconds": round(time.monotonic() - t, 1),
-              "runs": report["runs"], "paths": res["paths"]}
+    result = {
+        "cell": {k: v for k, v in asdict(cell).items() if k != "trains"},
+        "seconds": round(time.monotonic() - t, 1),
+        "runs": report["runs"],
+        "paths": res["paths"],
+    }
     write_json_atomic(result, str(out / "result.json"))
     return result
 
@@ -152,8 +185,11 @@ def run_cells(grid: GridConfig, trains: list[TrainCell], evals: list[EvalCell]) 
     progress.start("cells", f"{len(todo)} to run, {stats['skipped']} finished before")
     try:
         for k, cell in enumerate(todo, 1):
-            label = f"{cell.backbone}/{cell.lang}/{cell.mix}-s{cell.seed}" if isinstance(cell, TrainCell) \
+            label = (
+                f"{cell.backbone}/{cell.lang}/{cell.mix}-s{cell.seed}"
+                if isinstance(cell, TrainCell)
                 else f"{cell.backbone}/eval/{cell.key}"
+            )
             progress.update(f"{k}/{len(todo)}: {label}")
             if read_result(cell.dir(grid.output)) is not None:  # finished meanwhile (another driver on the grid)
                 stats["skipped"] += 1
@@ -178,8 +214,16 @@ def write_tables(grid: GridConfig, trains, evals, pools: dict) -> dict:
         tmp = paths[key].with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, paths[key])
-    write_json_atomic({"grid": grid.model_dump(mode="json"), "pools": pools, "rows": rows, "missing": missing,
-                       "cells": {"train": len(trains), "eval": len(evals)}}, str(paths["json"]))
+    write_json_atomic(
+        {
+            "grid": grid.model_dump(mode="json"),
+            "pools": pools,
+            "rows": rows,
+            "missing": missing,
+            "cells": {"train": len(trains), "eval": len(evals)},
+        },
+        str(paths["json"]),
+    )
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -214,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(grid.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
         return 0
     if not Path(grid.data).is_dir() or not (Path(grid.data) / "d_know").is_dir():
-        raise console.UsageError(f"data {grid.data} holds no d_know/: run jobs/build_corpus.py --output {grid.data} first")
+        raise console.UsageError(
+            f"data {grid.data} holds no d_know/: run jobs/build_corpus.py --output {grid.data} first"
+        )
     preflight.check_langs(grid.langs)
     n_test = grid.train.get("n_test", 100)
     pools = training_pools(grid.data, grid.langs, n_test, grid.train.get("test_max_fraction", 0.2))
@@ -236,10 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_tables(grid, trains, evals, pools)
     print(Path(paths["markdown"]).read_text(encoding="utf-8"))
     wall = time.monotonic() - t0
-    write_json_atomic({**stats, "seconds": round(wall, 1), "cells": len(trains) + len(evals)},
-                      str(Path(grid.output) / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json"))
-    print(f"{len(trains)} train + {len(evals)} eval cells: {stats['ran']} ran, {stats['skipped']} skipped "
-          f"(finished before); {wall:.0f} s. Tables: {', '.join(paths.values())}")
+    write_json_atomic(
+        {**stats, "seconds": round(wall, 1), "cells": len(trains) + len(evals)},
+        str(Path(grid.output) / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json"),
+    )
+    print(
+        f"{len(trains)} train + {len(evals)} eval cells: {stats['ran']} ran, {stats['skipped']} skipped "
+        f"(finished before); {wall:.0f} s. Tables: {', '.join(paths.values())}"
+    )
     return 0
 
 

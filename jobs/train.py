@@ -27,8 +27,12 @@ from mella.models.hub import parse_hub_id
 
 #: config.json model_type → --backbone (Qwen2-VL; InternVL2 converted to the transformers -hf layout)
 MODEL_TYPES = {"qwen2_vl": "qwen2-vl", "internvl": "internvl2"}
-MIX_SOURCES = {"dual": ("d_know", "d_ling"), "know-only": ("d_know",), "ling-only": ("d_ling",),
-               "two-stage": ("d_know", "d_ling")}
+MIX_SOURCES = {
+    "dual": ("d_know", "d_ling"),
+    "know-only": ("d_know",),
+    "ling-only": ("d_ling",),
+    "two-stage": ("d_know", "d_ling"),
+}
 
 
 def _abs(path: str) -> str:
@@ -55,21 +59,29 @@ def check_inputs(cfg) -> None:
     sources = MIX_SOURCES[cfg.mix]
     present = {s: rows_per_lang(data, s) for s in sources}
     if not any(present.values()):
-        raise console.UsageError(f"--data {data} holds no {' or '.join(s + '/*.parquet' for s in sources)}: "
-                                 "give a build_corpus output directory")
+        raise console.UsageError(
+            f"--data {data} holds no {' or '.join(s + '/*.parquet' for s in sources)}: "
+            "give a build_corpus output directory"
+        )
     missing = [s for s in sources if not present[s].get(cfg.lang)]
     if cfg.mix in ("ling-only", "know-only", "two-stage") and missing:
         langs = sorted(set().union(*present.values()))
-        raise console.UsageError(f"--data {data} has no {'/'.join(missing)} rows for --lang {cfg.lang} (mix {cfg.mix}); "
-                                 f"languages present: {','.join(langs) or 'none'}")
+        raise console.UsageError(
+            f"--data {data} has no {'/'.join(missing)} rows for --lang {cfg.lang} (mix {cfg.mix}); "
+            f"languages present: {','.join(langs) or 'none'}"
+        )
     if len(missing) == len(sources):
         langs = sorted(set().union(*present.values()))
-        raise console.UsageError(f"--data {data} has no rows for --lang {cfg.lang}; languages present: {','.join(langs)}")
+        raise console.UsageError(
+            f"--data {data} has no rows for --lang {cfg.lang}; languages present: {','.join(langs)}"
+        )
     model_cfg = preflight.check_model_dir(cfg.model, "--model")
     kind = MODEL_TYPES.get(model_cfg.get("model_type"))
     if kind != cfg.backbone:
-        raise console.UsageError(f"--model {cfg.model} is a {model_cfg.get('model_type')!r} checkpoint, not {cfg.backbone}: "
-                                 f"pass the matching --backbone ({', '.join(f'{k} → {v}' for k, v in MODEL_TYPES.items())})")
+        raise console.UsageError(
+            f"--model {cfg.model} is a {model_cfg.get('model_type')!r} checkpoint, not {cfg.backbone}: "
+            f"pass the matching --backbone ({', '.join(f'{k} → {v}' for k, v in MODEL_TYPES.items())})"
+        )
     preflight.check_output(cfg.output)
 
 
@@ -78,8 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", required=True, help="corpus dir with d_know/*.parquet [and d_ling/*.parquet]")
     ap.add_argument("--lang", required=True)
     ap.add_argument("--backbone", choices=["qwen2-vl", "internvl2"], help="default: from the checkpoint's config.json")
-    ap.add_argument("--model", required=True,
-                    help="base model: a local HF checkpoint dir or a hub id org/name[@rev] (resolved via HF_HOME)")
+    ap.add_argument(
+        "--model",
+        required=True,
+        help="base model: a local HF checkpoint dir or a hub id org/name[@rev] (resolved via HF_HOME)",
+    )
     ap.add_argument("--output", required=True)
     ap.add_argument("--mix", choices=["dual", "ling-only", "know-only", "two-stage"])
     ap.add_argument("--deepspeed", choices=["zero2", "zero3"])
@@ -100,10 +115,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         # absolute: Ray Train workers do not run in this directory
-        cfg = TrainConfig.load(a.config, overrides, data=_abs(a.data), lang=a.lang, backbone=backbone, model=_abs(model),
-                               model_name=a.model,
-                               output=_abs(a.output), mix=a.mix, deepspeed=a.deepspeed, num_workers=a.num_workers,
-                               use_gpu=a.use_gpu)
+        cfg = TrainConfig.load(
+            a.config,
+            overrides,
+            data=_abs(a.data),
+            lang=a.lang,
+            backbone=backbone,
+            model=_abs(model),
+            model_name=a.model,
+            output=_abs(a.output),
+            mix=a.mix,
+            deepspeed=a.deepspeed,
+            num_workers=a.num_workers,
+            use_gpu=a.use_gpu,
+        )
     except ValueError as e:
         if type(e).__name__ == "ValidationError":
             raise
@@ -119,8 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     console.quiet_ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=a.ray_address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 **console.ray_init_kwargs())
+        ray.init(
+            address=a.ray_address or os.environ.get("RAY_ADDRESS") or "local",
+            include_dashboard=False,
+            **console.ray_init_kwargs(),
+        )
         console.quiet_ray()
     try:
         summary = train(cfg)

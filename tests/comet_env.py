@@ -23,11 +23,18 @@ from pathlib import Path
 
 COMET_VERSION = "2.2.7"
 # numpy<2 first (unbabel-comet's pin); the rest are unbabel-comet's own bounds made explicit so pip resolves fast
-REQUIREMENTS = ["numpy<2", f"unbabel-comet=={COMET_VERSION}", "transformers>=4.40,<5", "huggingface-hub<1",
-                "setuptools<81",  # pkg_resources: comet reads its own version with it (sparsemax_patch switch)
-                "sentencepiece==0.2.0"]  # its model_pb2 fits comet's protobuf 4 (the main venv's needs protobuf 5+)
-KEY = (f"unbabel-comet-{COMET_VERSION}-py{sys.version_info.major}{sys.version_info.minor}-"
-       + hashlib.sha1(" ".join(REQUIREMENTS).encode()).hexdigest()[:8])
+REQUIREMENTS = [
+    "numpy<2",
+    f"unbabel-comet=={COMET_VERSION}",
+    "transformers>=4.40,<5",
+    "huggingface-hub<1",
+    "setuptools<81",  # pkg_resources: comet reads its own version with it (sparsemax_patch switch)
+    "sentencepiece==0.2.0",
+]  # its model_pb2 fits comet's protobuf 4 (the main venv's needs protobuf 5+)
+KEY = (
+    f"unbabel-comet-{COMET_VERSION}-py{sys.version_info.major}{sys.version_info.minor}-"
+    + hashlib.sha1(" ".join(REQUIREMENTS).encode()).hexdigest()[:8]
+)
 
 
 def env_dir() -> Path:
@@ -47,13 +54,22 @@ def comet_python(timeout: float = 1200) -> Path:
         shutil.rmtree(d)
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, timeout=120)
-    site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        text=True).strip())
+    site = Path(
+        subprocess.check_output(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
     (site / "zz_mella_main_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # appended after its own
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
     env.pop("PYTHONPATH", None)
-    p = subprocess.run([str(py), "-m", "pip", "install", "-q", *REQUIREMENTS], env=env, capture_output=True, check=False,
-                       text=True, timeout=timeout)
+    p = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", *REQUIREMENTS],
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )
     if p.returncode != 0:
         raise RuntimeError(f"building {d} failed: " + " | ".join((p.stdout + p.stderr).strip().splitlines()[-5:]))
     (d / ".ok").write_text(f"built in {time.monotonic() - t0:.0f} s\n")

@@ -17,6 +17,7 @@ SHARED = Path(os.environ.get("MELLA_SHARED", ROOT.parent / "shared"))
 MINIWEB = SHARED / "miniweb"
 DEMO_WEB = ROOT / "demo_web"
 
+
 def job_env() -> dict[str, str]:
     """Environment of a job run as a subprocess: this interpreter's ``bin`` first on PATH (``python`` in a Ray
     job entrypoint must be it; CI runs .venv/bin/python without activating the venv), ``platform/`` on

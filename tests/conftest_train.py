@@ -55,10 +55,21 @@ def _record(r: dict, lang: str, text_column: str) -> dict:
     with Image.open(MINIWEB / r["img"]) as im:
         w, h, fmt = im.width, im.height, im.format
     page, img = f"http://miniweb.test/{r['page']}", f"http://miniweb.test/{r['img']}"
-    return {"id": record_id(lang, page, img), "lang": lang, "page_url": page, "image_url": img,
-            "alt_text": r["alt"] if text_column == "alt_text" else None, "text": r["alt"] if text_column == "text" else None,
-            "width": w, "height": h, "format": fmt, "image": r["data"], "image_bytes": len(r["data"]),
-            "sha256": r["sha256"], "source": "crawl"}
+    return {
+        "id": record_id(lang, page, img),
+        "lang": lang,
+        "page_url": page,
+        "image_url": img,
+        "alt_text": r["alt"] if text_column == "alt_text" else None,
+        "text": r["alt"] if text_column == "text" else None,
+        "width": w,
+        "height": h,
+        "format": fmt,
+        "image": r["data"],
+        "image_bytes": len(r["data"]),
+        "sha256": r["sha256"],
+        "source": "crawl",
+    }
 
 
 def write_corpus(root: Path, lang: str = "hu", n_know: int = 8, n_ling: int = 0) -> Path:
@@ -66,7 +77,7 @@ def write_corpus(root: Path, lang: str = "hu", n_know: int = 8, n_ling: int = 0)
     pairs = miniweb_pairs(lang)
     if n_know + n_ling > len(pairs):
         raise ValueError(f"miniweb has {len(pairs)} distinct {lang} images, asked for {n_know + n_ling}")
-    for sub, rows, col in (("d_know", pairs[:n_know], "alt_text"), ("d_ling", pairs[n_know:n_know + n_ling], "text")):
+    for sub, rows, col in (("d_know", pairs[:n_know], "alt_text"), ("d_ling", pairs[n_know : n_know + n_ling], "text")):
         if rows:
             (root / sub).mkdir(parents=True, exist_ok=True)
             pq.write_table(to_table([_record(r, lang, col) for r in rows]), root / sub / "part-0.parquet")

@@ -44,14 +44,17 @@ def _near(rows, drop_ids, value, pairs_fn, detail_fn):
         ks = [k for k in keys if k[0] == lang]
         i, j, d, extra = pairs_fn([imgs[k]["row"] for k in ks])
         idx = np.arange(len(i))
-        dropped = survivor.greedy_drops(i, j, idx, exempt=lambda s, t, ks=ks: _exempt(imgs[ks[s]]["apps"], imgs[ks[t]]["apps"]))
+        dropped = survivor.greedy_drops(
+            i, j, idx, exempt=lambda s, t, ks=ks: _exempt(imgs[ks[s]]["apps"], imgs[ks[t]]["apps"])
+        )
         for dd, (s, q) in dropped.items():
             out[ks[dd]] = detail_fn(d[q], extra[q], imgs[ks[s]]["row"]["image_url"])
     return out
 
 
-def reference_decisions(parts, exact_mode="image_text", with_d_ling=True, phash_bits=4, cos_thr=0.96,
-                        corr=0.95, corr_bits=10) -> dict:
+def reference_decisions(
+    parts, exact_mode="image_text", with_d_ling=True, phash_bits=4, cos_thr=0.96, corr=0.95, corr_bits=10
+) -> dict:
     rows = [r for p in parts for r in pq.read_table(p).drop_columns(["image"]).to_pylist() if r["reason"] is None]
     out = {}
     groups, images = {}, {}
@@ -87,7 +90,9 @@ def reference_decisions(parts, exact_mode="image_text", with_d_ling=True, phash_
             if r["id"] not in out and key in drops:
                 out[r["id"]] = (stage, reason, drops[key])
 
-    ph = _near(rows, set(out), "phash", ph_pairs, lambda d, _e, url: f"pHash distance {int(d)} <= {phash_bits} to {url}")
+    ph = _near(
+        rows, set(out), "phash", ph_pairs, lambda d, _e, url: f"pHash distance {int(d)} <= {phash_bits} to {url}"
+    )
     by_key(ph, "phash_dedup", "near_duplicate")
 
     def cos_pairs(rs):

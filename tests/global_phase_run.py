@@ -12,12 +12,16 @@ from mella.stages.dedup.phash import PhashConfig, PhashDedupStage
 from mella.stages.dedup.semantic import SemanticDedupConfig, SemanticDedupStage
 
 
-def find_global_phase(parts: list[str], work: str, semantic: SemanticDedupConfig | None = None,
-                      on_stage=None) -> list[tuple[str, str]]:
+def find_global_phase(
+    parts: list[str], work: str, semantic: SemanticDedupConfig | None = None, on_stage=None
+) -> list[tuple[str, str]]:
     """Find every dedup stage's decisions into ``work/decisions``, in plan order; ``[(stage, decisions path)]``.
     ``on_stage(name)``, if given, is called as each stage ends (the benchmark's per-stage driver peaks)."""
-    stages = [ExactDedupStage("image_text", with_d_ling=True), PhashDedupStage(PhashConfig()),
-              SemanticDedupStage(semantic or SemanticDedupConfig())]
+    stages = [
+        ExactDedupStage("image_text", with_d_ling=True),
+        PhashDedupStage(PhashConfig()),
+        SemanticDedupStage(semantic or SemanticDedupConfig()),
+    ]
     upstream: dict[str, str] = {}
     for st in stages:
         path = os.path.join(work, "decisions", f"{st.name}.parquet")

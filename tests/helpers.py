@@ -75,10 +75,15 @@ def decisions(out_dir) -> list[str]:
     """
     lines = []
     for r in read_dir(os.path.join(str(out_dir), "d_know"), ["lang", "page_url", "image_url"]):
-        lines.append("\t".join(["kept", "", r["lang"] or "", path_of(r["page_url"]) or "", path_of(r["image_url"]) or ""]))
+        lines.append(
+            "\t".join(["kept", "", r["lang"] or "", path_of(r["page_url"]) or "", path_of(r["image_url"]) or ""])
+        )
     for r in read_dir(os.path.join(str(out_dir), "rejects"), ["stage", "reason", "lang", "page_url", "image_url"]):
-        lines.append("\t".join([r["stage"], r["reason"], r["lang"] or "", path_of(r["page_url"]) or "",
-                                path_of(r["image_url"]) or ""]))
+        lines.append(
+            "\t".join(
+                [r["stage"], r["reason"], r["lang"] or "", path_of(r["page_url"]) or "", path_of(r["image_url"]) or ""]
+            )
+        )
     return sorted(lines)
 
 

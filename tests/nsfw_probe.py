@@ -59,8 +59,9 @@ def png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def search(seed: int = 0, iterations: int = 60, population: int = 16, sigma: float = 8.0, lr: float = 6.0,
-           target: float = 0.95):
+def search(
+    seed: int = 0, iterations: int = 60, population: int = 16, sigma: float = 8.0, lr: float = 6.0, target: float = 0.95
+):
     """NES (natural-evolution-strategy gradient estimate, antithetic Gaussian samples; Ilyas et al.
     2018's black-box attack) with signed steps on the grid, maximising logit P(nsfw) of the real model.
 

@@ -37,8 +37,6 @@ def make_adapters(base: Path, root: Path, names: list[str], rank: int = 4) -> di
     return out
 
 
-
-
 def data_url(path: Path | bytes, mime: str = "image/png") -> str:
     """``data:<mime>;base64,...`` of a file (or bytes)."""
     data = path if isinstance(path, bytes) else Path(path).read_bytes()
@@ -58,8 +56,7 @@ def serving(args: dict, env: dict | None = None, app_name: str = "mella"):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(application(args, runtime_env={"env_vars": env} if env else None), name=app_name,
-                  route_prefix="/")
+        serve.run(application(args, runtime_env={"env_vars": env} if env else None), name=app_name, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()

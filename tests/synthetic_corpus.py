@@ -51,17 +51,44 @@ def image_pool(n: int = 32, size: tuple[int, int] = (320, 240)) -> list[bytes]:
 
 
 def _row(lang: str, k: int, img: bytes, prefix: str) -> dict:
-    page, url = f"https://{lang}.example.org/{prefix}/page{k // 4}.html", f"https://{lang}.example.org/{prefix}/img{k}.jpg"
-    return {"id": record_id(lang, page, url), "lang": lang, "page_url": page, "image_url": url, "alt_text": ALT[lang],
-            "page_lang": f"html:{lang}", "width": 320, "height": 240, "format": "JPEG", "image": img,
-            "image_bytes": len(img), "sha256": hashlib.sha256(img).hexdigest(), "pixel_sha256": f"{k:064x}",
-            "lid_lang": lang, "lid_prob": 0.9, "source": "crawl", "phash": f"{k:016x}", "nsfw_score": 0.01,
-            "category": "screenshot_ui", "category_major": "information_technology",
-            "fetched_at": datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)}
+    page, url = (
+        f"https://{lang}.example.org/{prefix}/page{k // 4}.html",
+        f"https://{lang}.example.org/{prefix}/img{k}.jpg",
+    )
+    return {
+        "id": record_id(lang, page, url),
+        "lang": lang,
+        "page_url": page,
+        "image_url": url,
+        "alt_text": ALT[lang],
+        "page_lang": f"html:{lang}",
+        "width": 320,
+        "height": 240,
+        "format": "JPEG",
+        "image": img,
+        "image_bytes": len(img),
+        "sha256": hashlib.sha256(img).hexdigest(),
+        "pixel_sha256": f"{k:064x}",
+        "lid_lang": lang,
+        "lid_prob": 0.9,
+        "source": "crawl",
+        "phash": f"{k:016x}",
+        "nsfw_score": 0.01,
+        "category": "screenshot_ui",
+        "category_major": "information_technology",
+        "fetched_at": datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc),
+    }
 
 
-def write_corpus(out_dir: str, know_per_lang: dict[str, int], ling_per_lang: dict[str, int] | None = None,
-                 rows_per_file: int = 5000, near_dups: int = 0, rejects_per_reason: int = 0, pool: int = 32) -> dict:
+def write_corpus(
+    out_dir: str,
+    know_per_lang: dict[str, int],
+    ling_per_lang: dict[str, int] | None = None,
+    rows_per_file: int = 5000,
+    near_dups: int = 0,
+    rejects_per_reason: int = 0,
+    pool: int = 32,
+) -> dict:
     """Write ``out_dir/{d_know,d_ling,rejects}/part-*.parquet``; return the exact counts written.
 
     Rows of all languages are interleaved across files (as the build writes them). ``near_dups``: per
@@ -70,32 +97,64 @@ def write_corpus(out_dir: str, know_per_lang: dict[str, int], ling_per_lang: dic
     """
     imgs = image_pool(pool)
     counts = {"d_know": dict(know_per_lang), "d_ling": dict(ling_per_lang or {}), "rejects": {}}
-    for name, per_lang, schema in (("d_know", know_per_lang, RECORD_SCHEMA), ("d_ling", ling_per_lang or {}, RECORD_SCHEMA)):
+    for name, per_lang, schema in (
+        ("d_know", know_per_lang, RECORD_SCHEMA),
+        ("d_ling", ling_per_lang or {}, RECORD_SCHEMA),
+    ):
         os.makedirs(os.path.join(out_dir, name), exist_ok=True)
         order = [(lang, k) for k in range(max(per_lang.values(), default=0)) for lang in per_lang if k < per_lang[lang]]
         for f, start in enumerate(range(0, len(order), rows_per_file)):
             rows = []
-            for i, (lang, k) in enumerate(order[start:start + rows_per_file], start):
+            for i, (lang, k) in enumerate(order[start : start + rows_per_file], start):
                 r = _row(lang, k, imgs[i % pool], name)
                 if name == "d_ling":
-                    r.update(alt_text="", caption_en=f"A screenshot of an installer dialog, number {k}.", text=ALT[lang],
-                             mt_backend="nllb:nllb-200-distilled-600M", qe_score=0.81, d_ling_reason="alt_text:alt_empty")
+                    r.update(
+                        alt_text="",
+                        caption_en=f"A screenshot of an installer dialog, number {k}.",
+                        text=ALT[lang],
+                        mt_backend="nllb:nllb-200-distilled-600M",
+                        qe_score=0.81,
+                        d_ling_reason="alt_text:alt_empty",
+                    )
                 rows.append(r)
             write_parquet_atomic(to_table(rows, schema), os.path.join(out_dir, name, f"part-{f:05d}.parquet"))
     rejects = []
     for lang in know_per_lang:
         for k in range(min(near_dups, know_per_lang[lang])):
             kept = _row(lang, k, imgs[k % pool], "d_know")
-            for stage, reason, detail in (("phash_dedup", "near_duplicate", f"pHash distance 3 <= 4 to {kept['image_url']}"),
-                                          ("semantic_dedup", "semantic_duplicate", f"cosine 0.9712 >= 0.96 to {kept['image_url']}")):
+            for stage, reason, detail in (
+                ("phash_dedup", "near_duplicate", f"pHash distance 3 <= 4 to {kept['image_url']}"),
+                ("semantic_dedup", "semantic_duplicate", f"cosine 0.9712 >= 0.96 to {kept['image_url']}"),
+            ):
                 r = _row(lang, k, imgs[k % pool], f"dup-{stage}")
                 rejects.append({**r, "image": None, "stage": stage, "reason": reason, "detail": detail})
         for k in range(rejects_per_reason):
             r = _row(lang, k, imgs[k % pool], "rej")
-            rejects.append({**r, "image": None, "alt_text": "", "width": None, "height": None, "stage": "alt_text",
-                            "reason": "alt_empty", "detail": "", "id": record_id(lang, r["page_url"], r["image_url"] + "#a")})
-            rejects.append({**r, "image": None, "width": 200, "height": 150, "stage": "resolution", "reason": "too_small",
-                            "detail": "200x150 px, need both > 256", "id": record_id(lang, r["page_url"], r["image_url"] + "#s")})
+            rejects.append(
+                {
+                    **r,
+                    "image": None,
+                    "alt_text": "",
+                    "width": None,
+                    "height": None,
+                    "stage": "alt_text",
+                    "reason": "alt_empty",
+                    "detail": "",
+                    "id": record_id(lang, r["page_url"], r["image_url"] + "#a"),
+                }
+            )
+            rejects.append(
+                {
+                    **r,
+                    "image": None,
+                    "width": 200,
+                    "height": 150,
+                    "stage": "resolution",
+                    "reason": "too_small",
+                    "detail": "200x150 px, need both > 256",
+                    "id": record_id(lang, r["page_url"], r["image_url"] + "#s"),
+                }
+            )
     if rejects:
         os.makedirs(os.path.join(out_dir, "rejects"), exist_ok=True)
         write_parquet_atomic(to_table(rejects, REJECT_SCHEMA), os.path.join(out_dir, "rejects", "part-00000.parquet"))

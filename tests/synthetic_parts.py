@@ -48,10 +48,22 @@ def make_parts(out_dir: str, n: int, n_parts: int = 8, dim: int = 1280, seed: in
         return unit(np.random.default_rng((seed, i)).standard_normal(dim))
 
     def row(lang, page, url, pixel, phash, emb, alt, w=800, h=600, routed=False):
-        r = {"id": record_id(lang, page, url), "lang": lang, "page_url": page, "image_url": url, "source": "warc",
-             "alt_text": None if routed else alt, "pixel_sha256": pixel, "phash": f"{phash:016x}",
-             "embedding": emb, "width": w, "height": h, "image_bytes": w * h // 10,
-             "image": b"\x89PNG" + pixel[:28].encode(), "d_ling_reason": "alt_text:alt_empty" if routed else None}
+        r = {
+            "id": record_id(lang, page, url),
+            "lang": lang,
+            "page_url": page,
+            "image_url": url,
+            "source": "warc",
+            "alt_text": None if routed else alt,
+            "pixel_sha256": pixel,
+            "phash": f"{phash:016x}",
+            "embedding": emb,
+            "width": w,
+            "height": h,
+            "image_bytes": w * h // 10,
+            "image": b"\x89PNG" + pixel[:28].encode(),
+            "d_ling_reason": "alt_text:alt_empty" if routed else None,
+        }
         rows.append(r)
         return r
 
@@ -60,8 +72,16 @@ def make_parts(out_dir: str, n: int, n_parts: int = 8, dim: int = 1280, seed: in
         lang = LANGS[i % 2]
         ph = int(rng.integers(0, 2**63, dtype=np.int64)) << 1 | int(rng.integers(0, 2))
         emb = ("base", i)
-        r = row(lang, f"http://site{i % 997}.example/p{i}.html", f"http://site{i % 997}.example/img{i}.png",
-                _sha(f"img{i}"), ph, emb, f"kép {i} leírása", routed=(i % 20 == 7))
+        r = row(
+            lang,
+            f"http://site{i % 997}.example/p{i}.html",
+            f"http://site{i % 997}.example/img{i}.png",
+            _sha(f"img{i}"),
+            ph,
+            emb,
+            f"kép {i} leírása",
+            routed=(i % 20 == 7),
+        )
         base.append((r, ph, emb))
     k = 0
     for kind in ("exact", "phash", "semantic"):
@@ -72,15 +92,35 @@ def make_parts(out_dir: str, n: int, n_parts: int = 8, dim: int = 1280, seed: in
             r["_copied"] = True
             page = f"http://mirror{k % 50}.example/q{k}.html"
             if kind == "exact":
-                c = row(r["lang"], page, r["image_url"].replace("img", "copy"), r["pixel_sha256"], ph, emb, r["alt_text"])
+                c = row(
+                    r["lang"], page, r["image_url"].replace("img", "copy"), r["pixel_sha256"], ph, emb, r["alt_text"]
+                )
             elif kind == "phash":
                 flip = (1 << int(rng.integers(0, 32))) | (1 << int(rng.integers(32, 64)))
-                c = row(r["lang"], page, f"http://mirror.example/ph{k}.jpg", _sha(f"ph{k}"), ph ^ flip,
-                        ("rand", k), r["alt_text"], 720, 540)
+                c = row(
+                    r["lang"],
+                    page,
+                    f"http://mirror.example/ph{k}.jpg",
+                    _sha(f"ph{k}"),
+                    ph ^ flip,
+                    ("rand", k),
+                    r["alt_text"],
+                    720,
+                    540,
+                )
             else:
                 far = int(rng.integers(0, 2**63, dtype=np.int64))
-                c = row(r["lang"], page, f"http://mirror.example/se{k}.jpg", _sha(f"se{k}"), far,
-                        ("near", emb[1], k), r["alt_text"], 720, 540)
+                c = row(
+                    r["lang"],
+                    page,
+                    f"http://mirror.example/se{k}.jpg",
+                    _sha(f"se{k}"),
+                    far,
+                    ("near", emb[1], k),
+                    r["alt_text"],
+                    720,
+                    540,
+                )
             planted[c["id"]] = (kind, r["id"])
             k += 1
     for s in range(max(2, n // 1000)):  # same page: same alt → a duplicate; another alt → kept
@@ -89,12 +129,22 @@ def make_parts(out_dir: str, n: int, n_parts: int = 8, dim: int = 1280, seed: in
             continue
         r["_copied"] = True
         same = s % 2 == 0
-        c = row(r["lang"], r["page_url"], f"{r['image_url']}.thumb{s}.jpg", _sha(f"th{s}"), ph ^ 0b11,
-                ("rand", 10**9 + s), r["alt_text"] if same else f"{r['alt_text']} — részlet", 400, 300)
+        c = row(
+            r["lang"],
+            r["page_url"],
+            f"{r['image_url']}.thumb{s}.jpg",
+            _sha(f"th{s}"),
+            ph ^ 0b11,
+            ("rand", 10**9 + s),
+            r["alt_text"] if same else f"{r['alt_text']} — részlet",
+            400,
+            300,
+        )
         if same:
             planted[c["id"]] = ("phash", r["id"])
         else:
             kept_same_page.append(c["id"])
+
     def embedding(recipe):
         if recipe[0] == "base":
             return vec(recipe[1])
@@ -108,8 +158,12 @@ def make_parts(out_dir: str, n: int, n_parts: int = 8, dim: int = 1280, seed: in
         path = os.path.join(out_dir, f"part-{p:04d}.parquet")
         part_rows = [{k: v for k, v in rows[i].items() if k not in ("_copied", "embedding")} for i in chunk]
         t = to_table(part_rows, REJECT_SCHEMA)
-        emb = np.stack([embedding(rows[i]["embedding"]) for i in chunk]) if len(chunk) else np.zeros((0, dim), np.float32)
-        col = pa.ListArray.from_arrays(pa.array(np.arange(0, emb.size + 1, dim, dtype=np.int32)), pa.array(emb.reshape(-1)))
+        emb = (
+            np.stack([embedding(rows[i]["embedding"]) for i in chunk]) if len(chunk) else np.zeros((0, dim), np.float32)
+        )
+        col = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, emb.size + 1, dim, dtype=np.int32)), pa.array(emb.reshape(-1))
+        )
         t = t.set_column(t.schema.get_field_index("embedding"), "embedding", col)
         pq.write_table(t, path)
         paths.append(path)

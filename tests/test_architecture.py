@@ -60,7 +60,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[m] = 1
         for d in sorted(graph.get(m, ())):
             if state.get(d) == 1:
-                return path[path.index(d):] + [d]
+                return path[path.index(d) :] + [d]
             if d not in state and (c := visit(d, path + [d])):
                 return c
         state[m] = 2
@@ -100,9 +100,14 @@ def test_card_lists_the_stages_of_the_build_in_plan_order():
     hand: a stage left out of the plan is not described, a user's stage is named with its reasons."""
     from mella.dataset_card import filter_steps
 
-    funnel = {"stages": [{"stage": "extract", "reasons": {}}, {"stage": "langid", "reasons": {}},
-                         {"stage": "alt_text", "reasons": {}},
-                         {"stage": "alt_min_words", "reasons": {"too_few_words": 3}}]}
+    funnel = {
+        "stages": [
+            {"stage": "extract", "reasons": {}},
+            {"stage": "langid", "reasons": {}},
+            {"stage": "alt_text", "reasons": {}},
+            {"stage": "alt_min_words", "reasons": {"too_few_words": 3}},
+        ]
+    }
     lines = filter_steps(funnel)
     assert [ln.split(".", 1)[0] for ln in lines] == ["1", "2", "3", "4"]
     assert "language" in lines[1] and "boilerplate" in lines[2]

@@ -91,8 +91,22 @@ def test_output_schema_and_datasets_loading(miniweb_run):
     ds = datasets.load_dataset("parquet", data_files=files, split="train")
     assert len(ds) == miniweb_run["funnel"]["d_know_total"]
     row = ds[0]
-    for col in ("id", "lang", "page_url", "image_url", "alt_text", "width", "height", "format", "image",
-                "sha256", "lid_lang", "lid_prob", "source", "fetched_at"):
+    for col in (
+        "id",
+        "lang",
+        "page_url",
+        "image_url",
+        "alt_text",
+        "width",
+        "height",
+        "format",
+        "image",
+        "sha256",
+        "lid_lang",
+        "lid_prob",
+        "source",
+        "fetched_at",
+    ):
         assert col in row
     assert row["width"] > 256 and row["height"] > 256 and row["source"] == "crawl"
     funnel = json.loads((out / "funnel.json").read_text())
@@ -119,12 +133,15 @@ def test_warc_replay_offline_matches_live_crawl(miniweb_run, tmp_path):
     funnel = build(tmp_path / "out", warc=[warc], offline=True, models=True)
     replay = pair_keys(tmp_path / "out")
     assert replay and funnel["d_know_total"] == len(replay)
-    pages = {k[1] for k in replay} | {path_of(r["page_url"]) for r in read_dir(tmp_path / "out" / "rejects", ["page_url"])}
+    pages = {k[1] for k in replay} | {
+        path_of(r["page_url"]) for r in read_dir(tmp_path / "out" / "rejects", ["page_url"])
+    }
     live = {k for k in pair_keys(miniweb_run["out"]) if k[1] in pages}
     assert replay <= live
     # live rows the replay lacks are exactly those whose image the capture did not record
-    missing_images = {path_of(r["image_url"]) for r in read_dir(tmp_path / "out" / "rejects")
-                      if r["reason"] == "not_in_warc"}
+    missing_images = {
+        path_of(r["image_url"]) for r in read_dir(tmp_path / "out" / "rejects") if r["reason"] == "not_in_warc"
+    }
     assert {k[2] for k in live - replay} <= missing_images
     assert all(r["source"] == "warc" for r in read_dir(tmp_path / "out" / "d_know", ["source"]))
 

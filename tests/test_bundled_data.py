@@ -27,8 +27,11 @@ def tsv(path: Path) -> list[dict]:
 
 
 def content_files() -> list[str]:
-    return sorted(p.relative_to(DEMO).as_posix() for p in DEMO.rglob("*") if p.is_file()
-                  and p.relative_to(DEMO).as_posix() not in META)
+    return sorted(
+        p.relative_to(DEMO).as_posix()
+        for p in DEMO.rglob("*")
+        if p.is_file() and p.relative_to(DEMO).as_posix() not in META
+    )
 
 
 def local_images(page: str, root: Path) -> set[str]:

@@ -29,10 +29,18 @@ from mella.warc import iter_responses
 CC_WARC = MINIWEB / "warc" / "cc-sample-resiliparse.warc.gz"
 CC_NAME = "crawl-data/CC-MAIN-2024-42/segments/1/warc/CC-MAIN-sample-00000.warc.gz"
 #: Common Crawl's column types (cc-index-table's schema: fetch_status SMALLINT, offsets and lengths INT)
-INDEX_SCHEMA = pa.schema([("url", pa.string()), ("url_host_name", pa.string()), ("fetch_status", pa.int16()),
-                          ("content_mime_detected", pa.string()), ("content_languages", pa.string()),
-                          ("warc_filename", pa.string()), ("warc_record_offset", pa.int32()),
-                          ("warc_record_length", pa.int32())])
+INDEX_SCHEMA = pa.schema(
+    [
+        ("url", pa.string()),
+        ("url_host_name", pa.string()),
+        ("fetch_status", pa.int16()),
+        ("content_mime_detected", pa.string()),
+        ("content_languages", pa.string()),
+        ("warc_filename", pa.string()),
+        ("warc_record_offset", pa.int32()),
+        ("warc_record_length", pa.int32()),
+    ]
+)
 
 pytestmark = pytest.mark.skipif(not CC_WARC.exists(), reason=f"{CC_WARC} not present")
 
@@ -47,9 +55,19 @@ def cc(tmp_path):
     shutil.copy(CC_WARC, served / CC_NAME)
     recs = list(iter_responses(str(served / CC_NAME)))
     langs = ["hun", "tha,eng", "eng,hun"]
-    rows = [{"url": r.url, "url_host_name": "h", "fetch_status": r.status, "content_mime_detected": "text/html",
-             "content_languages": langs[i % 3], "warc_filename": CC_NAME, "warc_record_offset": r.offset,
-             "warc_record_length": r.length} for i, r in enumerate(recs)]
+    rows = [
+        {
+            "url": r.url,
+            "url_host_name": "h",
+            "fetch_status": r.status,
+            "content_mime_detected": "text/html",
+            "content_languages": langs[i % 3],
+            "warc_filename": CC_NAME,
+            "warc_record_offset": r.offset,
+            "warc_record_length": r.length,
+        }
+        for i, r in enumerate(recs)
+    ]
     rows.append({**rows[0], "fetch_status": 404, "url": "http://x.example/404"})
     rows.append({**rows[0], "content_mime_detected": "image/png", "url": "http://x.example/a.png"})
     index = tmp_path / "index" / "part-00000.parquet"
@@ -67,7 +85,9 @@ def test_select_keeps_status_200_html_of_a_primary_target_language(cc):
     want = {r.url for i, r in enumerate(cc["recs"]) if i % 3 in (0, 1)}
     assert set(table.column("url").to_pylist()) == want and table.num_rows == len(want)
     assert set(table.column("lang").to_pylist()) == {"hu", "th"}
-    assert select_pages(open_index(cc["index"]), ["hu"]).num_rows == len([i for i in range(len(cc["recs"])) if i % 3 == 0])
+    assert select_pages(open_index(cc["index"]), ["hu"]).num_rows == len(
+        [i for i in range(len(cc["recs"])) if i % 3 == 0]
+    )
 
 
 def test_materialise_copies_records_by_range_and_rows_carry_common_crawls_provenance(cc, tmp_path):
@@ -94,7 +114,7 @@ def test_materialise_copies_records_by_range_and_rows_carry_common_crawls_proven
     assert rows and {r["warc_filename"] for r in rows} == {CC_NAME}
     raw = (cc["served"] / CC_NAME).read_bytes()
     for r in rows:
-        rec = gzip.decompress(raw[r["warc_record_offset"]: r["warc_record_offset"] + r["warc_record_length"]])
+        rec = gzip.decompress(raw[r["warc_record_offset"] : r["warc_record_offset"] + r["warc_record_length"]])
         assert f"WARC-Target-URI: {r['page_url']}".encode() in rec
     (page_stats,) = [json.loads(p.read_text()) for p in stats.glob("pages-*.json")]
     assert page_stats["pages_in"] == len(wanted)
@@ -133,9 +153,19 @@ def test_cc_index_build_end_to_end_and_rerun_without_requests(tmp_path, ray_sess
         shutil.copy(warc, served / CC_NAME)
         recs = [r for r in iter_responses(str(served / CC_NAME)) if r.status == 200 and r.content_type == "text/html"]
         lang3 = {"/hu/": "hun", "/cs/": "ces"}
-        rows = [{"url": r.url, "url_host_name": "127.0.0.1", "fetch_status": 200, "content_mime_detected": "text/html",
-                 "content_languages": next(v for k, v in lang3.items() if k in r.url), "warc_filename": CC_NAME,
-                 "warc_record_offset": r.offset, "warc_record_length": r.length} for r in recs]
+        rows = [
+            {
+                "url": r.url,
+                "url_host_name": "127.0.0.1",
+                "fetch_status": 200,
+                "content_mime_detected": "text/html",
+                "content_languages": next(v for k, v in lang3.items() if k in r.url),
+                "warc_filename": CC_NAME,
+                "warc_record_offset": r.offset,
+                "warc_record_length": r.length,
+            }
+            for r in recs
+        ]
         index = tmp_path / "index.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), index)
         out = tmp_path / "out"
@@ -147,12 +177,22 @@ def test_cc_index_build_end_to_end_and_rerun_without_requests(tmp_path, ray_sess
                 runs = []
                 for _ in range(2):
                     before = sum(site.hits.values()) + sum(ranges.hits.values())
-                    job = BuildConfig.model_validate({"output": str(out), "langs": ["hu"], "crawl": {
-                        "allow_private_hosts": ["127.0.0.1"], "politeness_delay_s": 0.0}})
+                    job = BuildConfig.model_validate(
+                        {
+                            "output": str(out),
+                            "langs": ["hu"],
+                            "crawl": {"allow_private_hosts": ["127.0.0.1"], "politeness_delay_s": 0.0},
+                        }
+                    )
                     job = build_corpus.common_crawl_pages(str(index), job)
                     funnel = build(out, warc=job.warc, crawl={"politeness_delay_s": 0.0}, langs=["hu"])
-                    runs.append((funnel, sum(site.hits.values()) + sum(ranges.hits.values()) - before,
-                                 sorted(r["id"] for r in read_dir(out / "d_know"))))
+                    runs.append(
+                        (
+                            funnel,
+                            sum(site.hits.values()) + sum(ranges.hits.values()) - before,
+                            sorted(r["id"] for r in read_dir(out / "d_know")),
+                        )
+                    )
             finally:
                 os.environ.pop("MELLA_CC_BASE_URL", None)
     (f1, requests1, ids1), (f2, requests2, ids2) = runs

@@ -27,8 +27,9 @@ def _env() -> dict:
 
 
 def _run(job: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, str(ROOT / "jobs" / job), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [PY, str(ROOT / "jobs" / job), *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=180
+    )
 
 
 def _assert_clean_failure(proc: subprocess.CompletedProcess, out: Path, *needles: str) -> None:
@@ -44,8 +45,14 @@ def _assert_clean_failure(proc: subprocess.CompletedProcess, out: Path, *needles
 
 def _corpus(root: Path) -> Path:
     """A one-row D_know corpus (hu) in the build_corpus layout."""
-    row = {"id": record_id("hu", "http://x.test/p", "http://x.test/i.png"), "lang": "hu", "page_url": "http://x.test/p",
-           "image_url": "http://x.test/i.png", "alt_text": "Egy kép", "source": "crawl"}
+    row = {
+        "id": record_id("hu", "http://x.test/p", "http://x.test/i.png"),
+        "lang": "hu",
+        "page_url": "http://x.test/p",
+        "image_url": "http://x.test/i.png",
+        "alt_text": "Egy kép",
+        "source": "crawl",
+    }
     (root / "d_know").mkdir(parents=True)
     pq.write_table(to_table([row]), root / "d_know" / "part-0.parquet")
     return root
@@ -81,8 +88,18 @@ def test_warc_glob_matching_nothing(tmp_path):
 
 def test_unknown_language(tmp_path):
     out = tmp_path / "out"
-    proc = _run("build_corpus.py", "--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", "http://127.0.0.1:1",
-                "--langs", "hu,xx", "--output", str(out), cwd=tmp_path)
+    proc = _run(
+        "build_corpus.py",
+        "--seeds",
+        str(DEMO_WEB / "seeds.txt"),
+        "--base-url",
+        "http://127.0.0.1:1",
+        "--langs",
+        "hu,xx",
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "xx", "Add a language")
 
 
@@ -95,8 +112,19 @@ def test_d_ling_without_caption_model(tmp_path):
 
 def test_d_ling_caption_model_missing(tmp_path):
     out = tmp_path / "out"
-    proc = _run("build_corpus.py", "--d-ling", "--caption-model", str(tmp_path / "qwen"), "--mt-backend", "mllm",
-                "--demo-port", str(free_port()), "--output", str(out), cwd=tmp_path)
+    proc = _run(
+        "build_corpus.py",
+        "--d-ling",
+        "--caption-model",
+        str(tmp_path / "qwen"),
+        "--mt-backend",
+        "mllm",
+        "--demo-port",
+        str(free_port()),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "--caption-model", "does not exist")
 
 
@@ -112,8 +140,16 @@ def test_stage_flag_lands_in_the_config_and_the_plan(tmp_path):
 
     from mella.plan import build_plan, stage_names
 
-    args, rest = build_corpus.parse_args(["--seeds", str(DEMO_WEB / "seeds.txt"), "--output", str(tmp_path / "out"),
-                                          "--stage", "test_user_stage:AspectRatioFilter@resolution"])
+    args, rest = build_corpus.parse_args(
+        [
+            "--seeds",
+            str(DEMO_WEB / "seeds.txt"),
+            "--output",
+            str(tmp_path / "out"),
+            "--stage",
+            "test_user_stage:AspectRatioFilter@resolution",
+        ]
+    )
     cfg = build_corpus.build_config(args, rest)
     assert cfg.stages.extra == ["test_user_stage:AspectRatioFilter@resolution"]
     plan = build_plan(cfg)
@@ -124,8 +160,18 @@ def test_stage_flag_lands_in_the_config_and_the_plan(tmp_path):
 
 def test_stage_flag_unknown_module(tmp_path):
     out = tmp_path / "out"
-    proc = _run("build_corpus.py", "--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", "http://127.0.0.1:1",
-                "--stage", "nosuch.mod:X", "--output", str(out), cwd=tmp_path)
+    proc = _run(
+        "build_corpus.py",
+        "--seeds",
+        str(DEMO_WEB / "seeds.txt"),
+        "--base-url",
+        "http://127.0.0.1:1",
+        "--stage",
+        "nosuch.mod:X",
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "nosuch.mod", "--stage")
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -136,12 +182,29 @@ def test_plan_that_cannot_be_scheduled_is_refused_before_ray(tmp_path):
     to shrink, exit 2 (no RAY_ADDRESS here: a check that let the plan through would start a local Ray and build)."""
     out = tmp_path / "out"
     env = {k: v for k, v in job_env().items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([PY, str(ROOT / "jobs" / "build_corpus.py"), "--seeds", str(DEMO_WEB / "seeds.txt"),
-                           "--base-url", "http://127.0.0.1:1", "--output", str(out), "--num-cpus", "2",
-                           "ray.image_pool.pool_size=4"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=180)
-    _assert_clean_failure(proc, out, "cannot run", "needs 2.5 CPUs", "ImageStages 4 x 0.25",
-                          "shrink ray.image_pool.pool_size to 2")
+    proc = subprocess.run(
+        [
+            PY,
+            str(ROOT / "jobs" / "build_corpus.py"),
+            "--seeds",
+            str(DEMO_WEB / "seeds.txt"),
+            "--base-url",
+            "http://127.0.0.1:1",
+            "--output",
+            str(out),
+            "--num-cpus",
+            "2",
+            "ray.image_pool.pool_size=4",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    _assert_clean_failure(
+        proc, out, "cannot run", "needs 2.5 CPUs", "ImageStages 4 x 0.25", "shrink ray.image_pool.pool_size to 2"
+    )
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -160,8 +223,18 @@ def test_demo_port_busy(tmp_path):
 def test_train_model_path_missing(tmp_path):
     data = _corpus(tmp_path / "corpus")
     out = tmp_path / "train"
-    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", str(tmp_path / "nonexistent"),
-                "--output", str(out), cwd=tmp_path)
+    proc = _run(
+        "train.py",
+        "--data",
+        str(data),
+        "--lang",
+        "hu",
+        "--model",
+        str(tmp_path / "nonexistent"),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "--model", "does not exist", "make_tiny_model.py")
 
 
@@ -169,8 +242,20 @@ def test_train_model_dir_without_config(tmp_path):
     data = _corpus(tmp_path / "corpus")
     (tmp_path / "empty").mkdir()
     out = tmp_path / "train"
-    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--backbone", "qwen2-vl", "--model",
-                str(tmp_path / "empty"), "--output", str(out), cwd=tmp_path)
+    proc = _run(
+        "train.py",
+        "--data",
+        str(data),
+        "--lang",
+        "hu",
+        "--backbone",
+        "qwen2-vl",
+        "--model",
+        str(tmp_path / "empty"),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "holds no config.json")
 
 
@@ -182,8 +267,9 @@ def test_train_model_dir_without_weights(tmp_path):
     (model / "config.json").write_text('{"model_type": "qwen2_vl"}')
     (model / "tokenizer.json").write_text("{}")
     out = tmp_path / "train"
-    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", str(model), "--output", str(out),
-                cwd=tmp_path)
+    proc = _run(
+        "train.py", "--data", str(data), "--lang", "hu", "--model", str(model), "--output", str(out), cwd=tmp_path
+    )
     _assert_clean_failure(proc, out, "has a config.json but no weights", "*.safetensors")
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -194,8 +280,9 @@ def test_evaluate_model_dir_without_weights(tmp_path):
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "qwen2_vl"}')
     out = tmp_path / "eval"
-    proc = _run("evaluate.py", "--data", str(data), "--langs", "hu", "--model", str(model), "--output", str(out),
-                cwd=tmp_path)
+    proc = _run(
+        "evaluate.py", "--data", str(data), "--langs", "hu", "--model", str(model), "--output", str(out), cwd=tmp_path
+    )
     _assert_clean_failure(proc, out, "--model", "no weights")
 
 
@@ -206,16 +293,39 @@ def test_model_hub_id_absent_from_the_cache_is_one_line(tmp_path):
     out = tmp_path / "train"
     env = {**_env(), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    proc = subprocess.run([PY, str(ROOT / "jobs" / "train.py"), "--data", str(data), "--lang", "hu", "--model",
-                           "Qwen/Qwen2-VL-2B-Instruct", "--output", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=180)
-    _assert_clean_failure(proc, out, "not in the Hugging Face cache", str(tmp_path / "hf" / "hub"),
-                          "hf download Qwen/Qwen2-VL-2B-Instruct")
+    proc = subprocess.run(
+        [
+            PY,
+            str(ROOT / "jobs" / "train.py"),
+            "--data",
+            str(data),
+            "--lang",
+            "hu",
+            "--model",
+            "Qwen/Qwen2-VL-2B-Instruct",
+            "--output",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    _assert_clean_failure(
+        proc,
+        out,
+        "not in the Hugging Face cache",
+        str(tmp_path / "hf" / "hub"),
+        "hf download Qwen/Qwen2-VL-2B-Instruct",
+    )
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                                     "pytorch_model.bin.index.json"])
+@pytest.mark.parametrize(
+    "weights",
+    ["model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"],
+)
 def test_model_dir_with_weights_passes(tmp_path, weights):
     from mella.preflight import check_model_dir
 
@@ -227,24 +337,55 @@ def test_model_dir_with_weights_passes(tmp_path, weights):
 def test_train_language_not_in_corpus(tmp_path):
     data = _corpus(tmp_path / "corpus")
     out = tmp_path / "train"
-    proc = _run("train.py", "--data", str(data), "--lang", "ko", "--model", str(tmp_path / "m"), "--output", str(out),
-                cwd=tmp_path)
+    proc = _run(
+        "train.py",
+        "--data",
+        str(data),
+        "--lang",
+        "ko",
+        "--model",
+        str(tmp_path / "m"),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "no rows for --lang ko", "languages present: hu")
 
 
 def test_train_bad_setting(tmp_path):
     data = _corpus(tmp_path / "corpus")
     out = tmp_path / "train"
-    proc = _run("train.py", "--data", str(data), "--lang", "hu", "--model", str(tmp_path / "m"), "--output", str(out),
-                "grad_accum=0", cwd=tmp_path)
+    proc = _run(
+        "train.py",
+        "--data",
+        str(data),
+        "--lang",
+        "hu",
+        "--model",
+        str(tmp_path / "m"),
+        "--output",
+        str(out),
+        "grad_accum=0",
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "grad_accum")
 
 
 def test_evaluate_bad_endpoint(tmp_path):
     data = _corpus(tmp_path / "corpus")
     out = tmp_path / "eval"
-    proc = _run("evaluate.py", "--data", str(data), "--langs", "hu", "--endpoint", "localhost:8000", "--output", str(out),
-                cwd=tmp_path)
+    proc = _run(
+        "evaluate.py",
+        "--data",
+        str(data),
+        "--langs",
+        "hu",
+        "--endpoint",
+        "localhost:8000",
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "--endpoint", "not a valid http(s) URL")
 
 
@@ -310,13 +451,24 @@ def _bad_invocation(case: str, tmp: Path) -> tuple[str, list[str], tuple[str, ..
         return "build_corpus.py", ["--seeds", str(seeds)], ("SSRF guard", "--allow-private-hosts")
     if case == "missing_model":
         data = _corpus(tmp / "corpus")
-        return "train.py", ["--data", str(data), "--lang", "hu", "--model", str(tmp / "no-model")], \
-            ("--model", "does not exist")
+        return (
+            "train.py",
+            ["--data", str(data), "--lang", "hu", "--model", str(tmp / "no-model")],
+            ("--model", "does not exist"),
+        )
     raise AssertionError(case)
 
 
-EIGHT = ["missing_seeds_file", "malformed_url", "warc_glob_matching_nothing", "unknown_language", "unknown_flag",
-         "missing_config_file", "private_only_seeds", "missing_model"]
+EIGHT = [
+    "missing_seeds_file",
+    "malformed_url",
+    "warc_glob_matching_nothing",
+    "unknown_language",
+    "unknown_flag",
+    "missing_config_file",
+    "private_only_seeds",
+    "missing_model",
+]
 
 
 @pytest.mark.parametrize("case", EIGHT)
@@ -334,16 +486,50 @@ def _print_config_args(job: str, tmp: Path) -> list[str]:
     data = tmp / "corpus"
     if not data.exists():
         _corpus(data)
-    return {"build_corpus.py": ["--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", "http://127.0.0.1:1",
-                                "--output", str(tmp / "o"), "--langs", "hu,cs", "crawl.max_depth=2"],
-            "train.py": ["--data", str(data), "--lang", "hu", "--backbone", "qwen2-vl", "--model", str(tmp / "m"),
-                         "--output", str(tmp / "o"), "lr=2e-5", "max_steps=7"],
-            "evaluate.py": ["--data", str(data), "--langs", "hu,ko", "--endpoint", "http://127.0.0.1:1",
-                            "--output", str(tmp / "o"), "--seeds", "0,1", "n_test=5"],
-            "e2e.py": ["--data", str(data), "--model", str(tmp / "m"), "--output", str(tmp / "o"), "--langs", "hu,cs"],
-            "inspect_corpus.py": [str(data)],
-            "corpus_stats.py": ["--data", str(data)],
-            "make_tiny_model.py": ["--output", str(tmp / "m")]}.get(job, [])
+    return {
+        "build_corpus.py": [
+            "--seeds",
+            str(DEMO_WEB / "seeds.txt"),
+            "--base-url",
+            "http://127.0.0.1:1",
+            "--output",
+            str(tmp / "o"),
+            "--langs",
+            "hu,cs",
+            "crawl.max_depth=2",
+        ],
+        "train.py": [
+            "--data",
+            str(data),
+            "--lang",
+            "hu",
+            "--backbone",
+            "qwen2-vl",
+            "--model",
+            str(tmp / "m"),
+            "--output",
+            str(tmp / "o"),
+            "lr=2e-5",
+            "max_steps=7",
+        ],
+        "evaluate.py": [
+            "--data",
+            str(data),
+            "--langs",
+            "hu,ko",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--output",
+            str(tmp / "o"),
+            "--seeds",
+            "0,1",
+            "n_test=5",
+        ],
+        "e2e.py": ["--data", str(data), "--model", str(tmp / "m"), "--output", str(tmp / "o"), "--langs", "hu,cs"],
+        "inspect_corpus.py": [str(data)],
+        "corpus_stats.py": ["--data", str(data)],
+        "make_tiny_model.py": ["--output", str(tmp / "m")],
+    }.get(job, [])
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -355,10 +541,12 @@ def test_every_job_prints_its_effective_config(job, tmp_path):
     settings = yaml.safe_load(proc.stdout)
     assert isinstance(settings, dict) and settings, proc.stdout
     assert not (tmp_path / "o").exists()
-    expect = {"build_corpus.py": lambda s: s["langs"] == ["hu", "cs"] and s["crawl"]["max_depth"] == 2,
-              "train.py": lambda s: s["lr"] == 2e-5 and s["max_steps"] == 7,
-              "evaluate.py": lambda s: s["langs"] == ["hu", "ko"] and s["seeds"] == [0, 1] and s["n_test"] == 5,
-              "e2e.py": lambda s: s["langs"] == ["hu", "cs"]}
+    expect = {
+        "build_corpus.py": lambda s: s["langs"] == ["hu", "cs"] and s["crawl"]["max_depth"] == 2,
+        "train.py": lambda s: s["lr"] == 2e-5 and s["max_steps"] == 7,
+        "evaluate.py": lambda s: s["langs"] == ["hu", "ko"] and s["seeds"] == [0, 1] and s["n_test"] == 5,
+        "e2e.py": lambda s: s["langs"] == ["hu", "cs"],
+    }
     assert expect.get(job, lambda s: True)(settings), settings
 
 
@@ -374,7 +562,9 @@ def test_example_configurations_print(example, tmp_path):
 
 
 def test_examples_cover_paper_scale_cluster_and_common_crawl():
-    assert {"paper_scale.yaml", "cluster.yaml", "common_crawl.yaml"} <= {p.name for p in (ROOT / "examples").glob("*.yaml")}
+    assert {"paper_scale.yaml", "cluster.yaml", "common_crawl.yaml"} <= {
+        p.name for p in (ROOT / "examples").glob("*.yaml")
+    }
 
 
 @pytest.mark.parametrize("job", ["build_corpus.py", "train.py", "evaluate.py"])
@@ -387,6 +577,17 @@ def test_set_flag_names_the_key_value_form(job, tmp_path):
 def test_space_separated_list_names_the_comma_form(tmp_path):
     data = _corpus(tmp_path / "corpus")
     out = tmp_path / "o"
-    proc = _run("evaluate.py", "--data", str(data), "--langs", "hu", "ko", "--endpoint", "http://127.0.0.1:1",
-                "--output", str(out), cwd=tmp_path)
+    proc = _run(
+        "evaluate.py",
+        "--data",
+        str(data),
+        "--langs",
+        "hu",
+        "ko",
+        "--endpoint",
+        "http://127.0.0.1:1",
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, out, "unrecognized arguments: ko", "--langs hu,ko")

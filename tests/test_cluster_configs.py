@@ -58,23 +58,41 @@ def python_jobs(command: str) -> list[tuple[Path, list[str]]]:
         words = shlex.split(part)
         for i, w in enumerate(words[:-1]):
             if re.fullmatch(r"(\S*/)?python3?(\.\d+)?", w) and words[i + 1].startswith("jobs/"):
-                found.append((ROOT / words[i + 1], words[i + 2:]))
+                found.append((ROOT / words[i + 1], words[i + 2 :]))
     return found
 
 
 def test_parse_job_argv_rejects_unknown_flags_and_bad_overrides():
     """The checker itself: it must fail on what argparse or BuildConfig rejects."""
     with pytest.raises(SystemExit):
-        parse_job_argv(ROOT / "jobs/train.py", ["--data", "d", "--lang", "hu", "--model", "m", "--output", "o",
-                                                 "--deepspeed", "zero9"])
+        parse_job_argv(
+            ROOT / "jobs/train.py",
+            ["--data", "d", "--lang", "hu", "--model", "m", "--output", "o", "--deepspeed", "zero9"],
+        )
     with pytest.raises(SystemExit):
         parse_job_argv(ROOT / "jobs/train.py", ["--data", "d", "--lang", "hu", "--output", "o"])  # --model missing
     with pytest.raises(SystemExit):
         parse_job_argv(ROOT / "jobs/build_corpus.py", ["--output", "o", "--no-such-flag"])
     with pytest.raises(Exception, match="pool_size"):
         parse_job_argv(ROOT / "jobs/build_corpus.py", ["--output", "o", "ray.image_pool.pool_size=0"])
-    settings = parse_job_argv(ROOT / "jobs/train.py", ["--data", "d", "--lang", "hu", "--backbone", "qwen2-vl", "--model",
-                                                        "m", "--output", "o", "--num-workers", "8", "--use-gpu"])
+    settings = parse_job_argv(
+        ROOT / "jobs/train.py",
+        [
+            "--data",
+            "d",
+            "--lang",
+            "hu",
+            "--backbone",
+            "qwen2-vl",
+            "--model",
+            "m",
+            "--output",
+            "o",
+            "--num-workers",
+            "8",
+            "--use-gpu",
+        ],
+    )
     assert settings["num_workers"] == 8 and settings["use_gpu"] is True
 
 
@@ -106,8 +124,15 @@ def test_aws_autoscaler_yaml_passes_rays_schema():
 
 def test_aws_node_types():
     cfg = load(CLUSTER / "aws.yaml")
-    for key in ("cluster_name", "provider", "available_node_types", "head_node_type", "idle_timeout_minutes",
-                "setup_commands", "max_workers"):
+    for key in (
+        "cluster_name",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "idle_timeout_minutes",
+        "setup_commands",
+        "max_workers",
+    ):
         assert key in cfg, key
     assert cfg["provider"]["type"] == "aws" and cfg["provider"]["region"]
     assert cfg["idle_timeout_minutes"] > 0
@@ -179,8 +204,9 @@ def test_raycluster_autoscales_cpu_and_gpu_groups():
         assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
 
 
-@pytest.mark.parametrize("name,script", [("rayjob-build-corpus.yaml", "jobs/build_corpus.py"),
-                                          ("rayjob-train.yaml", "jobs/train.py")])
+@pytest.mark.parametrize(
+    "name,script", [("rayjob-build-corpus.yaml", "jobs/build_corpus.py"), ("rayjob-train.yaml", "jobs/train.py")]
+)
 def test_rayjob_runs_a_job_of_this_repo(name, script):
     m = load(KUBERAY / name)
     assert m["apiVersion"] == "ray.io/v1" and m["kind"] == "RayJob" and m["metadata"]["name"]

@@ -106,17 +106,26 @@ def test_piped_stderr_filter_drops_library_lines_and_escape_codes():
     """What the fd-2 filter keeps when piped (no -v): our lines, without ANSI codes; Ray-prefixed worker lines
     (raw ANSI included), DeepSpeed's warnings and the known harmless lines are dropped."""
     keep = console._line_filter(console.HARMLESS, tty=False)
-    lines = [b"\x1b[36m(ServeController pid=4242)\x1b[0m INFO 2026-12-06 controller.py:123 -- Controller shutdown",
-             b"(MapWorker(MapBatches(_EngineActor)) pid=17, ip=10.0.0.2) some library output",
-             b"\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed. There are infinite retries",
-             b"[2026-12-06 02:41:03,123] [WARNING] [real_accelerator.py:162:get_accelerator] Setting accelerator to CPU.",
-             b" [WARNING]  async_io requires the dev libaio .so object and headers but these were not found.",
-             b"Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
-             b"warning: the report step failed (ValueError: x); the rows in out stand",
-             b"\x1b[33me2e.py: error: something\x1b[0m"]
-    assert [keep(x) for x in lines] == [None, None, None, None, None, None,
-                                        b"warning: the report step failed (ValueError: x); the rows in out stand",
-                                        b"e2e.py: error: something"]
+    lines = [
+        b"\x1b[36m(ServeController pid=4242)\x1b[0m INFO 2026-12-06 controller.py:123 -- Controller shutdown",
+        b"(MapWorker(MapBatches(_EngineActor)) pid=17, ip=10.0.0.2) some library output",
+        b"\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed. There are infinite retries",
+        b"[2026-12-06 02:41:03,123] [WARNING] [real_accelerator.py:162:get_accelerator] Setting accelerator to CPU.",
+        b" [WARNING]  async_io requires the dev libaio .so object and headers but these were not found.",
+        b"Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
+        b"warning: the report step failed (ValueError: x); the rows in out stand",
+        b"\x1b[33me2e.py: error: something\x1b[0m",
+    ]
+    assert [keep(x) for x in lines] == [
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        b"warning: the report step failed (ValueError: x); the rows in out stand",
+        b"e2e.py: error: something",
+    ]
     assert console._line_filter((), tty=True)(b"\x1b[33mcoloured\x1b[0m") == b"\x1b[33mcoloured\x1b[0m"
 
 

@@ -38,8 +38,15 @@ def _pairs() -> list[dict]:
 def _row(lang, page, img, **kw) -> dict:
     data = (MINIWEB / img).read_bytes()
     p, i = f"http://miniweb.test/{page}", f"http://miniweb.test/{img}"
-    return {"id": record_id(lang, p, i), "lang": lang, "page_url": p, "image_url": i, "image": data,
-            "image_bytes": len(data), **kw}
+    return {
+        "id": record_id(lang, p, i),
+        "lang": lang,
+        "page_url": p,
+        "image_url": i,
+        "image": data,
+        "image_bytes": len(data),
+        **kw,
+    }
 
 
 def _know_pairs(per_lang: int = 15) -> list[dict]:
@@ -57,8 +64,10 @@ def _know_pairs(per_lang: int = 15) -> list[dict]:
 def out_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stats")
     pairs = _pairs()
-    know = [_row(p["lang"], p["page"], p["img"], alt_text=p["alt"], source="crawl" if i % 4 else "warc")
-            for i, p in enumerate(_know_pairs())]
+    know = [
+        _row(p["lang"], p["page"], p["img"], alt_text=p["alt"], source="crawl" if i % 4 else "warc")
+        for i, p in enumerate(_know_pairs())
+    ]
     alt_by_name: dict[tuple[str, str], str] = {(p["lang"], Path(p["img"]).name): p["alt"] for p in pairs}
     ling = []
     for lang in ("th", "vi"):
@@ -70,8 +79,17 @@ def out_dir(tmp_path_factory) -> Path:
             for target in ("ar", "cs", "hu", "ko", "ru", "sr"):
                 text = alt_by_name.get((target, img.name))
                 if text:
-                    ling.append(_row(target, rel.rsplit("/", 1)[0] + "/index.html", rel, text=text, source="crawl",
-                                     caption_en="(fixture)", mt_backend="fixture:same-image-alt"))
+                    ling.append(
+                        _row(
+                            target,
+                            rel.rsplit("/", 1)[0] + "/index.html",
+                            rel,
+                            text=text,
+                            source="crawl",
+                            caption_en="(fixture)",
+                            mt_backend="fixture:same-image-alt",
+                        )
+                    )
     cat = EfficientNetCategoriser(CategoriseConfig(batch_size=32))
     for name, rows in (("d_know", know), ("d_ling", ling)):
         t = cat(to_table(rows, REJECT_SCHEMA))
@@ -84,8 +102,21 @@ def out_dir(tmp_path_factory) -> Path:
 
 def test_statistics_job_writes_png_and_json(out_dir):
     png, js = out_dir / "fig4.png", out_dir / "fig4.json"
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "corpus_stats.py"), "--data", str(out_dir), "--png", str(png),
-                        "--json", str(js)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "corpus_stats.py"),
+            "--data",
+            str(out_dir),
+            "--png",
+            str(png),
+            "--json",
+            str(js),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "\nhu " in r.stdout
     stats = json.loads(js.read_text())
@@ -105,24 +136,40 @@ def test_statistics_job_writes_png_and_json(out_dir):
     assert sum(stats["categories"]["fine"].values()) == stats["total"]
     assert sum(stats["categories"]["major"].values()) == stats["total"]
     assert stats["categories"]["fine"] == dict(Counter(r["category"] for r in know + ling).most_common())
-    assert sum(stats["text_length_hist"]["d_know"]) == len(know) and sum(stats["text_length_hist"]["d_ling"]) == len(ling)
+    assert sum(stats["text_length_hist"]["d_know"]) == len(know) and sum(stats["text_length_hist"]["d_ling"]) == len(
+        ling
+    )
     with Image.open(png) as im:
         assert im.format == "PNG" and im.width > 1200 and im.height > 900
 
 
 def test_statistics_of_missing_output_is_an_error(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "corpus_stats.py"), "--data", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "corpus_stats.py"), "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "neither d_know/ nor d_ling/" in r.stderr
 
 
 def test_statistics_with_only_d_know(tmp_path):
     (tmp_path / "d_know").mkdir()
-    rows = [{"id": "a", "lang": "cs", "alt_text": "Okno", "source": "crawl", "category": "screenshot_ui",
-             "category_major": "information_technology", "image_bytes": 2**20}]
+    rows = [
+        {
+            "id": "a",
+            "lang": "cs",
+            "alt_text": "Okno",
+            "source": "crawl",
+            "category": "screenshot_ui",
+            "category_major": "information_technology",
+            "image_bytes": 2**20,
+        }
+    ]
     pq.write_table(to_table(rows), tmp_path / "d_know" / "part-0.parquet")
     stats = statistics.write(str(tmp_path))
     assert stats["datasets"]["d_ling"]["rows"] == 0 and stats["per_lang"] == {
-        "cs": {"d_know": 1, "d_ling": 0, "total": 1, "avg_text_chars": 4.0, "image_mb": 1.0}}
+        "cs": {"d_know": 1, "d_ling": 0, "total": 1, "avg_text_chars": 4.0, "image_mb": 1.0}
+    }
     assert stats["datasets"]["d_know"]["image_mb"] == 1.0
     assert (tmp_path / "statistics.png").stat().st_size > 10_000

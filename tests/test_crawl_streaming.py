@@ -25,18 +25,26 @@ pytestmark = pytest.mark.slow  # one crawl + one image phase, no models (~40 s o
 
 HELD = "127.0.0.1"
 DEADLINE_S = 300.0  # for the first unit to commit while the held page waits (a loaded 2-core box)
-WAIT = {"read_timeout_s": 900.0, "total_timeout_s": 900.0, "url_deadline_s": 900.0, "max_depth": 0,
-        "politeness_delay_s": 0.0, "allow_private_hosts": ["127.0.0.0/8"]}
+WAIT = {
+    "read_timeout_s": 900.0,
+    "total_timeout_s": 900.0,
+    "url_deadline_s": 900.0,
+    "max_depth": 0,
+    "politeness_delay_s": 0.0,
+    "allow_private_hosts": ["127.0.0.0/8"],
+}
 
 
 def _free_hosts(k: int) -> list[str]:
     """``k`` loopback IPs whose registered domain never shares ``HELD``'s crawl shard (crc32 mod n,
     :func:`mella.crawl.shard_seeds`) for any shard count the job can choose with ≤ 8 seeds."""
+
     def shard(host: str, n: int) -> int:
         return zlib.crc32(registered_domain(host).encode()) % n
 
-    hosts = [f"127.0.0.{i}" for i in range(2, 255)
-             if all(shard(f"127.0.0.{i}", n) != shard(HELD, n) for n in range(2, 9))]
+    hosts = [
+        f"127.0.0.{i}" for i in range(2, 255) if all(shard(f"127.0.0.{i}", n) != shard(HELD, n) for n in range(2, 9))
+    ]
     return hosts[:k]
 
 
@@ -64,8 +72,11 @@ class _Site:
             if host == HELD:
                 self.held_asked.set()
                 await self.release_event.wait()
-            return web.Response(text=_page(f"Oldal {host}", _HU_PROSE + _img("/img.png", self.alts[host])),
-                                content_type="text/html", charset="utf-8")
+            return web.Response(
+                text=_page(f"Oldal {host}", _HU_PROSE + _img("/img.png", self.alts[host])),
+                content_type="text/html",
+                charset="utf-8",
+            )
 
         async def image(request: web.Request) -> web.Response:
             host = request.transport.get_extra_info("sockname")[0]
@@ -110,8 +121,11 @@ def _committed(units_dir: str) -> list[dict]:
             continue
         with open(marker, encoding="utf-8") as f:
             files = json.load(f)["files"]
-        pages = {r["page_url"] for p in glob.glob(os.path.join(unit, "parts", "*.parquet"))
-                 for r in pq.read_table(p, columns=["page_url"]).to_pylist()}
+        pages = {
+            r["page_url"]
+            for p in glob.glob(os.path.join(unit, "parts", "*.parquet"))
+            for r in pq.read_table(p, columns=["page_url"]).to_pylist()
+        }
         out.append({"files": files, "pages": pages})
     return out
 
@@ -147,8 +161,10 @@ def test_a_unit_commits_while_a_crawl_shard_still_runs(tmp_path, ray_session):
             runner.join(timeout=DEADLINE_S)
         assert not runner.is_alive(), "the job did not end after the held page was released"
         assert "error" not in result, repr(result.get("error"))
-        assert want <= early, (f"within {DEADLINE_S:.0f} s, while a crawl shard held one page, the committed units "
-                               f"held rows of {sorted(early)} of {sorted(want)}: phase 1 waits for the whole crawl")
+        assert want <= early, (
+            f"within {DEADLINE_S:.0f} s, while a crawl shard held one page, the committed units "
+            f"held rows of {sorted(early)} of {sorted(want)}: phase 1 waits for the whole crawl"
+        )
         assert held_asked, "the held page was never requested"
         assert f"{site.urls[HELD]}/p.html" not in early
 

@@ -53,11 +53,16 @@ def test_placeholder_data_candidate_never_displaces_a_url_candidate():
 
 
 def test_img_without_src_and_repeats_on_a_page_are_counted():
-    page = parse_page("http://a.example/p.html", b"""<html lang=hu><body>
+    page = parse_page(
+        "http://a.example/p.html",
+        b"""<html lang=hu><body>
         <img alt="no source"><img src="" alt="empty"><img src="a.png" alt="egy"><img src="a.png" alt="egy">
-        <img src="a.png" alt="masik"><img src="javascript:void(0)" alt="x"></body></html>""")
-    assert [(r.image_url, r.alt_text) for r in page.images] == [("http://a.example/a.png", "egy"),
-                                                                ("http://a.example/a.png", "masik")]
+        <img src="a.png" alt="masik"><img src="javascript:void(0)" alt="x"></body></html>""",
+    )
+    assert [(r.image_url, r.alt_text) for r in page.images] == [
+        ("http://a.example/a.png", "egy"),
+        ("http://a.example/a.png", "masik"),
+    ]
     assert page.dropped == {"img_without_src": 2, "duplicate_on_page": 1, "image_url_unusable": 1}
     n_img = 6
     assert len(page.images) + sum(page.dropped.values()) == n_img
@@ -67,15 +72,27 @@ def _warc(tmp_path, gz: bool) -> str:
     w = RotatingWarcWriter(str(tmp_path), "pages", gzip=gz)
     now = datetime(2026, 1, 2, tzinfo=timezone.utc)
     html = [("Content-Type", "text/html; charset=utf-8")]
-    w.write_response("http://a.example/p.html", 200, "OK", html,
-                     b"<html lang=hu><p>Egy magyar oldal</p><img src=/a.png alt='egy kep'><img src=/b.png alt='ketto'>"
-                     b"<img alt=semmi></html>", now)
+    w.write_response(
+        "http://a.example/p.html",
+        200,
+        "OK",
+        html,
+        b"<html lang=hu><p>Egy magyar oldal</p><img src=/a.png alt='egy kep'><img src=/b.png alt='ketto'>"
+        b"<img alt=semmi></html>",
+        now,
+    )
     w.write_response("http://a.example/gone.html", 404, "Not Found", html, b"<html>gone</html>", now)
     w.write_response("http://a.example/moved.html", 301, "Moved", [("Location", "/p.html")], b"", now)
     w.write_response("http://a.example/a.png", 200, "OK", [("Content-Type", "image/png")], b"\x89PNG\r\n\x1a\n", now)
     w.write_response("http://a.example/robots.txt", 200, "OK", [("Content-Type", "text/plain")], b"User-agent: *", now)
-    w.write_response("http://a.example/en.html", 200, "OK", html,
-                     b"<html lang=en><p>An English page about nothing</p><img src=/c.png alt='a cat'></html>", now)
+    w.write_response(
+        "http://a.example/en.html",
+        200,
+        "OK",
+        html,
+        b"<html lang=en><p>An English page about nothing</p><img src=/c.png alt='a cat'></html>",
+        now,
+    )
     w.close()
     (path,) = map(str, tmp_path.glob("pages-*.warc*"))
     return path
@@ -99,7 +116,7 @@ def test_warc_records_counted_and_rows_carry_provenance(tmp_path, gz):
     raw = Path(path).read_bytes()
     for r in rows:  # every row, kept candidate or page reject, names the bytes of its page
         assert r["warc_filename"] == Path(path).name
-        rec = raw[r["warc_record_offset"]: r["warc_record_offset"] + r["warc_record_length"]]
+        rec = raw[r["warc_record_offset"] : r["warc_record_offset"] + r["warc_record_length"]]
         rec = gzip.decompress(rec) if gz else rec
         assert rec.startswith(b"WARC/1.") and f"WARC-Target-URI: {r['page_url']}".encode() in rec
     assert sorted(r.get("image_url") or "-" for r in rows) == ["-", "http://a.example/a.png", "http://a.example/b.png"]
@@ -121,8 +138,14 @@ def test_build_corpus_private_seeds_exit_2_with_the_hint_and_write_nothing(tmp_p
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("http://10.1.2.3/\nhttp://192.168.7.7/index.html\n")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "build_corpus.py"), "--seeds", str(seeds),
-                           "--output", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "build_corpus.py"), "--seeds", str(seeds), "--output", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--allow-private-hosts" in lines[0] and "10.1.2.3" in lines[0], proc.stderr

@@ -23,22 +23,37 @@ from mella.stages.io.extract import data_image, parse_srcset
 from mella.urls import normalise_url, origin
 from mella.warc import FailureLog
 
-CFG = dict(politeness_delay_s=0.0, read_timeout_s=1.5, total_timeout_s=3.0, connect_timeout_s=2.0,
-           max_retries=2, backoff_base_s=0.05, backoff_max_s=1.0, allow_private_hosts=["127.0.0.1"])
+CFG = dict(
+    politeness_delay_s=0.0,
+    read_timeout_s=1.5,
+    total_timeout_s=3.0,
+    connect_timeout_s=2.0,
+    max_retries=2,
+    backoff_base_s=0.05,
+    backoff_max_s=1.0,
+    allow_private_hosts=["127.0.0.1"],
+)
 
 
-@pytest.mark.parametrize("base, href, expected", [
-    ("http://EXAMPLE.com:80/a/b.html", "../x y.png#frag", "http://example.com/x%20y.png"),
-    ("https://example.com:443/", "/p", "https://example.com/p"),
-    ("http://ｅｘａｍｐｌｅ．ｃｏｍ/", "/a", "http://example.com/a"),  # full-width host: UTS #46 mapping
-    ("http://bücher.de/", "/a", "http://xn--bcher-kva.de/a"),
-    ("http://a.com/", "/%7euser/%41", "http://a.com/~user/A"),  # unreserved characters decoded
-    ("http://a.com/", " /p/no\trm.html\n ", "http://a.com/p/norm.html"),  # WHATWG: strip, drop tab/newline
-    ("http://a.com/x/", "//b.com/y", "http://b.com/y"),
-    ("http://a.com/", "/cdn/w_800,h_600/x.png", "http://a.com/cdn/w_800,h_600/x.png"),
-    ("http://a.com/", "#top", None), ("http://a.com/", "mailto:x@a.com", None), ("http://a.com/", "data:,x", None),
-    ("http://a.com/", "javascript:void(0)", None), ("http://a.com/", "", None), ("http://a.com/", "http://[bad", None),
-])
+@pytest.mark.parametrize(
+    "base, href, expected",
+    [
+        ("http://EXAMPLE.com:80/a/b.html", "../x y.png#frag", "http://example.com/x%20y.png"),
+        ("https://example.com:443/", "/p", "https://example.com/p"),
+        ("http://ｅｘａｍｐｌｅ．ｃｏｍ/", "/a", "http://example.com/a"),  # full-width host: UTS #46 mapping
+        ("http://bücher.de/", "/a", "http://xn--bcher-kva.de/a"),
+        ("http://a.com/", "/%7euser/%41", "http://a.com/~user/A"),  # unreserved characters decoded
+        ("http://a.com/", " /p/no\trm.html\n ", "http://a.com/p/norm.html"),  # WHATWG: strip, drop tab/newline
+        ("http://a.com/x/", "//b.com/y", "http://b.com/y"),
+        ("http://a.com/", "/cdn/w_800,h_600/x.png", "http://a.com/cdn/w_800,h_600/x.png"),
+        ("http://a.com/", "#top", None),
+        ("http://a.com/", "mailto:x@a.com", None),
+        ("http://a.com/", "data:,x", None),
+        ("http://a.com/", "javascript:void(0)", None),
+        ("http://a.com/", "", None),
+        ("http://a.com/", "http://[bad", None),
+    ],
+)
 def test_normalise_url(base, href, expected):
     assert normalise_url(base, href) == expected
 
@@ -48,15 +63,23 @@ def test_origin_keeps_port_drops_default():
     assert origin("https://example.com/a") == "https://example.com"
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("lo.png 1x, data:image/png;base64,iVBORw0K== 2x", [("lo.png", None, 1.0), ("data:image/png;base64,iVBORw0K==", None, 2.0)]),
-    ("/cdn/w_800,h_600/x.png 800w, /cdn/w_400,h_300/x.png 400w",
-     [("/cdn/w_800,h_600/x.png", 800.0, None), ("/cdn/w_400,h_300/x.png", 400.0, None)]),
-    ("a.png, b.png 2x,", [("a.png", None, None), ("b.png", None, 2.0)]),  # a trailing comma ends a URL
-    ("a.png,b.png 2x", [("a.png,b.png", None, 2.0)]),  # commas inside a URL are the URL's
-    ("a.png 100w 2x, b.png 0w, c.png -1x, d.png (x y) 1x, e.png 3x", [("e.png", None, 3.0)]),  # invalid dropped
-    ("  ,, ", []),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (
+            "lo.png 1x, data:image/png;base64,iVBORw0K== 2x",
+            [("lo.png", None, 1.0), ("data:image/png;base64,iVBORw0K==", None, 2.0)],
+        ),
+        (
+            "/cdn/w_800,h_600/x.png 800w, /cdn/w_400,h_300/x.png 400w",
+            [("/cdn/w_800,h_600/x.png", 800.0, None), ("/cdn/w_400,h_300/x.png", 400.0, None)],
+        ),
+        ("a.png, b.png 2x,", [("a.png", None, None), ("b.png", None, 2.0)]),  # a trailing comma ends a URL
+        ("a.png,b.png 2x", [("a.png,b.png", None, 2.0)]),  # commas inside a URL are the URL's
+        ("a.png 100w 2x, b.png 0w, c.png -1x, d.png (x y) 1x, e.png 3x", [("e.png", None, 3.0)]),  # invalid dropped
+        ("  ,, ", []),
+    ],
+)
 def test_parse_srcset_whatwg(value, expected):
     assert parse_srcset(value) == expected
 
@@ -72,11 +95,13 @@ def test_data_image_digest_and_errors():
 def test_lazy_loading_placeholders_lose_to_real_urls():
     from mella.stages.io.extract import parse_page
 
-    html = ("<html lang=ru><body><picture><source srcset='data:image/webp;base64,UklGRh4AAABXRUJQ' "
-            "data-lazyimage-srcset='/a-big.webp 1380w, /a-small.webp 420w' type='image/webp'>"
-            "<img src='data:image/gif;base64,R0lGODlhAQABAAAAACw=' alt='один'></picture>"
-            "<img src='data:image/gif;base64,R0lGODlhAQABAAAAACw=' data-lazyimage-src='/b.jpg' alt='два'>"
-            "<img srcset='lo.png 1x, data:image/png;base64,iVBORw0KGgo= 2x' alt='три'></body></html>").encode()
+    html = (
+        "<html lang=ru><body><picture><source srcset='data:image/webp;base64,UklGRh4AAABXRUJQ' "
+        "data-lazyimage-srcset='/a-big.webp 1380w, /a-small.webp 420w' type='image/webp'>"
+        "<img src='data:image/gif;base64,R0lGODlhAQABAAAAACw=' alt='один'></picture>"
+        "<img src='data:image/gif;base64,R0lGODlhAQABAAAAACw=' data-lazyimage-src='/b.jpg' alt='два'>"
+        "<img srcset='lo.png 1x, data:image/png;base64,iVBORw0KGgo= 2x' alt='три'></body></html>"
+    ).encode()
     imgs = parse_page("http://h.test/p/", html, []).images
     assert [i.image_url for i in imgs[:2]] == ["http://h.test/a-big.webp", "http://h.test/b.jpg"]
     assert imgs[2].image_url == "http://h.test/p/lo.png"  # a data: placeholder (8 bytes) never displaces a URL
@@ -93,7 +118,9 @@ def test_opt_out_parsing():
     assert header_opt_out([("tdm-reservation", "0")]) is None
     assert meta_opt_out([("robots", "index, noimageai")], user_agent=ua)
     assert meta_opt_out([("robots", "max-image-preview:large")], user_agent=ua) is None
-    rules = parse_tdmrep(b'[{"location": "/img/*.jpg$", "tdm-reservation": 1}, {"location": "/", "tdm-reservation": 0}]')
+    rules = parse_tdmrep(
+        b'[{"location": "/img/*.jpg$", "tdm-reservation": 1}, {"location": "/", "tdm-reservation": 0}]'
+    )
     assert tdmrep_reserved(rules, "/img/a/b.jpg") and not tdmrep_reserved(rules, "/img/a.jpg?x=1")
     assert not tdmrep_reserved(rules, "/p/x.html") and parse_tdmrep(b"not json") == []
 
@@ -134,16 +161,25 @@ def _fetch_all(cfg, urls, kind="page", failures=None):
                 except FetchError as e:
                     out.append(e)
         return out
+
     return asyncio.run(go())
 
 
 def test_robots_rfc9309_wildcards_allow_overrides_and_one_fetch_per_origin():
     with serve_crawler_web() as url:
         port = url.rsplit(":", 1)[1]
-        res = _fetch_all(CrawlConfig(**CFG), [
-            url + "/photo.png", url + "/photo2.jpg.png", url + "/index.html?sid=12345", url + "/private/secret.html",
-            url + "/private/public.html", url + "/p/norm.html", f"HTTP://127.0.0.1:{port}/p/./norm.html#x",
-        ])
+        res = _fetch_all(
+            CrawlConfig(**CFG),
+            [
+                url + "/photo.png",
+                url + "/photo2.jpg.png",
+                url + "/index.html?sid=12345",
+                url + "/private/secret.html",
+                url + "/private/public.html",
+                url + "/p/norm.html",
+                f"HTTP://127.0.0.1:{port}/p/./norm.html#x",
+            ],
+        )
         hits, hits_qs = dict(url.hits), dict(url.hits_qs)
     assert [getattr(r, "reason", None) for r in res[:4]] == ["robots_disallowed"] * 4
     assert all(getattr(r, "status", None) == 200 for r in res[4:])
@@ -195,8 +231,16 @@ def test_url_deadline_is_enforced_inside_the_fetcher(tmp_path):
     timeout (30 s) and the socket read timeout (20 s) would let it run on: a recorded ``timeout`` within the
     deadline (plus a margin for robots.txt/tdmrep and a busy machine), the request not retried after it."""
     deadline = 2.0
-    cfg = CrawlConfig(**{**CFG, "total_timeout_s": 30.0, "read_timeout_s": 20.0, "url_deadline_s": deadline,
-                         "max_retries": 3, "max_timeout_retries": 1})
+    cfg = CrawlConfig(
+        **{
+            **CFG,
+            "total_timeout_s": 30.0,
+            "read_timeout_s": 20.0,
+            "url_deadline_s": deadline,
+            "max_retries": 3,
+            "max_timeout_retries": 1,
+        }
+    )
     log = FailureLog(str(tmp_path), "t")
     with serve_crawler_web(drip_s=60.0) as url:
         t0 = time.monotonic()
@@ -237,6 +281,7 @@ def _rerun_fetch(cfg, warc_dir, urls, retry_failed=False):
             writer.close()
             failures.close()
         return out
+
     return asyncio.run(go())
 
 
@@ -250,8 +295,13 @@ def test_failures_without_a_warc_record_are_not_refetched_on_rerun(tmp_path):
     cfg = CrawlConfig(**{**CFG, "max_retries": 0, "max_image_bytes": 2**20, "max_page_bytes": 2**20})
     warc_dir = str(tmp_path / "warc")
     with serve_bad_web(slow_s=4.0, big_html_bytes=2 * 2**20, huge_image_bytes=2 * 2**20, bomb_side=1000) as url:
-        urls = [(url + "/img/huge.jpg", "image"), (url + "/img/huge-chunked.jpg", "image"),
-                (url + "/p/big-chunked.html", "page"), (url + "/img/slow.png", "image"), (url + "/img/ok.png", "image")]
+        urls = [
+            (url + "/img/huge.jpg", "image"),
+            (url + "/img/huge-chunked.jpg", "image"),
+            (url + "/p/big-chunked.html", "page"),
+            (url + "/img/slow.png", "image"),
+            (url + "/img/ok.png", "image"),
+        ]
         first = _rerun_fetch(cfg, warc_dir, urls)
         before = dict(url.hits)
         again = _rerun_fetch(cfg, warc_dir, urls)
@@ -260,8 +310,17 @@ def test_failures_without_a_warc_record_are_not_refetched_on_rerun(tmp_path):
         after = dict(url.hits)
     assert first == ["too_large", "too_large", "too_large", "timeout", 200]
     assert again == first and retried == first
-    assert all(before[p] == 1 for p in ("/img/huge.jpg", "/img/huge-chunked.jpg", "/p/big-chunked.html",
-                                        "/img/slow.png", "/img/ok.png", "/robots.txt"))
+    assert all(
+        before[p] == 1
+        for p in (
+            "/img/huge.jpg",
+            "/img/huge-chunked.jpg",
+            "/p/big-chunked.html",
+            "/img/slow.png",
+            "/img/ok.png",
+            "/robots.txt",
+        )
+    )
     assert mid == before  # rerun: zero requests (robots.txt and ok.png from the WARC, failures from the log)
     diff = {p: after[p] - mid.get(p, 0) for p in after if after[p] != mid.get(p, 0)}
     assert diff == {"/img/slow.png": 1}  # retry_failed: only the transient failure is asked again
@@ -269,8 +328,9 @@ def test_failures_without_a_warc_record_are_not_refetched_on_rerun(tmp_path):
 
 def test_max_pages_cut_off_counted_per_origin(tmp_path):
     with serve_crawler_web() as url:
-        res = asyncio.run(crawl_async([Seed(url + "/index.html")], CrawlConfig(**{**CFG, "max_pages": 3}),
-                                      str(tmp_path / "warc")))
+        res = asyncio.run(
+            crawl_async([Seed(url + "/index.html")], CrawlConfig(**{**CFG, "max_pages": 3}), str(tmp_path / "warc"))
+        )
     host = res.hosts[url]
     assert res.pages_ok + len(res.failures) == 3
     assert host["cut_off"]["max_pages"] >= 10 and set(res.hosts) == {url}
@@ -296,8 +356,13 @@ def test_decode_pixel_budget_bounds_memory(tmp_path):
     )
 
     def run(budget: int) -> tuple[int, int, int]:
-        out = subprocess.run([sys.executable, "-c", code, str(path), str(budget)], capture_output=True, text=True,
-                             check=True, env={**os.environ}).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(path), str(budget)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ},
+        ).stdout.split()
         return tuple(int(x) for x in out)
 
     w, h, small = run(2_000_000)
@@ -344,8 +409,11 @@ def test_image_fetch_stage_serves_concurrent_batches_from_one_loop(tmp_path):
                 t.join(60)
             assert stage.helper_cpu_s() > 0
     rows = [r for b in batches for r in b]
-    assert all(r.get("reason") is None and r["sha256"] == hashlib.sha256((DEMO_WEB / r["image_url"].split("/", 3)[3])
-                                                                          .read_bytes()).hexdigest() for r in rows)
+    assert all(
+        r.get("reason") is None
+        and r["sha256"] == hashlib.sha256((DEMO_WEB / r["image_url"].split("/", 3)[3]).read_bytes()).hexdigest()
+        for r in rows
+    )
     index = WarcIndex()
     for p in shard_paths(str(warc), "images"):
         index.add_file(p)

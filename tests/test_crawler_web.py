@@ -15,7 +15,10 @@ pytestmark = pytest.mark.slow  # three builds of one site (~1 min each on 2 busy
 
 DEADLINE = 5.0
 CRAWL = {"url_deadline_s": DEADLINE, "total_timeout_s": 3.0, "read_timeout_s": 1.5, "max_retries": 2, "max_depth": 3}
-RAY = {"image_pool": {"batch_size": 4, "pool_size": 2}, "records_per_slice": 1}  # one page a block: the slow pages apart
+RAY = {
+    "image_pool": {"batch_size": 4, "pool_size": 2},
+    "records_per_slice": 1,
+}  # one page a block: the slow pages apart
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +40,20 @@ def web(tmp_path_factory, ray_session):
         before_retry = Counter(url.hits_qs)
         build(out, seeds=seeds, base_url=url, crawl={**CRAWL, "retry_failed": True}, ray=RAY)
         third = Counter(url.hits_qs) - before_retry
-    return {"url": url, "funnel": funnel, "page_files": page_files, "timing": timing, "kept": kept, "rejects": rejects, "hits": first, "times": times,
-            "funnel2": funnel2, "rerun_hits": second, "kept2": kept2, "retry_hits": third}
+    return {
+        "url": url,
+        "funnel": funnel,
+        "page_files": page_files,
+        "timing": timing,
+        "kept": kept,
+        "rejects": rejects,
+        "hits": first,
+        "times": times,
+        "funnel2": funnel2,
+        "rerun_hits": second,
+        "kept2": kept2,
+        "retry_hits": third,
+    }
 
 
 def _kept(web, path):

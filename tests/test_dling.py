@@ -62,9 +62,18 @@ FAST_GEN = GenerationConfig(max_new_tokens=8, min_new_tokens=4, repetition_penal
 def _image_row(lang, page, img, **extra) -> dict:
     data = (MINIWEB / img).read_bytes()
     page_url, image_url = f"http://miniweb.test/{page}", f"http://miniweb.test/{img}"
-    row = {"id": record_id(lang, page_url, image_url), "lang": lang, "page_url": page_url, "image_url": image_url,
-           "alt_text": "BibleTime main window" if lang == "th" else "Installer screen", "image": data,
-           "image_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pixel_sha256": "x", "source": "crawl"}
+    row = {
+        "id": record_id(lang, page_url, image_url),
+        "lang": lang,
+        "page_url": page_url,
+        "image_url": image_url,
+        "alt_text": "BibleTime main window" if lang == "th" else "Installer screen",
+        "image": data,
+        "image_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "pixel_sha256": "x",
+        "source": "crawl",
+    }
     row.update(extra)
     return row
 
@@ -90,9 +99,15 @@ def _bpe_tokenizer(path: Path, specials: list[str]):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     base = ["<pad>", "</s>", "<unk>"]
-    tok.train_from_iterator(_corpus_text(), trainers.BpeTrainer(vocab_size=1200, special_tokens=base + specials,
-                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    tok.train_from_iterator(
+        _corpus_text(),
+        trainers.BpeTrainer(
+            vocab_size=1200, special_tokens=base + specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(path)
     return fast
@@ -104,10 +119,21 @@ def tiny_marian(path: Path) -> Path:
     from transformers import MarianConfig, MarianMTModel
 
     tok = _bpe_tokenizer(path, [f">>{lang_code(c, 'marian')}<<" for c in load_languages()])
-    cfg = MarianConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                       decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
-                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                       decoder_start_token_id=tok.pad_token_id, forced_eos_token_id=tok.eos_token_id)
+    cfg = MarianConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+        forced_eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     MarianMTModel(cfg).save_pretrained(path)
     return path
@@ -119,9 +145,20 @@ def tiny_nllb(path: Path, langs=("eng_Latn", "hun_Latn", "tha_Thai", "vie_Latn")
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     tok = _bpe_tokenizer(path, list(langs))
-    cfg = M2M100Config(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                       decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
-                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id)
+    cfg = M2M100Config(
+        vocab_size=len(tok),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     M2M100ForConditionalGeneration(cfg).save_pretrained(path)
     return path
@@ -130,8 +167,13 @@ def tiny_nllb(path: Path, langs=("eng_Latn", "hun_Latn", "tha_Thai", "vie_Latn")
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("dling")
-    return {"qwen": tiny_qwen2vl(root / "qwen"), "marian": tiny_marian(root / "tiny-marian"),
-            "nllb": tiny_nllb(root / "tiny-nllb"), "kiwi": tiny_cometkiwi(root / "tiny-cometkiwi"), "root": root}
+    return {
+        "qwen": tiny_qwen2vl(root / "qwen"),
+        "marian": tiny_marian(root / "tiny-marian"),
+        "nllb": tiny_nllb(root / "tiny-nllb"),
+        "kiwi": tiny_cometkiwi(root / "tiny-cometkiwi"),
+        "root": root,
+    }
 
 
 def tiny_cometkiwi(path: Path) -> Path:
@@ -148,8 +190,10 @@ def _mllm_cfg(models) -> MLLMConfig:
 
 
 def _seq2seq(path) -> Seq2SeqConfig:
-    return Seq2SeqConfig(model_path=str(path), generation=GenerationConfig(max_new_tokens=8, min_new_tokens=3, num_beams=1,
-                                                                         repetition_penalty=1.0))
+    return Seq2SeqConfig(
+        model_path=str(path),
+        generation=GenerationConfig(max_new_tokens=8, min_new_tokens=3, num_beams=1, repetition_penalty=1.0),
+    )
 
 
 # ------------------------------------------------------------------------------------ taxonomy
@@ -163,14 +207,30 @@ def test_taxonomy_4_major_20_fine_and_imagenet_mapping_is_total():
     assert all(m["caption_aspects"] for m in tax.majors.values())
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("Sports", "sports"), ("sports.", "sports"), ("  SCREENSHOT_UI ", "screenshot_ui"), ("Screenshot & UI", "screenshot_ui"),
-    ("screenshot and ui", "screenshot_ui"), ("16", "screenshot_ui"), ("16. Screenshot & UI", "screenshot_ui"),
-    ("Category 3", "sports"), ("(1)", "portrait"), ("The image shows food & drink on a table.", "food_drink"),
-    ("This is best described as Architecture, maybe Landscape.", "architecture"), ("Screnshot & UI", "screenshot_ui"),
-    ("Archtecture", "architecture"), ("Politics and military", "politics_military"), ("Chart / diagram", "chart_diagram"),
-    ("", UNKNOWN), ("I cannot tell.", UNKNOWN), ("42", UNKNOWN), ("banana bread recipe", UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("Sports", "sports"),
+        ("sports.", "sports"),
+        ("  SCREENSHOT_UI ", "screenshot_ui"),
+        ("Screenshot & UI", "screenshot_ui"),
+        ("screenshot and ui", "screenshot_ui"),
+        ("16", "screenshot_ui"),
+        ("16. Screenshot & UI", "screenshot_ui"),
+        ("Category 3", "sports"),
+        ("(1)", "portrait"),
+        ("The image shows food & drink on a table.", "food_drink"),
+        ("This is best described as Architecture, maybe Landscape.", "architecture"),
+        ("Screnshot & UI", "screenshot_ui"),
+        ("Archtecture", "architecture"),
+        ("Politics and military", "politics_military"),
+        ("Chart / diagram", "chart_diagram"),
+        ("", UNKNOWN),
+        ("I cannot tell.", UNKNOWN),
+        ("42", UNKNOWN),
+        ("banana bread recipe", UNKNOWN),
+    ],
+)
 def test_parse_category(answer, expected):
     assert parse_category(answer, load_taxonomy()) == expected
 
@@ -187,9 +247,11 @@ def test_categorise_prompt_lists_every_category_numbered():
 def test_efficientnet_categoriser_real_weights():
     """Real EfficientNet-lite0 weights: a Taj Mahal photo is architecture, installer screenshots are UI."""
     stage = EfficientNetCategoriser(CategoriseConfig(batch_size=2))
-    rows = [_image_row("cs", "cs/x.html", "cs/gimp-help/images/filters/examples/taj_orig.jpg")] + \
-           [_image_row(lang, page, img) for lang, page, img in DLING_IMAGES] + \
-           [_image_row("vi", "p", "vi/debian-handbook/images/inst-lang.png", image=b"not an image")]
+    rows = (
+        [_image_row("cs", "cs/x.html", "cs/gimp-help/images/filters/examples/taj_orig.jpg")]
+        + [_image_row(lang, page, img) for lang, page, img in DLING_IMAGES]
+        + [_image_row("vi", "p", "vi/debian-handbook/images/inst-lang.png", image=b"not an image")]
+    )
     out = stage(to_table(rows, REJECT_SCHEMA)).to_pylist()
     assert out[0]["category"] == "architecture" and out[0]["category_major"] == "places_culture"
     assert [r["category"] for r in out[1:-1]] == ["screenshot_ui"] * len(DLING_IMAGES)
@@ -199,8 +261,12 @@ def test_efficientnet_categoriser_real_weights():
 
 @pytest.mark.slow
 def test_mllm_categoriser_qwen2vl_parses_to_taxonomy(models):
-    cfg = CategoriseConfig(backend="mllm", mllm=_mllm_cfg(models), batch_size=3,
-                           generation=GenerationConfig(max_new_tokens=6, repetition_penalty=1.0))
+    cfg = CategoriseConfig(
+        backend="mllm",
+        mllm=_mllm_cfg(models),
+        batch_size=3,
+        generation=GenerationConfig(max_new_tokens=6, repetition_penalty=1.0),
+    )
     stage = MLLMCategoriser(cfg)
     out = stage(to_table([_image_row(*x) for x in DLING_IMAGES], REJECT_SCHEMA)).to_pylist()
     tax = load_taxonomy()
@@ -228,8 +294,12 @@ def test_mllm_batched_generation_equals_one_by_one(models):
     """Left-padded batches give the same greedy answers as single prompts (images and text-only mixed)."""
     m = MLLM(_mllm_cfg(models))
     imgs = [(MINIWEB / img).read_bytes() for _, _, img in DLING_IMAGES[:3]]
-    items = [(imgs[0], caption_prompt("screenshot_ui", "th")), (None, "Translate into Thai: a window."),
-             (imgs[1], "Describe."), (imgs[2], caption_prompt(None, "vi"))]
+    items = [
+        (imgs[0], caption_prompt("screenshot_ui", "th")),
+        (None, "Translate into Thai: a window."),
+        (imgs[1], "Describe."),
+        (imgs[2], caption_prompt(None, "vi")),
+    ]
     batched = m.generate(items, FAST_GEN)
     assert batched == [m.generate([it], FAST_GEN)[0] for it in items]
     assert all(isinstance(t, str) and t for t in batched)  # min_new_tokens + control tokens suppressed
@@ -239,11 +309,16 @@ def test_mllm_batched_generation_equals_one_by_one(models):
 @pytest.mark.slow
 def test_seq2seq_marian_and_nllb(models):
     texts = ["A window with a list of fonts.", "An installer screen asking for the language."]
-    rows = [{"id": f"r{i}", "lang": "th", "page_url": f"p{i}", "image_url": f"i{i}", "caption_en": t} for i, t in enumerate(texts)]
+    rows = [
+        {"id": f"r{i}", "lang": "th", "page_url": f"p{i}", "image_url": f"i{i}", "caption_en": t}
+        for i, t in enumerate(texts)
+    ]
     for name, tag in (("marian", "marian:tiny-marian"), ("nllb", "nllb:tiny-nllb")):
         cfg = TranslateConfig(backend="seq2seq", target_langs=["hu", "vi"], seq2seq=_seq2seq(models[name]))
         out = TranslateStage(cfg)(to_table(rows, REJECT_SCHEMA)).to_pylist()
-        assert sorted((r["page_url"], r["lang"]) for r in out) == sorted((f"p{i}", l) for i in range(2) for l in ("hu", "vi"))
+        assert sorted((r["page_url"], r["lang"]) for r in out) == sorted(
+            (f"p{i}", l) for i in range(2) for l in ("hu", "vi")
+        )
         assert all(r["mt_backend"] == tag and r["text"] and r["reason"] is None for r in out), out
     # a target the NLLB vocabulary lacks is a clear error, not a silent wrong language
     from mella.stages.enrich.translate import Seq2SeqTranslator
@@ -282,11 +357,17 @@ def test_qe_scores_with_cometkiwi_and_rejects_below_threshold(models):
     (caption_en, text); rows under the threshold are rejected with their score in the detail."""
     from mella.models.cometkiwi import COMETKiwi
 
-    rows = [{"id": str(i), "lang": "vi", "caption_en": en, "text": vi} for i, (en, vi) in enumerate([
-        ("A dog runs across the green park.", "Con chó chạy qua công viên xanh."),
-        ("Two children play football on the beach.", "Hai đứa trẻ chơi bóng đá trên bãi biển."),
-        ("A red car is parked in front of an old house.", "Một chiếc xe màu đỏ."),
-        ("The market sells fresh fruit.", "")])]
+    rows = [
+        {"id": str(i), "lang": "vi", "caption_en": en, "text": vi}
+        for i, (en, vi) in enumerate(
+            [
+                ("A dog runs across the green park.", "Con chó chạy qua công viên xanh."),
+                ("Two children play football on the beach.", "Hai đứa trẻ chơi bóng đá trên bãi biển."),
+                ("A red car is parked in front of an old house.", "Một chiếc xe màu đỏ."),
+                ("The market sells fresh fruit.", ""),
+            ]
+        )
+    ]
     pairs = [{"src": r["caption_en"], "mt": r["text"]} for r in rows]
     expected = COMETKiwi.load(models["kiwi"]).score(pairs)
     cut = sorted(expected)[1] + 1e-6  # two rows under, two over
@@ -308,9 +389,18 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
     """th/vi screenshots routed at langid → D_ling; a routed but too-small image and D_know rows are not candidates."""
     import ray
 
-    routed_rows = [_image_row(lang, page, img, d_ling_reason="langid:alt_lang_mismatch") for lang, page, img in DLING_IMAGES]
-    small = _image_row("th", "th/bibletime-handbook/hdbk-op.html", "th/bibletime-handbook/i_bibletime.png",
-                       d_ling_reason="langid:alt_lang_mismatch", stage="resolution", reason="too_small", image=None)
+    routed_rows = [
+        _image_row(lang, page, img, d_ling_reason="langid:alt_lang_mismatch") for lang, page, img in DLING_IMAGES
+    ]
+    small = _image_row(
+        "th",
+        "th/bibletime-handbook/hdbk-op.html",
+        "th/bibletime-handbook/i_bibletime.png",
+        d_ling_reason="langid:alt_lang_mismatch",
+        stage="resolution",
+        reason="too_small",
+        image=None,
+    )
     know = _know_rows("hu", 3)
     table = to_table(routed_rows + [small] + know, REJECT_SCHEMA)
     dirs = {k: tmp_path / k for k in ("know", "rejects", "candidates")}
@@ -323,13 +413,19 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
 
     stats = tmp_path / "stats"
     cfg = DLingConfig(
-        enabled=True, stats_dir=str(stats),
+        enabled=True,
+        stats_dir=str(stats),
         # three fixed pools of one actor at 0.25 CPU each leave room for Ray Data's own tasks on 2 CPUs
         categorise=CategoriseConfig(backend="efficientnet", batch_size=2, num_cpus=0.25),
-        caption={"mllm": _mllm_cfg(models).model_dump(), "generation": FAST_GEN.model_dump(), "batch_size": 2,
-                 "num_cpus": 0.25},
-        translate=TranslateConfig(backend="seq2seq", target_langs=TARGETS, batch_size=4, num_cpus=0.25,
-                                  seq2seq=_seq2seq(models["marian"])),
+        caption={
+            "mllm": _mllm_cfg(models).model_dump(),
+            "generation": FAST_GEN.model_dump(),
+            "batch_size": 2,
+            "num_cpus": 0.25,
+        },
+        translate=TranslateConfig(
+            backend="seq2seq", target_langs=TARGETS, batch_size=4, num_cpus=0.25, seq2seq=_seq2seq(models["marian"])
+        ),
     )
     cat = EfficientNetCategoriser(cfg.categorise, cfg.stats_dir)
     ds = ray.data.from_arrow(routed)
@@ -340,7 +436,8 @@ def test_routing_and_dling_on_ray(models, ray_session, tmp_path):
     kept = [r for r in out if r["reason"] is None]
     assert len(out) == len(kept) == len(DLING_IMAGES) * len(TARGETS)  # one row per (image, target language)
     assert sorted((r["image_url"], r["lang"]) for r in kept) == sorted(
-        (f"http://miniweb.test/{img}", t) for _, _, img in DLING_IMAGES for t in TARGETS)
+        (f"http://miniweb.test/{img}", t) for _, _, img in DLING_IMAGES for t in TARGETS
+    )
     for r in kept:
         assert r["category"] == "screenshot_ui" and r["category_major"] == "information_technology"
         assert r["caption_en"] and r["text"] and r["mt_backend"] == "marian:tiny-marian"
@@ -378,17 +475,32 @@ def test_build_corpus_with_d_ling_on_miniweb(models, ray_session, tmp_path):
     d_ling = {
         "enabled": True,
         "categorise": {"backend": "efficientnet", "batch_size": 4, "num_cpus": 0.25},
-        "caption": {"mllm": _mllm_cfg(models).model_dump(), "generation": FAST_GEN.model_dump(), "batch_size": 4,
-                    "num_cpus": 0.25},
-        "translate": {"backend": "seq2seq", "target_langs": requested, "batch_size": 8, "num_cpus": 0.25,
-                      "seq2seq": _seq2seq(models["marian"]).model_dump()},
+        "caption": {
+            "mllm": _mllm_cfg(models).model_dump(),
+            "generation": FAST_GEN.model_dump(),
+            "batch_size": 4,
+            "num_cpus": 0.25,
+        },
+        "translate": {
+            "backend": "seq2seq",
+            "target_langs": requested,
+            "batch_size": 8,
+            "num_cpus": 0.25,
+            "seq2seq": _seq2seq(models["marian"]).model_dump(),
+        },
     }
     # one server for both runs: a rerun after a kill sees the same site (a new port would be new URLs, a new crawl)
     with serve_directory(MINIWEB) as url:
         # CNN dedup and moderation are tested in test_near_dedup; off here to keep this test's actor pools small
-        funnel = build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu", "th", "vi"],
-                       crawl=patient, d_ling=d_ling,
-                       filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}})
+        funnel = build(
+            tmp_path / "out",
+            seeds=tmp_path / "seeds.txt",
+            base_url=url,
+            langs=["hu", "th", "vi"],
+            crawl=patient,
+            d_ling=d_ling,
+            filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}},
+        )
         ling = read_dir(tmp_path / "out" / "d_ling")
         know = read_dir(tmp_path / "out" / "d_know")
         tax = load_taxonomy()
@@ -414,9 +526,15 @@ def test_build_corpus_with_d_ling_on_miniweb(models, ray_session, tmp_path):
         # rerun on the same output (as after a kill in the D_ling phase): captions come from the cache, none is
         # regenerated
         stats = tmp_path / "rerun-stats"
-        build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu", "th", "vi"],
-              crawl=patient, d_ling={**d_ling, "stats_dir": str(stats)},
-              filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}})
+        build(
+            tmp_path / "out",
+            seeds=tmp_path / "seeds.txt",
+            base_url=url,
+            langs=["hu", "th", "vi"],
+            crawl=patient,
+            d_ling={**d_ling, "stats_dir": str(stats)},
+            filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}},
+        )
     again = read_dir(tmp_path / "out" / "d_ling")
     assert sorted((r["id"], r["caption_en"]) for r in again) == sorted((r["id"], r["caption_en"]) for r in ling)
     recs = [json.loads(Path(p).read_text()) for p in glob.glob(str(stats / "*.json"))]

@@ -19,14 +19,16 @@ PY = sys.executable
 RAY_INFO = re.compile(r"(\tINFO |\bINFO \S+\.py:\d+ --|\[[^\]]* I \d+ \d+\] )")
 
 
-
-
-
-
 def _demo(out: Path, port: int) -> subprocess.CompletedProcess:
     """What `make demo` runs (python jobs/build_corpus.py), into ``out``, on demo port ``port`` (piped: not a TTY)."""
-    proc = subprocess.run([PY, str(ROOT / "jobs" / "build_corpus.py"), "--output", str(out), "--demo-port", str(port)],
-                          cwd=out.parent, env=job_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [PY, str(ROOT / "jobs" / "build_corpus.py"), "--output", str(out), "--demo-port", str(port)],
+        cwd=out.parent,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -71,9 +73,23 @@ def test_make_e2e(tmp_path):
     """`make e2e` as the README says (the venv exists: `-o` keeps make from reinstalling it)."""
     venv = Path(PY).parent.parent
     e2e = tmp_path / "e2e"
-    proc = subprocess.run(["make", "-C", str(ROOT), "-o", f"{venv}/bin/.installed", "e2e", f"VENV={venv}", f"E2E={e2e}",
-                           "E2E_LANGS=ar"],  # one adapter keeps CI's share to minutes; `make e2e` trains every language
-                          env=job_env(), capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(ROOT),
+            "-o",
+            f"{venv}/bin/.installed",
+            "e2e",
+            f"VENV={venv}",
+            f"E2E={e2e}",
+            "E2E_LANGS=ar",
+        ],  # one adapter keeps CI's share to minutes; `make e2e` trains every language
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
     # D_ling: the tiny Qwen2-VL captioned, the tiny Marian translated, the tiny COMETKiwi scored every kept row

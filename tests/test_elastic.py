@@ -69,8 +69,17 @@ JOB_TASK = re.compile(r"MapBatches|MapWorker|crawl_shard|ReadFiles|ListFiles|Agg
 # test_train.py's fast settings, but streamed samples (materialize=false): Ray Train workers only
 # borrow the blocks of a materialized dataset, and a borrower cannot rebuild a block lost with a
 # node (Ray: OBJECT_UNRECONSTRUCTABLE_BORROWED), so a run on materialized samples fails on node loss
-TRAIN_FAST = ["batch_size=1", "grad_accum=1", "cpus_per_worker=0.5", "materialize=false", "warmup_ratio=0.0",
-              f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}", "n_test=2", "max_tiles=4"]
+TRAIN_FAST = [
+    "batch_size=1",
+    "grad_accum=1",
+    "cpus_per_worker=0.5",
+    "materialize=false",
+    "warmup_ratio=0.0",
+    f"image_min_pixels={MIN_PIXELS}",
+    f"image_max_pixels={MAX_PIXELS}",
+    "n_test=2",
+    "max_tiles=4",
+]
 
 
 # ------------------------------------------------------------------------------------------ drivers
@@ -80,8 +89,9 @@ class Job:
     def __init__(self, args: list[str], log: Path, env: dict[str, str]):
         self.log = log
         with open(log, "wb") as f:
-            self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=f,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -109,8 +119,20 @@ CRAWL = {**FAST_CRAWL, "read_timeout_s": 600.0, "total_timeout_s": 900.0, "url_d
 
 def build_args(out: Path, base_url: str, *extra: str) -> list[str]:
     crawl = [f"crawl.{k}={v}" for k, v in CRAWL.items() if k != "allow_private_hosts"]
-    return ["jobs/build_corpus.py", "--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", base_url,
-            "--output", str(out), "--allow-private-hosts", "127.0.0.1", "-q", *crawl, *extra]
+    return [
+        "jobs/build_corpus.py",
+        "--seeds",
+        str(DEMO_WEB / "seeds.txt"),
+        "--base-url",
+        base_url,
+        "--output",
+        str(out),
+        "--allow-private-hosts",
+        "127.0.0.1",
+        "-q",
+        *crawl,
+        *extra,
+    ]
 
 
 def wait_for(predicate, job: Job | None, what: str, timeout_s: float = 300.0, poll_s: float = 0.2):
@@ -131,8 +153,9 @@ def wait_for(predicate, job: Job | None, what: str, timeout_s: float = 300.0, po
 def d_know_rows(out) -> list[tuple]:
     """D_know rows (lang, page path, image path, alt-text, sha256), sorted; duplicates kept."""
     rows = read_dir(Path(out) / "d_know", ["lang", "page_url", "image_url", "alt_text", "sha256"])
-    return sorted((r["lang"], path_of(r["page_url"]), path_of(r["image_url"]), r["alt_text"], r["sha256"])
-                  for r in rows)
+    return sorted(
+        (r["lang"], path_of(r["page_url"]), path_of(r["image_url"]), r["alt_text"], r["sha256"]) for r in rows
+    )
 
 
 # ------------------------------------------------------------------------------------------ cluster
@@ -140,10 +163,17 @@ def d_know_rows(out) -> list[tuple]:
 
 def _node_args(num_cpus: int, **extra) -> dict:
     """A raylet on 127.0.0.1 with its own free ports (other Ray clusters share this machine)."""
-    return {"num_cpus": num_cpus, "object_store_memory": 100 * 2**20, "node_ip_address": "127.0.0.1",
-            "object_manager_port": free_port(), "dashboard_agent_listen_port": free_port(),
-            "metrics_agent_port": free_port(), "metrics_export_port": free_port(),
-            "runtime_env_agent_port": free_port(), **extra}
+    return {
+        "num_cpus": num_cpus,
+        "object_store_memory": 100 * 2**20,
+        "node_ip_address": "127.0.0.1",
+        "object_manager_port": free_port(),
+        "dashboard_agent_listen_port": free_port(),
+        "metrics_agent_port": free_port(),
+        "metrics_export_port": free_port(),
+        "runtime_env_agent_port": free_port(),
+        **extra,
+    }
 
 
 def _start(make, attempts: int = 3):
@@ -164,12 +194,22 @@ class LocalCluster:
     def __init__(self, env: dict[str, str]):
         port = free_port()
         self.dashboard = f"http://127.0.0.1:{port}"
-        self.cluster = _start(lambda: Cluster(initialize_head=True, head_node_args=_node_args(
-            0, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-            gcs_server_port=free_port(), ray_client_server_port=free_port(),
-            # the GCS declares a node dead after 5 failed health checks: 1 s apart instead of 3 s
-            # (a killed raylet fails each at once; a slow one still has 10 s to answer each)
-            _system_config={"health_check_period_ms": 1000})))
+        self.cluster = _start(
+            lambda: Cluster(
+                initialize_head=True,
+                head_node_args=_node_args(
+                    0,
+                    include_dashboard=True,
+                    dashboard_host="127.0.0.1",
+                    dashboard_port=port,
+                    gcs_server_port=free_port(),
+                    ray_client_server_port=free_port(),
+                    # the GCS declares a node dead after 5 failed health checks: 1 s apart instead of 3 s
+                    # (a killed raylet fails each at once; a slow one still has 10 s to answer each)
+                    _system_config={"health_check_period_ms": 1000},
+                ),
+            )
+        )
         self.env = {**env, "RAY_ADDRESS": self.cluster.address}
 
     def add_worker(self, num_cpus: int = 2):
@@ -184,26 +224,38 @@ class LocalCluster:
     def alive_nodes(self) -> set[str]:
         from ray.util.state import list_nodes
 
-        return {n.node_id for n in list_nodes(address=self.dashboard, raise_on_missing_output=False)
-                if n.state == "ALIVE"}
+        return {
+            n.node_id for n in list_nodes(address=self.dashboard, raise_on_missing_output=False) if n.state == "ALIVE"
+        }
 
     def job_work_on(self, node_id: str, running_only: bool = False) -> list[str]:
         """Names of build_corpus tasks (and actors, when ``running_only``) on ``node_id``."""
         from ray.util.state import list_actors, list_tasks
 
         filters = [("node_id", "=", node_id)] + ([("state", "=", "RUNNING")] if running_only else [])
-        names = [t.name for t in list_tasks(address=self.dashboard, filters=filters, limit=10_000,
-                                            raise_on_missing_output=False)]
+        names = [
+            t.name
+            for t in list_tasks(address=self.dashboard, filters=filters, limit=10_000, raise_on_missing_output=False)
+        ]
         if running_only:
-            names += [a.class_name for a in list_actors(address=self.dashboard, raise_on_missing_output=False,
-                                                        filters=[("node_id", "=", node_id), ("state", "=", "ALIVE")])]
+            names += [
+                a.class_name
+                for a in list_actors(
+                    address=self.dashboard,
+                    raise_on_missing_output=False,
+                    filters=[("node_id", "=", node_id), ("state", "=", "ALIVE")],
+                )
+            ]
         return sorted({n for n in names if JOB_TASK.search(n)})
 
     def train_worker_nodes(self) -> set[str]:
         from ray.util.state import list_actors
 
-        actors = list_actors(address=self.dashboard, raise_on_missing_output=False,
-                             filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        actors = list_actors(
+            address=self.dashboard,
+            raise_on_missing_output=False,
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        )
         return {a.node_id for a in actors}
 
     def remove_workers(self) -> None:
@@ -343,8 +395,13 @@ def test_removed_node_does_not_fail_the_job(single_node_rows, workers, held, tmp
     job = Job(build_args(out, held.url), tmp_path / "job.log", workers.env)
     try:
         wait_for(lambda: held.held > 0, job, "image fetch to start")
-        fetching = wait_for(lambda: [n for n in workers.job_work_on(doomed.node_id, running_only=True)
-                                     if "ImageStages" in n], job, "the fetch actors in the state API", 60.0, 0.5)
+        fetching = wait_for(
+            lambda: [n for n in workers.job_work_on(doomed.node_id, running_only=True) if "ImageStages" in n],
+            job,
+            "the fetch actors in the state API",
+            60.0,
+            0.5,
+        )
         workers.add_worker()
         workers.kill(doomed)
         held.release()
@@ -393,10 +450,30 @@ def test_training_resumes_after_losing_a_worker_node(tiny, workers, tmp_path):
     nodes = {n.node_id: n for n in (workers.add_worker(), workers.add_worker())}
     out = tmp_path / "run"
     sets = TRAIN_FAST + ["max_steps=6", "checkpoint_every=2", "max_failures=1", "lr=1e-3"]
-    args = ["jobs/train.py", "--data", str(tiny["corpus"]), "--lang", "hu", "--backbone", "qwen2-vl",
-            "--model", str(tiny["qwen"]), "--output", str(out), "--mix", "know-only", "--deepspeed", "zero2",
-            "--num-workers", "2", *sets]
-    env = {**workers.env, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))}
+    args = [
+        "jobs/train.py",
+        "--data",
+        str(tiny["corpus"]),
+        "--lang",
+        "hu",
+        "--backbone",
+        "qwen2-vl",
+        "--model",
+        str(tiny["qwen"]),
+        "--output",
+        str(out),
+        "--mix",
+        "know-only",
+        "--deepspeed",
+        "zero2",
+        "--num-workers",
+        "2",
+        *sets,
+    ]
+    env = {
+        **workers.env,
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions")),
+    }
     job = Job(args, tmp_path / "job.log", env)
     frozen: list[psutil.Process] = []
     try:

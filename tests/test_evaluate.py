@@ -40,9 +40,23 @@ SPLIT = ["--n-test", "3", "--test-max-fraction", "0.5", "--max-tokens", "8"]
 TRAIN_STEPS = 8
 # jobs/train.py settings: the evaluation's split (3 test images per source), tiny images and sequences,
 # 1 worker with half a CPU (Ray Data needs the rest, STACK.md), lr 1e-2 so that 8 steps change greedy outputs
-TRAIN_SET = ["n_test=3", "test_max_fraction=0.5", f"max_steps={TRAIN_STEPS}", "lr=1e-2", "warmup_ratio=0.0",
-             "batch_size=2", "grad_accum=1", "lora_rank=8", "lora_alpha=16", "lora_dropout=0", "max_seq_length=160",
-             "cpus_per_worker=0.5", "materialize=true", f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}"]
+TRAIN_SET = [
+    "n_test=3",
+    "test_max_fraction=0.5",
+    f"max_steps={TRAIN_STEPS}",
+    "lr=1e-2",
+    "warmup_ratio=0.0",
+    "batch_size=2",
+    "grad_accum=1",
+    "lora_rank=8",
+    "lora_alpha=16",
+    "lora_dropout=0",
+    "max_seq_length=160",
+    "cpus_per_worker=0.5",
+    "materialize=true",
+    f"image_min_pixels={MIN_PIXELS}",
+    f"image_max_pixels={MAX_PIXELS}",
+]
 
 
 def _train_job():
@@ -66,16 +80,40 @@ def setup(tmp_path_factory, ray_session):
     train_main = _train_job()
 
     def train(lang: str) -> dict:  # the real training job, D_know ∪ D_ling (dual mix), on the shared corpus dir
-        return train_main(["--data", str(data), "--lang", lang, "--backbone", "qwen2-vl", "--model", str(model),
-                           "--output", str(root / "train" / lang), "--mix", "dual", "--deepspeed", "zero2",
-                           "--num-workers", "1", *TRAIN_SET])
+        return train_main(
+            [
+                "--data",
+                str(data),
+                "--lang",
+                lang,
+                "--backbone",
+                "qwen2-vl",
+                "--model",
+                str(model),
+                "--output",
+                str(root / "train" / lang),
+                "--mix",
+                "dual",
+                "--deepspeed",
+                "zero2",
+                "--num-workers",
+                "1",
+                *TRAIN_SET,
+            ]
+        )
 
     with ThreadPoolExecutor(len(LANGS)) as pool:  # three Ray Train runs side by side in the same Ray
         summaries = dict(zip(LANGS, pool.map(train, LANGS)))
     for lang, summary in summaries.items():
         shutil.copytree(summary["adapter"], root / "adapters" / f"mella-{lang}")
-    args = dict(model=str(model), adapters=str(root / "adapters"), max_adapters_per_replica=3,
-                image_min_pixels=MIN_PIXELS, image_max_pixels=MAX_PIXELS, auth_token_env="MELLA_TEST_EVAL_TOKEN")
+    args = dict(
+        model=str(model),
+        adapters=str(root / "adapters"),
+        max_adapters_per_replica=3,
+        image_min_pixels=MIN_PIXELS,
+        image_max_pixels=MAX_PIXELS,
+        auth_token_env="MELLA_TEST_EVAL_TOKEN",
+    )
     return {"root": root, "data": data, "model": model, "args": args, "train": summaries}
 
 
@@ -90,8 +128,19 @@ def evaluated(setup):
             common = ["--data", str(setup["data"]), "--endpoint", url, "--token-env", "MELLA_TEST_EVAL_TOKEN", *SPLIT]
             models = EndpointGenerator(url, TOKEN).models()
             greedy = evaluate_job.main([*common, "--langs", ",".join(LANGS), "--output", str(setup["root"] / "out")])
-            seeds = evaluate_job.main([*common, "--langs", "ko", "--seeds", "0,1", "--temperature", "1.0",
-                                       "--output", str(setup["root"] / "out_seeds")])
+            seeds = evaluate_job.main(
+                [
+                    *common,
+                    "--langs",
+                    "ko",
+                    "--seeds",
+                    "0,1",
+                    "--temperature",
+                    "1.0",
+                    "--output",
+                    str(setup["root"] / "out_seeds"),
+                ]
+            )
     finally:
         os.environ.pop("MELLA_TEST_EVAL_TOKEN", None)
     return {"greedy": greedy, "seeds": seeds, "models": models}
@@ -131,8 +180,11 @@ def test_served_adapters_are_the_trained_ones(evaluated, setup):
         assert meta["rows"] == {"d_know": 3, "d_ling": 3} and meta["held_out"] == {"d_know": 3, "d_ling": 3}
         assert meta["samples"] == {"d_know/ok": 3, "d_ling/ok": 3}
         split = split_by_image(tables, lang, 3, 0.5)
-        train_rows = [(src, i, h) for src, sp in split.items()
-                      for i, h in zip(sp.train["id"].to_pylist(), sp.train["sha256"].to_pylist())]
+        train_rows = [
+            (src, i, h)
+            for src, sp in split.items()
+            for i, h in zip(sp.train["id"].to_pylist(), sp.train["sha256"].to_pylist())
+        ]
         assert meta["data_snapshot"] == snapshot_hash(train_rows)  # no test image was trained on
         log = (setup["root"] / "train" / lang / "train_log.jsonl").read_text().splitlines()
         losses = [json.loads(line)["loss"] for line in log]
@@ -171,10 +223,13 @@ def test_metrics_recomputed_from_outputs(evaluated, setup):
             ling = [o for o in outs if o["lang"] == lang and o["model"] == model and o["source"] == "d_ling"]
             kref = [refs[o["id"]] for o in know]
             assert agg[(method, lang, "keyword_accuracy")] == pytest.approx(
-                100 * metrics.keyword_accuracy([o["text"] for o in know], kref, lang, 5, kref))
+                100 * metrics.keyword_accuracy([o["text"] for o in know], kref, lang, 5, kref)
+            )
             lref = [refs[o["id"]] for o in ling]
             assert agg[(method, lang, "bleu")] == pytest.approx(metrics.bleu([o["text"] for o in ling], lref, lang)[0])
-            assert agg[(method, lang, "meteor")] == pytest.approx(100 * metrics.meteor([o["text"] for o in ling], lref, lang))
+            assert agg[(method, lang, "meteor")] == pytest.approx(
+                100 * metrics.meteor([o["text"] for o in ling], lref, lang)
+            )
 
 
 def test_seeds_give_mean_and_std(evaluated):
@@ -199,10 +254,25 @@ def test_paired_export(evaluated):
 def test_ray_data_mode_reproduces_endpoint(evaluated, setup):
     """Ray Data batch inference (no server) gives the same greedy outputs as the endpoint for hu."""
     out = setup["root"] / "out_raydata"
-    evaluate_job.main(["--data", str(setup["data"]), "--langs", "hu", "--model", str(setup["model"]), "--adapters",
-                       str(setup["root"] / "adapters"), "--output", str(out), *SPLIT,
-                       f"engine={{min_pixels: {MIN_PIXELS}, max_pixels: {MAX_PIXELS}}}"])
-    served = {(o["id"], o["model"]): o["text"] for o in _outputs(evaluated["greedy"]["paths"]["outputs"]) if o["lang"] == "hu"}
+    evaluate_job.main(
+        [
+            "--data",
+            str(setup["data"]),
+            "--langs",
+            "hu",
+            "--model",
+            str(setup["model"]),
+            "--adapters",
+            str(setup["root"] / "adapters"),
+            "--output",
+            str(out),
+            *SPLIT,
+            f"engine={{min_pixels: {MIN_PIXELS}, max_pixels: {MAX_PIXELS}}}",
+        ]
+    )
+    served = {
+        (o["id"], o["model"]): o["text"] for o in _outputs(evaluated["greedy"]["paths"]["outputs"]) if o["lang"] == "hu"
+    }
     local = {(o["id"], o["model"]): o["text"] for o in _outputs(out / "outputs.jsonl")}
     assert local == served
 
@@ -220,12 +290,25 @@ def test_score_and_report_on_known_outputs(setup, tmp_path):
             text = "" if seed == 1 and it.source == "d_know" and it.id < "8" else it.reference
             outputs.append(Output(it.lang, it.source, it.id, seed, "MELLA", f"mella-{it.lang}", text))
     rows, facts = score(items, outputs)
-    paths = write_report(tmp_path, items=items, outputs=outputs, rows=rows, facts=facts, backbone="tiny",
-                         langs=LANGS, methods=[BASE_METHOD, "MELLA"], config={}, missing=[])
+    paths = write_report(
+        tmp_path,
+        items=items,
+        outputs=outputs,
+        rows=rows,
+        facts=facts,
+        backbone="tiny",
+        langs=LANGS,
+        methods=[BASE_METHOD, "MELLA"],
+        config={},
+        missing=[],
+    )
     agg = {(a["method"], a["lang"], a["metric"]): a for a in json.loads(Path(paths["json"]).read_text())["aggregate"]}
     for lang in LANGS:
         for metric in ("bleu", "rouge_l", "meteor"):
-            assert agg[("MELLA", lang, metric)]["mean"] == pytest.approx(100) and agg[(BASE_METHOD, lang, metric)]["mean"] == 0
+            assert (
+                agg[("MELLA", lang, metric)]["mean"] == pytest.approx(100)
+                and agg[(BASE_METHOD, lang, metric)]["mean"] == 0
+            )
         wrong = sum(1 for i in items if i.lang == lang and i.source == "d_know" and i.id < "8")
         kw = agg[("MELLA", lang, "keyword_accuracy")]
         assert kw["mean"] == pytest.approx((100 + 100 * (3 - wrong) / 3) / 2)

@@ -43,59 +43,98 @@ def test_alt_whitespace_normalisation():
     assert normalise_alt(None) is None
 
 
-@pytest.mark.parametrize("body, header, expected", [
-    ("Привет, мир".encode("cp1251"), "text/html; charset=windows-1251", "Привет, мир"),
-    (b'<meta charset="windows-1251">' + "Привет".encode("cp1251"), None, "Привет"),
-    ("<p>Съешь же ещё этих мягких французских булок, да выпей чаю. Широкая электрификация южных губерний.</p>"
-     .encode("cp1251"), None, "Съешь"),
-    ("Dobrý den, žluťoučký kůň".encode(), "text/html", "žluťoučký"),
-])
+@pytest.mark.parametrize(
+    "body, header, expected",
+    [
+        ("Привет, мир".encode("cp1251"), "text/html; charset=windows-1251", "Привет, мир"),
+        (b'<meta charset="windows-1251">' + "Привет".encode("cp1251"), None, "Привет"),
+        (
+            "<p>Съешь же ещё этих мягких французских булок, да выпей чаю. Широкая электрификация южных губерний.</p>".encode(
+                "cp1251"
+            ),
+            None,
+            "Съешь",
+        ),
+        ("Dobrý den, žluťoučký kůň".encode(), "text/html", "žluťoučký"),
+    ],
+)
 def test_charset_detection(body, header, expected):
     text, _enc = decode_html(body, header)
     assert expected in text
 
 
 def test_page_language_from_text_when_undeclared():
-    html = ("<html><body>" + "<p>Ovo je stranica na srpskom jeziku koja opisuje podešavanja programa i prozore.</p>" * 3
-            + "<p>Поставке режима приказа и општа подешавања програма за преузимање датотека.</p>" * 3 + "</body></html>")
+    html = (
+        "<html><body>"
+        + "<p>Ovo je stranica na srpskom jeziku koja opisuje podešavanja programa i prozore.</p>" * 3
+        + "<p>Поставке режима приказа и општа подешавања програма за преузимање датотека.</p>" * 3
+        + "</body></html>"
+    )
     page = parse_page("http://x/", html.encode(), [])
     assert page.lang == "sr" and "sr" in page.candidate_langs
 
 
-@pytest.mark.parametrize("tag, code", [("sr-Latn-RS", "sr"), ("sr_latin", "sr"), ("cs-CZ", "cs"), ("en-US", "en"),
-                                       ("", None), ("12", None), ("ko", "ko")])
+@pytest.mark.parametrize(
+    "tag, code",
+    [
+        ("sr-Latn-RS", "sr"),
+        ("sr_latin", "sr"),
+        ("cs-CZ", "cs"),
+        ("en-US", "en"),
+        ("", None),
+        ("12", None),
+        ("ko", "ko"),
+    ],
+)
 def test_lang_tags(tag, code):
     assert normalise_lang_tag(tag) == code
 
 
-@pytest.mark.parametrize("alt, reason", [
-    (None, "alt_empty"), ("", "alt_empty"), ("   ", "alt_empty"), ("7", "alt_too_short"),
-    ("IMG_1234.jpg", "alt_filename"), ("DSC01234", "alt_filename"), ("photo-2023-01-01.png", "alt_filename"),
-    ("a1b2c3d4e5f6", "alt_filename"), ("image", "alt_boilerplate"), ("Logo", "alt_boilerplate"),
-    ("Předcházející", "alt_boilerplate"), ("이미지", "alt_boilerplate"), ("Фото", "alt_boilerplate"),
-    ("Tòa nhà Quốc hội Hungary", None), ("Panel nástrojů GIMPu", None), ("2024 évi választás", None),
-])
+@pytest.mark.parametrize(
+    "alt, reason",
+    [
+        (None, "alt_empty"),
+        ("", "alt_empty"),
+        ("   ", "alt_empty"),
+        ("7", "alt_too_short"),
+        ("IMG_1234.jpg", "alt_filename"),
+        ("DSC01234", "alt_filename"),
+        ("photo-2023-01-01.png", "alt_filename"),
+        ("a1b2c3d4e5f6", "alt_filename"),
+        ("image", "alt_boilerplate"),
+        ("Logo", "alt_boilerplate"),
+        ("Předcházející", "alt_boilerplate"),
+        ("이미지", "alt_boilerplate"),
+        ("Фото", "alt_boilerplate"),
+        ("Tòa nhà Quốc hội Hungary", None),
+        ("Panel nástrojů GIMPu", None),
+        ("2024 évi választás", None),
+    ],
+)
 def test_alt_text_rules(alt, reason):
     assert alt_problem(alt) == reason
 
 
-@pytest.mark.parametrize("alt, lang, keep", [
-    ("Postavke režima prikaza.", "sr", True),  # sr Latin: fastText says cs/sl/sh
-    ("Изглед.", "sr", True),  # one Cyrillic word: fastText says mk
-    ("Опције прикључака К‑гета.", "sr", True),  # ј is Serbian, not Russian
-    ("Опције прикључака К‑гета.", "ru", False),
-    ("Soužití Debianu s OS X, Windows a systémy Unix", "cs", True),  # fastText: sk
-    ("synaptic менеджер пакетов", "ru", True),  # fastText: uk
-    ("The BibleTime application window", "th", False),  # English alt on a Thai page
-    ("หน้าต่างโปรแกรม", "th", True),
-    ("A screenshot illustrating the multi-window mode.", "cs", False),
-    ("Ảnh chụp màn hình cài đặt", "vi", True),
-    ("Main window", "vi", False),
-    ("سطح المكتب GNOME", "ar", True),
-    ("GNOME", "ar", False),
-    ("색상 관리 설정", "ko", True),
-    ("Megjegyzések rajzokban", "hu", True),
-])
+@pytest.mark.parametrize(
+    "alt, lang, keep",
+    [
+        ("Postavke režima prikaza.", "sr", True),  # sr Latin: fastText says cs/sl/sh
+        ("Изглед.", "sr", True),  # one Cyrillic word: fastText says mk
+        ("Опције прикључака К‑гета.", "sr", True),  # ј is Serbian, not Russian
+        ("Опције прикључака К‑гета.", "ru", False),
+        ("Soužití Debianu s OS X, Windows a systémy Unix", "cs", True),  # fastText: sk
+        ("synaptic менеджер пакетов", "ru", True),  # fastText: uk
+        ("The BibleTime application window", "th", False),  # English alt on a Thai page
+        ("หน้าต่างโปรแกรม", "th", True),
+        ("A screenshot illustrating the multi-window mode.", "cs", False),
+        ("Ảnh chụp màn hình cài đặt", "vi", True),
+        ("Main window", "vi", False),
+        ("سطح المكتب GNOME", "ar", True),
+        ("GNOME", "ar", False),
+        ("색상 관리 설정", "ko", True),
+        ("Megjegyzések rajzokban", "hu", True),
+    ],
+)
 def test_alt_language_rule(alt, lang, keep):
     assert check_alt_language(alt, lang).keep is keep
 
@@ -136,12 +175,15 @@ def test_decode_ok_and_pixel_hash_is_format_independent():
     assert db["format"] == "WEBP" and da["pixel_sha256"] == db["pixel_sha256"]
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "no_image"),
-    (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', "format_svg"),
-    (b"not an image at all", "undecodable"),
-    (_png(400, 400)[:300], "truncated"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "no_image"),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', "format_svg"),
+        (b"not an image at all", "undecodable"),
+        (_png(400, 400)[:300], "truncated"),
+    ],
+)
 def test_decode_rejects(data, reason):
     with pytest.raises(ValueError, match=reason):
         decode_image(data, FilterConfig())

@@ -63,9 +63,12 @@ def _variants(data: bytes) -> dict[str, bytes]:
         im.save(buf, fmt, **kw)
         return buf.getvalue()
 
-    return {"orig": save(img), "jpeg70": save(img, "JPEG", quality=70),
-            "resize90": save(img.resize((round(img.width * 0.9), round(img.height * 0.9)), Image.LANCZOS)),
-            "crop2": save(img.crop((round(img.width * 0.02), round(img.height * 0.02), img.width, img.height)))}
+    return {
+        "orig": save(img),
+        "jpeg70": save(img, "JPEG", quality=70),
+        "resize90": save(img.resize((round(img.width * 0.9), round(img.height * 0.9)), Image.LANCZOS)),
+        "crop2": save(img.crop((round(img.width * 0.02), round(img.height * 0.02), img.width, img.height))),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +87,16 @@ def photo_rows():
             vecs = emb.embed(list(vs.values()))
             for (name, b), e in zip(vs.items(), vecs):
                 d = decode_image(b, DecodeConfig(min_side_px=16))  # a 90 % resize may fall below 256 px
-                out.append({"photo": k, "variant": name, "image": b, "embedding": e.tolist(), "image_bytes": len(b),
-                            **{c: d[c] for c in ("width", "height", "pixel_sha256", "phash")}})
+                out.append(
+                    {
+                        "photo": k,
+                        "variant": name,
+                        "image": b,
+                        "embedding": e.tolist(),
+                        "image_bytes": len(b),
+                        **{c: d[c] for c in ("width", "height", "pixel_sha256", "phash")},
+                    }
+                )
     return out
 
 
@@ -95,8 +106,17 @@ def _parts(rows, tmp_path, same_page: bool, same_alt: bool = True) -> tuple[list
         page = "http://s/gallery.html" if same_page else f"http://s/{r['photo']}-{r['variant']}.html"
         url = f"http://s/{r['photo']}-{r['variant']}.png"
         alt = f"A {r['photo']}. fénykép" if same_alt else f"A {r['photo']}. fénykép ({r['variant']})"
-        recs.append({**{k: v for k, v in r.items() if k not in ("photo", "variant")}, "id": record_id("hu", page, url),
-                     "lang": "hu", "page_url": page, "image_url": url, "alt_text": alt, "source": "warc"})
+        recs.append(
+            {
+                **{k: v for k, v in r.items() if k not in ("photo", "variant")},
+                "id": record_id("hu", page, url),
+                "lang": "hu",
+                "page_url": page,
+                "image_url": url,
+                "alt_text": alt,
+                "source": "warc",
+            }
+        )
     path = tmp_path / f"part-{same_page}-{same_alt}.parquet"
     pq.write_table(to_table(recs, REJECT_SCHEMA), path)
     return [str(path)], {r["id"]: r["image_url"].rsplit("-", 1)[1] for r in recs}
@@ -135,15 +155,21 @@ def test_bucket_groupby_equals_map_groups_and_a_retried_map_task_replaces_its_fi
 
     def summary(g: pa.Table) -> pa.Table:
         assert len(set(g["bucket"].to_pylist())) == 1
-        return pa.table({"bucket": [g["bucket"][0].as_py()], "n": [g.num_rows], "sum": [pa.compute.sum(g["v"]).as_py()]})
+        return pa.table(
+            {"bucket": [g["bucket"][0].as_py()], "n": [g.num_rows], "sum": [pa.compute.sum(g["v"]).as_py()]}
+        )
 
     want = t.group_by("bucket").aggregate([("v", "count"), ("v", "sum")])
-    want = {b: (c, s) for b, c, s in zip(want["bucket"].to_pylist(), want["v_count"].to_pylist(), want["v_sum"].to_pylist())}
+    want = {
+        b: (c, s) for b, c, s in zip(want["bucket"].to_pylist(), want["v_count"].to_pylist(), want["v_sum"].to_pylist())
+    }
     with spill_area(str(tmp_path / "d.parquet.shuffle")) as spill:
         ds = ray.data.from_arrow(t).repartition(7)
         got = bucket_groupby(ds, p, summary, os.path.join(spill, "x")).to_arrow_refs()
         got = pa.concat_tables(ray.get(got))
-        assert {b: (c, s) for b, c, s in zip(got["bucket"].to_pylist(), got["n"].to_pylist(), got["sum"].to_pylist())} == want
+        assert {
+            b: (c, s) for b, c, s in zip(got["bucket"].to_pylist(), got["n"].to_pylist(), got["sum"].to_pylist())
+        } == want
         assert len(os.listdir(os.path.join(spill, "x"))) == p - 1
         before = sorted(os.listdir(os.path.join(spill, "x", "000000")))
         _spill(t.slice(0, 5000), os.path.join(spill, "x"), p)

@@ -92,8 +92,9 @@ def _fetch_with_actors(ray, cfg: CrawlConfig, warc_dir: str, urls: list[str], n_
 def test_four_actors_share_one_origins_limits(ray_session, tmp_path):
     log: list = []
     crawl_delay = 0.25
-    cfg = CrawlConfig(per_host_concurrency=2, politeness_delay_s=0.05, allow_private_hosts=["127.0.0.1"],
-                      respect_tdmrep=False)
+    cfg = CrawlConfig(
+        per_host_concurrency=2, politeness_delay_s=0.05, allow_private_hosts=["127.0.0.1"], respect_tdmrep=False
+    )
     app = _origin_app(log, f"User-agent: *\nCrawl-delay: {crawl_delay}\n", hold_s=0.6)
     with _running(app) as url:
         urls = [f"{url}/img/{i}.png" for i in range(16)]
@@ -110,8 +111,14 @@ def test_retry_after_slows_that_origin_only(ray_session, tmp_path):
     busy_log: list = []
     calm_log: list = []
     retry_after = 2
-    cfg = CrawlConfig(per_host_concurrency=2, politeness_delay_s=0.1, allow_private_hosts=["127.0.0.1"],
-                      respect_tdmrep=False, backoff_base_s=0.1, max_retries=2)
+    cfg = CrawlConfig(
+        per_host_concurrency=2,
+        politeness_delay_s=0.1,
+        allow_private_hosts=["127.0.0.1"],
+        respect_tdmrep=False,
+        backoff_base_s=0.1,
+        max_retries=2,
+    )
     busy = _origin_app(busy_log, "User-agent: *\nAllow: /\n", hold_s=0.05, busy_first=1, retry_after_s=retry_after)
     calm = _origin_app(calm_log, "User-agent: *\nAllow: /\n", hold_s=0.05)
     with _running(busy) as busy_url, _running(calm) as calm_url:

@@ -21,9 +21,19 @@ from mella.console import UsageError
 from mella.models.hub import hub_cache_dir, resolve_model, snapshot_commit
 
 PY = sys.executable
-QWEN_FILES = {"config.json", "generation_config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-              "model-00002-of-00002.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-              "preprocessor_config.json", "chat_template.json"}
+QWEN_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "model-00001-of-00002.safetensors",
+    "model-00002-of-00002.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "preprocessor_config.json",
+    "chat_template.json",
+}
 
 
 def test_cache_layout_is_the_hubs(hf_home):
@@ -39,16 +49,25 @@ def test_cache_layout_is_the_hubs(hf_home):
 def test_transformers_finds_the_id_in_the_cache_by_itself(hf_home):
     """The layout is the hub's: transformers' own resolution (no mella code) finds the id offline (a fresh
     process: huggingface_hub reads HF_HOME when imported)."""
-    code = ("from transformers import AutoConfig, AutoTokenizer; "
-            f"print(AutoConfig.from_pretrained('{QWEN2_VL}').model_type, "
-            f"AutoTokenizer.from_pretrained('{QWEN2_VL}').convert_tokens_to_ids('<|image_pad|>'))")
-    proc = subprocess.run([PY, "-c", code], env=hub_env(hf_home, job_env()), capture_output=True, text=True, timeout=300)
+    code = (
+        "from transformers import AutoConfig, AutoTokenizer; "
+        f"print(AutoConfig.from_pretrained('{QWEN2_VL}').model_type, "
+        f"AutoTokenizer.from_pretrained('{QWEN2_VL}').convert_tokens_to_ids('<|image_pad|>'))"
+    )
+    proc = subprocess.run(
+        [PY, "-c", code], env=hub_env(hf_home, job_env()), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.split() == ["qwen2_vl", "151655"], proc.stderr[-2000:]
 
 
 def test_make_tiny_model_hf_home_refuses_unknown_ids(tmp_path):
-    proc = subprocess.run([PY, str(ROOT / "jobs" / "make_tiny_model.py"), "--hf-home", str(tmp_path / "h"), "--ids",
-                           "nobody/nothing"], env=job_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PY, str(ROOT / "jobs" / "make_tiny_model.py"), "--hf-home", str(tmp_path / "h"), "--ids", "nobody/nothing"],
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "no tiny writer" in proc.stderr and QWEN2_VL in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "h").exists()
 
@@ -85,7 +104,9 @@ def test_neither_directory_nor_id(offline_hub, name):
 
 def test_published_internvl_format_needs_the_converter(offline_hub, tmp_path):
     """A remote-code InternVL2 checkpoint (model_type internvl_chat) is converted, or refused in one line."""
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl_chat", "architectures": ["InternVLChatModel"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "internvl_chat", "architectures": ["InternVLChatModel"]})
+    )
     try:
         import mella.models.internvl2  # noqa: F401 - the import is the check
     except ImportError:
@@ -121,9 +142,25 @@ def test_train_job_with_an_absent_id_fails_in_one_line(hf_home, tmp_path):
     from conftest_train import write_corpus
 
     data = write_corpus(tmp_path / "corpus", "hu", n_know=3, n_ling=0)
-    proc = subprocess.run([PY, str(ROOT / "jobs" / "train.py"), "--data", str(data), "--lang", "hu", "--model",
-                           "Qwen/Qwen2-VL-2B-Instruct", "--output", str(tmp_path / "out")], cwd=tmp_path,
-                          env=hub_env(hf_home, job_env()), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            PY,
+            str(ROOT / "jobs" / "train.py"),
+            "--data",
+            str(data),
+            "--lang",
+            "hu",
+            "--model",
+            "Qwen/Qwen2-VL-2B-Instruct",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        cwd=tmp_path,
+        env=hub_env(hf_home, job_env()),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
     assert str(hf_home / "hub") in err[0] and "hf download Qwen/Qwen2-VL-2B-Instruct" in err[0]
@@ -140,12 +177,34 @@ def test_train_job_takes_a_hub_id_and_writes_an_adapter(hf_home, tmp_path, repo_
 
     data = write_corpus(tmp_path / "corpus", "hu", n_know=4, n_ling=0)
     out = tmp_path / "out"
-    sets = ["max_steps=1", "batch_size=1", "cpus_per_worker=0.5", "n_test=1", "max_seq_length=512", "max_tiles=2",
-            f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}"]
-    cmd = [PY, str(ROOT / "jobs" / "train.py"), "--data", str(data), "--lang", "hu", "--model", repo_id, "--output",
-           str(out), "--mix", "know-only", *sum((["--set", kv] for kv in sets), [])]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=hub_env(hf_home, job_env()), capture_output=True, text=True,
-                          timeout=900)
+    sets = [
+        "max_steps=1",
+        "batch_size=1",
+        "cpus_per_worker=0.5",
+        "n_test=1",
+        "max_seq_length=512",
+        "max_tiles=2",
+        f"image_min_pixels={MIN_PIXELS}",
+        f"image_max_pixels={MAX_PIXELS}",
+    ]
+    cmd = [
+        PY,
+        str(ROOT / "jobs" / "train.py"),
+        "--data",
+        str(data),
+        "--lang",
+        "hu",
+        "--model",
+        repo_id,
+        "--output",
+        str(out),
+        "--mix",
+        "know-only",
+        *sum((["--set", kv] for kv in sets), []),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=hub_env(hf_home, job_env()), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / "adapter" / "mella_train.json").read_text())
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
@@ -188,18 +247,64 @@ def _checked(job, argv):
 
 def test_build_corpus_takes_ids_for_caption_and_mt(with_marian, offline_hub, tmp_path):
     job = _build_corpus_job()
-    cfg = _checked(job, ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output", str(tmp_path / "o"), "--d-ling",
-                         "--caption-model", QWEN2_VL, "--mt-model", MARIAN_ID, "--categoriser", "mllm"])
+    cfg = _checked(
+        job,
+        [
+            "--seeds",
+            str(ROOT / "demo_web" / "seeds.txt"),
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--output",
+            str(tmp_path / "o"),
+            "--d-ling",
+            "--caption-model",
+            QWEN2_VL,
+            "--mt-model",
+            MARIAN_ID,
+            "--categoriser",
+            "mllm",
+        ],
+    )
     d, hub = cfg.d_ling, offline_hub / "hub"
-    assert Path(d.caption.mllm.model_path) == hub / "models--Qwen--Qwen2-VL-7B-Instruct" / "snapshots" / snapshot_commit(QWEN2_VL)
+    assert Path(
+        d.caption.mllm.model_path
+    ) == hub / "models--Qwen--Qwen2-VL-7B-Instruct" / "snapshots" / snapshot_commit(QWEN2_VL)
     assert d.categorise.mllm.model_path == d.caption.mllm.model_path
     assert Path(d.translate.seq2seq.model_path).parent.parent.name == "models--mella-test--tiny-opus-mt-en-mul"
-    cfg = _checked(job, ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output",
-                         str(tmp_path / "o"), "--d-ling", "--caption-model", QWEN2_VL, "--mt-backend", "mllm"])
+    cfg = _checked(
+        job,
+        [
+            "--seeds",
+            str(ROOT / "demo_web" / "seeds.txt"),
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--output",
+            str(tmp_path / "o"),
+            "--d-ling",
+            "--caption-model",
+            QWEN2_VL,
+            "--mt-backend",
+            "mllm",
+        ],
+    )
     assert cfg.d_ling.translate.mllm.model_path == d.caption.mllm.model_path
     with pytest.raises(UsageError, match="hf download facebook/nllb-200-distilled-600M"):
-        _checked(job, ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output", str(tmp_path / "o"), "--d-ling",
-                       "--caption-model", QWEN2_VL, "--mt-model", "facebook/nllb-200-distilled-600M"])
+        _checked(
+            job,
+            [
+                "--seeds",
+                str(ROOT / "demo_web" / "seeds.txt"),
+                "--base-url",
+                "http://127.0.0.1:9",
+                "--output",
+                str(tmp_path / "o"),
+                "--d-ling",
+                "--caption-model",
+                QWEN2_VL,
+                "--mt-model",
+                "facebook/nllb-200-distilled-600M",
+            ],
+        )
 
 
 def test_mllm_categories_without_d_ling_and_gpu_placement(offline_hub, tmp_path):
@@ -208,7 +313,14 @@ def test_mllm_categories_without_d_ling_and_gpu_placement(offline_hub, tmp_path)
     from mella.plan import build_plan, model_placement, stage_names
 
     job = _build_corpus_job()
-    seeds = ["--seeds", str(ROOT / "demo_web" / "seeds.txt"), "--base-url", "http://127.0.0.1:9", "--output", str(tmp_path / "o")]
+    seeds = [
+        "--seeds",
+        str(ROOT / "demo_web" / "seeds.txt"),
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--output",
+        str(tmp_path / "o"),
+    ]
     cfg = _checked(job, [*seeds, "--categoriser", "mllm", "--caption-model", QWEN2_VL, "--num-gpus", "1"])
     assert not cfg.d_ling.enabled and cfg.d_ling.categorise.backend == "mllm"
     plan = build_plan(cfg)

@@ -24,18 +24,36 @@ pytestmark = [pytest.mark.slow]
 PY = sys.executable
 
 
-
-
 def _job_cmd(url: str, out: Path) -> list[str]:
-    return [PY, str(ROOT / "jobs" / "build_corpus.py"), "--seeds", str(DEMO_WEB / "seeds.txt"), "--base-url", url,
-            "--output", str(out), "--allow-private-hosts", "127.0.0.1", "--num-cpus", "2", "-q",
-            "crawl.politeness_delay_s=0", "ray.files_per_group=1"]
+    return [
+        PY,
+        str(ROOT / "jobs" / "build_corpus.py"),
+        "--seeds",
+        str(DEMO_WEB / "seeds.txt"),
+        "--base-url",
+        url,
+        "--output",
+        str(out),
+        "--allow-private-hosts",
+        "127.0.0.1",
+        "--num-cpus",
+        "2",
+        "-q",
+        "crawl.politeness_delay_s=0",
+        "ray.files_per_group=1",
+    ]
 
 
 def test_demo_default_command(tmp_path):
     """README command 1: no arguments → bundled demo web on 127.0.0.1 → ./mella_out."""
-    proc = subprocess.run([PY, str(ROOT / "jobs" / "build_corpus.py"), "--num-cpus", "2"], cwd=tmp_path, env=job_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [PY, str(ROOT / "jobs" / "build_corpus.py"), "--num-cpus", "2"],
+        cwd=tmp_path,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "D_know total:" in proc.stdout and "langid" in proc.stdout
     out = tmp_path / "mella_out"
@@ -49,12 +67,23 @@ def test_demo_default_command(tmp_path):
 def test_kill_midway_then_rerun_equals_uninterrupted(tmp_path, ray_session):
     with serve_directory(DEMO_WEB) as url:
         # reference: an uninterrupted run (in-process)
-        build(tmp_path / "ref", seeds=DEMO_WEB / "seeds.txt", base_url=url, ray={"files_per_group": 1},
-              crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0}, models=True)  # the job's defaults: all filters
+        build(
+            tmp_path / "ref",
+            seeds=DEMO_WEB / "seeds.txt",
+            base_url=url,
+            ray={"files_per_group": 1},
+            crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0},
+            models=True,
+        )  # the job's defaults: all filters
         reference = pair_keys(tmp_path / "ref")
         out = tmp_path / "out"
-        proc = subprocess.Popen(_job_cmd(url, out), env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            _job_cmd(url, out),
+            env=job_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + 300
         # kill once the image stage has closed at least one WARC shard (phase 1 is under way)
         while time.time() < deadline and not glob.glob(str(out / "warc" / "images-*.warc")):
@@ -68,21 +97,33 @@ def test_kill_midway_then_rerun_equals_uninterrupted(tmp_path, ray_session):
         proc = subprocess.run(_job_cmd(url, out), env=job_env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert pair_keys(out) == reference
-    ids = [r for p in glob.glob(str(out / "d_know" / "*.parquet")) for r in __import__("pyarrow.parquet").parquet.read_table(p, columns=["id"]).column("id").to_pylist()]
+    ids = [
+        r
+        for p in glob.glob(str(out / "d_know" / "*.parquet"))
+        for r in __import__("pyarrow.parquet").parquet.read_table(p, columns=["id"]).column("id").to_pylist()
+    ]
     assert len(ids) == len(set(ids)), "duplicated rows after resume"
     assert not glob.glob(str(out / "**" / "*.tmp-*"), recursive=True)
     assert not glob.glob(str(out / "warc" / "*.open"))
 
 
-
-
 def _head_flags(temp_dir: Path, dash: int) -> list[str]:
     """What a test adds to `ray start --head`: --block (torn down with its process group), loopback, free ports."""
-    return ["--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}", f"--dashboard-port={dash}",
-            "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}"]
+    return [
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={free_port()}",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
 
 
 @contextlib.contextmanager
@@ -98,8 +139,9 @@ def _ray_head(start: list[str], env: dict, tmp_path: Path):
     dash = free_port()
     temp_dir = Path("/tmp") / f"rayhead-{os.getpid()}-{dash}"
     log = open(tmp_path / "ray_head.log", "w")
-    proc = subprocess.Popen(start + _head_flags(temp_dir, dash), env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        start + _head_flags(temp_dir, dash), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 180
     try:
@@ -127,8 +169,9 @@ def _ray_head(start: list[str], env: dict, tmp_path: Path):
 
 def _submit(cmd, env: dict) -> subprocess.CompletedProcess:
     for _attempt in range(12):  # the head's job agent registers a few seconds after the dashboard answers
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT,
-                              shell=isinstance(cmd, str))
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT, shell=isinstance(cmd, str)
+        )
         if "No available agent" not in proc.stdout + proc.stderr:
             return proc
         time.sleep(5)
@@ -162,8 +205,13 @@ def test_readme_cluster_commands_run_as_written(tmp_path):
     import shlex
 
     lines = readme_cluster_commands()
-    assert [shlex.split(x)[:2] for x in lines] == [["export", "RAY_AUTH_MODE=token"], ["ray", "get-auth-token"],
-                                                   ["ray", "start"], ["ray", "job"], ["ray", "stop"]], lines
+    assert [shlex.split(x)[:2] for x in lines] == [
+        ["export", "RAY_AUTH_MODE=token"],
+        ["ray", "get-auth-token"],
+        ["ray", "start"],
+        ["ray", "job"],
+        ["ray", "stop"],
+    ], lines
     env = {**job_env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_AUTH_MODE", None)
     key, value = shlex.split(lines[0])[1].split("=", 1)
@@ -173,12 +221,23 @@ def test_readme_cluster_commands_run_as_written(tmp_path):
     ray_bin = str(Path(PY).parent / "ray")
     with _ray_head([ray_bin, *shlex.split(lines[2])[1:]], env, tmp_path) as head:
         out = tmp_path / "mella_cluster"
-        submit = (lines[3].replace("http://127.0.0.1:8265", head["address"]).replace('"$PWD/mella_cluster"', str(out))
-                  .replace("ray job submit", f"{ray_bin} job submit", 1) + f" --demo-port {free_port()}")
+        submit = (
+            lines[3]
+            .replace("http://127.0.0.1:8265", head["address"])
+            .replace('"$PWD/mella_cluster"', str(out))
+            .replace("ray job submit", f"{ray_bin} job submit", 1)
+            + f" --demo-port {free_port()}"
+        )
         assert str(out) in submit and head["address"] in submit
-        unauthenticated = subprocess.run(f"{ray_bin} job list --address {head['address']}", shell=True, cwd=ROOT,
-                                         env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
-                                         timeout=120)
+        unauthenticated = subprocess.run(
+            f"{ray_bin} job list --address {head['address']}",
+            shell=True,
+            cwd=ROOT,
+            env={**env, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert unauthenticated.returncode != 0  # token authentication is on: a client without it is refused
         proc = _submit(submit, env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -190,9 +249,27 @@ def test_readme_cluster_commands_run_as_written(tmp_path):
 def test_ray_job_submit_against_local_head(ray_head, tmp_path):
     out = tmp_path / "out"
     with serve_directory(DEMO_WEB) as url:
-        cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir", str(ROOT),
-               "--", "python", "jobs/build_corpus.py", "--seeds", "demo_web/seeds.txt", "--base-url", url,
-               "--output", str(out), "--allow-private-hosts", "127.0.0.1", "crawl.politeness_delay_s=0"]
+        cmd = [
+            str(Path(PY).parent / "ray"),
+            "job",
+            "submit",
+            "--address",
+            ray_head["address"],
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "jobs/build_corpus.py",
+            "--seeds",
+            "demo_web/seeds.txt",
+            "--base-url",
+            url,
+            "--output",
+            str(out),
+            "--allow-private-hosts",
+            "127.0.0.1",
+            "crawl.politeness_delay_s=0",
+        ]
         proc = _submit(cmd, ray_head["env"])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()

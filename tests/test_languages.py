@@ -59,16 +59,19 @@ def test_a_new_script_is_known_from_unicode_data(user_file):
     assert "am" in BuildConfig(output="x").langs and BuildConfig(output="x", langs=["am"]).langs == ["am"]
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"scripts": ["Cyrilic"]}, r"'am' \(Amharic\).*unknown Unicode script 'Cyrilic'"),
-    ({"stemmer": "amharic"}, r"'am'.*unknown Snowball stemmer 'amharic'"),
-    ({"metric_tokenizer": "spaces"}, r"'am'.*metric_tokenizer"),
-    ({"colour": "red"}, r"'am'.*colour.*Extra inputs"),
-    ({"distinctive": "ሀx"}, r"'am'.*distinctive letters 'x' are not in scripts \['Ethiopic'\]"),
-    ({"prompts": "missing.yaml"}, r"'am'.*prompts file .*missing.yaml.* not found"),
-    ({"fasttext": ["ru"]}, r"fasttext 'ru' is claimed by both 'ru' and 'am'"),
-    ({"scripts": []}, r"target language 'am' lacks scripts"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"scripts": ["Cyrilic"]}, r"'am' \(Amharic\).*unknown Unicode script 'Cyrilic'"),
+        ({"stemmer": "amharic"}, r"'am'.*unknown Snowball stemmer 'amharic'"),
+        ({"metric_tokenizer": "spaces"}, r"'am'.*metric_tokenizer"),
+        ({"colour": "red"}, r"'am'.*colour.*Extra inputs"),
+        ({"distinctive": "ሀx"}, r"'am'.*distinctive letters 'x' are not in scripts \['Ethiopic'\]"),
+        ({"prompts": "missing.yaml"}, r"'am'.*prompts file .*missing.yaml.* not found"),
+        ({"fasttext": ["ru"]}, r"fasttext 'ru' is claimed by both 'ru' and 'am'"),
+        ({"scripts": []}, r"target language 'am' lacks scripts"),
+    ],
+)
 def test_bad_language_fails_at_start_naming_it(user_file, bad, match):
     user_file({"am": entry(**bad)})
     with pytest.raises(languages.LanguageFileError, match=match):
@@ -76,11 +79,20 @@ def test_bad_language_fails_at_start_naming_it(user_file, bad, match):
 
 
 def test_user_file_brings_its_own_prompts_and_replaces_whole_entries(user_file):
-    pool = {"am": {"eval_know": "ስዕሉን ይግለጹ", "eval_ling": "ይህን ምስል ይግለጹ",
-                   "train": [f"ጥያቄ ቁጥር {'ሀለሐመሠረሰሸቀበ'[i % 10]}{'ሀለሐመሠረሰሸቀበ'[i // 10]}" for i in range(20)]}}
-    user_file({"am": entry(prompts="am_prompts.yaml"), "hu": {**entry(name="Magyar"), "fasttext": ["hu"],
-                                                               "scripts": ["Latin"]}},
-              **{"am_prompts.yaml": yaml.safe_dump(pool, allow_unicode=True)})
+    pool = {
+        "am": {
+            "eval_know": "ስዕሉን ይግለጹ",
+            "eval_ling": "ይህን ምስል ይግለጹ",
+            "train": [f"ጥያቄ ቁጥር {'ሀለሐመሠረሰሸቀበ'[i % 10]}{'ሀለሐመሠረሰሸቀበ'[i // 10]}" for i in range(20)],
+        }
+    }
+    user_file(
+        {
+            "am": entry(prompts="am_prompts.yaml"),
+            "hu": {**entry(name="Magyar"), "fasttext": ["hu"], "scripts": ["Latin"]},
+        },
+        **{"am_prompts.yaml": yaml.safe_dump(pool, allow_unicode=True)},
+    )
     from mella.train.prompts import prompts_for
 
     assert prompts_for("am").eval_ling == "ይህን ምስል ይግለጹ" and prompts_for("cs").eval_ling

@@ -20,53 +20,101 @@ from mella import metrics
 
 # lang: (R, R tokens, H, H tokens, D, D tokens, chunks of H against R)
 PAIRS = {
-    "ar": ("القطة السوداء، تنام على الكرسي الخشبي في الحديقة؟",
-           ["القطة", "السوداء", "تنام", "على", "الكرسي", "الخشبي", "في", "الحديقة"],
-           "تنام القطة السوداء على الكرسي في الحديقة",
-           ["تنام", "القطة", "السوداء", "على", "الكرسي", "في", "الحديقة"],
-           "رجل يقرأ كتاباً قديماً.", ["رجل", "يقرأ", "كتاباً", "قديماً"], 4),
-    "cs": ("Malý pes běží přes zelenou louku k řece.",
-           ["malý", "pes", "běží", "přes", "zelenou", "louku", "k", "řece"],
-           "Pes malý běží přes louku k řece",
-           ["pes", "malý", "běží", "přes", "louku", "k", "řece"],
-           "Stará kočka spí doma.", ["stará", "kočka", "spí", "doma"], 4),
-    "hu": ("Egy kis kutya gyorsan fut át zöld mezőn.",
-           ["egy", "kis", "kutya", "gyorsan", "fut", "át", "zöld", "mezőn"],
-           "Kis egy kutya gyorsan fut át mezőn",
-           ["kis", "egy", "kutya", "gyorsan", "fut", "át", "mezőn"],
-           "Öreg macska alszik otthon.", ["öreg", "macska", "alszik", "otthon"], 4),
-    "ko": ("고양이가 정원에서 생선을 먹는다.",
-           ["고양이", "가", "정원", "에서", "생선", "을", "먹", "는다"],
-           "정원에서 고양이가 생선을 먹는다",
-           ["정원", "에서", "고양이", "가", "생선", "을", "먹", "는다"],
-           "강아지는 밤에 짖었다", ["강아지", "는", "밤", "에", "짖", "었", "다"], 3),
-    "ru": ("Маленькая собака быстро бежит через зелёный луг.",
-           ["маленькая", "собака", "быстро", "бежит", "через", "зелёный", "луг"],
-           "Собака маленькая бежит через луг",
-           ["собака", "маленькая", "бежит", "через", "луг"],
-           "Старый кот спит дома.", ["старый", "кот", "спит", "дома"], 4),
+    "ar": (
+        "القطة السوداء، تنام على الكرسي الخشبي في الحديقة؟",
+        ["القطة", "السوداء", "تنام", "على", "الكرسي", "الخشبي", "في", "الحديقة"],
+        "تنام القطة السوداء على الكرسي في الحديقة",
+        ["تنام", "القطة", "السوداء", "على", "الكرسي", "في", "الحديقة"],
+        "رجل يقرأ كتاباً قديماً.",
+        ["رجل", "يقرأ", "كتاباً", "قديماً"],
+        4,
+    ),
+    "cs": (
+        "Malý pes běží přes zelenou louku k řece.",
+        ["malý", "pes", "běží", "přes", "zelenou", "louku", "k", "řece"],
+        "Pes malý běží přes louku k řece",
+        ["pes", "malý", "běží", "přes", "louku", "k", "řece"],
+        "Stará kočka spí doma.",
+        ["stará", "kočka", "spí", "doma"],
+        4,
+    ),
+    "hu": (
+        "Egy kis kutya gyorsan fut át zöld mezőn.",
+        ["egy", "kis", "kutya", "gyorsan", "fut", "át", "zöld", "mezőn"],
+        "Kis egy kutya gyorsan fut át mezőn",
+        ["kis", "egy", "kutya", "gyorsan", "fut", "át", "mezőn"],
+        "Öreg macska alszik otthon.",
+        ["öreg", "macska", "alszik", "otthon"],
+        4,
+    ),
+    "ko": (
+        "고양이가 정원에서 생선을 먹는다.",
+        ["고양이", "가", "정원", "에서", "생선", "을", "먹", "는다"],
+        "정원에서 고양이가 생선을 먹는다",
+        ["정원", "에서", "고양이", "가", "생선", "을", "먹", "는다"],
+        "강아지는 밤에 짖었다",
+        ["강아지", "는", "밤", "에", "짖", "었", "다"],
+        3,
+    ),
+    "ru": (
+        "Маленькая собака быстро бежит через зелёный луг.",
+        ["маленькая", "собака", "быстро", "бежит", "через", "зелёный", "луг"],
+        "Собака маленькая бежит через луг",
+        ["собака", "маленькая", "бежит", "через", "луг"],
+        "Старый кот спит дома.",
+        ["старый", "кот", "спит", "дома"],
+        4,
+    ),
     # Cyrillic reference, Latin hypothesis: both are compared in Gaj's Latin.
-    "sr": ("Мала мачка спава на старој столици у башти.",
-           ["mala", "mačka", "spava", "na", "staroj", "stolici", "u", "bašti"],
-           "Mačka mala spava na stolici u bašti",
-           ["mačka", "mala", "spava", "na", "stolici", "u", "bašti"],
-           "Велики пас лаје ноћу.", ["veliki", "pas", "laje", "noću"], 4),
-    "th": ("แมวดำนอนบนเก้าอี้ในสวน", ["แมว", "ดำ", "นอน", "บน", "เก้าอี้", "ใน", "สวน"],
-           "แมวนอนบนเก้าอี้", ["แมว", "นอน", "บน", "เก้าอี้"],
-           "หมากินข้าว", ["หมา", "กินข้าว"], 2),
-    "vi": ("Con mèo đen ngủ trên ghế trong vườn.",
-           ["con", "mèo", "đen", "ngủ", "trên", "ghế", "trong", "vườn"],
-           "Mèo đen con ngủ trên ghế", ["mèo", "đen", "con", "ngủ", "trên", "ghế"],
-           "Chó lớn sủa ban đêm.", ["chó", "lớn", "sủa", "ban", "đêm"], 3),
-    "en": ("An old man feeds grey pigeons near the river.",
-           ["an", "old", "man", "feeds", "grey", "pigeons", "near", "the", "river"],
-           "Old man an feeds pigeons near river",
-           ["old", "man", "an", "feeds", "pigeons", "near", "river"],
-           "Children play football at school.", ["children", "play", "football", "at", "school"], 5),
+    "sr": (
+        "Мала мачка спава на старој столици у башти.",
+        ["mala", "mačka", "spava", "na", "staroj", "stolici", "u", "bašti"],
+        "Mačka mala spava na stolici u bašti",
+        ["mačka", "mala", "spava", "na", "stolici", "u", "bašti"],
+        "Велики пас лаје ноћу.",
+        ["veliki", "pas", "laje", "noću"],
+        4,
+    ),
+    "th": (
+        "แมวดำนอนบนเก้าอี้ในสวน",
+        ["แมว", "ดำ", "นอน", "บน", "เก้าอี้", "ใน", "สวน"],
+        "แมวนอนบนเก้าอี้",
+        ["แมว", "นอน", "บน", "เก้าอี้"],
+        "หมากินข้าว",
+        ["หมา", "กินข้าว"],
+        2,
+    ),
+    "vi": (
+        "Con mèo đen ngủ trên ghế trong vườn.",
+        ["con", "mèo", "đen", "ngủ", "trên", "ghế", "trong", "vườn"],
+        "Mèo đen con ngủ trên ghế",
+        ["mèo", "đen", "con", "ngủ", "trên", "ghế"],
+        "Chó lớn sủa ban đêm.",
+        ["chó", "lớn", "sủa", "ban", "đêm"],
+        3,
+    ),
+    "en": (
+        "An old man feeds grey pigeons near the river.",
+        ["an", "old", "man", "feeds", "grey", "pigeons", "near", "the", "river"],
+        "Old man an feeds pigeons near river",
+        ["old", "man", "an", "feeds", "pigeons", "near", "river"],
+        "Children play football at school.",
+        ["children", "play", "football", "at", "school"],
+        5,
+    ),
 }
 # A word not in R, appended to R for the closed-form BLEU check.
-EXTRA = {"ar": "سماء", "cs": "nebe", "hu": "ég", "ko": "하늘", "ru": "небо", "sr": "небо", "th": "ปลา",
-         "vi": "trời", "en": "sky"}
+EXTRA = {
+    "ar": "سماء",
+    "cs": "nebe",
+    "hu": "ég",
+    "ko": "하늘",
+    "ru": "небо",
+    "sr": "небо",
+    "th": "ปลา",
+    "vi": "trời",
+    "en": "sky",
+}
 LANGS = list(PAIRS)
 
 
@@ -177,7 +225,11 @@ def test_keyword_accuracy_by_hand():
     refs = ["the cat sat on the mat", "the dog sat on the log", "a bird flew"]
     # N = 3; idf(df=1) = ln(4/2)+1 = 1.693, idf(df=2) = ln(4/3)+1 = 1.288.
     # ref 1: the 2/6*1.288 = .429, cat = mat = 1/6*1.693 = .282, sat = on = .215
-    assert metrics.keywords(refs, "en", top_k=3) == [["the", "cat", "mat"], ["the", "dog", "log"], ["a", "bird", "flew"]]
+    assert metrics.keywords(refs, "en", top_k=3) == [
+        ["the", "cat", "mat"],
+        ["the", "dog", "log"],
+        ["a", "bird", "flew"],
+    ]
     preds = ["a cat on a mat", "The dog!", "birds flew away"]  # 2/3, 2/3, 1/3 keywords present
     assert metrics.keyword_accuracy(preds, refs, "en", top_k=3) == pytest.approx(5 / 9)
     # A larger corpus changes idf. N = 7, df(the) = 6: the = 2/6*(ln(8/7)+1) = .378 < cat = mat = 1/6*(ln(8/2)+1) = .398
@@ -205,7 +257,10 @@ def test_rouge_default_tokenizer_trap():
 
 def test_normalisation_across_forms():
     assert metrics.tokenize("Tie\u0302\u0301ng Vie\u0323\u0302t", "vi") == ["tiếng", "việt"]  # NFD input
-    assert metrics.tokenize("\ufe8d\ufedf\ufedc\ufe98\ufe8e\ufe8f ٢٠٢٤", "ar") == ["الكتاب", "2024"]  # presentation forms
+    assert metrics.tokenize("\ufe8d\ufedf\ufedc\ufe98\ufe8e\ufe8f ٢٠٢٤", "ar") == [
+        "الكتاب",
+        "2024",
+    ]  # presentation forms
     assert metrics.tokenize("العــربية", "ar") == ["العربية"]  # tatweel
     assert metrics.tokenize("ปี ๒๕๖๗ น้ำตก", "th") == ["ปี", "2567", "น้ำตก"]  # Thai digits; waterfall is one word
     assert "\u0e33" in metrics.tokenize("น้ำ", "th")[0]  # SARA AM kept (NFKC would split it)
@@ -227,7 +282,9 @@ def test_meteor_without_wordnet_offline(tmp_path):
         "    print('default-needs-wordnet')\n"
     )
     env = {"NLTK_DATA": str(tmp_path), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert float(out[0]) == pytest.approx(0.9375)
     assert out[1] == "LazyCorpusLoader"
     assert out[2] in {"default-needs-wordnet", "wordnet-installed"}

@@ -65,9 +65,12 @@ def test_ordinary_screenshots_pass_with_low_scores(nsfw):
 def test_nsfw_positive_probe_rejected_with_its_score(nsfw):
     probe = png(render(PROBE_HEX))  # synthetic, see tests/nsfw_probe.py; measured P(nsfw) 0.96
     shot = real_images(1)[0][1]
-    rows = [{"id": "p", "lang": "hu", "image": probe}, {"id": "s", "lang": "hu", "image": shot},
-            {"id": "x", "lang": "hu", "image": b"not an image"},
-            {"id": "u", "lang": "hu", "image": None, "stage": "fetch", "reason": "http_404"}]
+    rows = [
+        {"id": "p", "lang": "hu", "image": probe},
+        {"id": "s", "lang": "hu", "image": shot},
+        {"id": "x", "lang": "hu", "image": b"not an image"},
+        {"id": "u", "lang": "hu", "image": None, "stage": "fetch", "reason": "http_404"},
+    ]
     out = {r["id"]: r for r in nsfw(table(rows)).to_pylist()}
     p = out["p"]
     assert p["reason"] == "nsfw" and p["stage"] == "moderation" and p["image"] is None
@@ -93,11 +96,20 @@ def test_nsfw_stage_in_ray_actor_pool(ray_session):
     import ray
 
     cfg = ModerationConfig(num_cpus=1, batch_size=2)
-    items = [{"id": "p", "image": png(render(PROBE_HEX))}, {"id": "g", "image": solid((20, 120, 40))},
-             {"id": "b", "image": solid((200, 200, 230))}]  # solid colours score < 0.33 (tests/nsfw_probe.py)
+    items = [
+        {"id": "p", "image": png(render(PROBE_HEX))},
+        {"id": "g", "image": solid((20, 120, 40))},
+        {"id": "b", "image": solid((200, 200, 230))},
+    ]  # solid colours score < 0.33 (tests/nsfw_probe.py)
     ds = ray.data.from_items(items).map_batches(
-        NSFWStage, fn_constructor_kwargs={"cfg": cfg}, compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, batch_size=cfg.batch_size, batch_format="pyarrow")
+        NSFWStage,
+        fn_constructor_kwargs={"cfg": cfg},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+    )
     out = {r["id"]: r for r in ds.take_all()}
     assert out["p"]["reason"] == "nsfw" and out["g"]["reason"] is None and out["b"]["reason"] is None
     assert all(out[i]["nsfw_score"] is not None for i in out)
@@ -155,8 +167,15 @@ class FakeModerationAPI:
         px = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB").getpixel((0, 0))
         red = px[0] > 200 and px[1] < 50
         scores = {c: 0.001 for c in CATS} | ({"violence": 0.97} if red else {})
-        return web.json_response({"id": "modr-1", "model": body["model"], "results": [{
-            "flagged": red, "categories": {c: scores[c] > 0.5 for c in CATS}, "category_scores": scores}]})
+        return web.json_response(
+            {
+                "id": "modr-1",
+                "model": body["model"],
+                "results": [
+                    {"flagged": red, "categories": {c: scores[c] > 0.5 for c in CATS}, "category_scores": scores}
+                ],
+            }
+        )
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(5)
@@ -179,8 +198,18 @@ def key_env(monkeypatch):
 def api_stage(api, **kw) -> APIModerationStage:
     api.script.clear()
     api.requests.clear()
-    opts = dict(enabled=True, base_url=api.base_url, api_key_env=KEY_ENV, backoff_base_s=0.01, rps=100,
-                timeout_s=5, max_retries=3) | kw
+    opts = (
+        dict(
+            enabled=True,
+            base_url=api.base_url,
+            api_key_env=KEY_ENV,
+            backoff_base_s=0.01,
+            rps=100,
+            timeout_s=5,
+            max_retries=3,
+        )
+        | kw
+    )
     return APIModerationStage(ModerationConfig(api=ModerationAPIConfig(**opts)))
 
 

@@ -44,8 +44,15 @@ class FakeAPI:
 
     async def deepl(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.requests.append({"api": "deepl", "headers": dict(request.headers), "query": dict(request.query),
-                              "body": body, "bytes": request.content_length})
+        self.requests.append(
+            {
+                "api": "deepl",
+                "headers": dict(request.headers),
+                "query": dict(request.query),
+                "body": body,
+                "bytes": request.content_length,
+            }
+        )
         self.times.append(time.monotonic())
         if (r := self._scripted()) is not None:
             return r
@@ -53,21 +60,34 @@ class FakeAPI:
             return web.Response(status=self.fail_targets[body["target_lang"]], text='{"message":"Quota exceeded"}')
         if request.headers.get("Authorization") != "DeepL-Auth-Key test-key":
             return web.Response(status=403, text='{"message":"Wrong auth"}')
-        return web.json_response({"translations": [
-            {"detected_source_language": body.get("source_lang", "EN"), "text": f"[{body['target_lang']}] {t}"}
-            for t in body["text"]]})
+        return web.json_response(
+            {
+                "translations": [
+                    {"detected_source_language": body.get("source_lang", "EN"), "text": f"[{body['target_lang']}] {t}"}
+                    for t in body["text"]
+                ]
+            }
+        )
 
     async def google(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.requests.append({"api": "google", "headers": dict(request.headers), "query": dict(request.query),
-                              "body": body, "bytes": request.content_length})
+        self.requests.append(
+            {
+                "api": "google",
+                "headers": dict(request.headers),
+                "query": dict(request.query),
+                "body": body,
+                "bytes": request.content_length,
+            }
+        )
         self.times.append(time.monotonic())
         if (r := self._scripted()) is not None:
             return r
         if request.query.get("key") != "test-key":
             return web.json_response({"error": {"code": 400, "message": "API key not valid"}}, status=400)
-        return web.json_response({"data": {"translations": [{"translatedText": f"[{body['target']}] {q}"}
-                                                            for q in body["q"]]}})
+        return web.json_response(
+            {"data": {"translations": [{"translatedText": f"[{body['target']}] {q}"} for q in body["q"]]}}
+        )
 
 
 @pytest.fixture()
@@ -176,8 +196,17 @@ def test_non_retryable_status_fails_at_once(api, status):
     assert e.value.reason == f"http_{status}" and len(api.requests) == 1
 
 
-@pytest.mark.parametrize("body", ["<html>proxy error</html>", '{"translation": []}', '{"translations": [{"txt": "a"}]}',
-                                  '{"translations": [{"text": "a"}, {"text": "b"}]}', '{"translations": null}', "[]"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>proxy error</html>",
+        '{"translation": []}',
+        '{"translations": [{"txt": "a"}]}',
+        '{"translations": [{"text": "a"}, {"text": "b"}]}',
+        '{"translations": null}',
+        "[]",
+    ],
+)
 def test_deepl_malformed_response(api, body):
     api.script = [(200, body, {"Content-Type": "application/json"})]
     client = DeepLClient(_cfg(api), api_key="test-key")
@@ -186,8 +215,15 @@ def test_deepl_malformed_response(api, body):
     assert e.value.reason == "malformed_response"
 
 
-@pytest.mark.parametrize("body", ["not json", '{"data": {}}', '{"data": {"translations": [{"text": "a"}]}}',
-                                  '{"data": {"translations": [{"translatedText": 5}]}}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        '{"data": {}}',
+        '{"data": {"translations": [{"text": "a"}]}}',
+        '{"data": {"translations": [{"translatedText": 5}]}}',
+    ],
+)
 def test_google_malformed_response(api, body):
     api.script = [(200, body, {})]
     client = GoogleClient(_cfg(api), api_key="test-key")
@@ -232,18 +268,33 @@ def test_translate_stage_with_api_backends_and_per_language_rejects(api, monkeyp
     rows = []
     for i in range(5):
         page, img = f"http://x.test/p{i}.html", f"http://x.test/{i}.png"
-        rows.append({"id": record_id("vi", page, img), "lang": "vi", "page_url": page, "image_url": img,
-                     "caption_en": f"A screenshot of an installer dialog, step {i}."})
+        rows.append(
+            {
+                "id": record_id("vi", page, img),
+                "lang": "vi",
+                "page_url": page,
+                "image_url": img,
+                "caption_en": f"A screenshot of an installer dialog, step {i}.",
+            }
+        )
     rows.append({"id": "gone", "lang": "vi", "stage": "decode", "reason": "truncated"})  # rejected upstream
     rows.append({"id": "nocap", "lang": "vi", "page_url": "p", "image_url": "i", "caption_en": "  "})
-    cfg = TranslateConfig(backend="deepl", backends={"sr": "google"}, target_langs=["hu", "sr", "th"], batch_size=2,
-                          deepl=_cfg(api), google=_cfg(api))
+    cfg = TranslateConfig(
+        backend="deepl",
+        backends={"sr": "google"},
+        target_langs=["hu", "sr", "th"],
+        batch_size=2,
+        deepl=_cfg(api),
+        google=_cfg(api),
+    )
     out = TranslateStage(cfg)(to_table(rows, REJECT_SCHEMA)).to_pylist()
     kept = [r for r in out if r["reason"] is None]
     assert sorted((r["lang"], r["mt_backend"]) for r in kept) == sorted([("hu", "deepl")] * 5 + [("sr", "google")] * 5)
     assert all(r["text"] == f"[{'HU' if r['lang'] == 'hu' else 'sr'}] {r['caption_en']}" for r in kept)
     assert all(r["id"] == record_id(r["lang"], r["page_url"], r["image_url"]) for r in kept)
     rej = [(r["stage"], r["reason"]) for r in out if r["reason"] is not None]
-    assert sorted(rej) == sorted([("translate", "mt_http_456")] * 5 + [("decode", "truncated"), ("translate", "no_caption")])
+    assert sorted(rej) == sorted(
+        [("translate", "mt_http_456")] * 5 + [("decode", "truncated"), ("translate", "no_caption")]
+    )
     # batch_size=2 per backend call: 5 rows → 3 calls per language
     assert sum(1 for r in api.requests if r["api"] == "deepl" and r["body"]["target_lang"] == "HU") == 3

@@ -73,22 +73,33 @@ def built(tmp_path_factory, ray_session):
             (site / f"copy{i}-{kind}.{ext}").write_bytes(_variant(data, kind))
             imgs.append((f"copy{i}-{kind}.{ext}", f"Másolat a képről, változat {i}"))
             planted.append((f"/orig{i}.png", f"/copy{i}-{kind}.{ext}"))
+
     # originals on one page, each planted copy re-published on a page of its own (as syndicated photos are)
     def page(items):
-        body = "".join(f'<p>Ez a bekezdés magyar nyelvű szöveg a képről.</p><img src="{src}" alt="{alt}">' for src, alt in items)
+        body = "".join(
+            f'<p>Ez a bekezdés magyar nyelvű szöveg a képről.</p><img src="{src}" alt="{alt}">' for src, alt in items
+        )
         return f'<html lang="hu"><body>{body}</body></html>'
 
     probe = render(PROBE_HEX).resize((300, 300), Image.BICUBIC)  # > 256 px; P(nsfw) 0.955 measured
     probe.save(site / "probe.png")
-    originals_page = [x for x in imgs if x[0].startswith("orig")] + [("probe.png", "Színes absztrakt mozaik a galériából")]
+    originals_page = [x for x in imgs if x[0].startswith("orig")] + [
+        ("probe.png", "Színes absztrakt mozaik a galériából")
+    ]
     (site / "index.html").write_text(page(originals_page), encoding="utf-8")
     copies = [x for x in imgs if x[0].startswith("copy")]
     for k, item in enumerate(copies):
         (site / f"p{k}.html").write_text(page([item]), encoding="utf-8")
     (tmp_path / "seeds.txt").write_text("/index.html\n" + "".join(f"/p{k}.html\n" for k in range(len(copies))))
     with serve_directory(site) as url:
-        build(tmp_path / "out", seeds=tmp_path / "seeds.txt", base_url=url, langs=["hu"], models=True,
-              crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0})
+        build(
+            tmp_path / "out",
+            seeds=tmp_path / "seeds.txt",
+            base_url=url,
+            langs=["hu"],
+            models=True,
+            crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0},
+        )
     return {"out": tmp_path / "out", "planted": planted, "n_originals": len(originals)}
 
 
@@ -105,7 +116,10 @@ def test_planted_near_duplicates_removed_distinct_kept(built):
             continue
         dropped = copy if copy not in kept else orig
         r = rejects[dropped]
-        assert (r["stage"], r["reason"]) in {("phash_dedup", "near_duplicate"), ("semantic_dedup", "semantic_duplicate")}, r
+        assert (r["stage"], r["reason"]) in {
+            ("phash_dedup", "near_duplicate"),
+            ("semantic_dedup", "semantic_duplicate"),
+        }, r
         by_stage.setdefault(r["stage"], []).append(copy)
     print("dropped by stage:", by_stage, "missed:", missed)
     # re-encodes and resizes: pHash (within 2 bits). Crops and brightness changes: pHash or CNN dedup; the 2 % crop
@@ -113,7 +127,8 @@ def test_planted_near_duplicates_removed_distinct_kept(built):
     # pHash <= 10 bits, mella.stages.dedup.semantic).
     assert not missed
     assert {"/copy2-crop2.png", "/copy8-crop4.png", "/copy12-crop4.png", "/copy13-crop4.png"} <= set(
-        by_stage.get("semantic_dedup", []))
+        by_stage.get("semantic_dedup", [])
+    )
     assert "and pHash" in rejects["/copy2-crop2.png"]["detail"], rejects["/copy2-crop2.png"]["detail"]  # corroborated
     for orig, copy in planted:
         if "resize" in copy or "crop" in copy:  # the full-size original has more pixels: it wins
@@ -146,12 +161,24 @@ def test_exact_dedup_keys_pairs_and_d_ling_candidates(tmp_path, ray_session):
     from mella.stages.dedup.exact import ExactDedupStage
 
     def row(i, pix, alt=None, routed=False):
-        return {"id": f"id{i}", "lang": "hu", "page_url": f"http://s/p{i}", "image_url": f"http://s/i{i}.png",
-                "alt_text": alt, "pixel_sha256": pix, "d_ling_reason": "alt_text:alt_empty" if routed else None}
+        return {
+            "id": f"id{i}",
+            "lang": "hu",
+            "page_url": f"http://s/p{i}",
+            "image_url": f"http://s/i{i}.png",
+            "alt_text": alt,
+            "pixel_sha256": pix,
+            "d_ling_reason": "alt_text:alt_empty" if routed else None,
+        }
 
-    rows = [row(1, "A", "Egy kép"), row(2, "A", "Másik leírás"), row(3, "A", "Egy kép"),  # pairs of picture A
-            row(4, "A", routed=True),                                                       # A is in D_know already
-            row(5, "B", routed=True), row(6, "B", "kép.png", routed=True)]                  # B: D_ling only, twice
+    rows = [
+        row(1, "A", "Egy kép"),
+        row(2, "A", "Másik leírás"),
+        row(3, "A", "Egy kép"),  # pairs of picture A
+        row(4, "A", routed=True),  # A is in D_know already
+        row(5, "B", routed=True),
+        row(6, "B", "kép.png", routed=True),
+    ]  # B: D_ling only, twice
     path = tmp_path / "part.parquet"
     pq.write_table(to_table(rows, REJECT_SCHEMA), path)
     stage = ExactDedupStage("image_text", with_d_ling=True)

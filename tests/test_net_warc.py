@@ -14,11 +14,24 @@ from mella.net import AddressPolicy, Fetcher, FetchError
 from mella.warc import RotatingWarcWriter, WarcIndex, cleanup_open_shards, iter_responses, slice_offsets
 
 
-@pytest.mark.parametrize("ip, allowed", [
-    ("8.8.8.8", True), ("127.0.0.1", False), ("10.1.2.3", False), ("192.168.0.1", False), ("172.16.5.5", False),
-    ("169.254.169.254", False), ("::1", False), ("fe80::1", False), ("100.64.0.1", False), ("0.0.0.0", False),
-    ("::ffff:127.0.0.1", False), ("224.0.0.1", False), ("2001:4860:4860::8888", True),
-])
+@pytest.mark.parametrize(
+    "ip, allowed",
+    [
+        ("8.8.8.8", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("192.168.0.1", False),
+        ("172.16.5.5", False),
+        ("169.254.169.254", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("::ffff:127.0.0.1", False),
+        ("224.0.0.1", False),
+        ("2001:4860:4860::8888", True),
+    ],
+)
 def test_address_policy_default_refuses_non_global(ip, allowed):
     assert AddressPolicy([]).permits(ip) is allowed
 
@@ -33,6 +46,7 @@ def _fetch(url, cfg, kind="page"):
     async def go():
         async with Fetcher(cfg) as f:
             return await f.get(url, kind)
+
     return asyncio.run(go())
 
 
@@ -46,13 +60,25 @@ def test_hostname_resolving_to_loopback_is_refused():
 
 
 def test_fetch_limits_against_real_server():
-    cfg = CrawlConfig(politeness_delay_s=0, allow_private_hosts=["127.0.0.1"], read_timeout_s=1, total_timeout_s=3,
-                      max_retries=1, backoff_base_s=0.01, max_page_bytes=1_000_000)
+    cfg = CrawlConfig(
+        politeness_delay_s=0,
+        allow_private_hosts=["127.0.0.1"],
+        read_timeout_s=1,
+        total_timeout_s=3,
+        max_retries=1,
+        backoff_base_s=0.01,
+        max_page_bytes=1_000_000,
+    )
     with serve_bad_web(slow_s=3) as url:
         assert _fetch(url + "/p/ok.html", cfg).status == 200
-        for path, reason in [("/p/404.html", "http_404"), ("/private/secret.html", "robots_disallowed"),
-                             ("/p/loop1.html", "redirect_loop"), ("/p/big.html", "too_large"),
-                             ("/p/slow.html", "timeout"), ("/p/document.pdf", "content_type")]:
+        for path, reason in [
+            ("/p/404.html", "http_404"),
+            ("/private/secret.html", "robots_disallowed"),
+            ("/p/loop1.html", "redirect_loop"),
+            ("/p/big.html", "too_large"),
+            ("/p/slow.html", "timeout"),
+            ("/p/document.pdf", "content_type"),
+        ]:
             with pytest.raises(FetchError) as e:
                 _fetch(url + path, cfg)
             assert e.value.reason == reason, (path, e.value)
@@ -64,16 +90,24 @@ def test_fetch_limits_against_real_server():
 def test_warc_roundtrip_index_and_atomic_shards(tmp_path):
     w = RotatingWarcWriter(str(tmp_path), "images", max_bytes=10**9)
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    w.write_response("http://a.example/x.png", 200, "OK", [("Content-Type", "image/png"), ("Content-Encoding", "gzip")],
-                     b"\x89PNGdata", now)
+    w.write_response(
+        "http://a.example/x.png",
+        200,
+        "OK",
+        [("Content-Type", "image/png"), ("Content-Encoding", "gzip")],
+        b"\x89PNGdata",
+        now,
+    )
     assert not list(tmp_path.glob("*.warc.gz")) and list(tmp_path.glob("*.open"))  # not visible until closed
     w.write_response("http://a.example/y.html", 404, "Not Found", [("Content-Type", "text/html")], b"nope", now)
     w.close()
     shards = sorted(tmp_path.glob("*.warc.gz"))
     assert len(shards) == 1 and not list(tmp_path.glob("*.open"))
     recs = list(iter_responses(str(shards[0])))
-    assert [(r.url, r.status, r.body) for r in recs] == [("http://a.example/x.png", 200, b"\x89PNGdata"),
-                                                        ("http://a.example/y.html", 404, b"nope")]
+    assert [(r.url, r.status, r.body) for r in recs] == [
+        ("http://a.example/x.png", 200, b"\x89PNGdata"),
+        ("http://a.example/y.html", 404, b"nope"),
+    ]
     assert recs[0].header("content-encoding") is None and recs[0].date == now
     idx = WarcIndex()
     idx.add_file(str(shards[0]))
@@ -93,8 +127,14 @@ def test_warc_slices_read_the_file_exactly_once_and_survive_damage(tmp_path, gz)
     w = RotatingWarcWriter(str(tmp_path), "pages", gzip=gz)
     now = datetime(2026, 1, 2, tzinfo=timezone.utc)
     for i in range(23):
-        w.write_response(f"http://a.example/p{i}.html", 200, "OK", [("Content-Type", "text/html")],
-                         f"<html lang=hu><p>{i}</p><img src=/i{i}.png alt='kép {i}'></html>".encode(), now)
+        w.write_response(
+            f"http://a.example/p{i}.html",
+            200,
+            "OK",
+            [("Content-Type", "text/html")],
+            f"<html lang=hu><p>{i}</p><img src=/i{i}.png alt='kép {i}'></html>".encode(),
+            now,
+        )
     w.close()
     (path,) = map(str, tmp_path.glob("pages-*.warc*"))
     whole = list(iter_responses(path))
@@ -116,9 +156,15 @@ def test_warc_slices_read_the_file_exactly_once_and_survive_damage(tmp_path, gz)
     stats = tmp_path / "stats"
     stats.mkdir()
     limits = [5] * (len(cut_offsets) - 1) + [None]  # as build_corpus reads slices: the last one to the end
-    rows = [r for o, n in zip(cut_offsets, limits) for batch in stage.read(str(cut), "warc", str(stats), o, n) for r in batch]
+    rows = [
+        r
+        for o, n in zip(cut_offsets, limits)
+        for batch in stage.read(str(cut), "warc", str(stats), o, n)
+        for r in batch
+    ]
     assert {r["page_url"] for r in rows} == {f"http://a.example/p{i}.html" for i in range(10)}
     import json
+
     counts = [json.loads(p.read_text()) for p in stats.glob("pages-*.json")]
     assert sum(c.get("dropped:warc_unreadable", 0) for c in counts) == 1
     assert sum(c["pages_in"] for c in counts) == 10

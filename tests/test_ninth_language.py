@@ -32,11 +32,20 @@ WEB = DATA / "el_web"
 
 #: (image path, alt-text) the Greek web must yield as D_know rows (all > 256 px, Greek alt)
 EXPECTED = {
-    ("/img/inst-country-txt.png", "Το πρόγραμμα εγκατάστασης του Debian ζητά να διαλέξετε χώρα ή περιοχή από μια λίστα"),
+    (
+        "/img/inst-country-txt.png",
+        "Το πρόγραμμα εγκατάστασης του Debian ζητά να διαλέξετε χώρα ή περιοχή από μια λίστα",
+    ),
     ("/img/inst-keyboard-txt.png", "Επιλογή διάταξης πληκτρολογίου στο πρόγραμμα εγκατάστασης σε λειτουργία κειμένου"),
     ("/img/straight-lines-intro.png", "Δύο ευθείες γραμμές που τέμνονται και σχηματίζουν ένα μεγάλο Χ"),
-    ("/img/wilber-simple-defaultgrid.png", "Το παράθυρο εικόνας του GIMP με τη μασκότ Wilber και το προεπιλεγμένο πλέγμα"),
-    ("/img/NewProject.png", "Το παράθυρο διαλόγου δημιουργίας νέου έργου στο OmegaT με τις γλώσσες και τους φακέλους του έργου"),
+    (
+        "/img/wilber-simple-defaultgrid.png",
+        "Το παράθυρο εικόνας του GIMP με τη μασκότ Wilber και το προεπιλεγμένο πλέγμα",
+    ),
+    (
+        "/img/NewProject.png",
+        "Το παράθυρο διαλόγου δημιουργίας νέου έργου στο OmegaT με τις γλώσσες και τους φακέλους του έργου",
+    ),
     ("/img/MatchStatistics.png", "Πίνακας με τα στατιστικά αντιστοιχιών ενός έργου στο OmegaT, σε τμήματα και λέξεις"),
 }
 
@@ -59,7 +68,12 @@ def test_greek_is_configured_from_data_alone(greek):
     assert el.seeds.read_text(encoding="utf-8").count("https://") == 3
     assert languages.default_targets()[-1] == "el" and "el" in BuildConfig(output="x").langs
     assert {s: lang_code("el", s) for s in ("nllb", "m2m100", "marian", "deepl", "google")} == {
-        "nllb": "ell_Grek", "m2m100": "el", "marian": "ell", "deepl": "EL", "google": "el"}
+        "nllb": "ell_Grek",
+        "m2m100": "el",
+        "marian": "ell",
+        "deepl": "EL",
+        "google": "el",
+    }
     assert languages.normalise_lang_tag("el-GR") == "el" and languages.script_shares("Καλημέρα") == {"Greek": 1.0}
 
 
@@ -74,7 +88,13 @@ def test_greek_prompt_pool(greek):
 
 def test_greek_metrics(greek):
     # accents folded (capitals carry none), final sigma = sigma, punctuation dropped
-    assert metrics.tokenize("ΕΙΚΟΝΑ: οι εικόνες του παραθύρου.", "el") == ["εικονα", "οι", "εικονεσ", "του", "παραθυρου"]
+    assert metrics.tokenize("ΕΙΚΟΝΑ: οι εικόνες του παραθύρου.", "el") == [
+        "εικονα",
+        "οι",
+        "εικονεσ",
+        "του",
+        "παραθυρου",
+    ]
     ref = ["Το παράθυρο διαλόγου δημιουργίας νέου έργου στο OmegaT", "Δύο ευθείες γραμμές σχηματίζουν ένα Χ"]
     assert metrics.score_corpus(ref, ref, "el")["bleu"] == pytest.approx(100.0)
     upper = [r.upper() for r in ref]  # Greek capitals drop the accents: still the same words
@@ -84,18 +104,25 @@ def test_greek_metrics(greek):
     hyp, ref1 = ["Τα παράθυρα των διαλόγων"], ["Το παράθυρο του διαλόγου"]
     s = metrics.score_corpus(hyp, ref1, "el")
     assert s["bleu"] == s["rouge_l"] == s["keyword_accuracy"] == 0.0 and s["meteor"] > 0.5
-    partial = metrics.score_corpus(["Ένα παράθυρο του OmegaT με στατιστικά"],
-                                   ["Πίνακας με τα στατιστικά αντιστοιχιών ενός έργου στο OmegaT"], "el")
+    partial = metrics.score_corpus(
+        ["Ένα παράθυρο του OmegaT με στατιστικά"], ["Πίνακας με τα στατιστικά αντιστοιχιών ενός έργου στο OmegaT"], "el"
+    )
     assert 0 < partial["keyword_accuracy"] < 1 and 0 < partial["rouge_l"] < 1 and 0 < partial["bleu"] < 100
     # and through the evaluation job's scorer (Table 3 rows), D_know and D_ling items
     from mella.evaluation import Item, Output, score
 
-    items = [Item("el", src, str(i), "", b"", prompts_for("el").eval_know, r) for i, (src, r) in
-             enumerate([("d_know", ref[0]), ("d_know", ref[1]), ("d_ling", ref1[0])])]
+    items = [
+        Item("el", src, str(i), "", b"", prompts_for("el").eval_know, r)
+        for i, (src, r) in enumerate([("d_know", ref[0]), ("d_know", ref[1]), ("d_ling", ref1[0])])
+    ]
     rows, facts = score(items, [Output(i.lang, i.source, i.id, 0, "MELLA", "m", i.reference) for i in items])
     assert facts["el"]["stemmer"] == "greek" and facts["el"]["tokenizer"] == "el:whitespace_punct"
-    assert {r["metric"]: round(r["value"], 6) for r in rows} == {"keyword_accuracy": 100, "bleu": 100, "rouge_l": 100,
-                                                                  "meteor": 100}
+    assert {r["metric"]: round(r["value"], 6) for r in rows} == {
+        "keyword_accuracy": 100,
+        "bleu": 100,
+        "rouge_l": 100,
+        "meteor": 100,
+    }
 
 
 def test_greek_web_provenance():
@@ -123,8 +150,9 @@ def greek_run(tmp_path_factory):
         try:
             out = tmp_path_factory.mktemp("el") / "out"
             with serve_directory(WEB) as url:
-                funnel = build(out, seeds=WEB / "seeds.txt", base_url=url,
-                               crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0})
+                funnel = build(
+                    out, seeds=WEB / "seeds.txt", base_url=url, crawl={"read_timeout_s": 30.0, "total_timeout_s": 90.0}
+                )
             yield {"out": out, "funnel": funnel}
         finally:
             ray.shutdown()

@@ -256,8 +256,10 @@ def test_stage_bucket_pairs_equal_brute_force(t):
     want = set()
     for code in ("hu", "cs"):
         rows = np.flatnonzero(lang == code)
-        want |= {(code, int(min(img[rows[i]], img[rows[j]])), int(max(img[rows[i]], img[rows[j]])), d)
-                 for i, j, d in brute_pairs(h[rows], t)}
+        want |= {
+            (code, int(min(img[rows[i]], img[rows[j]])), int(max(img[rows[i]], img[rows[j]])), d)
+            for i, j, d in brute_pairs(h[rows], t)
+        }
     assert len(want) > 200  # the planted pairs within t are there (the test cannot pass vacuously)
     m = pi.choose_num_substrings(h.size, t)
     table = pa.table({"lang": lang.tolist(), "img": img, "phash": pi.hashes_to_hex(h)})

@@ -14,8 +14,11 @@ from mella.stages.base import LIGHT, DedupStage, Filter, Fused, Stage
 
 PER_UNIT = ["extract", "alt_text", "langid", "fetch", "decode", "resolution"]
 MODELS = ["moderation", "embed", "categorise"]
-D_LING = {"enabled": True, "caption": {"mllm": {"family": "qwen2-vl", "model_path": "/no/such/qwen2-vl"}},
-          "translate": {"seq2seq": {"model_path": "/no/such/nllb"}}}
+D_LING = {
+    "enabled": True,
+    "caption": {"mllm": {"family": "qwen2-vl", "model_path": "/no/such/qwen2-vl"}},
+    "translate": {"seq2seq": {"model_path": "/no/such/nllb"}},
+}
 
 
 def _cfg(tmp_path, **kw) -> BuildConfig:
@@ -24,8 +27,16 @@ def _cfg(tmp_path, **kw) -> BuildConfig:
 
 def test_default_plan_order(tmp_path):
     plan = build_plan(_cfg(tmp_path))
-    assert [s.name for s in plan] == ["extract", "alt_text", "langid", "ImageStages", "ModelStages", "exact_dedup",
-                                      "phash_dedup", "semantic_dedup"]
+    assert [s.name for s in plan] == [
+        "extract",
+        "alt_text",
+        "langid",
+        "ImageStages",
+        "ModelStages",
+        "exact_dedup",
+        "phash_dedup",
+        "semantic_dedup",
+    ]
     assert stage_names(plan) == PER_UNIT + MODELS + ["exact_dedup", "phash_dedup", "semantic_dedup"]
     source, units, globals_, ling = phases(plan)
     assert source is plan[0] and [s.name for s in units] == ["alt_text", "langid", "ImageStages", "ModelStages"]
@@ -34,8 +45,11 @@ def test_default_plan_order(tmp_path):
 
 def test_plan_without_the_model_stages(tmp_path):
     """--no-semantic-dedup --no-moderation --no-categorise: no model pool, no CNN dedup; pHash stays."""
-    cfg = _cfg(tmp_path, filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}},
-               d_ling={"categorise": {"enabled": False}})
+    cfg = _cfg(
+        tmp_path,
+        filters={"semantic": {"enabled": False}, "moderation": {"enabled": False}},
+        d_ling={"categorise": {"enabled": False}},
+    )
     plan = build_plan(cfg)
     assert "ModelStages" not in [s.name for s in plan]
     assert stage_names(plan) == PER_UNIT + ["exact_dedup", "phash_dedup"]
@@ -43,12 +57,21 @@ def test_plan_without_the_model_stages(tmp_path):
 
 def test_plan_with_moderation_api_and_without_phash(tmp_path, monkeypatch):
     monkeypatch.setenv("MELLA_TEST_MODERATION_KEY", "k")  # the API stage checks for its key when built
-    cfg = _cfg(tmp_path, filters={"phash": {"enabled": False},
-                                  "moderation": {"api": {"enabled": True, "api_key_env": "MELLA_TEST_MODERATION_KEY"}}})
+    cfg = _cfg(
+        tmp_path,
+        filters={
+            "phash": {"enabled": False},
+            "moderation": {"api": {"enabled": True, "api_key_env": "MELLA_TEST_MODERATION_KEY"}},
+        },
+    )
     plan = build_plan(cfg)
     models = next(s for s in plan if s.name == "ModelStages")
-    assert [type(s).__name__ for s in models.stages] == ["NSFWStage", "APIModerationStage", "EmbedStage",
-                                                         "EfficientNetCategoriser"]
+    assert [type(s).__name__ for s in models.stages] == [
+        "NSFWStage",
+        "APIModerationStage",
+        "EmbedStage",
+        "EfficientNetCategoriser",
+    ]
     names = stage_names(plan)  # the two moderation stages have their own names: their counters stay apart
     assert names.count("moderation") == 1 and names.count("moderation_api") == 1 and "phash_dedup" not in names
 
@@ -141,16 +164,51 @@ def test_image_pool_resources_come_from_the_config(tmp_path):
 def test_default_plan_is_one_list_that_yaml_can_reorder_trim_and_extend(tmp_path):
     from mella.plan import DEFAULT_PLAN
 
-    assert stage_names(build_plan(_cfg(tmp_path))) == [n for n in DEFAULT_PLAN
-                                                       if n not in ("moderation_api", "caption", "translate", "qe")]
+    assert stage_names(build_plan(_cfg(tmp_path))) == [
+        n for n in DEFAULT_PLAN if n not in ("moderation_api", "caption", "translate", "qe")
+    ]
     # reorder (langid before alt_text), leave out (moderation, phash), add a user stage with arguments in place
-    plan = build_plan(_cfg(tmp_path, stages={"plan": [
-        "extract", "langid", "alt_text", "fetch", "decode", "resolution",
-        {"class": "alt_min_words:MinWordsFilter", "args": {"min_words": 3}},
-        "embed", "categorise", "exact_dedup", "semantic_dedup"]}))
-    assert stage_names(plan) == ["extract", "langid", "alt_text", "fetch", "decode", "resolution", "alt_min_words",
-                                 "embed", "categorise", "exact_dedup", "semantic_dedup"]
-    assert [s.name for s in plan][:6] == ["extract", "langid", "alt_text", "ImageStages", "alt_min_words", "ModelStages"]
+    plan = build_plan(
+        _cfg(
+            tmp_path,
+            stages={
+                "plan": [
+                    "extract",
+                    "langid",
+                    "alt_text",
+                    "fetch",
+                    "decode",
+                    "resolution",
+                    {"class": "alt_min_words:MinWordsFilter", "args": {"min_words": 3}},
+                    "embed",
+                    "categorise",
+                    "exact_dedup",
+                    "semantic_dedup",
+                ]
+            },
+        )
+    )
+    assert stage_names(plan) == [
+        "extract",
+        "langid",
+        "alt_text",
+        "fetch",
+        "decode",
+        "resolution",
+        "alt_min_words",
+        "embed",
+        "categorise",
+        "exact_dedup",
+        "semantic_dedup",
+    ]
+    assert [s.name for s in plan][:6] == [
+        "extract",
+        "langid",
+        "alt_text",
+        "ImageStages",
+        "alt_min_words",
+        "ModelStages",
+    ]
     assert next(s for s in plan if s.name == "alt_min_words").min_words == 3
     with pytest.raises(PlanError, match="unknown stage 'langd'"):
         build_plan(_cfg(tmp_path, stages={"plan": ["extract", "langd"]}))
@@ -192,7 +250,10 @@ def test_check_fits_names_the_pool_to_shrink(tmp_path):
     with pytest.raises(PlanError, match=r"needs 2 CPUs .* the cluster has 1; give the ModelStages pool fewer CPUs"):
         check_fits(plan, 1, 0)
     gpu = build_plan(_cfg(tmp_path, filters={"moderation": {"num_gpus": 1, "pool_size": 2}}))
-    with pytest.raises(PlanError, match=r"needs 2 GPUs .*ModelStages 2 x 1.*shrink filters.moderation.pool_size/"
-                                        r"filters.semantic.pool_size/d_ling.categorise.pool_size to 1"):
+    with pytest.raises(
+        PlanError,
+        match=r"needs 2 GPUs .*ModelStages 2 x 1.*shrink filters.moderation.pool_size/"
+        r"filters.semantic.pool_size/d_ling.categorise.pool_size to 1",
+    ):
         check_fits(gpu, 8, 1)
     check_fits(gpu, 8, 2)

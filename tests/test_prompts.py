@@ -9,8 +9,16 @@ from mella.train.prompts import POOL_SIZE, _norm, _validate, load_prompts, promp
 
 LANGS = ["ar", "cs", "hu", "ko", "ru", "sr", "th", "vi"]
 # Unicode script each language's prompts must be written in (Serbian: Cyrillic, see prompts.yaml)
-SCRIPT = {"ar": "ARABIC", "cs": "LATIN", "hu": "LATIN", "ko": "HANGUL", "ru": "CYRILLIC", "sr": "CYRILLIC",
-          "th": "THAI", "vi": "LATIN"}
+SCRIPT = {
+    "ar": "ARABIC",
+    "cs": "LATIN",
+    "hu": "LATIN",
+    "ko": "HANGUL",
+    "ru": "CYRILLIC",
+    "sr": "CYRILLIC",
+    "th": "THAI",
+    "vi": "LATIN",
+}
 
 
 def test_every_language_has_pool_and_eval_prompts():

@@ -22,24 +22,40 @@ from selectolax.lexbor import LexborHTMLParser as HTMLParser
 from synthetic_corpus import ALT, write_corpus
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium not installed (.ci/run installs it)")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian package chromium not installed (.ci/run installs it)"
+)
 PY = sys.executable
-ARABIC, HANGUL, CYRILLIC, THAI = (re.compile(p) for p in ("[\u0600-\u06ff]", "[\uac00-\ud7a3]", "[\u0400-\u04ff]",
-                                                           "[\u0e00-\u0e7f]"))
+ARABIC, HANGUL, CYRILLIC, THAI = (
+    re.compile(p) for p in ("[\u0600-\u06ff]", "[\uac00-\ud7a3]", "[\u0400-\u04ff]", "[\u0e00-\u0e7f]")
+)
 
 
 def render(page: Path, tmp: Path, screenshot: Path | None = None) -> tuple[HTMLParser, list[str]]:
     """Open ``page`` from file:// in headless Chromium: (rendered DOM, console messages). With ``screenshot``,
     also save a PNG of the first 1400×1800 px."""
-    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-              f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1400,1800"]
-    proc = subprocess.run(common + ["--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    common = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+        "--window-size=1400,1800",
+    ]
+    proc = subprocess.run(
+        common + ["--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     if screenshot is not None:
-        shot = subprocess.run(common + [f"--screenshot={screenshot}", page.as_uri()], capture_output=True, text=True,
-                              timeout=120)
+        shot = subprocess.run(
+            common + [f"--screenshot={screenshot}", page.as_uri()], capture_output=True, text=True, timeout=120
+        )
         assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
     return HTMLParser(proc.stdout), console
 
@@ -92,11 +108,18 @@ def test_galleries_sampled_paginated_counts_exact(synthetic):
         assert all(c.css_first("img.thumb").attributes["src"].startswith("data:image/jpeg;base64,") for c in cards)
         assert f"{n} rows in d_know for" in pages[0].read_text(encoding="utf-8")
     ar = _dom(report / "know-ar-1.html").css("#gallery .card .text")
-    assert ar and all(t.attributes["dir"] == "rtl" and t.attributes["lang"] == "ar" and t.text() == ALT["ar"] for t in ar)
+    assert ar and all(
+        t.attributes["dir"] == "rtl" and t.attributes["lang"] == "ar" and t.text() == ALT["ar"] for t in ar
+    )
     assert all(t.attributes["dir"] == "auto" for t in _dom(report / "know-th-1.html").css("#gallery .card .text"))
     # D_ling: image, English caption, translation, QE, backend
     ling = (report / "ling-th-1.html").read_text(encoding="utf-8")
-    assert ALT["th"] in ling and "A screenshot of an installer dialog" in ling and "nllb:nllb-200" in ling and "0.810" in ling
+    assert (
+        ALT["th"] in ling
+        and "A screenshot of an installer dialog" in ling
+        and "nllb:nllb-200" in ling
+        and "0.810" in ling
+    )
     assert len(_dom(report / "ling-th-1.html").css("#gallery .card img.thumb")) == LING["th"]
     # markup in an alt-text is escaped
     ru = "".join(p.read_text(encoding="utf-8") for p in report.glob("know-ru-*.html"))
@@ -127,9 +150,13 @@ def test_rejects_and_near_duplicate_groups(synthetic):
 @needs_chromium
 def test_synthetic_report_in_chromium_thai_arabic_no_console_errors(synthetic, tmp_path):
     _, _, index = synthetic
-    for page, script, lang in (("ling-th-1.html", THAI, "th"), ("know-th-1.html", THAI, "th"),
-                               ("know-ar-1.html", ARABIC, "ar"), ("know-ko-1.html", HANGUL, "ko"),
-                               ("know-ru-1.html", CYRILLIC, "ru")):
+    for page, script, lang in (
+        ("ling-th-1.html", THAI, "th"),
+        ("know-th-1.html", THAI, "th"),
+        ("know-ar-1.html", ARABIC, "ar"),
+        ("know-ko-1.html", HANGUL, "ko"),
+        ("know-ru-1.html", CYRILLIC, "ru"),
+    ):
         dom, console = render(index.parent / page, tmp_path)
         texts = [t for t in dom.css(f'#gallery .card .text[lang="{lang}"]') if script.search(t.text())]
         assert texts, page
@@ -146,8 +173,11 @@ def test_sample_is_bottom_k_with_exact_counts_across_batches(tmp_path, monkeypat
     write_corpus(str(tmp_path), {"hu": 40, "ko": 17}, rows_per_file=13, near_dups=5)
     monkeypatch.setattr(sample, "BATCH_ROWS", 7)  # batches split every file
     sel = sample.select(str(tmp_path), per_lang=6, per_reason=2, near_groups=3, near_dropped=1)
-    rows = [r for p in glob.glob(str(tmp_path / "d_know" / "*.parquet"))
-            for r in pq.read_table(p, columns=["id", "lang"]).to_pylist()]
+    rows = [
+        r
+        for p in glob.glob(str(tmp_path / "d_know" / "*.parquet"))
+        for r in pq.read_table(p, columns=["id", "lang"]).to_pylist()
+    ]
     for lang in ("hu", "ko"):
         ids = sorted(r["id"] for r in rows if r["lang"] == lang)
         assert sel.know.counts[lang] == len(ids)
@@ -193,17 +223,25 @@ def test_dataset_card_loads_with_datasets(tmp_path):
 
 def _inspect(*args: str, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "platform"), "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.run([PY, str(ROOT / "jobs" / "inspect_corpus.py"), *args], capture_output=True, text=True,
-                          env=env, timeout=600, **kw)
+    return subprocess.run(
+        [PY, str(ROOT / "jobs" / "inspect_corpus.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        **kw,
+    )
 
 
 def test_inspect_usage_errors_fail_in_one_line_before_ray(tmp_path):
     (tmp_path / "d_know").mkdir()
-    for args, msg in (([str(tmp_path / "missing")], "no such directory"),
-                      ([str(ROOT / "docs")], "is not a build output"),
-                      ([str(tmp_path), "--train", str(tmp_path)], "no mella_train.json"),
-                      ([str(tmp_path), "--eval", str(tmp_path)], "no report.json"),
-                      ([str(tmp_path), "--page-size", "0"], "must be >= 1")):
+    for args, msg in (
+        ([str(tmp_path / "missing")], "no such directory"),
+        ([str(ROOT / "docs")], "is not a build output"),
+        ([str(tmp_path), "--train", str(tmp_path)], "no mella_train.json"),
+        ([str(tmp_path), "--eval", str(tmp_path)], "no report.json"),
+        ([str(tmp_path), "--page-size", "0"], "must be >= 1"),
+    ):
         proc = _inspect(*args)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and msg in proc.stderr, proc.stderr
         assert "ray" not in proc.stderr.lower() and not proc.stdout
@@ -232,16 +270,42 @@ def test_inspect_with_training_and_evaluation_reports(tmp_path, ray_session, cap
 
     adapter = tmp_path / "train" / "hu" / "adapter"
     LoraConfig(r=8, target_modules=["q_proj"]).save_pretrained(str(adapter))  # adapter_config.json, as training writes
-    write_metadata(adapter, {"lang": "hu", "backbone": "qwen2-vl", "mix": "dual", "seed": 0, "steps": 12,
-                             "final_loss": 1.25, "rows": {"d_know": 6}, "hyperparameters": {"lora_r": 8}})
+    write_metadata(
+        adapter,
+        {
+            "lang": "hu",
+            "backbone": "qwen2-vl",
+            "mix": "dual",
+            "seed": 0,
+            "steps": 12,
+            "final_loss": 1.25,
+            "rows": {"d_know": 6},
+            "hyperparameters": {"lora_r": 8},
+        },
+    )
     img = image_pool(1)[0]
-    items = [Item("hu", "d_know", f"id{k}", f"sha{k}", img, "Mi látható a képen?", ref)
-             for k, ref in enumerate(["A telepítő nyelvválasztó képernyője", "Beállítások ablak betűkészlet"])]
-    outputs = [Output(i.lang, i.source, i.id, 0, m, name, text) for i in items
-               for m, name, text in (("-", "base", "egy kép"), ("MELLA", "mella-hu", i.reference))]
+    items = [
+        Item("hu", "d_know", f"id{k}", f"sha{k}", img, "Mi látható a képen?", ref)
+        for k, ref in enumerate(["A telepítő nyelvválasztó képernyője", "Beállítások ablak betűkészlet"])
+    ]
+    outputs = [
+        Output(i.lang, i.source, i.id, 0, m, name, text)
+        for i in items
+        for m, name, text in (("-", "base", "egy kép"), ("MELLA", "mella-hu", i.reference))
+    ]
     rows, facts = score(items, outputs)
-    write_report(tmp_path / "eval", items=items, outputs=outputs, rows=rows, facts=facts, backbone="tiny",
-                 langs=["hu"], methods=["-", "MELLA"], config={}, missing=[])
+    write_report(
+        tmp_path / "eval",
+        items=items,
+        outputs=outputs,
+        rows=rows,
+        facts=facts,
+        backbone="tiny",
+        langs=["hu"],
+        methods=["-", "MELLA"],
+        config={},
+        missing=[],
+    )
     rc, stdout = _inspect_main([str(out), "--train", str(tmp_path / "train"), "--eval", str(tmp_path / "eval")], capsys)
     assert rc == 0
     index = Path(next(line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith("report: ")))
@@ -257,11 +321,18 @@ def test_inspect_with_training_and_evaluation_reports(tmp_path, ray_session, cap
 
 
 # ----------------------------------------------------------------------------------------- the demo web
-TINY_DLING = ["d_ling.caption.mllm.min_pixels=3136", "d_ling.caption.mllm.max_pixels=12544",
-              "d_ling.caption.generation.max_new_tokens=8", "d_ling.caption.generation.min_new_tokens=4",
-              "d_ling.caption.generation.repetition_penalty=1.5", "d_ling.translate.seq2seq.generation.max_new_tokens=8",
-              "d_ling.translate.seq2seq.generation.num_beams=1", "d_ling.caption.num_cpus=0.25",
-              "d_ling.translate.num_cpus=0.25", "d_ling.categorise.num_cpus=0.25"]
+TINY_DLING = [
+    "d_ling.caption.mllm.min_pixels=3136",
+    "d_ling.caption.mllm.max_pixels=12544",
+    "d_ling.caption.generation.max_new_tokens=8",
+    "d_ling.caption.generation.min_new_tokens=4",
+    "d_ling.caption.generation.repetition_penalty=1.5",
+    "d_ling.translate.seq2seq.generation.max_new_tokens=8",
+    "d_ling.translate.seq2seq.generation.num_beams=1",
+    "d_ling.caption.num_cpus=0.25",
+    "d_ling.translate.num_cpus=0.25",
+    "d_ling.categorise.num_cpus=0.25",
+]
 
 
 @pytest.mark.slow
@@ -282,9 +353,28 @@ def test_demo_build_writes_report_and_card_rendered_in_chromium(tmp_path):
     qwen, marian = tiny_qwen2vl(tmp_path / "qwen"), tiny_marian(tmp_path / "marian")
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "platform"), "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run([PY, str(ROOT / "jobs" / "build_corpus.py"), "--output", str(out), "--num-cpus", "2", "-q",
-                           "--d-ling", "--caption-model", str(qwen), "--mt-model", str(marian), *TINY_DLING],
-                          capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            PY,
+            str(ROOT / "jobs" / "build_corpus.py"),
+            "--output",
+            str(out),
+            "--num-cpus",
+            "2",
+            "-q",
+            "--d-ling",
+            "--caption-model",
+            str(qwen),
+            "--mt-model",
+            str(marian),
+            *TINY_DLING,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     index = Path(next(line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("report: ")))
     assert index == out / "report" / "index.html"
@@ -293,7 +383,9 @@ def test_demo_build_writes_report_and_card_rendered_in_chromium(tmp_path):
 
     dom, console = render(index, tmp_path, screenshot=tmp_path / "demo-index.png")
     assert not console, console
-    assert len(dom.css("#funnel-chart svg g.stage")) == len(funnel["stages"]) and dom.css_first('img.figure[src="statistics.png"]')
+    assert len(dom.css("#funnel-chart svg g.stage")) == len(funnel["stages"]) and dom.css_first(
+        'img.figure[src="statistics.png"]'
+    )
     scripts = {"ar": ARABIC, "ko": HANGUL, "ru": CYRILLIC, "sr": CYRILLIC}
     for lang, n in funnel["d_know"].items():
         if not n:
@@ -320,7 +412,7 @@ def test_demo_build_writes_report_and_card_rendered_in_chromium(tmp_path):
         sec = dom.css_first(f'section[data-stage="{s["stage"]}"]')
         assert (sec is not None) == (s["rejected"] > 0), s["stage"]
         if sec is not None:
-            assert f'{s["rejected"]} rejected' in sec.css_first("h2").text()
+            assert f"{s['rejected']} rejected" in sec.css_first("h2").text()
     # resolution rejects had been fetched: their thumbnails come from the build's image WARCs
     assert dom.css('div[data-reason="too_small"] img.thumb')
     dom, console = render(report / "near-duplicates.html", tmp_path)
@@ -331,7 +423,10 @@ def test_demo_build_writes_report_and_card_rendered_in_chromium(tmp_path):
     assert all(g.css_first(".card.kept img.thumb") and "cosine" in g.css_first(".card.dropped").text() for g in groups)
 
     ds = datasets.load_dataset(str(out))
-    assert {k: v.num_rows for k, v in ds.items()} == {"d_know": funnel["d_know_total"], "d_ling": funnel["d_ling_total"]}
+    assert {k: v.num_rows for k, v in ds.items()} == {
+        "d_know": funnel["d_know_total"],
+        "d_ling": funnel["d_ling_total"],
+    }
     know = datasets.load_dataset(str(out), "d_know")
     assert {k: v.num_rows for k, v in know.items()} == {k: v for k, v in funnel["d_know"].items() if v}
     assert DEMO_WEB.exists()

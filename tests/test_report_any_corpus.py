@@ -54,8 +54,13 @@ def _nothing_kept(out: Path) -> None:  # both datasets present, no row in either
     shutil.move(str(out / "r" / "rejects"), str(out / "rejects"))
 
 
-CASES = {"no_near_duplicate_group": _no_near_duplicates, "empty_language": _empty_language,
-         "d_know_without_rows": _d_know_without_rows, "d_ling_only": _d_ling_only, "nothing_kept": _nothing_kept}
+CASES = {
+    "no_near_duplicate_group": _no_near_duplicates,
+    "empty_language": _empty_language,
+    "d_know_without_rows": _d_know_without_rows,
+    "d_ling_only": _d_ling_only,
+    "nothing_kept": _nothing_kept,
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -70,8 +75,10 @@ def test_report_and_card_for_any_corpus(case, tmp_path, ray_session):
     out = tmp_path / "corpus"
     out.mkdir()
     CASES[case](out)
-    rows = {ds: sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(str(out / ds / "*.parquet")))
-            for ds in ("d_know", "d_ling")}
+    rows = {
+        ds: sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(str(out / ds / "*.parquet")))
+        for ds in ("d_know", "d_ling")
+    }
     index = Path(write_report(str(out), page_size=4, max_pages=1))
     assert index.is_file() and (index.parent / "near-duplicates.html").is_file()
     card = Path(write_card(str(out)))
@@ -101,10 +108,18 @@ def test_a_failed_report_leaves_no_staging_folder(tmp_path, monkeypatch, ray_ses
     assert not glob.glob(str(tmp_path / ".staging-*")) and not (tmp_path / "report").exists()
 
 
-ALTS = ["Budapest látképe a Gellérthegyről", "A Parlament épülete a Duna partján", "Régi villamos a körúton",
-        "Téli este a belvárosban", "A Lánchíd éjszakai kivilágításban", "Piac a Nagycsarnokban",
-        "Kilátás a Halászbástyáról", "Könyvtár olvasóterme délután", "Vasútállomás a reggeli csúcsban",
-        "Egy utcai kávézó teraszán"]
+ALTS = [
+    "Budapest látképe a Gellérthegyről",
+    "A Parlament épülete a Duna partján",
+    "Régi villamos a körúton",
+    "Téli este a belvárosban",
+    "A Lánchíd éjszakai kivilágításban",
+    "Piac a Nagycsarnokban",
+    "Kilátás a Halászbástyáról",
+    "Könyvtár olvasóterme délután",
+    "Vasútállomás a reggeli csúcsban",
+    "Egy utcai kávézó teraszán",
+]
 
 
 def test_one_picture_under_ten_alts_builds_report_and_card(tmp_path, ray_session, capsys):
@@ -113,20 +128,38 @@ def test_one_picture_under_ten_alts_builds_report_and_card(tmp_path, ray_session
 
     web = tmp_path / "web"
     (web / "img").mkdir(parents=True)
-    src = sorted(glob.glob(str(DEMO_WEB / "**" / "*.jpg"), recursive=True) +
-                 glob.glob(str(DEMO_WEB / "**" / "*.png"), recursive=True))
+    src = sorted(
+        glob.glob(str(DEMO_WEB / "**" / "*.jpg"), recursive=True)
+        + glob.glob(str(DEMO_WEB / "**" / "*.png"), recursive=True)
+    )
     from PIL import Image
 
     src = next(p for p in src if min(Image.open(p).size) > 256)
     shutil.copyfile(src, web / "img" / f"pic{Path(src).suffix}")
     imgs = "\n".join(f'<p><img src="/img/pic{Path(src).suffix}" alt="{a}"></p>' for a in ALTS)
-    (web / "index.html").write_text(f'<!doctype html><html lang="hu"><head><meta charset="utf-8"><title>Képek</title>'
-                                    f'</head><body><h1>Képek Budapestről</h1>{imgs}</body></html>', encoding="utf-8")
+    (web / "index.html").write_text(
+        f'<!doctype html><html lang="hu"><head><meta charset="utf-8"><title>Képek</title>'
+        f"</head><body><h1>Képek Budapestről</h1>{imgs}</body></html>",
+        encoding="utf-8",
+    )
     (web / "seeds.txt").write_text("/index.html\n")
     out = tmp_path / "out"
     with serve_directory(web) as url:
-        rc = build_corpus.main(["--seeds", str(web / "seeds.txt"), "--base-url", str(url), "--output", str(out),
-                                "--allow-private-hosts", "127.0.0.1", "--langs", "hu", "crawl.politeness_delay_s=0"])
+        rc = build_corpus.main(
+            [
+                "--seeds",
+                str(web / "seeds.txt"),
+                "--base-url",
+                str(url),
+                "--output",
+                str(out),
+                "--allow-private-hosts",
+                "127.0.0.1",
+                "--langs",
+                "hu",
+                "crawl.politeness_delay_s=0",
+            ]
+        )
     printed = capsys.readouterr()
     assert rc == 0, printed
     funnel = json.loads((out / "funnel.json").read_text())

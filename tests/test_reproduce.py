@@ -37,9 +37,13 @@ def _job(name: str):
 def _grid(tmp_path: Path, data: Path, **extra):
     for bb in ("qwen2-vl", "internvl2"):  # plan/tables only read the names; no model is loaded here
         (tmp_path / bb).mkdir(exist_ok=True)
-    return load_grid(ROOT / "experiments" / "tiny.yaml", [f"{k}={json.dumps(v)}" for k, v in extra.items()],
-                     data=data, output=tmp_path / "out",
-                     backbones={"qwen2-vl": tmp_path / "qwen2-vl", "internvl2": tmp_path / "internvl2"})
+    return load_grid(
+        ROOT / "experiments" / "tiny.yaml",
+        [f"{k}={json.dumps(v)}" for k, v in extra.items()],
+        data=data,
+        output=tmp_path / "out",
+        backbones={"qwen2-vl": tmp_path / "qwen2-vl", "internvl2": tmp_path / "internvl2"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +61,25 @@ def _samples(cfg: TrainConfig, sources) -> int:
 
 
 def test_ablation_training_sets_have_the_main_experiments_size(corpus, tmp_path):
-    grid = _grid(tmp_path, corpus, langs=["hu", "cs"], **{"train.n_test": 4, "train.test_max_fraction": 0.2,
-                                                          "evaluate.test_max_fraction": 0.2})
+    grid = _grid(
+        tmp_path,
+        corpus,
+        langs=["hu", "cs"],
+        **{"train.n_test": 4, "train.test_max_fraction": 0.2, "evaluate.test_max_fraction": 0.2},
+    )
     assert grid.train["max_steps"] == 3 and grid.train["n_test"] == 4  # dotted overrides set one nested key
     pools = training_pools(corpus, grid.langs, 4, 0.2)
     sizes = training_sizes(pools)
     trains, _ = plan(grid, sizes)
     for lang in grid.langs:
-        base = {"data": corpus, "lang": lang, "model": tmp_path, "output": tmp_path / "o", "n_test": 4,
-                "test_max_fraction": 0.2}
+        base = {
+            "data": corpus,
+            "lang": lang,
+            "model": tmp_path,
+            "output": tmp_path / "o",
+            "n_test": 4,
+            "test_max_fraction": 0.2,
+        }
         main = _samples(TrainConfig(**base, mix="dual"), MIX_SOURCES["dual"])
         assert main == sizes[lang] == pools[lang]["d_know"] + pools[lang]["d_ling"]
         for cell in (c for c in trains if c.lang == lang and c.backbone == "qwen2-vl" and c.method != "MELLA"):
@@ -87,8 +101,10 @@ def test_table5_runs_differ_in_their_training_seed(corpus, tmp_path):
     trains, evals = plan(grid, training_sizes(training_pools(corpus, grid.langs, 2, 0.5)))
     for bb in grid.backbones:
         mella = [c for c in trains if c.backbone == bb and c.method == "MELLA"]
-        cfgs = [TrainConfig.load(None, c.overrides(0), data=corpus, lang="hu", model=tmp_path, output=tmp_path)
-                for c in mella]
+        cfgs = [
+            TrainConfig.load(None, c.overrides(0), data=corpus, lang="hu", model=tmp_path, output=tmp_path)
+            for c in mella
+        ]
         assert sorted(c.seed for c in cfgs) == [0, 1, 2]  # the TrainConfig seed: LoRA init, prompts, shuffle
         assert len({c.dir(grid.output) for c in mella}) == 3
         seed_evals = [e for e in evals if e.backbone == bb and e.model == "base"]
@@ -102,8 +118,20 @@ def _finish(grid, trains, evals, value=lambda cell, method, metric: 1.0):
     for c in trains:
         write_json_atomic({"cell": c.name}, str(c.dir(grid.output) / "result.json"))
     for e in evals:
-        runs = [{"seed": e.seed, "method": m, "model": m, "lang": lang, "metric": metric, "value": value(e, m, metric),
-                 "n": 2} for m in ["-", *(name for name, _ in e.methods)] for lang in e.langs for metric in METRICS]
+        runs = [
+            {
+                "seed": e.seed,
+                "method": m,
+                "model": m,
+                "lang": lang,
+                "metric": metric,
+                "value": value(e, m, metric),
+                "n": 2,
+            }
+            for m in ["-", *(name for name, _ in e.methods)]
+            for lang in e.langs
+            for metric in METRICS
+        ]
         write_json_atomic({"runs": runs}, str(e.dir(grid.output) / "result.json"))
 
 
@@ -157,8 +185,15 @@ def test_merge_runs_in_a_ray_task_in_the_checkpoints_dtype(ray_session, tmp_path
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False))
     peft.save_pretrained(tmp_path / "adapter")
     del model, peft
-    cfg = TrainConfig(data=tmp_path, lang="hu", model=base, output=tmp_path / "o", cpus_per_worker=0.5,
-                      image_min_pixels=3136, image_max_pixels=12544)
+    cfg = TrainConfig(
+        data=tmp_path,
+        lang="hu",
+        model=base,
+        output=tmp_path / "o",
+        cpus_per_worker=0.5,
+        image_min_pixels=3136,
+        image_max_pixels=12544,
+    )
     facts = merge_adapter("qwen2-vl", base, tmp_path / "adapter", tmp_path / "merged", cfg)
     assert facts["pid"] != os.getpid() and facts["dtype"] == "bfloat16"
     files = list((tmp_path / "merged").glob("*.safetensors"))

@@ -29,9 +29,18 @@ def test_fixed_and_elastic_pools():
     assert cpu["compute"].max_concurrent_calls_per_actor is None
 
 
-@pytest.mark.parametrize("bad", [{"max_pool_size": 2}, {"pool_size": 4, "max_pool_size": 2}, {"pool_size": 0},
-                                 {"num_gpus": -1}, {"cpus": 1},
-                                 {"batches_per_actor": 2}, {"pool_size": 1, "batches_per_actor": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_pool_size": 2},
+        {"pool_size": 4, "max_pool_size": 2},
+        {"pool_size": 0},
+        {"num_gpus": -1},
+        {"cpus": 1},
+        {"batches_per_actor": 2},
+        {"pool_size": 1, "batches_per_actor": 0},
+    ],
+)
 def test_bad_declarations_are_rejected(bad):
     with pytest.raises(ValidationError):
         StageResources(**bad)
@@ -54,8 +63,11 @@ def test_pool_actor_lost_mid_batch_is_recreated_and_the_batch_retried(ray_sessio
 
     marker = tmp_path / "died"
     ds = ray.data.range(40, override_num_blocks=4).map_batches(
-        DiesOnce, fn_constructor_kwargs={"marker": str(marker)}, batch_size=10,
-        **StageResources(num_cpus=0.5, pool_size=1, max_pool_size=2).map_batches_args())
+        DiesOnce,
+        fn_constructor_kwargs={"marker": str(marker)},
+        batch_size=10,
+        **StageResources(num_cpus=0.5, pool_size=1, max_pool_size=2).map_batches_args(),
+    )
     assert sorted(r["id"] for r in ds.take_all()) == [2 * i for i in range(40)]
     assert marker.exists()  # an actor did die
 
@@ -78,7 +90,8 @@ def test_a_pool_actor_runs_batches_per_actor_batches_at_once(ray_session):
             return {"id": batch["id"], "threads": [len(self.threads)] * len(batch["id"])}
 
     ds = ray.data.range(8, override_num_blocks=4).map_batches(
-        Meets, batch_size=2, **StageResources(num_cpus=0.5, pool_size=1, batches_per_actor=2).map_batches_args())
+        Meets, batch_size=2, **StageResources(num_cpus=0.5, pool_size=1, batches_per_actor=2).map_batches_args()
+    )
     rows = ds.take_all()
     assert sorted(r["id"] for r in rows) == list(range(8))
     assert max(r["threads"] for r in rows) == 2

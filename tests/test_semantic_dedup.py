@@ -87,8 +87,11 @@ def test_planted_near_duplicates_found(stage, corpus):
             assert got[vid][0] == f"{k:02d}"
     ph = phash_index.DEFAULT_THRESHOLD
     h0 = [phash_index.phash64(Image.open(io.BytesIO(b))) for _, b in sub]
-    by_phash = {v for v, b, k in zip(var_ids, var_bytes, var_of)
-                if phash_index.hamming(h0[k], phash_index.phash64(Image.open(io.BytesIO(b))))[0] <= ph}
+    by_phash = {
+        v
+        for v, b, k in zip(var_ids, var_bytes, var_of)
+        if phash_index.hamming(h0[k], phash_index.phash64(Image.open(io.BytesIO(b))))[0] <= ph
+    }
     missed = sorted(set(var_ids) - set(got) - by_phash)
     assert len(missed) <= 1, missed
     assert len(got) >= 36  # CNN alone: ≥ 90% of the planted edits
@@ -101,7 +104,8 @@ def test_greedy_survivor_rule_groups_and_errors():
     c = 2 * 0.96 * b - a  # reflect a across b: cos(b, c) = 0.96, cos(a, c) = 2 * 0.96**2 - 1
     x = np.stack([a, b, c / np.linalg.norm(c)]).astype(np.float32)
     assert find_semantic_duplicates(x, ["a", "b", "c"], [3, 2, 1], threshold=0.95, n_clusters=1) == [
-        ("b", "a", pytest.approx(0.96, abs=1e-5))]
+        ("b", "a", pytest.approx(0.96, abs=1e-5))
+    ]
     # priority: the larger image survives; equal priority → smaller id
     assert [d for d, _, _ in find_semantic_duplicates(x[:2], ["a", "b"], [1, 5], threshold=0.95)] == ["a"]
     assert [d for d, _, _ in find_semantic_duplicates(x[:2], ["b", "a"], None, threshold=0.95)] == ["b"]
@@ -181,17 +185,32 @@ def test_corroborated_pairs_need_both_cosine_and_phash(tmp_path, ray_session):
         "c": (near(0.955, 2), flip(30), 800),  # 0.955 but 30 bits: kept
         "d": (near(0.97, 3), flip(40), 800),  # 0.97: a near-duplicate on cosine alone
     }
-    rows = [{"id": n, "lang": "hu", "page_url": f"http://x/{n}.html", "image_url": f"http://x/{n}.png",
-             "alt_text": n, "source": "crawl", "pixel_sha256": hashlib.sha256(n.encode()).hexdigest(),
-             "width": w, "height": 600, "image_bytes": 1000, "embedding": e, "phash": h}
-            for n, (e, h, w) in spec.items()]
+    rows = [
+        {
+            "id": n,
+            "lang": "hu",
+            "page_url": f"http://x/{n}.html",
+            "image_url": f"http://x/{n}.png",
+            "alt_text": n,
+            "source": "crawl",
+            "pixel_sha256": hashlib.sha256(n.encode()).hexdigest(),
+            "width": w,
+            "height": 600,
+            "image_bytes": 1000,
+            "embedding": e,
+            "phash": h,
+        }
+        for n, (e, h, w) in spec.items()
+    ]
     part = str(tmp_path / "part.parquet")
     pq.write_table(to_table(rows, REJECT_SCHEMA), part)
     url = {(r["lang"], r["pixel_sha256"]): r["image_url"].rsplit("/", 1)[1][0] for r in rows}
 
     drops = find_semantic_near_duplicates([part], SemanticDedupConfig(), "on")
     assert {url[k]: v.split(" to ")[0] for k, v in drops.items()} == {
-        "b": "cosine 0.9550 >= 0.95 and pHash 8 bits <= 10", "d": "cosine 0.9700 >= 0.96"}
+        "b": "cosine 0.9550 >= 0.95 and pHash 8 bits <= 10",
+        "d": "cosine 0.9700 >= 0.96",
+    }
     off = find_semantic_near_duplicates([part], SemanticDedupConfig(corroborated_threshold=None), "off")
     assert {url[k] for k in off} == {"d"}
 

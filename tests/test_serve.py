@@ -41,10 +41,20 @@ def served(tmp_path_factory, ray_session):
     make_adapters(model, root / "adapters", ADAPTERS)
     (root / "adapters" / "no-weights").mkdir()  # skipped: no adapter_config.json + safetensors
     (root / "adapters" / "no-weights" / "adapter_config.json").write_text("{}")
-    args = dict(model=str(model), adapters=str(root / "adapters"), base_model_name=BASE, max_adapters_per_replica=2,
-                image_min_pixels=MIN_PIXELS, image_max_pixels=MAX_PIXELS, max_image_bytes=300_000,
-                max_image_pixels=1_000_000, max_tokens_limit=64, default_max_tokens=6, max_body_bytes=2_000_000,
-                auth_token_env="MELLA_TEST_SERVE_TOKEN")
+    args = dict(
+        model=str(model),
+        adapters=str(root / "adapters"),
+        base_model_name=BASE,
+        max_adapters_per_replica=2,
+        image_min_pixels=MIN_PIXELS,
+        image_max_pixels=MAX_PIXELS,
+        max_image_bytes=300_000,
+        max_image_pixels=1_000_000,
+        max_tokens_limit=64,
+        default_max_tokens=6,
+        max_body_bytes=2_000_000,
+        auth_token_env="MELLA_TEST_SERVE_TOKEN",
+    )
     with serving(args, env={"MELLA_TEST_SERVE_TOKEN": TOKEN}) as url:
         yield {"url": url, "model": model, "root": root, "args": args}
 
@@ -100,15 +110,30 @@ def test_openai_client(served):
     client = openai.OpenAI(base_url=f"{served['url']}/v1", api_key=TOKEN, max_retries=0, timeout=120)
     assert {m.id for m in client.models.list()} == {BASE, *ADAPTERS}
     img = data_url(_image("ko"))
-    resp = client.chat.completions.create(model="mella-ko", max_tokens=5, messages=[
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": img}}, {"type": "text", "text": "이 사진을 설명해 주세요."}]}])
+    resp = client.chat.completions.create(
+        model="mella-ko",
+        max_tokens=5,
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": img}},
+                    {"type": "text", "text": "이 사진을 설명해 주세요."},
+                ],
+            },
+        ],
+    )
     assert resp.choices[0].finish_reason in {"stop", "length"} and isinstance(resp.choices[0].message.content, str)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="mella-xx", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])
+        client.chat.completions.create(
+            model=BASE,
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
+            ],
+        )
     bad = openai.OpenAI(base_url=f"{served['url']}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
@@ -139,8 +164,17 @@ BAD = {
     "non_image_data_url": (_body("mella-hu", "data:text/plain;base64,aGVsbG8="), None, 400, "invalid_image"),
     "too_many_bytes": (_body("mella-hu", data_url(_noise_png(400))), None, 400, "image_too_large"),
     "too_many_pixels": (_body("mella-hu", data_url(_png(1100, 1000))), None, 400, "image_too_large"),
-    "too_many_images": ({"model": "mella-hu", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url(_png(32, 32))}}] * 5}]}, None, 400, "too_many_images"),
+    "too_many_images": (
+        {
+            "model": "mella-hu",
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(_png(32, 32))}}] * 5}
+            ],
+        },
+        None,
+        400,
+        "too_many_images",
+    ),
     "max_tokens_too_large": (_body("mella-hu", max_tokens=10_000), None, 400, "max_tokens_too_large"),
     "stream": (_body("mella-hu", stream=True), None, 400, "unsupported_parameter"),
     "n_2": (_body("mella-hu", n=2), None, 400, "unsupported_parameter"),
@@ -164,7 +198,12 @@ def test_bad_request(served, case):
 def test_auth_required(served, token):
     r = _post(served["url"], _body("mella-hu"), token=token)
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    assert httpx.get(f"{served['url']}/v1/models", headers={"Authorization": f"Bearer {token}"} if token else {}).status_code == 401
+    assert (
+        httpx.get(
+            f"{served['url']}/v1/models", headers={"Authorization": f"Bearer {token}"} if token else {}
+        ).status_code
+        == 401
+    )
 
 
 def test_concurrent_round_robin_and_still_up(served):

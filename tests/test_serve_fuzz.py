@@ -53,15 +53,27 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(model_dir, ray_session):
     # header limits below the defaults: a 431 here also shows the gateway applied ServeConfig's values
-    args = dict(model=str(model_dir / BASE), adapters=str(model_dir / "adapters"), base_model_name=BASE,
-                image_min_pixels=MIN_PIXELS, image_max_pixels=MAX_PIXELS, max_tokens_limit=MAX_TOKENS_LIMIT,
-                default_max_tokens=4, max_headers=60, max_header_bytes=8192, auth_token_env="MELLA_FUZZ_SERVE_TOKEN")
+    args = dict(
+        model=str(model_dir / BASE),
+        adapters=str(model_dir / "adapters"),
+        base_model_name=BASE,
+        image_min_pixels=MIN_PIXELS,
+        image_max_pixels=MAX_PIXELS,
+        max_tokens_limit=MAX_TOKENS_LIMIT,
+        default_max_tokens=4,
+        max_headers=60,
+        max_header_bytes=8192,
+        auth_token_env="MELLA_FUZZ_SERVE_TOKEN",
+    )
     with serving(args, env={"MELLA_FUZZ_SERVE_TOKEN": TOKEN}, app_name="mella-fuzz") as url:
         client = httpx.Client(base_url=url, timeout=120, follow_redirects=False)
         refs = {i: _send(client, **_valid(i)) for i in range(7)}  # answers when sent alone
         assert all(r.status_code == 200 for r in refs.values()), [r.text for r in refs.values()]
-        yield {"url": url, "client": client, "refs": {i: r.json()["choices"][0]["message"]["content"]
-                                                      for i, r in refs.items()}}
+        yield {
+            "url": url,
+            "client": client,
+            "refs": {i: r.json()["choices"][0]["message"]["content"] for i, r in refs.items()},
+        }
         client.close()
 
 
@@ -70,15 +82,19 @@ def _valid(i: int) -> dict:
     content = [{"type": "text", "text": f"Írja le a képet {i}."}]
     if i % 2 == 0:
         content.insert(0, {"type": "image_url", "image_url": {"url": data_url(_png(40 + 8 * i, 48, (i * 30, 90, 10)))}})
-    body = {"model": BASE if i % 3 == 0 else ADAPTER, "messages": [{"role": "user", "content": content}],
-            "max_tokens": 3}
+    body = {
+        "model": BASE if i % 3 == 0 else ADAPTER,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 3,
+    }
     if i >= 5:
         body.update(temperature=0.7, top_p=0.9, seed=i)
     return {"json": body}
 
 
-def _send(client: httpx.Client, method: str = "POST", path: str = "/v1/chat/completions", headers=None,
-          **kw) -> httpx.Response:
+def _send(
+    client: httpx.Client, method: str = "POST", path: str = "/v1/chat/completions", headers=None, **kw
+) -> httpx.Response:
     return client.request(method, path, headers={**AUTH, **(headers or {})}, **kw)
 
 
@@ -130,8 +146,13 @@ def _raw(body: bytes) -> dict:
 
 
 def _deep(n: int, inner: str = "[]") -> bytes:
-    return b'{"model": "mella-hu", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + \
-        b"[" * n + inner.encode() + b"]" * n + b"}"
+    return (
+        b'{"model": "mella-hu", "messages": [{"role": "user", "content": "hi"}], "metadata": '
+        + b"[" * n
+        + inner.encode()
+        + b"]" * n
+        + b"}"
+    )
 
 
 # ------------------------------------------------------------------------------ units (no server)
@@ -196,9 +217,19 @@ def test_sampling_ranges_match_torch():
         with pytest.raises(RequestError, match="seed"):
             check_sampling(GenRequest([], seed=seed, temperature=0.7))
     check_sampling(GenRequest([], temperature=TEMPERATURE_MIN, top_p=5e-324))
-    bad = [dict(temperature=1e-300), dict(temperature=5e-324), dict(temperature=float("nan")), dict(temperature=2.01),
-           dict(top_p=0.0), dict(top_p=float("inf")), dict(max_tokens=True), dict(max_tokens=0), dict(max_tokens=2.0),
-           dict(seed=True, temperature=0.5), dict(temperature=True)]
+    bad = [
+        dict(temperature=1e-300),
+        dict(temperature=5e-324),
+        dict(temperature=float("nan")),
+        dict(temperature=2.01),
+        dict(top_p=0.0),
+        dict(top_p=float("inf")),
+        dict(max_tokens=True),
+        dict(max_tokens=0),
+        dict(max_tokens=2.0),
+        dict(seed=True, temperature=0.5),
+        dict(temperature=True),
+    ]
     for kw in bad:
         with pytest.raises(RequestError):
             check_sampling(GenRequest([], **kw))
@@ -212,8 +243,14 @@ def test_json_depth_and_numbers_bounded():
     assert parse_json(b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}")["a"]
     with pytest.raises(ApiError, match="recursion limit"):
         parse_json(b'{"a": ' + b"[" * 201 + b"]" * 201 + b"}")
-    for body in (b"[" * 990 + b"]" * 990, _deep(100_000), b'{"a": ' + b"9" * 5000 + b"}", b'{"a": NaN}',
-                 b'{"a": "\\ud800"}', b'{"a": Infinity}'):
+    for body in (
+        b"[" * 990 + b"]" * 990,
+        _deep(100_000),
+        b'{"a": ' + b"9" * 5000 + b"}",
+        b'{"a": NaN}',
+        b'{"a": "\\ud800"}',
+        b'{"a": Infinity}',
+    ):
         t0 = time.monotonic()
         with pytest.raises(ApiError) as e:
             parse_json(body)
@@ -230,14 +267,29 @@ def test_engine_isolates_a_failing_batch_member(model_dir):
     engine = VLMEngine("qwen2-vl", model_dir / BASE, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
 
     def req(text="Írja le.", img=None, **kw):
-        return GenRequest([{"role": "user", "parts": [("text", text)] + ([("image", img)] if img else [])}],
-                          max_tokens=3, **kw)
+        return GenRequest(
+            [{"role": "user", "parts": [("text", text)] + ([("image", img)] if img else [])}], max_tokens=3, **kw
+        )
 
-    out = engine.generate([req(), req(img=_png(4096, 1)), req("\ud800"), req(seed=2**64, temperature=0.7),
-                           req(temperature=1e-300), req("<|box_start|>"), req(img=_png(64, 32))])
+    out = engine.generate(
+        [
+            req(),
+            req(img=_png(4096, 1)),
+            req("\ud800"),
+            req(seed=2**64, temperature=0.7),
+            req(temperature=1e-300),
+            req("<|box_start|>"),
+            req(img=_png(64, 32)),
+        ]
+    )
     assert [type(o) for o in out] == [GenResult] + [RequestError] * 5 + [GenResult]
-    assert [o.code for o in out[1:6]] == ["invalid_image", "invalid_text", "invalid_request", "invalid_request",
-                                          "special_token"]
+    assert [o.code for o in out[1:6]] == [
+        "invalid_image",
+        "invalid_text",
+        "invalid_request",
+        "invalid_request",
+        "special_token",
+    ]
     good = [engine.encode(req("a b c")), engine.encode(req(img=_png(64, 64)))]
     broken = engine.encode(req(img=_png(64, 64)))
     broken.features[0]["image_grid_thw"] = broken.features[0]["image_grid_thw"] * 2
@@ -252,10 +304,20 @@ CASES = {
     # 1. they passed the gateway and failed the whole batch in the engine (500 for 8-12 of 21 valid requests)
     "png_4096x1": (_chat([{"type": "image_url", "image_url": {"url": data_url(_png(4096, 1))}}]), 400, "invalid_image"),
     "png_1x300": (_chat([{"type": "image_url", "image_url": {"url": data_url(_png(1, 300))}}]), 400, "invalid_image"),
-    "lone_surrogate_escape": (_raw(b'{"model": "mella-hu", "messages": [{"role": "user", "content": "\\ud800 hi"}]}'),
-                              400, "invalid_json"),
-    "lone_surrogate_bytes": (_raw('{"model": "mella-hu", "messages": [{"role": "user", "content": "\ud800 hi"}]}'
-                                  .encode("utf-8", "surrogatepass")), 400, "invalid_json"),
+    "lone_surrogate_escape": (
+        _raw(b'{"model": "mella-hu", "messages": [{"role": "user", "content": "\\ud800 hi"}]}'),
+        400,
+        "invalid_json",
+    ),
+    "lone_surrogate_bytes": (
+        _raw(
+            '{"model": "mella-hu", "messages": [{"role": "user", "content": "\ud800 hi"}]}'.encode(
+                "utf-8", "surrogatepass"
+            )
+        ),
+        400,
+        "invalid_json",
+    ),
     "seed_2**64": (_chat("hi", seed=2**64, temperature=0.7), 400, "invalid_request"),
     "seed_-2**63-1": (_chat("hi", seed=-(2**63) - 1, temperature=0.7), 400, "invalid_request"),
     "temperature_1e-300": (_chat("hi", temperature=1e-300), 400, "invalid_request"),
@@ -263,8 +325,11 @@ CASES = {
     # 2. deep JSON nesting (RecursionError -> 500 before)
     "deep_array_990": (_raw(b"[" * 990 + b"]" * 990), 400, "invalid_json"),
     "deep_in_field_5000": (_raw(_deep(5000)), 400, "invalid_json"),
-    "deep_objects_3000": (_raw(b'{"model": "mella-hu", "x": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001), 400,
-                          "invalid_json"),
+    "deep_objects_3000": (
+        _raw(b'{"model": "mella-hu", "x": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001),
+        400,
+        "invalid_json",
+    ),
     # 4. headers, routes, methods, media types, special tokens, booleans as numbers
     "header_100KB": ({**_chat("hi"), "headers": {"X-Big": "a" * 100_000}}, 431, "headers_too_large"),
     "header_1MB": ({**_chat("hi"), "headers": {"X-Big": "a" * 1_000_000}}, 431, "headers_too_large"),
@@ -274,20 +339,40 @@ CASES = {
     "unknown_route_post": ({**_chat("hi"), "path": "/v2/chat/completions"}, 404, "unknown_route"),
     "get_on_chat": ({"method": "GET"}, 405, "method_not_allowed"),
     "delete_models": ({"method": "DELETE", "path": "/v1/models"}, 405, "method_not_allowed"),
-    "text_plain_body": ({"content": json.dumps(_chat("hi")["json"]).encode(), "headers": {"Content-Type": "text/plain"}},
-                        415, "unsupported_media_type"),
+    "text_plain_body": (
+        {"content": json.dumps(_chat("hi")["json"]).encode(), "headers": {"Content-Type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
     "form_body": ({"data": {"model": "mella-hu"}}, 415, "unsupported_media_type"),
     "endoftext": (_chat("a <|endoftext|> b"), 400, "special_token"),
     "vision_pad": (_chat([{"type": "text", "text": "<|vision_pad|>"}]), 400, "special_token"),
-    "box_start_in_system": ({"json": {"model": BASE, "max_tokens": 3, "messages": [
-        {"role": "system", "content": "x<|box_start|>"}, {"role": "user", "content": "hi"}]}}, 400, "special_token"),
+    "box_start_in_system": (
+        {
+            "json": {
+                "model": BASE,
+                "max_tokens": 3,
+                "messages": [{"role": "system", "content": "x<|box_start|>"}, {"role": "user", "content": "hi"}],
+            }
+        },
+        400,
+        "special_token",
+    ),
     "max_tokens_true": (_chat("hi", max_tokens=True), 400, "invalid_request"),
     "max_tokens_float": (_chat("hi", max_tokens=2.0), 400, "invalid_request"),
     "temperature_string": (_chat("hi", temperature="0.5"), 400, "invalid_request"),
-    "nan_temperature": (_raw(b'{"model": "mella-hu", "messages": [{"role": "user", "content": "hi"}], '
-                             b'"temperature": NaN}'), 400, "invalid_json"),
-    "huge_integer": (_raw(b'{"model": "mella-hu", "messages": [{"role": "user", "content": "hi"}], "seed": '
-                          + b"9" * 100_000 + b"}"), 400, "invalid_json"),
+    "nan_temperature": (
+        _raw(b'{"model": "mella-hu", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'),
+        400,
+        "invalid_json",
+    ),
+    "huge_integer": (
+        _raw(
+            b'{"model": "mella-hu", "messages": [{"role": "user", "content": "hi"}], "seed": ' + b"9" * 100_000 + b"}"
+        ),
+        400,
+        "invalid_json",
+    ),
 }
 
 
@@ -351,43 +436,83 @@ def test_30mb_prompt_refused_fast_without_delaying_others(served):
 
 
 # ------------------------------------------------------------------------------------------------ fuzz
-_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|vision_start|>", "<|box_end|>",
-             "<|quad_start|>", "<|video_pad|>", "<think>", "<tool_call>"]
-_junk = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8),
-                  st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
-_texts = st.one_of(st.text(max_size=40), st.sampled_from(_SPECIALS + ["\ud800 hi", "hi \udfff", "\x00", "é" * 50]),
-                   st.builds(lambda a, s, b: a + s + b, st.text(max_size=5), st.sampled_from(_SPECIALS),
-                             st.text(max_size=5)))
-_sizes = st.one_of(st.tuples(st.integers(1, 300), st.integers(1, 300)),
-                   st.sampled_from([(4096, 1), (1, 300), (1, 201), (201, 1), (1, 199), (3, 3), (1, 1), (2000, 10)]))
+_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|image_pad|>",
+    "<|vision_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|video_pad|>",
+    "<think>",
+    "<tool_call>",
+]
+_junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+_texts = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(_SPECIALS + ["\ud800 hi", "hi \udfff", "\x00", "é" * 50]),
+    st.builds(lambda a, s, b: a + s + b, st.text(max_size=5), st.sampled_from(_SPECIALS), st.text(max_size=5)),
+)
+_sizes = st.one_of(
+    st.tuples(st.integers(1, 300), st.integers(1, 300)),
+    st.sampled_from([(4096, 1), (1, 300), (1, 201), (201, 1), (1, 199), (3, 3), (1, 1), (2000, 10)]),
+)
 _image_urls = st.one_of(
     st.builds(lambda wh: data_url(_png(*wh)), _sizes),
     st.builds(lambda wh: base64.b64encode(_png(*wh)).decode(), _sizes),
     st.builds(lambda b: data_url(b), st.binary(max_size=64)),
     st.builds(lambda wh, n: data_url(_png(*wh)[:n]), _sizes, st.integers(0, 80)),
     st.sampled_from(["http://127.0.0.1:1/x.png", "file:///etc/passwd", "data:text/plain;base64,aGk=", "", "@@@"]),
-    st.text(max_size=20))
+    st.text(max_size=20),
+)
 _parts = st.one_of(
     st.fixed_dictionaries({"type": st.just("text"), "text": _texts}),
-    st.fixed_dictionaries({"type": st.just("image_url"), "image_url": st.one_of(
-        st.fixed_dictionaries({"url": _image_urls}), _image_urls, _junk)}),
-    st.fixed_dictionaries({"type": st.one_of(st.sampled_from(["text", "image_url", "video"]), _junk)},
-                          optional={"text": _junk, "image_url": _junk}))
+    st.fixed_dictionaries(
+        {
+            "type": st.just("image_url"),
+            "image_url": st.one_of(st.fixed_dictionaries({"url": _image_urls}), _image_urls, _junk),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"type": st.one_of(st.sampled_from(["text", "image_url", "video"]), _junk)},
+        optional={"text": _junk, "image_url": _junk},
+    ),
+)
 _messages = st.fixed_dictionaries(
-    {"role": st.one_of(st.sampled_from(["user", "system", "assistant", "tool", "root"]), _junk),
-     "content": st.one_of(_texts, st.lists(_parts, max_size=3), _junk)})
+    {
+        "role": st.one_of(st.sampled_from(["user", "system", "assistant", "tool", "root"]), _junk),
+        "content": st.one_of(_texts, st.lists(_parts, max_size=3), _junk),
+    }
+)
 _bodies = st.fixed_dictionaries(
-    {"model": st.one_of(st.sampled_from([BASE, ADAPTER, ADAPTER, "mella-xx", "../adapters/mella-hu", "/etc/passwd"]),
-                        _junk)},
-    optional={"messages": st.one_of(st.lists(_messages, max_size=3), _junk),
-              "max_tokens": st.one_of(st.integers(-3, MAX_TOKENS_LIMIT + 3), st.booleans(), st.floats(0, 8), _junk),
-              "max_completion_tokens": st.one_of(st.integers(-1, 6), _junk),
-              "temperature": st.one_of(st.floats(0, 2.5), st.floats(0, 0.02), st.just(0), _junk),
-              "top_p": st.one_of(st.floats(0, 1.2), st.just(5e-324), _junk),
-              "seed": st.one_of(st.integers(-(2**65), 2**65), _junk), "n": st.one_of(st.integers(0, 3), _junk),
-              "stream": st.one_of(st.booleans(), _junk),
-              "metadata": st.recursive(_junk, lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=3), c,
-                                                                                               max_size=2))})
+    {
+        "model": st.one_of(
+            st.sampled_from([BASE, ADAPTER, ADAPTER, "mella-xx", "../adapters/mella-hu", "/etc/passwd"]), _junk
+        )
+    },
+    optional={
+        "messages": st.one_of(st.lists(_messages, max_size=3), _junk),
+        "max_tokens": st.one_of(st.integers(-3, MAX_TOKENS_LIMIT + 3), st.booleans(), st.floats(0, 8), _junk),
+        "max_completion_tokens": st.one_of(st.integers(-1, 6), _junk),
+        "temperature": st.one_of(st.floats(0, 2.5), st.floats(0, 0.02), st.just(0), _junk),
+        "top_p": st.one_of(st.floats(0, 1.2), st.just(5e-324), _junk),
+        "seed": st.one_of(st.integers(-(2**65), 2**65), _junk),
+        "n": st.one_of(st.integers(0, 3), _junk),
+        "stream": st.one_of(st.booleans(), _junk),
+        "metadata": st.recursive(
+            _junk, lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=3), c, max_size=2)
+        ),
+    },
+)
 
 
 def _image(wh: tuple[int, int], fmt: str) -> str:
@@ -400,20 +525,50 @@ def _image(wh: tuple[int, int], fmt: str) -> str:
 _ok_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=60)
 _ok_sizes = st.tuples(st.integers(1, 300), st.integers(1, 300)).filter(lambda wh: max(wh) / min(wh) <= 200)
 _ok_images = st.builds(_image, _ok_sizes, st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP"]))
-_ok_user = st.builds(lambda imgs, text: {"role": "user", "content": [
-    {"type": "image_url", "image_url": {"url": u}} for u in imgs] + [{"type": "text", "text": text}]},
-    st.lists(_ok_images, max_size=2), _ok_text) | st.builds(lambda t: {"role": "user", "content": t}, _ok_text)
+_ok_user = st.builds(
+    lambda imgs, text: {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": u}} for u in imgs] + [{"type": "text", "text": text}],
+    },
+    st.lists(_ok_images, max_size=2),
+    _ok_text,
+) | st.builds(lambda t: {"role": "user", "content": t}, _ok_text)
 _ok_bodies = st.fixed_dictionaries(
-    {"model": st.sampled_from([BASE, ADAPTER]),
-     "messages": st.builds(lambda sys, turns: sys + turns,
-                           st.lists(st.builds(lambda t: {"role": "system", "content": t}, _ok_text), max_size=1),
-                           st.lists(_ok_user, min_size=1, max_size=2))},
-    optional={"max_tokens": st.integers(1, MAX_TOKENS_LIMIT), "temperature": st.just(0) | st.floats(0.01, 2),
-              "top_p": st.floats(0, 1, exclude_min=True), "seed": st.integers(-(2**63), 2**64 - 1)})
+    {
+        "model": st.sampled_from([BASE, ADAPTER]),
+        "messages": st.builds(
+            lambda sys, turns: sys + turns,
+            st.lists(st.builds(lambda t: {"role": "system", "content": t}, _ok_text), max_size=1),
+            st.lists(_ok_user, min_size=1, max_size=2),
+        ),
+    },
+    optional={
+        "max_tokens": st.integers(1, MAX_TOKENS_LIMIT),
+        "temperature": st.just(0) | st.floats(0.01, 2),
+        "top_p": st.floats(0, 1, exclude_min=True),
+        "seed": st.integers(-(2**63), 2**64 - 1),
+    },
+)
 # one field of a valid request replaced by junk
-_mutated = st.builds(lambda b, k, v: {**b, k: v}, _ok_bodies,
-                     st.sampled_from(["seed", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n",
-                                      "stream", "messages", "model", "extra"]), _junk)
+_mutated = st.builds(
+    lambda b, k, v: {**b, k: v},
+    _ok_bodies,
+    st.sampled_from(
+        [
+            "seed",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "max_completion_tokens",
+            "n",
+            "stream",
+            "messages",
+            "model",
+            "extra",
+        ]
+    ),
+    _junk,
+)
 
 
 def _as_json(body: dict, ascii_only: bool = True) -> dict:
@@ -430,13 +585,27 @@ _requests = st.one_of(  # about 4 in 9 reach the model (the first branches twice
     st.builds(_as_json, _bodies, st.booleans()),
     st.builds(lambda b: _as_json({**b, "max_tokens": 2}), _bodies),
     st.builds(lambda b: _raw(b), st.binary(max_size=200)),
-    st.builds(lambda n, c: _raw(c.encode() * n + b"1" + (b"]" if c == "[" else b"}") * n),
-              st.integers(1, 3000), st.sampled_from(["[", '{"a":'])),
-    st.builds(lambda b, n, size: {**_as_json(b), "headers": {"Content-Type": "application/json",
-                                                            **{f"X-F{i}": "v" * size for i in range(n)}}},
-              st.fixed_dictionaries({"model": st.sampled_from([BASE, ADAPTER]), "max_tokens": st.just(2),
-                                     "messages": st.lists(_messages, min_size=1, max_size=2)}),
-              st.integers(0, 80), st.integers(1, 300)))
+    st.builds(
+        lambda n, c: _raw(c.encode() * n + b"1" + (b"]" if c == "[" else b"}") * n),
+        st.integers(1, 3000),
+        st.sampled_from(["[", '{"a":']),
+    ),
+    st.builds(
+        lambda b, n, size: {
+            **_as_json(b),
+            "headers": {"Content-Type": "application/json", **{f"X-F{i}": "v" * size for i in range(n)}},
+        },
+        st.fixed_dictionaries(
+            {
+                "model": st.sampled_from([BASE, ADAPTER]),
+                "max_tokens": st.just(2),
+                "messages": st.lists(_messages, min_size=1, max_size=2),
+            }
+        ),
+        st.integers(0, 80),
+        st.integers(1, 300),
+    ),
+)
 
 FUZZ_EXAMPLES = int(os.environ.get("MELLA_FUZZ_EXAMPLES", "25"))
 
@@ -450,8 +619,13 @@ def fuzz_tally():
 
 
 @pytest.mark.slow
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize="MELLA_FUZZ_EXAMPLES" not in os.environ,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize="MELLA_FUZZ_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(kw=_requests)
 def test_fuzz_no_5xx_and_valid_neighbour_succeeds(served, fuzz_tally, kw):
     bad, valid = _with_valid(served, kw, n_valid=1)
@@ -490,8 +664,10 @@ def test_client_leaving_mid_body_is_not_a_500(served):
 
     u = urlsplit(served["url"])
     body = json.dumps(_valid(0)["json"]).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection((u.hostname, u.port), timeout=30) as s:
         s.sendall(head + body[: len(body) // 2])
     deadline = time.monotonic() + 120

@@ -13,8 +13,15 @@ def _rows(source: str, lang: str, n: int, start: int = 0, dup_every: int = 0) ->
     rows = []
     for i in range(start, start + n):
         k = i - (i % dup_every) if dup_every else i  # every dup_every rows share one image
-        rows.append({"id": f"{source}-{lang}-{i}", "lang": lang, "sha256": hashlib.sha256(str(k).encode()).hexdigest(),
-                     "alt_text": f"alt {i}", "text": f"text {i}"})
+        rows.append(
+            {
+                "id": f"{source}-{lang}-{i}",
+                "lang": lang,
+                "sha256": hashlib.sha256(str(k).encode()).hexdigest(),
+                "alt_text": f"alt {i}",
+                "text": f"text {i}",
+            }
+        )
     return to_table(rows)
 
 

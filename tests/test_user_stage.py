@@ -34,8 +34,13 @@ def test_user_stage_runs_in_build_corpus(tmp_path, ray_session):
     from webserver import serve_directory
 
     with serve_directory(MINIWEB) as url:
-        funnel = build(tmp_path / "out", seeds=MINIWEB / "seeds.txt", base_url=url, crawl={"max_depth": 0},
-                       stages={"extra": ["test_user_stage:AspectRatioFilter@resolution"]})  # the one config line
+        funnel = build(
+            tmp_path / "out",
+            seeds=MINIWEB / "seeds.txt",
+            base_url=url,
+            crawl={"max_depth": 0},
+            stages={"extra": ["test_user_stage:AspectRatioFilter@resolution"]},
+        )  # the one config line
     names = [s["stage"] for s in funnel["stages"]]
     assert names.index("aspect_ratio") == names.index("resolution") + 1
     dropped = [r for r in read_dir(tmp_path / "out" / "rejects") if r["stage"] == "aspect_ratio"]
@@ -56,9 +61,12 @@ def test_stage_specs_fail_clearly():
 
     names = [s.name for s in plan({"class": "test_user_stage:AspectRatioFilter", "args": {"max_ratio": 3}})]
     assert names.index("aspect_ratio") == names.index("langid") + 3  # default: after the last per-unit step
-    for spec, message in (("nodots", "not 'package.module:Class'"), ("no_such_mod:X", "cannot import"),
-                          ("test_user_stage:build", "not a mella.stages.base.Stage subclass"),
-                          ("test_user_stage:AspectRatioFilter@nowhere", "cannot insert 'aspect_ratio' after 'nowhere'")):
+    for spec, message in (
+        ("nodots", "not 'package.module:Class'"),
+        ("no_such_mod:X", "cannot import"),
+        ("test_user_stage:build", "not a mella.stages.base.Stage subclass"),
+        ("test_user_stage:AspectRatioFilter@nowhere", "cannot insert 'aspect_ratio' after 'nowhere'"),
+    ):
         with pytest.raises(PlanError, match=message):
             plan(spec)
     with pytest.raises(PlanError, match="unexpected keyword"):

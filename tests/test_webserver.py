@@ -33,6 +33,7 @@ def get(url: str, path: str, **kw) -> tuple[int, dict, bytes]:
         async with aiohttp.ClientSession(timeout=timeout) as s:
             async with s.get(url + path, **kw) as r:
                 return r.status, dict(r.headers), await r.read()
+
     return asyncio.run(go())
 
 
@@ -91,6 +92,7 @@ def test_clean_shutdown_even_with_request_in_flight():
                         await r.read()
                 except aiohttp.ClientError:
                     pass
+
         t = threading.Thread(target=lambda: asyncio.run(hang()))
         t.start()
         time.sleep(0.3)
@@ -123,10 +125,25 @@ def test_index_links_every_page_and_robots(bad):
     st, h, body = get(bad, "/index.html")
     assert st == 200 and get(bad, "/")[2] == body
     links = {a.attributes["href"] for a in LexborHTMLParser(body).css("a")}
-    for p in ["/p/ok.html", "/p/404.html", "/p/500.html", "/p/flaky.html", "/p/slow.html", "/p/loop1.html",
-              "/p/redirect/0.html", "/private/secret.html", "/p/big.html", "/p/big-chunked.html",
-              "/p/broken.html", "/p/garbage.html", "/p/cp1251.html", "/p/cp1251-meta.html",
-              "/p/cp1251-nodecl.html", "/p/document.pdf", "/p/images.html"]:
+    for p in [
+        "/p/ok.html",
+        "/p/404.html",
+        "/p/500.html",
+        "/p/flaky.html",
+        "/p/slow.html",
+        "/p/loop1.html",
+        "/p/redirect/0.html",
+        "/private/secret.html",
+        "/p/big.html",
+        "/p/big-chunked.html",
+        "/p/broken.html",
+        "/p/garbage.html",
+        "/p/cp1251.html",
+        "/p/cp1251-meta.html",
+        "/p/cp1251-nodecl.html",
+        "/p/document.pdf",
+        "/p/images.html",
+    ]:
         assert p in links
     assert {f"/p/img-{c}.html" for c in IMG_CASES} <= links
     rp = urllib.robotparser.RobotFileParser()
@@ -161,8 +178,9 @@ def test_http_errors(bad):
 def test_flaky_paths_fail_then_succeed():
     with serve_bad_web(flaky_failures=2) as url:
         assert [get(url, "/p/flaky.html")[0] for _ in range(3)] == [500, 500, 200]
-        assert imgs(get(url, "/p/flaky.html")[2]) == [("/img/flakypage.png", pairs("hu")[
-            "hu/omegat-manual/images/SpellcheckerSetup2.png"])]
+        assert imgs(get(url, "/p/flaky.html")[2]) == [
+            ("/img/flakypage.png", pairs("hu")["hu/omegat-manual/images/SpellcheckerSetup2.png"])
+        ]
         r = [get(url, "/p/ratelimited.html") for _ in range(3)]
         assert [x[0] for x in r] == [429, 429, 200] and r[0][1]["Retry-After"] == "1"
         r = [get(url, "/img/flaky.png") for _ in range(3)]
@@ -196,8 +214,10 @@ def test_redirect_loop_and_long_chain(bad):
     assert len(set(locations)) == 20  # a chain, no loop
 
 
-@pytest.mark.parametrize("path,chunked", [("/p/big.html", False), ("/p/big-chunked.html", True),
-                                          ("/img/huge.jpg", False), ("/img/huge-chunked.jpg", True)])
+@pytest.mark.parametrize(
+    "path,chunked",
+    [("/p/big.html", False), ("/p/big-chunked.html", True), ("/img/huge.jpg", False), ("/img/huge-chunked.jpg", True)],
+)
 def test_oversized_responses(bad, path, chunked):
     size = BIG if path.startswith("/p/") else HUGE
 
@@ -209,6 +229,7 @@ def test_oversized_responses(bad, path, chunked):
             async for c in r.content.iter_chunked(2**16):
                 head, n, nul = head or c, n + len(c), nul or b"\x00" in c
             return r.headers["Content-Type"], head, n, nul
+
     ctype, head, n, nul = asyncio.run(go())
     assert n == size and nul is path.endswith(".jpg")  # html is prose throughout; jpeg is zero-padded
     if path.startswith("/p/"):
@@ -222,6 +243,7 @@ def test_client_hanging_up_mid_stream_leaves_server_serving(bad):
         async with aiohttp.ClientSession() as s:
             async with s.get(bad + "/img/huge.jpg") as r:
                 await r.content.read(2**20)  # then close: a crawler hitting its size cap
+
     asyncio.run(go())
     assert get(bad, "/p/ok.html")[0] == 200
 
@@ -248,8 +270,11 @@ def test_windows_1251_pages(bad, variant):
     st, h, body = get(bad, f"/p/{variant}.html")
     in_header = "windows-1251" in h["Content-Type"]
     in_meta = b'charset="windows-1251"' in body
-    assert (in_header, in_meta) == {"cp1251": (True, False), "cp1251-meta": (False, True),
-                                    "cp1251-nodecl": (False, False)}[variant]
+    assert (in_header, in_meta) == {
+        "cp1251": (True, False),
+        "cp1251-meta": (False, True),
+        "cp1251-nodecl": (False, False),
+    }[variant]
     assert b"charset" not in body.lower() or variant == "cp1251-meta"
     with pytest.raises(UnicodeDecodeError):
         body.decode("utf-8")
@@ -300,8 +325,18 @@ def test_bad_images(bad):
 
 
 def test_real_images_are_all_distinct(bad):
-    keys = ["ok", "flakypage", "ratelimited", "slowpage", "broken", "secret", "chainend",
-            "cp1251", "cp1251-meta", "cp1251-nodecl"]
+    keys = [
+        "ok",
+        "flakypage",
+        "ratelimited",
+        "slowpage",
+        "broken",
+        "secret",
+        "chainend",
+        "cp1251",
+        "cp1251-meta",
+        "cp1251-nodecl",
+    ]
     digests = {}
     for k in keys:
         st, h, body = get(bad, f"/img/{k}.png")

@@ -272,8 +272,10 @@ def serve_directory(root: Path, robots_txt: str = ALLOW_ALL) -> Iterator[ServerU
 
 
 def _page(title: str, body: str, lang: str = "hu", head: str = '<meta charset="utf-8">') -> str:
-    return (f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>{head}\n<title>{title}</title></head>\n'
-            f"<body>\n<h1>{title}</h1>\n{body}</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>{head}\n<title>{title}</title></head>\n'
+        f"<body>\n<h1>{title}</h1>\n{body}</body>\n</html>\n"
+    )
 
 
 def _img(src: str, alt: str) -> str:
@@ -295,6 +297,7 @@ def bomb_png(side: int = 30000) -> bytes:
     byte per pixel in memory: 900 MB for 30000^2. Pillow's ``Image.open`` raises
     ``DecompressionBombError`` on it (over 2 x ``Image.MAX_IMAGE_PIXELS``).
     """
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -319,19 +322,25 @@ def _broken_html(img_src: str, alt: str) -> str:
     # Unclosed <p>/<b>/<i>/<li>/<td>, stray </div> and </span>, unquoted and duplicate attributes,
     # no </head>, no </body></html>: html5 parsers (and lenient ones) recover the <img> and its alt.
     return (
-        '<html lang=hu><head><meta charset=utf-8><title>Hibás oldal</title>\n'
-        '<body><div class=tartalom><p>Első bekezdés <b>félkövér szöveggel <i>és dőlt betűkkel\n'
+        "<html lang=hu><head><meta charset=utf-8><title>Hibás oldal</title>\n"
+        "<body><div class=tartalom><p>Első bekezdés <b>félkövér szöveggel <i>és dőlt betűkkel\n"
         "</div></div></span>\n<ul><li>első elem<li>második elem\n"
         "<table><tr><td>cella<td>másik cella</tr>\n"
-        f"<p>Második bekezdés, a kép előtt.\n<img src={img_src} class=kep class=masik alt=\"{alt}\" "
+        f'<p>Második bekezdés, a kép előtt.\n<img src={img_src} class=kep class=masik alt="{alt}" '
         "width=607 height=472>\n"
-        "<p>Harmadik bekezdés a szerkesztőről, lezáratlan <a href=/p/ok.html>hivatkozással\n"
-        + _HU_PROSE
+        "<p>Harmadik bekezdés a szerkesztőről, lezáratlan <a href=/p/ok.html>hivatkozással\n" + _HU_PROSE
     )
 
 
-def _bad_web_app(source_web: Path, slow_s: float, flaky_failures: int, redirect_chain: int,
-                 big_html_bytes: int, huge_image_bytes: int, bomb_side: int) -> web.Application:
+def _bad_web_app(
+    source_web: Path,
+    slow_s: float,
+    flaky_failures: int,
+    redirect_chain: int,
+    big_html_bytes: int,
+    huge_image_bytes: int,
+    bomb_side: int,
+) -> web.Application:
     alts = _pairs(source_web)
     missing = [p for p in (*_HU_IMAGES.values(), *_RU_IMAGES.values()) if p not in alts]
     if missing:
@@ -361,18 +370,37 @@ def _bad_web_app(source_web: Path, slow_s: float, flaky_failures: int, redirect_
         "/private/secret.html": hu_page("Belső oldal", "secret"),
         "/p/broken.html": _broken_html("/img/broken.png", alt["broken"]),
         f"/p/redirect/{redirect_chain}.html": hu_page("Az átirányítási lánc vége", "chainend"),
-        "/p/images.html": _page("Minden képhiba egy oldalon", _HU_PROSE + "".join(
-            _img(p, alt[c]) for c, p in IMG_CASES.items())),
+        "/p/images.html": _page(
+            "Minden képhiba egy oldalon", _HU_PROSE + "".join(_img(p, alt[c]) for c, p in IMG_CASES.items())
+        ),
     }
     for case, path in IMG_CASES.items():
         pages[f"/p/img-{case}.html"] = _page(f"Képhiba: {case}", _HU_PROSE + _img(path, alt[case]))
-    linked = ["/p/ok.html", "/p/404.html", "/p/500.html", "/p/flaky.html", "/p/ratelimited.html",
-              "/p/slow.html", "/p/loop1.html", "/p/redirect/0.html", "/private/secret.html",
-              "/p/big.html", "/p/big-chunked.html", "/p/document.pdf", "/p/broken.html",
-              "/p/garbage.html", "/p/cp1251.html", "/p/cp1251-meta.html", "/p/cp1251-nodecl.html",
-              "/p/images.html", *(f"/p/img-{c}.html" for c in IMG_CASES)]
-    index = _page("Hibás bemenetek tesztoldala", _HU_PROSE + "<ul>\n" + "".join(
-        f'<li><a href="{p}">{p}</a></li>\n' for p in linked) + "</ul>\n")
+    linked = [
+        "/p/ok.html",
+        "/p/404.html",
+        "/p/500.html",
+        "/p/flaky.html",
+        "/p/ratelimited.html",
+        "/p/slow.html",
+        "/p/loop1.html",
+        "/p/redirect/0.html",
+        "/private/secret.html",
+        "/p/big.html",
+        "/p/big-chunked.html",
+        "/p/document.pdf",
+        "/p/broken.html",
+        "/p/garbage.html",
+        "/p/cp1251.html",
+        "/p/cp1251-meta.html",
+        "/p/cp1251-nodecl.html",
+        "/p/images.html",
+        *(f"/p/img-{c}.html" for c in IMG_CASES),
+    ]
+    index = _page(
+        "Hibás bemenetek tesztoldala",
+        _HU_PROSE + "<ul>\n" + "".join(f'<li><a href="{p}">{p}</a></li>\n' for p in linked) + "</ul>\n",
+    )
 
     async def static_page(request: web.Request) -> web.Response:
         return html(pages[request.path])
@@ -395,6 +423,7 @@ def _bad_web_app(source_web: Path, slow_s: float, flaky_failures: int, redirect_
                 failures[request.path] += 1
                 return web.Response(status=status, text=f"{status}\n", headers=headers)
             return ok()
+
         return handler
 
     async def slow(request: web.Request) -> web.Response:
@@ -406,6 +435,7 @@ def _bad_web_app(source_web: Path, slow_s: float, flaky_failures: int, redirect_
     def redirect_to(target: str):
         async def handler(_request: web.Request) -> web.Response:
             raise web.HTTPFound(target)
+
         return handler
 
     async def chain(request: web.Request) -> web.Response:
@@ -433,6 +463,7 @@ def _bad_web_app(source_web: Path, slow_s: float, flaky_failures: int, redirect_
             except ConnectionError:  # the client hit its cap and hung up: expected
                 pass
             return resp
+
         return handler
 
     big_head = _page("Nagyon nagy oldal", _HU_PROSE * 20).encode()[: -len("</body>\n</html>\n")]
@@ -443,8 +474,7 @@ def _bad_web_app(source_web: Path, slow_s: float, flaky_failures: int, redirect_
 
     def cp1251(variant: str) -> web.Response:
         head = '<meta charset="windows-1251">' if variant == "cp1251-meta" else ""
-        text = _page("Проверка орфографии", _RU_PROSE + _img(f"/img/{variant}.png", alt[variant]),
-                     lang="ru", head=head)
+        text = _page("Проверка орфографии", _RU_PROSE + _img(f"/img/{variant}.png", alt[variant]), lang="ru", head=head)
         ctype = "text/html; charset=windows-1251" if variant == "cp1251" else "text/html"
         return web.Response(body=text.encode("cp1251"), headers={"Content-Type": ctype})
 
@@ -458,16 +488,24 @@ def _bad_web_app(source_web: Path, slow_s: float, flaky_failures: int, redirect_
     add("/p/404.html", not_found)
     add("/p/500.html", always_500)
     add("/p/flaky.html", first_fail(500, lambda: html(hu_page("Ingadozó oldal", "flakypage"))))
-    add("/p/ratelimited.html", first_fail(429, lambda: html(hu_page("Korlátozott oldal", "ratelimited")),
-                                          {"Retry-After": "1"}))
+    add(
+        "/p/ratelimited.html",
+        first_fail(429, lambda: html(hu_page("Korlátozott oldal", "ratelimited")), {"Retry-After": "1"}),
+    )
     add("/p/slow.html", slow)
     add("/p/loop1.html", redirect_to("/p/loop2.html"))
     add("/p/loop2.html", redirect_to("/p/loop1.html"))
     add("/p/redirect/{n:\\d+}.html", chain)
     add("/p/big.html", streamed("text/html; charset=utf-8", big_head, big_html_bytes, False, html_filler))
     add("/p/big-chunked.html", streamed("text/html; charset=utf-8", big_head, big_html_bytes, True, html_filler))
-    add("/p/document.pdf", const(lambda: web.Response(
-        body=b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", content_type="application/pdf")))
+    add(
+        "/p/document.pdf",
+        const(
+            lambda: web.Response(
+                body=b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", content_type="application/pdf"
+            )
+        ),
+    )
     add("/p/garbage.html", const(lambda: web.Response(body=garbage, headers={"Content-Type": "text/html"})))
     for variant in _RU_IMAGES:
         add(f"/p/{variant}.html", const(lambda v=variant: cp1251(v)))
@@ -487,15 +525,24 @@ def _bad_web_app(source_web: Path, slow_s: float, flaky_failures: int, redirect_
 
 def const(make):
     """An aiohttp handler answering ``make()`` (a fresh Response per request: they are single-use)."""
+
     async def handler(_request: web.Request) -> web.StreamResponse:
         return make()
+
     return handler
 
 
 @contextlib.contextmanager
-def serve_bad_web(*, source_web: Path = DEMO_WEB, slow_s: float = 5.0, flaky_failures: int = 1,
-                  redirect_chain: int = 20, big_html_bytes: int = 7 * 2**20,
-                  huge_image_bytes: int = 21 * 2**20, bomb_side: int = 30000) -> Iterator[ServerURL]:
+def serve_bad_web(
+    *,
+    source_web: Path = DEMO_WEB,
+    slow_s: float = 5.0,
+    flaky_failures: int = 1,
+    redirect_chain: int = 20,
+    big_html_bytes: int = 7 * 2**20,
+    huge_image_bytes: int = 21 * 2**20,
+    bomb_side: int = 30000,
+) -> Iterator[ServerURL]:
     """Serve the bad-input site described in the module docstring on 127.0.0.1.
 
     Args:
@@ -512,8 +559,9 @@ def serve_bad_web(*, source_web: Path = DEMO_WEB, slow_s: float = 5.0, flaky_fai
     Yields the base URL (``ServerURL``, with ``.hits``). Raises ``FileNotFoundError`` when
     ``source_web`` lacks the images the site uses.
     """
-    app = _bad_web_app(Path(source_web), slow_s, flaky_failures, redirect_chain, big_html_bytes,
-                       huge_image_bytes, bomb_side)
+    app = _bad_web_app(
+        Path(source_web), slow_s, flaky_failures, redirect_chain, big_html_bytes, huge_image_bytes, bomb_side
+    )
     with _running(app) as url:
         yield url
 
@@ -572,28 +620,56 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
     def page(path: str, title: str, body: str, head: str = '<meta charset="utf-8">', headers=None) -> None:
         pages[path] = (_page(title, _HU_PROSE + body, head=head), headers or {})
 
-    page("/p/robots.html", "Robots-szabályok", tag("/photo.png") + tag("/photo2.jpg.png") + tag(pic("robots-ok"))
-         + tag("/img/404.png"))
-    page("/p/srcset.html", "Képkészletek", tag(f"{pic('srcset-lo')} 1x, data:image/png;base64,{b64} 2x", data_alt, "srcset")
-         + tag("/cdn/w_800,h_600/photo.jpg 800w, /cdn/w_400,h_300/photo.jpg 400w", None, "srcset"))
+    page(
+        "/p/robots.html",
+        "Robots-szabályok",
+        tag("/photo.png") + tag("/photo2.jpg.png") + tag(pic("robots-ok")) + tag("/img/404.png"),
+    )
+    page(
+        "/p/srcset.html",
+        "Képkészletek",
+        tag(f"{pic('srcset-lo')} 1x, data:image/png;base64,{b64} 2x", data_alt, "srcset")
+        + tag("/cdn/w_800,h_600/photo.jpg 800w, /cdn/w_400,h_300/photo.jpg 400w", None, "srcset"),
+    )
     img["cdn"] = synthetic_png(next(seeds))
     pic("picture")
-    page("/p/picture.html", "Képelem", '<picture><source type="image/avif" srcset="/img/x.avif">'
-         '<source media="(max-width: 600px)" srcset="/img/mobile.jpg">'
-         '<source srcset="/img/picture.png 1000w, /img/small.png 300w">' + tag("/img/fallback.png") + "</picture>\n")
-    page("/p/data.html", "Beágyazott kép", tag("data:image/png;base64," + base64.b64encode(synthetic_png(900)).decode())
-         + tag("data:image/png;base64,@@@"))
+    page(
+        "/p/picture.html",
+        "Képelem",
+        '<picture><source type="image/avif" srcset="/img/x.avif">'
+        '<source media="(max-width: 600px)" srcset="/img/mobile.jpg">'
+        '<source srcset="/img/picture.png 1000w, /img/small.png 300w">' + tag("/img/fallback.png") + "</picture>\n",
+    )
+    page(
+        "/p/data.html",
+        "Beágyazott kép",
+        tag("data:image/png;base64," + base64.b64encode(synthetic_png(900)).decode())
+        + tag("data:image/png;base64,@@@"),
+    )
     page("/p/optout-xrobots.html", "Tiltás fejlécben", tag(pic("optout-page-1")), headers={"X-Robots-Tag": "noai"})
-    page("/p/optout-meta.html", "Tiltás meta elemben", tag(pic("optout-page-2")),
-         head='<meta charset="utf-8"><meta name="robots" content="index, noimageai">')
+    page(
+        "/p/optout-meta.html",
+        "Tiltás meta elemben",
+        tag(pic("optout-page-2")),
+        head='<meta charset="utf-8"><meta name="robots" content="index, noimageai">',
+    )
     page("/p/optout-tdm.html", "TDM-fenntartás", tag(pic("optout-page-3")), headers={"tdm-reservation": "1"})
     page("/p/reserved/page.html", "TDM-fenntartott útvonal", tag(pic("optout-page-4")))
-    page("/p/optout-images.html", "Tiltott képek", tag(pic("optout-xrobots")) + tag(pic("optout-tdm"))
-         + tag("/img/reserved/r.jpg") + tag(pic("otherbot")))
+    page(
+        "/p/optout-images.html",
+        "Tiltott képek",
+        tag(pic("optout-xrobots")) + tag(pic("optout-tdm")) + tag("/img/reserved/r.jpg") + tag(pic("otherbot")),
+    )
     gallery = pic("gallery")
     page("/p/gallery.html", "Galéria", "".join(tag(gallery) for _ in range(GALLERY_ALTS)))
-    page("/p/longalt.html", "Hosszú leírás", tag(pic("longalt"), (_HU_PROSE.replace("<p>", "").replace("</p>", "") * 80)[:5000]))
-    page("/p/slow.html", "Lassú kép", tag("/img/drip.png") + "".join(tag(pic(f"s{i}")) for i in range(SLOW_PAGE_IMAGES)))
+    page(
+        "/p/longalt.html",
+        "Hosszú leírás",
+        tag(pic("longalt"), (_HU_PROSE.replace("<p>", "").replace("</p>", "") * 80)[:5000]),
+    )
+    page(
+        "/p/slow.html", "Lassú kép", tag("/img/drip.png") + "".join(tag(pic(f"s{i}")) for i in range(SLOW_PAGE_IMAGES))
+    )
     page("/p/slow2.html", "Másik lassú kép", tag("/img/drip2.png") + tag(pic("s2-0")) + tag(pic("s2-1")))
     page("/p/norm.html", "Normalizálás", tag(pic("norm")))
     page("/private/public.html", "Nyilvános", tag(pic("public")))
@@ -601,10 +677,21 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
     for n in range(1, 7):
         page(f"/p/deep/{n}.html", f"Mélység {n}", f'<p><a href="/p/deep/{n + 1}.html">tovább</a></p>\n')
     links = [p for p in pages if not p.startswith("/p/deep/")] + [
-        "/p/deep/1.html", "/index.html?sid=12345", "/p/404.html", "/p/500.html", "/p/drip.html",
-        "/p/./norm.html", "/p/%6Eorm.html#top", "/p/../p/norm.html", " /p/no\trm.html ", "/P/../p/norm.html"]
-    index = _page("A bejáró tesztoldala", _HU_PROSE + "<ul>\n" + "".join(
-        f'<li><a href="{p}">link</a></li>\n' for p in links) + "</ul>\n")
+        "/p/deep/1.html",
+        "/index.html?sid=12345",
+        "/p/404.html",
+        "/p/500.html",
+        "/p/drip.html",
+        "/p/./norm.html",
+        "/p/%6Eorm.html#top",
+        "/p/../p/norm.html",
+        " /p/no\trm.html ",
+        "/P/../p/norm.html",
+    ]
+    index = _page(
+        "A bejáró tesztoldala",
+        _HU_PROSE + "<ul>\n" + "".join(f'<li><a href="{p}">link</a></li>\n' for p in links) + "</ul>\n",
+    )
 
     def html(text: str, status: int = 200, headers=None) -> web.Response:
         return web.Response(text=text, status=status, content_type="text/html", charset="utf-8", headers=headers)
@@ -617,8 +704,11 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
         name = request.match_info["name"]
         if name not in img:
             return html("<p>nincs</p>", 404)
-        headers = {"optout-xrobots": {"X-Robots-Tag": "noimageai"}, "optout-tdm": {"tdm-reservation": "1"},
-                   "otherbot": {"X-Robots-Tag": "otherbot: noai"}}.get(name, {})
+        headers = {
+            "optout-xrobots": {"X-Robots-Tag": "noimageai"},
+            "optout-tdm": {"tdm-reservation": "1"},
+            "otherbot": {"X-Robots-Tag": "otherbot: noai"},
+        }.get(name, {})
         return web.Response(body=img[name], content_type="image/png", headers=headers)
 
     async def cdn(request: web.Request) -> web.Response:
@@ -632,7 +722,7 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
         await resp.prepare(request)
         try:
             for i in range(int(drip_s / 0.2)):
-                await resp.write(data_png[i:i + 1])
+                await resp.write(data_png[i : i + 1])
                 await asyncio.sleep(0.2)
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -645,7 +735,10 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
     pad = ("# " + "x" * 97 + "\n") * (robots_pad_bytes // 100)
     robots = (CRAWLER_WEB_ROBOTS + pad + ("Disallow: /p/norm.html\n" if pad else "")).encode()
     add("/robots.txt", const(lambda: web.Response(body=robots, content_type="text/plain")))
-    add("/.well-known/tdmrep.json", const(lambda: web.Response(text=CRAWLER_WEB_TDMREP, content_type="application/json")))
+    add(
+        "/.well-known/tdmrep.json",
+        const(lambda: web.Response(text=CRAWLER_WEB_TDMREP, content_type="application/json")),
+    )
     for path in pages:
         add(path, page_handler)
     add("/p/500.html", const(lambda: html("<p>hiba</p>", 500)))
@@ -670,8 +763,9 @@ def _crawler_web_app(source_web: Path, drip_s: float, robots_pad_bytes: int) -> 
 
 
 @contextlib.contextmanager
-def serve_crawler_web(*, source_web: Path = DEMO_WEB, drip_s: float = 60.0,
-                      robots_pad_bytes: int = 0) -> Iterator[ServerURL]:
+def serve_crawler_web(
+    *, source_web: Path = DEMO_WEB, drip_s: float = 60.0, robots_pad_bytes: int = 0
+) -> Iterator[ServerURL]:
     """The crawler-on-the-real-web site (issue 17) on 127.0.0.1: RFC 9309 wildcards, srcset, ``<picture>``,
     ``data:`` images, AI opt-outs, a dripping image, a caption-heavy gallery, a long alt, URL spellings.
 

@@ -31,16 +31,39 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 #: index columns read (the names of Common Crawl's columnar index)
-INDEX_COLUMNS = ["url", "content_languages", "fetch_status", "content_mime_detected", "warc_filename",
-                 "warc_record_offset", "warc_record_length"]
+INDEX_COLUMNS = [
+    "url",
+    "content_languages",
+    "fetch_status",
+    "content_mime_detected",
+    "warc_filename",
+    "warc_record_offset",
+    "warc_record_length",
+]
 CRAWL_ID = re.compile(r"^CC-MAIN-\d{4}-\d{2}$")
 INDEX_S3 = "commoncrawl/cc-index/table/cc-main/warc/crawl={crawl}/subset=warc/"
 DEFAULT_BASE_URL = "https://data.commoncrawl.org/"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 #: NLLB individual-language codes whose CLD2 (Common Crawl) code is the macrolanguage
-_MACRO = {"arb": "ara", "zsm": "msa", "pes": "fas", "ekk": "est", "lvs": "lav", "khk": "mon", "npi": "nep",
-          "ory": "ori", "swh": "swa", "uzn": "uzb", "azj": "aze", "plt": "mlg", "gaz": "orm", "als": "sqi",
-          "ydd": "yid", "pbt": "pus", "quy": "que"}
+_MACRO = {
+    "arb": "ara",
+    "zsm": "msa",
+    "pes": "fas",
+    "ekk": "est",
+    "lvs": "lav",
+    "khk": "mon",
+    "npi": "nep",
+    "ory": "ori",
+    "swh": "swa",
+    "uzn": "uzb",
+    "azj": "aze",
+    "plt": "mlg",
+    "gaz": "orm",
+    "als": "sqi",
+    "ydd": "yid",
+    "pbt": "pus",
+    "quy": "que",
+}
 
 
 def cld2_code(lang: str) -> str:
@@ -76,8 +99,11 @@ def select_pages(dataset: ds.Dataset, langs: list[str], limit: int | None = None
     :data:`INDEX_COLUMNS` plus ``lang`` (the ISO 639-1 target); sorted by (file, offset)."""
     codes = {cld2_code(x): x for x in langs}
     primary = pc.utf8_slice_codeunits(pc.field("content_languages"), 0, 3)
-    expr = ((pc.field("fetch_status") == 200) & pc.field("content_mime_detected").isin(list(HTML_TYPES))
-            & primary.isin(list(codes)))
+    expr = (
+        (pc.field("fetch_status") == 200)
+        & pc.field("content_mime_detected").isin(list(HTML_TYPES))
+        & primary.isin(list(codes))
+    )
     scanner = dataset.scanner(columns=INDEX_COLUMNS, filter=expr)
     table = scanner.head(limit) if limit else scanner.to_table()
     table = table.sort_by([("warc_filename", "ascending"), ("warc_record_offset", "ascending")])
@@ -107,12 +133,19 @@ async def _read_ranges(rows: list[dict], base_url: str, cfg) -> list[bytes | Exc
     from mella.urls import origin
 
     gate = HostGate(cfg)
-    policy = RetryPolicy(retries=cfg.max_retries, backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
-                         deadline_s=cfg.url_deadline_s, max_timeout_retries=cfg.max_timeout_retries)
+    policy = RetryPolicy(
+        retries=cfg.max_retries,
+        backoff_base_s=cfg.backoff_base_s,
+        backoff_max_s=cfg.backoff_max_s,
+        deadline_s=cfg.url_deadline_s,
+        max_timeout_retries=cfg.max_timeout_retries,
+    )
     timeout = aiohttp.ClientTimeout(total=cfg.total_timeout_s, sock_connect=cfg.connect_timeout_s)
 
-    async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": cfg.user_agent},
-                                     auto_decompress=False) as session:
+    async with aiohttp.ClientSession(
+        timeout=timeout, headers={"User-Agent": cfg.user_agent}, auto_decompress=False
+    ) as session:
+
         async def one(row: dict) -> bytes:
             url = base_url.rstrip("/") + "/" + row["warc_filename"].lstrip("/")
             first, length = row["warc_record_offset"], row["warc_record_length"]
@@ -124,8 +157,10 @@ async def _read_ranges(rows: list[dict], base_url: str, cfg) -> list[bytes | Exc
                     async with session.get(url, headers={"Range": f"bytes={first}-{first + length - 1}"}) as r:
                         status = r.status
                         if r.status in (429, 500, 502, 503, 504):
-                            raise Retryable(ValueError(f"HTTP {r.status} for {url}"),
-                                            retry_after=parse_retry_after(r.headers.get("Retry-After")))
+                            raise Retryable(
+                                ValueError(f"HTTP {r.status} for {url}"),
+                                retry_after=parse_retry_after(r.headers.get("Retry-After")),
+                            )
                         if r.status != 206:
                             raise ValueError(f"HTTP {r.status} for a Range request to {url} (206 expected)")
                         data = await r.read()
@@ -143,8 +178,9 @@ async def _read_ranges(rows: list[dict], base_url: str, cfg) -> list[bytes | Exc
         return await asyncio.gather(*(one(r) for r in rows), return_exceptions=True)
 
 
-def materialise(index: str, langs: list[str], warc_dir: str, cfg, base_url: str = DEFAULT_BASE_URL,
-                limit: int | None = None) -> tuple[str, dict]:
+def materialise(
+    index: str, langs: list[str], warc_dir: str, cfg, base_url: str = DEFAULT_BASE_URL, limit: int | None = None
+) -> tuple[str, dict]:
     """Select the pages of ``langs`` in ``index`` and copy their records into ``warc_dir`` (module docstring).
 
     Returns ``(path of the job's .warc.gz, counts)``; counts: ``selected``, ``written``, ``failed:<error>``.

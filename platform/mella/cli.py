@@ -34,8 +34,9 @@ def add_config_flags(ap: argparse.ArgumentParser, what: str | None = None) -> No
     ap.add_argument("--print-config", action="store_true", help="print the effective settings as YAML and exit")
 
 
-def parse(ap: argparse.ArgumentParser, argv: list[str] | None, overrides: bool = True
-          ) -> tuple[argparse.Namespace, list[str]]:
+def parse(
+    ap: argparse.ArgumentParser, argv: list[str] | None, overrides: bool = True
+) -> tuple[argparse.Namespace, list[str]]:
     """Parse ``argv``; returns ``(args, key=value overrides)``. With ``overrides=False`` none are accepted.
 
     Raises UsageError for ``--set`` (the old form), a word that is neither a flag nor ``key=value``
@@ -43,12 +44,16 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None, overrides: bool =
     """
     args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
     if "--set" in rest or any(r.startswith("--set=") for r in rest):
-        raise UsageError("--set is not a flag: write settings as bare key=value after the flags, e.g. lr=2e-5 "
-                         f"(see {ap.prog} --help)")
+        raise UsageError(
+            "--set is not a flag: write settings as bare key=value after the flags, e.g. lr=2e-5 "
+            f"(see {ap.prog} --help)"
+        )
     bad = [r for r in rest if r.startswith(("-", "=")) or "=" not in r]
     if bad:
-        raise UsageError(f"unrecognized arguments: {' '.join(bad)} (lists are comma-separated, e.g. --langs hu,ko; "
-                         f"settings go as key=value; see {ap.prog} --help)")
+        raise UsageError(
+            f"unrecognized arguments: {' '.join(bad)} (lists are comma-separated, e.g. --langs hu,ko; "
+            f"settings go as key=value; see {ap.prog} --help)"
+        )
     if rest and not overrides:
         raise UsageError(f"{ap.prog} has no settings to override: {' '.join(rest)}")
     return args, rest

@@ -30,8 +30,11 @@ class FilterConfig(DecodeConfig):
 
     max_alt_chars: int = Field(1000, ge=1, description="longer alt-texts are rejected (alt_too_long), characters")
     max_pairs_per_image: int = Field(
-        3, ge=1, description="at most this many rows per distinct picture (pixel_sha256) and language; the "
-        "others are rejected too_many_captions (exact_dedup stage)")
+        3,
+        ge=1,
+        description="at most this many rows per distinct picture (pixel_sha256) and language; the "
+        "others are rejected too_many_captions (exact_dedup stage)",
+    )
     exact_dedup_key: ExactKey = Field(
         "image_text", description="exact-duplicate key: same pixels and alt-text (pairs), or same pixels (images)"
     )
@@ -53,8 +56,10 @@ class DLingConfig(Strict):
     @model_validator(mode="after")
     def _caption_model_given(self) -> DLingConfig:
         if self.enabled and self.caption is None:
-            raise ValueError("d_ling.enabled needs d_ling.caption.mllm (family, model_path): "
-                             "--caption-model PATH or d_ling.caption.mllm.model_path=PATH")
+            raise ValueError(
+                "d_ling.enabled needs d_ling.caption.mllm (family, model_path): "
+                "--caption-model PATH or d_ling.caption.mllm.model_path=PATH"
+            )
         return self
 
 
@@ -67,12 +72,19 @@ class ImagePoolConfig(Strict):
     concurrency: int = Field(32, ge=1, description="simultaneous image requests per actor")
     batch_size: int = Field(64, ge=1, description="rows per Ray Data batch")
     batches_per_actor: int = Field(
-        2, ge=1, description="batches an actor runs at once, one thread each: one batch's downloads are awaited "
-        "while another's images decode (Pillow and hashlib release the GIL); 1: fetch, then decode")
+        2,
+        ge=1,
+        description="batches an actor runs at once, one thread each: one batch's downloads are awaited "
+        "while another's images decode (Pillow and hashlib release the GIL); 1: fetch, then decode",
+    )
 
     def stage_resources(self) -> StageResources:
-        return StageResources(num_cpus=self.num_cpus, pool_size=self.pool_size, max_pool_size=self.max_pool_size,
-                              batches_per_actor=self.batches_per_actor)
+        return StageResources(
+            num_cpus=self.num_cpus,
+            pool_size=self.pool_size,
+            max_pool_size=self.max_pool_size,
+            batches_per_actor=self.batches_per_actor,
+        )
 
 
 class RayConfig(Strict):
@@ -81,8 +93,11 @@ class RayConfig(Strict):
     image_pool: ImagePoolConfig = Field(default_factory=ImagePoolConfig)
     files_per_group: int = Field(8, ge=1, description="input WARC shards per committed work unit")
     records_per_slice: int = Field(
-        16, ge=1, description="WARC response records per extract task: a unit's rows reach the image pool as one "
-        "block per slice, spread over its actors, so a slow host holds back one slice's batch, not the unit")
+        16,
+        ge=1,
+        description="WARC response records per extract task: a unit's rows reach the image pool as one "
+        "block per slice, spread over its actors, so a slow host holds back one slice's batch, not the unit",
+    )
     num_cpus: int | None = Field(None, description="local Ray only: CPUs to use (default: all)")
 
 
@@ -90,12 +105,15 @@ class StagesConfig(Strict):
     """Stages added to the plan without forking (see README "Add a stage")."""
 
     plan: list[str | dict[str, Any]] | None = Field(
-        None, description="the whole plan in run order: built-in stage names (mella.plan.DEFAULT_PLAN, the default) "
-                          "and user stages ('pkg.module:Class key=value' or {class: ..., args: {...}}) where they run")
+        None,
+        description="the whole plan in run order: built-in stage names (mella.plan.DEFAULT_PLAN, the default) "
+        "and user stages ('pkg.module:Class key=value' or {class: ..., args: {...}}) where they run",
+    )
     extra: list[str | dict[str, Any]] = Field(
         default_factory=list,
         description="'pkg.module:Class[@after_stage] [key=value ...]' or {class: ..., after: ..., args: {...}}; "
-                    "after defaults to the last per-unit stage")
+        "after defaults to the last per-unit stage",
+    )
 
 
 class BuildConfig(Strict):
@@ -105,7 +123,9 @@ class BuildConfig(Strict):
     seeds: Path | None = None
     warc: list[str] = Field(default_factory=list)
     offline: bool = False
-    langs: list[str] = Field(default_factory=default_targets, description="target languages; default: languages.yaml's `default: true` ones")
+    langs: list[str] = Field(
+        default_factory=default_targets, description="target languages; default: languages.yaml's `default: true` ones"
+    )
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     langid: LangIDConfig = Field(default_factory=LangIDConfig)
@@ -119,8 +139,10 @@ class BuildConfig(Strict):
         known = load_languages()
         bad = [x for x in v if x not in known]
         if bad:
-            raise ValueError(f"unknown language(s) {bad} (known: {sorted(known)}); add one in a file named by ${ENV_VAR}"
-                             " (README: Add a language)")
+            raise ValueError(
+                f"unknown language(s) {bad} (known: {sorted(known)}); add one in a file named by ${ENV_VAR}"
+                " (README: Add a language)"
+            )
         return v
 
 

@@ -35,14 +35,15 @@ PIPE_INTERVAL_S = 10.0
 TTY_INTERVAL_S = 0.5
 #: Known harmless Ray messages hidden unless -v: token auth on a private local Ray (we start it on
 #: loopback); Ray Data's notice that progress goes to the log when piped.
-HARMLESS = ("Token authentication is enabled for this Ray cluster",
-            "Progress will be logged because stdout is a non-interactive terminal",
-            "Progress bars disabled. To enable, set",
-            # Ray Data actor pools (core_worker.cc): a restart would need the constructor args; ours are small
-            "has constructor arguments in the object store and max_restarts > 0",
-            # DeepSpeed on a CPU-only machine
-            "Setting accelerator to CPU. If you have GPU or other accelerator",
-            )
+HARMLESS = (
+    "Token authentication is enabled for this Ray cluster",
+    "Progress will be logged because stdout is a non-interactive terminal",
+    "Progress bars disabled. To enable, set",
+    # Ray Data actor pools (core_worker.cc): a restart would need the constructor args; ours are small
+    "has constructor arguments in the object store and max_restarts > 0",
+    # DeepSpeed on a CPU-only machine
+    "Setting accelerator to CPU. If you have GPU or other accelerator",
+)
 
 _level = NORMAL
 #: progress figures in a phase's text (:meth:`Progress._eta`)
@@ -83,9 +84,12 @@ def setup(quiet: bool = False, verbose: bool = False) -> int:
     """Configure logging for a job before Ray starts; returns the level (QUIET, NORMAL or VERBOSE)."""
     global _level
     _level = VERBOSE if verbose else QUIET if quiet else NORMAL
-    logging.basicConfig(level=logging.INFO if _level == VERBOSE else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if _level == VERBOSE
-                        else "%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if _level == VERBOSE else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if _level == VERBOSE
+        else "%(levelname)s %(name)s: %(message)s",
+    )
     if _level < VERBOSE:
         import warnings
 
@@ -148,9 +152,11 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 #: library chatter that is no warning of ours (shown with -v): lines a Ray actor or task printed, prefixed
 #: ``(Name pid=N)``, e.g. Serve's controller at shutdown; DeepSpeed's logger (``[date] [WARNING] [file.py:N:fn]``)
 #: and its op-builder notes (`` [WARNING]  async_io requires ...``)
-LIBRARY_LINES = (re.compile(rb"^\((?:raylet|gcs_server|\S[^\n]*? pid=\d+(?:, ip=[\d.]+)?)\)"),
-                 re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+\] \[(?:WARNING|INFO)\] \[[\w.]+\.py:\d+:\w+\]"),
-                 re.compile(rb"^ ?\[WARNING\] {1,2}\S"))
+LIBRARY_LINES = (
+    re.compile(rb"^\((?:raylet|gcs_server|\S[^\n]*? pid=\d+(?:, ip=[\d.]+)?)\)"),
+    re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+\] \[(?:WARNING|INFO)\] \[[\w.]+\.py:\d+:\w+\]"),
+    re.compile(rb"^ ?\[WARNING\] {1,2}\S"),
+)
 
 
 def _line_filter(patterns: tuple[str, ...], tty: bool) -> Callable[[bytes], bytes | None]:
@@ -220,7 +226,13 @@ def say(msg: str, stream: TextIO | None = None) -> None:
 
 def duration(seconds: float) -> str:
     """``"45 s"``, ``"12 min"``, ``"3.5 h"``: an ETA for a progress line."""
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 90
+        else f"{seconds / 60:.0f} min"
+        if seconds < 5400
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 def warn(msg: str) -> None:
@@ -279,11 +291,13 @@ class Progress:
 
     def callback(self) -> Callable[[str, str], None]:
         """``fn(phase, text)`` for pipeline hooks: a new phase name starts a phase, the same one updates it."""
+
         def fn(phase: str, text: str) -> None:
             if phase != self.phase:
                 self.start(phase, text)
             else:
                 self.update(text)
+
         return fn
 
     # -- internals
@@ -341,7 +355,9 @@ class Progress:
                 self._emit_locked(force=self.tty)
 
 
-def run_job(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str | None = None) -> int:
+def run_job(
+    main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str | None = None
+) -> int:
     """Run a job's ``main`` with the job error rules; returns the exit code (for ``sys.exit``).
 
     :class:`UsageError` and pydantic ``ValidationError`` (a bad setting) → one line on stderr, exit 2;

@@ -74,7 +74,9 @@ def compute(out_dir: str) -> dict:
             "rows": t.num_rows,
             "per_lang": dict(sorted(per_lang.items(), key=lambda kv: str(kv[0]))),
             "per_source": dict(Counter(sources)),
-            "per_lang_source": {f"{lang}/{src}": n for (lang, src), n in sorted(Counter(zip(langs, sources)).items(), key=str)},
+            "per_lang_source": {
+                f"{lang}/{src}": n for (lang, src), n in sorted(Counter(zip(langs, sources)).items(), key=str)
+            },
             "image_mb": round(sum(sizes) / 2**20, 3),
             "image_mb_per_lang": {str(k): round(v / 2**20, 3) for k, v in sorted(bytes_by_lang.items(), key=str)},
             "avg_text_chars": {str(k): round(float(np.mean(v)), 1) for k, v in sorted(chars_by_lang.items(), key=str)},
@@ -86,14 +88,21 @@ def compute(out_dir: str) -> dict:
         out["datasets"][ds] = d
         major.update(x or "unknown" for x in _col(t, "category_major"))
         fine.update(x or "unknown" for x in _col(t, "category"))
-        hist[ds] = np.histogram(np.clip(lengths, 1, LENGTH_BINS[-1] - 1), bins=LENGTH_BINS)[0].tolist() if lengths \
+        hist[ds] = (
+            np.histogram(np.clip(lengths, 1, LENGTH_BINS[-1] - 1), bins=LENGTH_BINS)[0].tolist()
+            if lengths
             else [0] * (len(LENGTH_BINS) - 1)
+        )
     for lang in sorted({lang for d in out["datasets"].values() for lang in d["per_lang"]}, key=str):
         k, g = out["datasets"]["d_know"]["per_lang"].get(lang, 0), out["datasets"]["d_ling"]["per_lang"].get(lang, 0)
         mb = sum(d["image_mb_per_lang"].get(str(lang), 0) for d in out["datasets"].values())
-        out["per_lang"][str(lang)] = {"d_know": k, "d_ling": g, "total": k + g,
-                                      "avg_text_chars": round(float(np.mean(lang_chars[lang])), 1),
-                                      "image_mb": round(mb, 3)}
+        out["per_lang"][str(lang)] = {
+            "d_know": k,
+            "d_ling": g,
+            "total": k + g,
+            "avg_text_chars": round(float(np.mean(lang_chars[lang])), 1),
+            "image_mb": round(mb, 3),
+        }
     out["total"] = sum(d["rows"] for d in out["datasets"].values())
     out["categories"] = {"major": dict(major.most_common()), "fine": dict(fine.most_common())}
     out["text_length_hist"] = hist
@@ -112,8 +121,12 @@ def plot(stats: dict, png_path: str) -> None:
     know, ling = stats["datasets"]["d_know"], stats["datasets"]["d_ling"]
     fig = plt.figure(figsize=(18, 10.5), dpi=100)
     gs = fig.add_gridspec(2, 2, width_ratios=[1, 1.25], height_ratios=[1, 1], hspace=0.22, wspace=0.12)
-    fig.suptitle(f"MELLA build statistics — {stats['total']} image-text pairs (D_know {know['rows']}, D_ling {ling['rows']})",
-                 fontsize=16, fontweight="bold", y=0.98)
+    fig.suptitle(
+        f"MELLA build statistics — {stats['total']} image-text pairs (D_know {know['rows']}, D_ling {ling['rows']})",
+        fontsize=16,
+        fontweight="bold",
+        y=0.98,
+    )
     langs = list(stats["per_lang"])
     lang_colors = {lang: plt.cm.tab10(i % 10) for i, lang in enumerate(langs)}
 
@@ -131,14 +144,49 @@ def _table(ax, stats: dict, lang_colors: dict) -> None:
 
     ax.axis("off")
     ax.set_title("(a) Main statistics per language", loc="left", fontsize=13)
-    header = ["lang", "D_know", "D_ling", "total", "avg len\n(chars)", "avg len\nD_know", "avg len\nD_ling", "images\n(MB)"]
-    rows = [[lang, v["d_know"], v["d_ling"], v["total"], v["avg_text_chars"], know["avg_text_chars"].get(lang, "–"),
-             ling["avg_text_chars"].get(lang, "–"), f"{v['image_mb']:.1f}"] for lang, v in stats["per_lang"].items()]
+    header = [
+        "lang",
+        "D_know",
+        "D_ling",
+        "total",
+        "avg len\n(chars)",
+        "avg len\nD_know",
+        "avg len\nD_ling",
+        "images\n(MB)",
+    ]
+    rows = [
+        [
+            lang,
+            v["d_know"],
+            v["d_ling"],
+            v["total"],
+            v["avg_text_chars"],
+            know["avg_text_chars"].get(lang, "–"),
+            ling["avg_text_chars"].get(lang, "–"),
+            f"{v['image_mb']:.1f}",
+        ]
+        for lang, v in stats["per_lang"].items()
+    ]
     all_chars = [v["avg_text_chars"] * v["total"] for v in stats["per_lang"].values()]
-    rows.append(["all", know["rows"], ling["rows"], stats["total"], f"{sum(all_chars) / max(1, stats['total']):.1f}",
-                 "", "", f"{know['image_mb'] + ling['image_mb']:.1f}"])
-    table = ax.table(cellText=[[str(c) for c in r] for r in rows], colLabels=header, loc="upper center", cellLoc="center",
-                     bbox=[0, max(0.0, 1 - 0.085 * (len(rows) + 1.6)), 1, 0.085 * (len(rows) + 1.6)])
+    rows.append(
+        [
+            "all",
+            know["rows"],
+            ling["rows"],
+            stats["total"],
+            f"{sum(all_chars) / max(1, stats['total']):.1f}",
+            "",
+            "",
+            f"{know['image_mb'] + ling['image_mb']:.1f}",
+        ]
+    )
+    table = ax.table(
+        cellText=[[str(c) for c in r] for r in rows],
+        colLabels=header,
+        loc="upper center",
+        cellLoc="center",
+        bbox=[0, max(0.0, 1 - 0.085 * (len(rows) + 1.6)), 1, 0.085 * (len(rows) + 1.6)],
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(11)
     for (r, c), cell in table.get_celld().items():
@@ -181,14 +229,38 @@ def _categories(ax, stats: dict, tax) -> None:
             outer_l.append(tax.fine[k].label if k in tax.fine else "Unknown")
             handles.append(Patch(color=outer_c[-1], label=f"    {outer_l[-1]}: {v}"))
     if inner:
-        ax.pie(inner, radius=0.7, colors=inner_c, wedgeprops=dict(width=0.32, edgecolor="white"), startangle=90,
-               counterclock=False, labels=[f"{v / total:.0%}" if v / total >= 0.06 else "" for v in inner],
-               labeldistance=0.78, textprops=dict(fontsize=11, ha="center", color="white", fontweight="bold"))
-        ax.pie(outer, radius=1.0, colors=outer_c, wedgeprops=dict(width=0.3, edgecolor="white"), startangle=90,
-               counterclock=False, labels=[lbl if v / total >= 0.04 else "" for lbl, v in zip(outer_l, outer)],
-               labeldistance=1.06, textprops=dict(fontsize=10))
-        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.08, 0.5), fontsize=9.5, frameon=False,
-                  title="categories (pairs)", title_fontsize=10, alignment="left")
+        ax.pie(
+            inner,
+            radius=0.7,
+            colors=inner_c,
+            wedgeprops=dict(width=0.32, edgecolor="white"),
+            startangle=90,
+            counterclock=False,
+            labels=[f"{v / total:.0%}" if v / total >= 0.06 else "" for v in inner],
+            labeldistance=0.78,
+            textprops=dict(fontsize=11, ha="center", color="white", fontweight="bold"),
+        )
+        ax.pie(
+            outer,
+            radius=1.0,
+            colors=outer_c,
+            wedgeprops=dict(width=0.3, edgecolor="white"),
+            startangle=90,
+            counterclock=False,
+            labels=[lbl if v / total >= 0.04 else "" for lbl, v in zip(outer_l, outer)],
+            labeldistance=1.06,
+            textprops=dict(fontsize=10),
+        )
+        ax.legend(
+            handles=handles,
+            loc="center left",
+            bbox_to_anchor=(1.08, 0.5),
+            fontsize=9.5,
+            frameon=False,
+            title="categories (pairs)",
+            title_fontsize=10,
+            alignment="left",
+        )
     else:
         ax.text(0.5, 0.5, "no categorised rows", ha="center", transform=ax.transAxes)
     ax.set_aspect("equal")
@@ -208,8 +280,14 @@ def _per_language(ax, stats: dict, lang_colors: dict) -> None:
         for j, src in enumerate(srcs):
             vals = np.array([stats["datasets"][ds]["per_lang_source"].get(f"{lang}/{src}", 0) for lang in langs], float)
             if vals.sum():
-                ax.bar(x, vals, bottom=bottom, color=palette[ds](0.75 - 0.3 * j / max(1, len(srcs))), edgecolor="white",
-                       label=f"{label}, {src}")
+                ax.bar(
+                    x,
+                    vals,
+                    bottom=bottom,
+                    color=palette[ds](0.75 - 0.3 * j / max(1, len(srcs))),
+                    edgecolor="white",
+                    label=f"{label}, {src}",
+                )
                 bottom += vals
     for xi, b in zip(x, bottom):
         ax.text(xi, b, f"{int(b)}", ha="center", va="bottom", fontsize=10)
@@ -228,7 +306,9 @@ def _lengths(ax, stats: dict) -> None:
     """(d) text-length histograms (characters, log-spaced bins)."""
     import matplotlib.pyplot as plt
 
-    ax.set_title("(d) Text length per pair (characters; D_know: alt-text, D_ling: translation)", loc="left", fontsize=13)
+    ax.set_title(
+        "(d) Text length per pair (characters; D_know: alt-text, D_ling: translation)", loc="left", fontsize=13
+    )
     hist = stats["text_length_hist"]
     edges = np.array(hist["bins"], float)
     used = [i for ds in DATASETS for i, c in enumerate(hist[ds]) if c]

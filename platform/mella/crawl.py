@@ -189,10 +189,22 @@ async def crawl_async(
             writer.close()
             failures.close()
         seconds = dict(fetcher.seconds_by_origin)
-    result.hosts = {h: {"ok": v["ok"], "failed": dict(v["failed"]), "cut_off": dict(v["cut_off"]),
-                        "seconds": round(seconds.get(h, 0.0), 2)} for h, v in hosts.items()}
+    result.hosts = _host_summary(hosts, seconds)
     result.warc_paths = writer.closed_paths
     return result
+
+
+def _host_summary(hosts: dict, seconds: dict) -> dict:
+    """Per origin: pages ok, failures and cut-offs by reason, network seconds (``CrawlResult.hosts``)."""
+    return {
+        h: {
+            "ok": v["ok"],
+            "failed": dict(v["failed"]),
+            "cut_off": dict(v["cut_off"]),
+            "seconds": round(seconds.get(h, 0.0), 2),
+        }
+        for h, v in hosts.items()
+    }
 
 
 def merge_results(results: list[CrawlResult], n_seeds: int) -> tuple[dict, list[dict]]:
@@ -214,8 +226,14 @@ def merge_results(results: list[CrawlResult], n_seeds: int) -> tuple[dict, list[
                 for k, n in v.get(key, {}).items():
                     agg[key][k] = agg[key].get(k, 0) + n
             cut.update(v.get("cut_off", {}))
-    stats = {"seeds": n_seeds, "pages_ok": sum(r.pages_ok for r in results), "pages_failed": len(failures),
-             "hosts": hosts, "cut_off": dict(cut), "slowest_hosts": slowest_hosts(hosts)}
+    stats = {
+        "seeds": n_seeds,
+        "pages_ok": sum(r.pages_ok for r in results),
+        "pages_failed": len(failures),
+        "hosts": hosts,
+        "cut_off": dict(cut),
+        "slowest_hosts": slowest_hosts(hosts),
+    }
     return stats, failures
 
 

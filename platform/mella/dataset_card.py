@@ -35,8 +35,15 @@ from mella.languages import load_languages
 DATASETS = ("d_know", "d_ling")
 _PART = re.compile(r"^part-(?P<lang>[A-Za-z0-9_]+)-\d{5}\.parquet$")
 #: Hub ``size_categories`` bins (upper bounds exclusive)
-SIZE_BINS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-             (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+SIZE_BINS = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+]
 
 
 def size_category(n: int) -> str:
@@ -118,11 +125,11 @@ def _provenance(out_dir: str) -> dict:
 #: the plan's; a stage the plan lacks is not described, a user's stage is named).
 STAGE_TEXT = {
     "crawl": "Crawl the seed sites within their registered domains, honouring robots.txt, politeness delays and "
-             "size caps; every response recorded as WARC.",
+    "size caps; every response recorded as WARC.",
     "extract": "Extract `<img>` and alt-text from HTML pages in a target language.",
     "alt_text": "Alt-text: drop empty, too short, filename-like and boilerplate alt-texts (→ D_ling with captioning).",
     "langid": "Alt-text language: HTML language metadata and fastText lid.176 with script and orthography checks "
-              "(→ D_ling when not in the page's language).",
+    "(→ D_ling when not in the page's language).",
     "fetch": "Images: fetch (or read back from WARC).",
     "decode": "Decode (Pillow, decompression-bomb guard).",
     "resolution": "Keep images with both sides > 256 px.",
@@ -148,24 +155,34 @@ def filter_steps(funnel: dict) -> list[str]:
         stages = [{"stage": name, "reasons": {}} for name in (CRAWL, *DEFAULT_PLAN)]
     lines = []
     for k, s in enumerate(stages, 1):
-        text = STAGE_TEXT.get(s["stage"]) or f"`{s['stage']}` (a user stage): rejects {', '.join(s['reasons']) or 'none'}."
+        text = (
+            STAGE_TEXT.get(s["stage"]) or f"`{s['stage']}` (a user stage): rejects {', '.join(s['reasons']) or 'none'}."
+        )
         lines.append(f"{k}. {text}")
     return lines
 
 
 def _about(funnel: dict) -> list[str]:
     """The licence caveat and the filtering steps (paper 3.1, appendix B.2), the steps from the build's plan."""
-    return ["", "## Licence", "",
-            "The images and alt-texts were published on the web by third parties and remain theirs: their "
-            "copyright and licences (where stated on the source pages) apply, and this card grants no rights in "
-            "them. Every row keeps `page_url` and `image_url` so the source and its terms can be checked; use "
-            "the data for research in line with the source sites' terms and applicable law (e.g. text and data "
-            "mining exceptions), and remove rows on request of a rights holder.", "",
-            "## How the data was filtered (paper 3.1, appendix B.2)", "",
-            *filter_steps(funnel), "",
-            "Columns: see `platform/mella/schema.py` of the MELLA platform (`alt_text` is the D_know text, `text` "
-            "the D_ling translation, `caption_en` its English source). The report of this build is in "
-            "`report/index.html`.", ""]
+    return [
+        "",
+        "## Licence",
+        "",
+        "The images and alt-texts were published on the web by third parties and remain theirs: their "
+        "copyright and licences (where stated on the source pages) apply, and this card grants no rights in "
+        "them. Every row keeps `page_url` and `image_url` so the source and its terms can be checked; use "
+        "the data for research in line with the source sites' terms and applicable law (e.g. text and data "
+        "mining exceptions), and remove rows on request of a rights holder.",
+        "",
+        "## How the data was filtered (paper 3.1, appendix B.2)",
+        "",
+        *filter_steps(funnel),
+        "",
+        "Columns: see `platform/mella/schema.py` of the MELLA platform (`alt_text` is the D_know text, `text` "
+        "the D_ling translation, `caption_en` its English source). The report of this build is in "
+        "`report/index.html`.",
+        "",
+    ]
 
 
 def features(out_dir: str) -> list[dict]:
@@ -186,10 +203,18 @@ def card(out_dir: str) -> tuple[dict, str]:
     """``(front matter dict, Markdown body)`` for ``out_dir`` (partitions by language first).
 
     Any build output works: D_know and D_ling with or without rows, either absent (no ``configs`` then)."""
-    names = {ds: partition_by_language(os.path.join(out_dir, ds)) for ds in DATASETS
-             if glob.glob(os.path.join(out_dir, ds, "*.parquet"))}
-    counts = {ds: {lang: sum(pq.ParquetFile(os.path.join(out_dir, ds, n)).metadata.num_rows for n in files)
-                   for lang, files in names.get(ds, {}).items()} for ds in DATASETS}
+    names = {
+        ds: partition_by_language(os.path.join(out_dir, ds))
+        for ds in DATASETS
+        if glob.glob(os.path.join(out_dir, ds, "*.parquet"))
+    }
+    counts = {
+        ds: {
+            lang: sum(pq.ParquetFile(os.path.join(out_dir, ds, n)).metadata.num_rows for n in files)
+            for lang, files in names.get(ds, {}).items()
+        }
+        for ds in DATASETS
+    }
     front = _front(out_dir, names, counts)
     funnel = {}
     if os.path.exists(os.path.join(out_dir, "funnel.json")):
@@ -202,20 +227,33 @@ def card(out_dir: str) -> tuple[dict, str]:
 def _front(out_dir: str, names: dict, counts: dict) -> dict:
     """The YAML front matter: Hub metadata, ``configs`` (splits) and their ``dataset_info`` features."""
     total = sum(sum(c.values()) for c in counts.values())
-    configs = [{"config_name": "default", "default": True,
-                "data_files": [{"split": ds, "path": f"{ds}/*.parquet"} for ds in DATASETS if names.get(ds)]}]
+    configs = [
+        {
+            "config_name": "default",
+            "default": True,
+            "data_files": [{"split": ds, "path": f"{ds}/*.parquet"} for ds in DATASETS if names.get(ds)],
+        }
+    ]
     configs = [c for c in configs if c["data_files"]]  # omitted when there are no rows at all
     for ds in DATASETS:
         if names.get(ds):
-            configs.append({"config_name": ds, "data_files": [{"split": lang, "path": f"{ds}/part-{lang}-*.parquet"}
-                                                              for lang in names[ds]]})
-    front = {"pretty_name": f"MELLA corpus {os.path.basename(os.path.abspath(out_dir))}",
-             "language": sorted({lang for c in counts.values() for lang in c}),
-             "multilinguality": "multilingual", "license": "other",
-             "task_categories": ["image-to-text", "image-text-to-text"],
-             "size_categories": [size_category(total)], "source_datasets": ["original"],
-             "tags": ["mella", "alt-text", "image-captioning", "web-crawl", "low-resource-languages"],
-             "configs": configs}
+            configs.append(
+                {
+                    "config_name": ds,
+                    "data_files": [{"split": lang, "path": f"{ds}/part-{lang}-*.parquet"} for lang in names[ds]],
+                }
+            )
+    front = {
+        "pretty_name": f"MELLA corpus {os.path.basename(os.path.abspath(out_dir))}",
+        "language": sorted({lang for c in counts.values() for lang in c}),
+        "multilinguality": "multilingual",
+        "license": "other",
+        "task_categories": ["image-to-text", "image-text-to-text"],
+        "size_categories": [size_category(total)],
+        "source_datasets": ["original"],
+        "tags": ["mella", "alt-text", "image-captioning", "web-crawl", "low-resource-languages"],
+        "configs": configs,
+    }
     feats = features(out_dir) if configs else []
     if feats:
         front["dataset_info"] = [{"config_name": c["config_name"], "features": feats} for c in configs]
@@ -224,15 +262,26 @@ def _front(out_dir: str, names: dict, counts: dict) -> dict:
 
 def _intro(out_dir: str, front: dict, counts: dict) -> list[str]:
     names_of = load_languages()
-    lines = [f"# {front['pretty_name']}", "",
-             "Image-text pairs for multimodal LLMs in low-resource languages, built with the MELLA platform "
-             "(dual-source data, paper arXiv:2508.05502): **D_know**, native web images with their in-language "
-             "alt-text (cultural knowledge), and **D_ling**, images whose alt-text was unusable, captioned in "
-             "English by an MLLM and machine-translated (linguistic capability).", "",
-             "```python", "from datasets import load_dataset", f"ds = load_dataset({out_dir!r})            "
-             "# splits d_know, d_ling", f"hu = load_dataset({out_dir!r}, \"d_know\", split=\"hu\")",
-             "# row[\"image\"] is a PIL image (datasets.Image)", "```", "",
-             "## Rows per language", "", "| language | D_know | D_ling |", "|---|---:|---:|"]
+    lines = [
+        f"# {front['pretty_name']}",
+        "",
+        "Image-text pairs for multimodal LLMs in low-resource languages, built with the MELLA platform "
+        "(dual-source data, paper arXiv:2508.05502): **D_know**, native web images with their in-language "
+        "alt-text (cultural knowledge), and **D_ling**, images whose alt-text was unusable, captioned in "
+        "English by an MLLM and machine-translated (linguistic capability).",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f"ds = load_dataset({out_dir!r})            # splits d_know, d_ling",
+        f'hu = load_dataset({out_dir!r}, "d_know", split="hu")',
+        '# row["image"] is a PIL image (datasets.Image)',
+        "```",
+        "",
+        "## Rows per language",
+        "",
+        "| language | D_know | D_ling |",
+        "|---|---:|---:|",
+    ]
     for lang in front["language"]:
         name = names_of[lang].name if lang in names_of else lang
         lines.append(f"| {lang} ({name}) | {counts['d_know'].get(lang, 0)} | {counts['d_ling'].get(lang, 0)} |")
@@ -243,7 +292,13 @@ def _intro(out_dir: str, front: dict, counts: dict) -> list[str]:
 def _funnel_lines(funnel: dict) -> list[str]:
     if not funnel.get("stages"):
         return []
-    lines = ["", "## Funnel", "", "| stage | unit | in | out | rejected | top reasons |", "|---|---|---:|---:|---:|---|"]
+    lines = [
+        "",
+        "## Funnel",
+        "",
+        "| stage | unit | in | out | rejected | top reasons |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for s in funnel["stages"]:
         top = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
         lines.append(f"| {s['stage']} | {s['unit']} | {s['in']} | {s['out']} | {s['rejected']} | {top} |")
@@ -253,18 +308,32 @@ def _funnel_lines(funnel: dict) -> list[str]:
 def _provenance_lines(out_dir: str, funnel: dict) -> list[str]:
     prov = _provenance(out_dir)
     dates = f"{prov['first']:%Y-%m-%d %H:%M} – {prov['last']:%Y-%m-%d %H:%M} UTC" if prov["first"] else "unknown"
-    lines = ["", "## Provenance", "",
-             f"- Sources of the rows: {', '.join(f'{k}: {v}' for k, v in sorted(prov['sources'].items(), key=str))} "
-             "(`crawl`: pages crawled live by the platform, recorded as WARC under `warc/`; `warc`: given WARC files, "
-             "e.g. Common Crawl).",
-             f"- Images fetched (or WARC-dated): {dates}.",
-             "- Page hosts (rows): " + ", ".join(f"{h} ({n})" for h, n in prov["hosts"].most_common(20)) + ".",
-             "- Crawl per host (pages ok / failed): " + (", ".join(
-                 f"{h} ({v.get('ok', 0)} / {sum((v.get('failed') or {}).values())})"
-                 for h, v in sorted(funnel.get("hosts", {}).items())) or "none (WARC input)") + "."]
+    lines = [
+        "",
+        "## Provenance",
+        "",
+        f"- Sources of the rows: {', '.join(f'{k}: {v}' for k, v in sorted(prov['sources'].items(), key=str))} "
+        "(`crawl`: pages crawled live by the platform, recorded as WARC under `warc/`; `warc`: given WARC files, "
+        "e.g. Common Crawl).",
+        f"- Images fetched (or WARC-dated): {dates}.",
+        "- Page hosts (rows): " + ", ".join(f"{h} ({n})" for h, n in prov["hosts"].most_common(20)) + ".",
+        "- Crawl per host (pages ok / failed): "
+        + (
+            ", ".join(
+                f"{h} ({v.get('ok', 0)} / {sum((v.get('failed') or {}).values())})"
+                for h, v in sorted(funnel.get("hosts", {}).items())
+            )
+            or "none (WARC input)"
+        )
+        + ".",
+    ]
     if prov["warcs"]:
-        lines.append(f"- Page WARC files read: {len(prov['warcs'])} (" + ", ".join(prov["warcs"][:10])
-                     + (", ..." if len(prov["warcs"]) > 10 else "") + ").")
+        lines.append(
+            f"- Page WARC files read: {len(prov['warcs'])} ("
+            + ", ".join(prov["warcs"][:10])
+            + (", ..." if len(prov["warcs"]) > 10 else "")
+            + ")."
+        )
     return lines
 
 

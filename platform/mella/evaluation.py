@@ -114,10 +114,21 @@ def _mime(data: bytes) -> str:
 def chat_body(model: str, item: Item, max_tokens: int, temperature: float, seed: int) -> dict:
     """OpenAI chat-completions body: the item's image (data URL) and evaluation prompt."""
     url = f"data:{_mime(item.image)};base64,"
-    return {"model": model, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
-            "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": url + base64.b64encode(item.image).decode()}},
-                {"type": "text", "text": item.prompt}]}]}
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url + base64.b64encode(item.image).decode()}},
+                    {"type": "text", "text": item.prompt},
+                ],
+            }
+        ],
+    }
 
 
 class EndpointGenerator:
@@ -148,6 +159,7 @@ class EndpointGenerator:
 
         sem = asyncio.Semaphore(self.concurrency)
         async with httpx.AsyncClient(timeout=self.timeout_s, headers=self.headers) as client:
+
             async def one(body: dict) -> str:
                 async with sem:
                     r = await client.post(f"{self.url}/v1/chat/completions", json=body)
@@ -172,10 +184,17 @@ class _EngineActor:
         from mella.serving.protocol import GenRequest
 
         names = [None if m == self.registry.base_name else m for m in batch["model"]]
-        reqs = [GenRequest([{"role": "user", "parts": [("image", bytes(img)), ("text", p)]}], max_tokens=int(mt),
-                           temperature=float(t), seed=int(s))
-                for img, p, mt, t, s in zip(batch["image"], batch["prompt"], batch["max_tokens"], batch["temperature"],
-                                            batch["seed"])]
+        reqs = [
+            GenRequest(
+                [{"role": "user", "parts": [("image", bytes(img)), ("text", p)]}],
+                max_tokens=int(mt),
+                temperature=float(t),
+                seed=int(s),
+            )
+            for img, p, mt, t, s in zip(
+                batch["image"], batch["prompt"], batch["max_tokens"], batch["temperature"], batch["seed"]
+            )
+        ]
         paths = {a.name: a.path for a in self.registry.adapters.values()}
         out = self.engine.generate(reqs, names, paths)
         bad = [str(o) for o in out if not hasattr(o, "text")]
@@ -184,9 +203,19 @@ class _EngineActor:
         return {"key": batch["key"], "text": [o.text for o in out]}
 
 
-def generate_ray_data(bodies: list[dict], *, backbone: str, model: str, adapters: str | None, base_name: str,
-                      engine_kwargs: dict | None = None, batch_size: int = 8, pool_size: int = 1,
-                      num_cpus: float = 1, num_gpus: float = 0) -> list[str]:
+def generate_ray_data(
+    bodies: list[dict],
+    *,
+    backbone: str,
+    model: str,
+    adapters: str | None,
+    base_name: str,
+    engine_kwargs: dict | None = None,
+    batch_size: int = 8,
+    pool_size: int = 1,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+) -> list[str]:
     """Ray Data batch inference for chat bodies made by :func:`chat_body` (same engine as the server)."""
     import ray
 
@@ -194,13 +223,28 @@ def generate_ray_data(bodies: list[dict], *, backbone: str, model: str, adapters
     for k, b in enumerate(bodies):
         content = b["messages"][0]["content"]
         image = base64.b64decode(content[0]["image_url"]["url"].split(",", 1)[1])
-        rows.append({"key": k, "model": b["model"], "image": image, "prompt": content[1]["text"],
-                     "max_tokens": b["max_tokens"], "temperature": b["temperature"], "seed": b["seed"]})
+        rows.append(
+            {
+                "key": k,
+                "model": b["model"],
+                "image": image,
+                "prompt": content[1]["text"],
+                "max_tokens": b["max_tokens"],
+                "temperature": b["temperature"],
+                "seed": b["seed"],
+            }
+        )
     ds = ray.data.from_items(rows).map_batches(
-        _EngineActor, fn_constructor_kwargs=dict(backbone=backbone, model=model, adapters=adapters,
-                                                 base_name=base_name, engine_kwargs=engine_kwargs or {}),
-        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=pool_size), num_cpus=num_cpus,
-        num_gpus=num_gpus, batch_format="numpy")
+        _EngineActor,
+        fn_constructor_kwargs=dict(
+            backbone=backbone, model=model, adapters=adapters, base_name=base_name, engine_kwargs=engine_kwargs or {}
+        ),
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=pool_size),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        batch_format="numpy",
+    )
     texts = {int(r["key"]): str(r["text"]) for r in ds.take_all()}
     return [texts[k] for k in range(len(bodies))]
 
@@ -221,18 +265,29 @@ def score(items: list[Item], outputs: list[Output], keyword_top_k: int = 5) -> t
     rows, facts = [], {}
     for (seed, method, model, lang, source), pairs in sorted(groups.items()):
         preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
-        fact = facts.setdefault(lang, {"tokenizer": f"{lang}:{metrics.tokenizer_name(lang)}",
-                                       "stemmer": metrics.stemmer_name(lang), "keyword_top_k": keyword_top_k})
+        fact = facts.setdefault(
+            lang,
+            {
+                "tokenizer": f"{lang}:{metrics.tokenizer_name(lang)}",
+                "stemmer": metrics.stemmer_name(lang),
+                "keyword_top_k": keyword_top_k,
+            },
+        )
         if source == "d_know":
             corpus = [i.reference for i in items if i.lang == lang and i.source == "d_know"]
             values = {"keyword_accuracy": metrics.keyword_accuracy(preds, refs, lang, keyword_top_k, corpus) * 100}
         else:
             bleu, signature = metrics.bleu(preds, refs, lang)
             fact["bleu_signature"] = signature
-            values = {"bleu": bleu, "rouge_l": metrics.rouge_l(preds, refs, lang) * 100,
-                      "meteor": metrics.meteor(preds, refs, lang) * 100}
-        rows += [{"seed": seed, "method": method, "model": model, "lang": lang, "metric": m, "value": v, "n": len(refs)}
-                 for m, v in values.items()]
+            values = {
+                "bleu": bleu,
+                "rouge_l": metrics.rouge_l(preds, refs, lang) * 100,
+                "meteor": metrics.meteor(preds, refs, lang) * 100,
+            }
+        rows += [
+            {"seed": seed, "method": method, "model": model, "lang": lang, "metric": m, "value": v, "n": len(refs)}
+            for m, v in values.items()
+        ]
     return rows, facts
 
 
@@ -241,9 +296,18 @@ def aggregate(rows: list[dict], backbone: str) -> list[dict]:
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["lang"], r["metric"]), []).append(r["value"])
-    return [{"backbone": backbone, "method": m, "lang": lang, "metric": metric, "mean": statistics.fmean(v),
-             "std": statistics.stdev(v) if len(v) > 1 else 0.0, "seeds": len(v)}
-            for (m, lang, metric), v in sorted(groups.items())]
+    return [
+        {
+            "backbone": backbone,
+            "method": m,
+            "lang": lang,
+            "metric": metric,
+            "mean": statistics.fmean(v),
+            "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+            "seeds": len(v),
+        }
+        for (m, lang, metric), v in sorted(groups.items())
+    ]
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -262,8 +326,12 @@ def table3(agg: list[dict], langs: list[str], methods: list[str]) -> tuple[str, 
     for metric in METRIC_TITLES:
         if not any(a["metric"] == metric for a in agg):
             continue
-        md += [f"**{METRIC_TITLES[metric]}** (0-100)", "", "| Backbone | Method | " + " | ".join(lang.upper() for lang in langs) + " |",
-               "|---|---|" + "---:|" * len(langs)]
+        md += [
+            f"**{METRIC_TITLES[metric]}** (0-100)",
+            "",
+            "| Backbone | Method | " + " | ".join(lang.upper() for lang in langs) + " |",
+            "|---|---|" + "---:|" * len(langs),
+        ]
         for bb in backbones:
             for method in methods:
                 cells = [_cell(index.get((bb, method, lang, metric)), with_std) for lang in langs]
@@ -282,15 +350,22 @@ def chart(agg: list[dict], langs: list[str], methods: list[str], path: Path) -> 
 
     present = [m for m in METRIC_TITLES if any(a["metric"] == m for a in agg)]
     index = {(a["method"], a["lang"], a["metric"]): a for a in agg}
-    fig, axes = plt.subplots(len(present), 1, figsize=(max(6, 1.2 * len(langs) * len(methods)), 2.8 * len(present)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(present), 1, figsize=(max(6, 1.2 * len(langs) * len(methods)), 2.8 * len(present)), squeeze=False
+    )
     width = 0.8 / max(1, len(methods))
     for ax, metric in zip(axes[:, 0], present):
         for k, method in enumerate(methods):
             vals = [index.get((method, lang, metric)) for lang in langs]
             xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(langs))]
-            ax.bar(xs, [v["mean"] if v else 0 for v in vals], width, yerr=[v["std"] if v else 0 for v in vals],
-                   capsize=3, label="base" if method == BASE_METHOD else method)
+            ax.bar(
+                xs,
+                [v["mean"] if v else 0 for v in vals],
+                width,
+                yerr=[v["std"] if v else 0 for v in vals],
+                capsize=3,
+                label="base" if method == BASE_METHOD else method,
+            )
         ax.set_xticks(range(len(langs)), [lang.upper() for lang in langs])
         ax.set_ylabel(f"{METRIC_TITLES[metric]} (0-100)")
         ax.grid(axis="y", alpha=0.3)
@@ -326,17 +401,40 @@ def export_pairs(items: list[Item], outputs: list[Output], out_dir: Path, seed: 
     """
     by = {(o.lang, o.source, o.id, o.method): o for o in outputs if o.seed == seed}
     methods = sorted({o.method for o in outputs} - {BASE_METHOD})
-    fields = ["lang", "source", "id", "sha256", "prompt", "reference", "base_model", "base_output", "method", "model",
-              "output"]
+    fields = [
+        "lang",
+        "source",
+        "id",
+        "sha256",
+        "prompt",
+        "reference",
+        "base_model",
+        "base_output",
+        "method",
+        "model",
+        "output",
+    ]
     rows = []
     for it in items:
         base = by.get((it.lang, it.source, it.id, BASE_METHOD))
         for m in methods:
             tuned = by.get((it.lang, it.source, it.id, m))
             if base and tuned:
-                rows.append(dict(lang=it.lang, source=it.source, id=it.id, sha256=it.sha256, prompt=it.prompt,
-                                 reference=it.reference, base_model=base.model, base_output=base.text, method=m,
-                                 model=tuned.model, output=tuned.text))
+                rows.append(
+                    dict(
+                        lang=it.lang,
+                        source=it.source,
+                        id=it.id,
+                        sha256=it.sha256,
+                        prompt=it.prompt,
+                        reference=it.reference,
+                        base_model=base.model,
+                        base_output=base.text,
+                        method=m,
+                        model=tuned.model,
+                        output=tuned.text,
+                    )
+                )
     csv_path, html_path = out_dir / "pairs.csv", out_dir / "pairs.html"
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -344,46 +442,88 @@ def export_pairs(items: list[Item], outputs: list[Output], out_dir: Path, seed: 
         w.writerows(rows)
     images = {(it.lang, it.source, it.id): it.image for it in items}
     e = html.escape
-    parts = ["<!doctype html><meta charset='utf-8'><title>MELLA paired outputs</title>",
-             "<style>body{font-family:sans-serif}td{vertical-align:top;border-top:1px solid #ccc;padding:6px;"
-             "max-width:28em}img{max-width:256px}</style>",
-             "<h1>Paired outputs: base vs fine-tuned (same image)</h1><table><tr><th>lang / source</th><th>image</th>"
-             "<th>prompt</th><th>reference</th><th>base</th><th>fine-tuned</th></tr>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>MELLA paired outputs</title>",
+        "<style>body{font-family:sans-serif}td{vertical-align:top;border-top:1px solid #ccc;padding:6px;"
+        "max-width:28em}img{max-width:256px}</style>",
+        "<h1>Paired outputs: base vs fine-tuned (same image)</h1><table><tr><th>lang / source</th><th>image</th>"
+        "<th>prompt</th><th>reference</th><th>base</th><th>fine-tuned</th></tr>",
+    ]
     for r in rows:
         src = _thumb(images[(r["lang"], r["source"], r["id"])])
-        parts.append(f"<tr><td>{e(r['lang'])} / {e(r['source'])}<br><small>{e(r['sha256'][:12])}</small></td>"
-                     f"<td><img src='{src}' alt=''></td><td dir='auto'>{e(r['prompt'])}</td>"
-                     f"<td dir='auto'>{e(r['reference'])}</td><td dir='auto'><b>{e(r['base_model'])}</b><br>"
-                     f"{e(r['base_output'])}</td><td dir='auto'><b>{e(r['method'])}: {e(r['model'])}</b><br>"
-                     f"{e(r['output'])}</td></tr>")
+        parts.append(
+            f"<tr><td>{e(r['lang'])} / {e(r['source'])}<br><small>{e(r['sha256'][:12])}</small></td>"
+            f"<td><img src='{src}' alt=''></td><td dir='auto'>{e(r['prompt'])}</td>"
+            f"<td dir='auto'>{e(r['reference'])}</td><td dir='auto'><b>{e(r['base_model'])}</b><br>"
+            f"{e(r['base_output'])}</td><td dir='auto'><b>{e(r['method'])}: {e(r['model'])}</b><br>"
+            f"{e(r['output'])}</td></tr>"
+        )
     parts.append("</table>")
     html_path.write_text("\n".join(parts), encoding="utf-8")
     return csv_path, html_path
 
 
-def write_report(out_dir: Path, *, items: list[Item], outputs: list[Output], rows: list[dict], facts: dict,
-                 backbone: str, langs: list[str], methods: list[str], config: dict, missing: list[str]) -> dict:
+def write_report(
+    out_dir: Path,
+    *,
+    items: list[Item],
+    outputs: list[Output],
+    rows: list[dict],
+    facts: dict,
+    backbone: str,
+    langs: list[str],
+    methods: list[str],
+    config: dict,
+    missing: list[str],
+) -> dict:
     """Write report.md/.csv/.json, chart.png, outputs.jsonl, pairs.csv/.html under ``out_dir``; return paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(rows, backbone)
     md, csv_rows = table3(agg, langs, methods)
     seeds = sorted({r["seed"] for r in rows})
-    counts = {f"{lang}/{s}": sum(1 for i in items if i.lang == lang and i.source == s) for lang in langs for s in REFERENCE}
-    notes = [f"Test items per language/source: {counts}.",
-             f"Seeds: {seeds}" + (" (mean ± sample std)" if len(seeds) > 1 else "") + ".",
-             "BLEU signatures: " + "; ".join(f"{k}: {v.get('bleu_signature', 'n/a')} ({v['tokenizer']})" for k, v in facts.items()),
-             f"Method `{BASE_METHOD}` is the base model without adapter (paper Table 3)."]
+    counts = {
+        f"{lang}/{s}": sum(1 for i in items if i.lang == lang and i.source == s) for lang in langs for s in REFERENCE
+    }
+    notes = [
+        f"Test items per language/source: {counts}.",
+        f"Seeds: {seeds}" + (" (mean ± sample std)" if len(seeds) > 1 else "") + ".",
+        "BLEU signatures: "
+        + "; ".join(f"{k}: {v.get('bleu_signature', 'n/a')} ({v['tokenizer']})" for k, v in facts.items()),
+        f"Method `{BASE_METHOD}` is the base model without adapter (paper Table 3).",
+    ]
     if missing:
         notes.append("Not evaluated (model not available): " + ", ".join(missing))
-    paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv", "json": out_dir / "report.json",
-             "chart": out_dir / "chart.png", "outputs": out_dir / "outputs.jsonl"}
-    paths["markdown"].write_text("# MELLA evaluation (Table 3 layout)\n\n" + md + "\n" + "\n\n".join(notes) + "\n",
-                                 encoding="utf-8")
+    paths = {
+        "markdown": out_dir / "report.md",
+        "csv": out_dir / "report.csv",
+        "json": out_dir / "report.json",
+        "chart": out_dir / "chart.png",
+        "outputs": out_dir / "outputs.jsonl",
+    }
+    paths["markdown"].write_text(
+        "# MELLA evaluation (Table 3 layout)\n\n" + md + "\n" + "\n\n".join(notes) + "\n", encoding="utf-8"
+    )
     with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(csv_rows)
-    paths["json"].write_text(json.dumps({"config": config, "backbone": backbone, "langs": langs, "methods": methods,
-                                         "aggregate": agg, "runs": rows, "metric_facts": facts, "test_counts": counts,
-                                         "missing": missing}, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    paths["json"].write_text(
+        json.dumps(
+            {
+                "config": config,
+                "backbone": backbone,
+                "langs": langs,
+                "methods": methods,
+                "aggregate": agg,
+                "runs": rows,
+                "metric_facts": facts,
+                "test_counts": counts,
+                "missing": missing,
+            },
+            indent=2,
+            ensure_ascii=False,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
     chart(agg, langs, methods, paths["chart"])
     with open(paths["outputs"], "w", encoding="utf-8") as f:
         for o in outputs:
@@ -442,8 +582,11 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.endpoint:
         gen = EndpointGenerator(cfg.endpoint, cfg.token, cfg.concurrency)
         listed = gen.models()
-        base = next(m["id"] for m in listed if m.get("adapter") is False) if any(
-            m.get("adapter") is False for m in listed) else listed[0]["id"]
+        base = (
+            next(m["id"] for m in listed if m.get("adapter") is False)
+            if any(m.get("adapter") is False for m in listed)
+            else listed[0]["id"]
+        )
         available = {m["id"] for m in listed}
     else:
         from mella.serving.registry import discover
@@ -464,15 +607,32 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.endpoint:
         texts = gen.generate(bodies)
     else:
-        texts = generate_ray_data(bodies, backbone=cfg.backbone, model=str(cfg.model),
-                                  adapters=str(cfg.adapters) if cfg.adapters else None, base_name=base,
-                                  engine_kwargs=cfg.engine, batch_size=cfg.batch_size, pool_size=cfg.pool_size,
-                                  num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+        texts = generate_ray_data(
+            bodies,
+            backbone=cfg.backbone,
+            model=str(cfg.model),
+            adapters=str(cfg.adapters) if cfg.adapters else None,
+            base_name=base,
+            engine_kwargs=cfg.engine,
+            batch_size=cfg.batch_size,
+            pool_size=cfg.pool_size,
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus,
+        )
     outputs = [Output(it.lang, it.source, it.id, seed, method, m, t) for (it, seed, method, m), t in zip(jobs, texts)]
     rows, facts = score(items, outputs, cfg.keyword_top_k)
     langs = [lang for lang in cfg.langs if any(i.lang == lang for i in items)]
     methods = [BASE_METHOD, *cfg.methods]
-    paths = write_report(cfg.output, items=items, outputs=outputs, rows=rows, facts=facts,
-                         backbone=cfg.backbone_label or base, langs=langs, methods=methods,
-                         config=cfg.model_dump(mode="json", exclude={"token"}), missing=missing)
+    paths = write_report(
+        cfg.output,
+        items=items,
+        outputs=outputs,
+        rows=rows,
+        facts=facts,
+        backbone=cfg.backbone_label or base,
+        langs=langs,
+        methods=methods,
+        config=cfg.model_dump(mode="json", exclude={"token"}),
+        missing=missing,
+    )
     return {"paths": paths, "aggregate": aggregate(rows, cfg.backbone_label or base), "missing": missing}

@@ -50,8 +50,10 @@ class _Runner:
 
     def _reset_counts(self) -> None:
         """Zero the counters and name a new ``stage-<uuid>.json`` for them."""
-        self.counts = {s.name: {"rows_in": 0, "rejected": Counter(), "wall_s": 0.0, "cpu_s": 0.0, "batches": 0}
-                       for s in self.stages}
+        self.counts = {
+            s.name: {"rows_in": 0, "rejected": Counter(), "wall_s": 0.0, "cpu_s": 0.0, "batches": 0}
+            for s in self.stages
+        }
         self.stats_file = os.path.join(self.stats_dir, f"stage-{uuid.uuid4().hex}.json") if self.stats_dir else None
 
     def __getstate__(self) -> dict:  # a TaskRunner is pickled into Ray tasks; a lock is not picklable
@@ -90,7 +92,9 @@ class _Runner:
             kept = pc.is_null(out_t["reason"])
             for col in HEAVY_COLUMNS:
                 i = out_t.schema.get_field_index(col)
-                out_t = out_t.set_column(i, col, pc.if_else(kept, batch[col], pa.scalar(None, batch.schema.field(col).type)))
+                out_t = out_t.set_column(
+                    i, col, pc.if_else(kept, batch[col], pa.scalar(None, batch.schema.field(col).type))
+                )
         self._write_stats()
         return out_t
 
@@ -112,8 +116,13 @@ class _Runner:
         if self.stats_file:
             with self._lock:
                 helper = {s.name: s.helper_cpu_s() if self.concurrent else 0.0 for s in self.stages}
-                write_json_atomic({k: {**v, "cpu_s": v["cpu_s"] + helper[k], "rejected": dict(v["rejected"])}
-                                   for k, v in self.counts.items()}, self.stats_file)
+                write_json_atomic(
+                    {
+                        k: {**v, "cpu_s": v["cpu_s"] + helper[k], "rejected": dict(v["rejected"])}
+                        for k, v in self.counts.items()
+                    },
+                    self.stats_file,
+                )
 
 
 class PoolRunner(_Runner):
@@ -161,9 +170,17 @@ def apply(ds, step, stats_dir: str | None = None):
     if step.resources.pool_size is not None:
         # a subclass named after the step: what Ray's dashboard and state API show for the pool
         runner = type(step.operator_name, (PoolRunner,), {"__doc__": PoolRunner.__doc__})
-        return ds.map_batches(runner, fn_constructor_kwargs={"stages": stages, "stats_dir": stats_dir,
-                                                             "concurrent": step.resources.batches_per_actor > 1},
-                              batch_size=step.batch_size, batch_format="pyarrow", **args)
+        return ds.map_batches(
+            runner,
+            fn_constructor_kwargs={
+                "stages": stages,
+                "stats_dir": stats_dir,
+                "concurrent": step.resources.batches_per_actor > 1,
+            },
+            batch_size=step.batch_size,
+            batch_format="pyarrow",
+            **args,
+        )
     fn = TaskRunner(stages, stats_dir)
     fn.__name__ = step.operator_name  # what Ray Data names the operator
     return ds.map_batches(fn, batch_size=step.batch_size, batch_format="pyarrow", **args)
@@ -185,8 +202,9 @@ def stage_stats(stats_dirs: list[str]) -> dict:
         for p in glob.glob(os.path.join(d, "stage-*.json")):
             with open(p, encoding="utf-8") as f:
                 for name, c in json.load(f).items():
-                    t = total.setdefault(name, {"rows_in": 0, "rejected": Counter(), "wall_s": 0.0, "cpu_s": 0.0,
-                                                "batches": 0})
+                    t = total.setdefault(
+                        name, {"rows_in": 0, "rejected": Counter(), "wall_s": 0.0, "cpu_s": 0.0, "batches": 0}
+                    )
                     for k in ("rows_in", "wall_s", "cpu_s", "batches"):
                         t[k] += c[k]
                     t["rejected"].update(c["rejected"])
@@ -213,8 +231,9 @@ def apply_decisions(t: pa.Table, stages: list, part: str | None = None) -> tuple
         if part is not None or not st.decisions:
             d = part_decisions(st.decisions, part)
         else:
-            d = pq.read_table(st.decisions, columns=["key", "reason", "detail"],
-                              filters=[("id", "in", t["id"].to_pylist())])
+            d = pq.read_table(
+                st.decisions, columns=["key", "reason", "detail"], filters=[("id", "in", t["id"].to_pylist())]
+            )
         n_in = pc.sum(active).as_py() or 0
         keys = row_key(t)
         hit = pc.and_(active, pc.is_in(keys, value_set=d["key"])) if d.num_rows else None
@@ -223,16 +242,22 @@ def apply_decisions(t: pa.Table, stages: list, part: str | None = None) -> tuple
             idx = pc.index_in(keys, value_set=d["key"])
             detail = pc.take(d["detail"], pc.fill_null(idx, 0))
             reason = pc.take(d["reason"], pc.fill_null(idx, 0))
-            t = t.set_column(t.schema.get_field_index("stage"), "stage",
-                             pc.if_else(hit, pa.scalar(st.name), t["stage"]))
+            t = t.set_column(
+                t.schema.get_field_index("stage"), "stage", pc.if_else(hit, pa.scalar(st.name), t["stage"])
+            )
             t = t.set_column(t.schema.get_field_index("reason"), "reason", pc.if_else(hit, reason, t["reason"]))
             t = t.set_column(t.schema.get_field_index("detail"), "detail", pc.if_else(hit, detail, t["detail"]))
             for col in HEAVY_COLUMNS:
                 i = t.schema.get_field_index(col)
                 t = t.set_column(i, col, pc.if_else(hit, pa.scalar(None, t.schema.field(col).type), t[col]))
             rejected.update(reason.filter(hit).to_pylist())
-        counts[st.name] = {"rows_in": n_in, "rejected": dict(rejected), "wall_s": time.perf_counter() - t0,
-                           "cpu_s": time.process_time() - c0, "batches": 1}
+        counts[st.name] = {
+            "rows_in": n_in,
+            "rejected": dict(rejected),
+            "wall_s": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0,
+            "batches": 1,
+        }
     return t, counts
 
 

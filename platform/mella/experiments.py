@@ -35,11 +35,19 @@ from mella.resources import Strict
 #: grid method → training mix (``base`` has no training; ``SDRRL`` reuses the ling-only adapter, see docs)
 METHOD_MIX = {"MELLA": "dual", "ling-only": "ling-only", "know-only": "know-only", "two-stage": "two-stage"}
 METHODS = ("base", "MELLA", "ling-only", "know-only", "two-stage")
-MIX_SOURCES = {"dual": ("d_know", "d_ling"), "know-only": ("d_know",), "ling-only": ("d_ling",),
-               "two-stage": ("d_ling", "d_know")}
+MIX_SOURCES = {
+    "dual": ("d_know", "d_ling"),
+    "know-only": ("d_know",),
+    "ling-only": ("d_ling",),
+    "two-stage": ("d_ling", "d_know"),
+}
 METRICS = ("keyword_accuracy", "bleu", "rouge_l", "meteor")
-METRIC_TITLES = {"keyword_accuracy": "Keyword accuracy (D_know)", "bleu": "BLEU (D_ling)",
-                 "rouge_l": "ROUGE-L (D_ling)", "meteor": "METEOR (D_ling)"}
+METRIC_TITLES = {
+    "keyword_accuracy": "Keyword accuracy (D_know)",
+    "bleu": "BLEU (D_ling)",
+    "rouge_l": "ROUGE-L (D_ling)",
+    "meteor": "METEOR (D_ling)",
+}
 SDRRL = "SDRRL~"  # our approximation of SDRRL (translate, then SFT): the ling-only adapter
 RESULT = "result.json"
 
@@ -69,10 +77,13 @@ class GridConfig(Strict):
             raise ValueError(f"unknown backbone(s) {bad}; use qwen2-vl, internvl2")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
-        if self.evaluate.get("n_test", 100) > self.train.get("n_test", 100) or \
-                self.evaluate.get("test_max_fraction", 0.2) != self.train.get("test_max_fraction", 0.2):
-            raise ValueError("evaluate.n_test must not exceed train.n_test, and test_max_fraction must be equal: "
-                             "the evaluation's test images must be held out of training")
+        if self.evaluate.get("n_test", 100) > self.train.get("n_test", 100) or self.evaluate.get(
+            "test_max_fraction", 0.2
+        ) != self.train.get("test_max_fraction", 0.2):
+            raise ValueError(
+                "evaluate.n_test must not exceed train.n_test, and test_max_fraction must be equal: "
+                "the evaluation's test images must be held out of training"
+            )
         if self.sdrrl and "ling-only" not in self.methods:
             raise ValueError("sdrrl: true needs method ling-only (SDRRL~ is the ling-only adapter)")
         return self
@@ -159,8 +170,12 @@ def plan(grid: GridConfig, sizes: dict[str, int]) -> tuple[list[TrainCell], list
             if "MELLA" in grid.methods:
                 cells += [TrainCell(bb, lang, "MELLA", seed) for lang in grid.langs]
             if seed == first:
-                cells += [TrainCell(bb, lang, m, seed, sizes[lang]) for m in ("ling-only", "know-only")
-                          if m in grid.methods for lang in grid.langs]
+                cells += [
+                    TrainCell(bb, lang, m, seed, sizes[lang])
+                    for m in ("ling-only", "know-only")
+                    if m in grid.methods
+                    for lang in grid.langs
+                ]
             trains += cells
             methods = [(c.method, f"mella-{{lang}}-{c.mix}-s{seed}") for c in cells if c.lang == grid.langs[0]]
             evals.append(EvalCell(bb, f"s{seed}", tuple(grid.langs), tuple(methods), seed, trains=tuple(cells)))
@@ -168,8 +183,17 @@ def plan(grid: GridConfig, sizes: dict[str, int]) -> tuple[list[TrainCell], list
             for lang in grid.langs:
                 cell = TrainCell(bb, lang, "two-stage", first)
                 trains.append(cell)
-                evals.append(EvalCell(bb, f"two-stage-{lang}", (lang,), (("two-stage", cell.name),), first,
-                                      model=f"merged:{lang}", trains=(cell,)))
+                evals.append(
+                    EvalCell(
+                        bb,
+                        f"two-stage-{lang}",
+                        (lang,),
+                        (("two-stage", cell.name),),
+                        first,
+                        model=f"merged:{lang}",
+                        trains=(cell,),
+                    )
+                )
     return trains, evals
 
 
@@ -184,7 +208,9 @@ def training_pools(data: Path, langs: list[str], n_test: int, max_fraction: floa
     tables = {}
     for s in SOURCES:
         files = sorted((Path(data) / s).glob("*.parquet"))
-        tables[s] = pa.concat_tables([pq.read_table(f, columns=["id", "lang", "sha256"]) for f in files]) if files else None
+        tables[s] = (
+            pa.concat_tables([pq.read_table(f, columns=["id", "lang", "sha256"]) for f in files]) if files else None
+        )
     out = {}
     for lang in langs:
         splits = split_by_image(tables, lang, n_test, max_fraction)
@@ -222,8 +248,15 @@ def collect(grid: GridConfig, evals: list[EvalCell]) -> list[dict]:
         for r in res["runs"]:
             if r["method"] == "-" and cell.model != "base":
                 continue
-            row = {"backbone": cell.backbone, "method": r["method"], "lang": r["lang"], "metric": r["metric"],
-                   "value": r["value"], "n": r["n"], "train_seed": cell.seed}
+            row = {
+                "backbone": cell.backbone,
+                "method": r["method"],
+                "lang": r["lang"],
+                "metric": r["metric"],
+                "value": r["value"],
+                "n": r["n"],
+                "train_seed": cell.seed,
+            }
             rows.append(row)
             if grid.sdrrl and r["method"] == "ling-only":  # SDRRL~ is the ling-only adapter (docs/experiments.md)
                 rows.append({**row, "method": SDRRL})
@@ -235,12 +268,18 @@ def summarise(rows: list[dict]) -> dict[tuple, dict]:
     repeated runs (one per seed cell, identical with greedy decoding) count once per seed as well."""
     groups: dict[tuple, list[tuple[int, float]]] = {}
     for r in rows:
-        groups.setdefault((r["backbone"], r["method"], r["lang"], r["metric"]), []).append((r["train_seed"], r["value"]))
+        groups.setdefault((r["backbone"], r["method"], r["lang"], r["metric"]), []).append(
+            (r["train_seed"], r["value"])
+        )
     out = {}
     for key, vals in groups.items():
         v = [x for _, x in vals]
-        out[key] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "runs": len(v),
-                    "seeds": sorted({s for s, _ in vals})}
+        out[key] = {
+            "mean": statistics.fmean(v),
+            "std": statistics.stdev(v) if len(v) > 1 else None,
+            "runs": len(v),
+            "seeds": sorted({s for s, _ in vals}),
+        }
     return out
 
 
@@ -260,17 +299,28 @@ def _fmt(ours: float | None, paper: float | None, digits: int = 2) -> str:
     return s if paper is None else f"{s} ({paper:.{digits}f})"
 
 
-def _block(title: str, langs: list[str], body: list[list[str]], head: tuple[str, ...] = ("Backbone", "Method")) -> list[str]:
-    return [f"**{title}**", "", "| " + " | ".join(head) + " | " + " | ".join(x.upper() for x in langs) + " |",
-            "|" + "---|" * len(head) + "---:|" * len(langs), *("| " + " | ".join(r) + " |" for r in body), ""]
+def _block(
+    title: str, langs: list[str], body: list[list[str]], head: tuple[str, ...] = ("Backbone", "Method")
+) -> list[str]:
+    return [
+        f"**{title}**",
+        "",
+        "| " + " | ".join(head) + " | " + " | ".join(x.upper() for x in langs) + " |",
+        "|" + "---|" * len(head) + "---:|" * len(langs),
+        *("| " + " | ".join(r) + " |" for r in body),
+        "",
+    ]
 
 
 def tables(grid: GridConfig, runs: list[dict], pools: dict[str, dict[str, int]], paper: dict) -> list[dict]:
     """Tables 3, 4, 5, 8 from per-run scores (:func:`collect`) as rows
     ``{table, metric, backbone, method, lang, ours, std, runs, paper}``; ``ours`` None where no run finished."""
     summary = summarise(runs)
-    at_first = {(r["backbone"], r["method"], r["lang"], r["metric"]): r["value"] for r in runs
-                if r["train_seed"] == grid.seeds[0]}
+    at_first = {
+        (r["backbone"], r["method"], r["lang"], r["metric"]): r["value"]
+        for r in runs
+        if r["train_seed"] == grid.seeds[0]
+    }
     rows = []
     t3 = ["-", *([SDRRL] if grid.sdrrl else []), *(["MELLA"] if "MELLA" in grid.methods else [])]
     t4 = [m for m in ("ling-only", "know-only", "two-stage", "MELLA") if m in grid.methods]
@@ -279,31 +329,75 @@ def tables(grid: GridConfig, runs: list[dict], pools: dict[str, dict[str, int]],
             for metric in METRICS:
                 for m in t3:
                     s = summary.get((bb, m, lang, metric))
-                    rows.append({"table": 3, "metric": metric, "backbone": bb, "method": m, "lang": lang,
-                                 "ours": s and s["mean"], "std": s and s["std"], "runs": s and s["runs"],
-                                 "paper": _paper(paper, "table3", metric, bb, "SDRRL" if m == SDRRL else m, lang)})
+                    rows.append(
+                        {
+                            "table": 3,
+                            "metric": metric,
+                            "backbone": bb,
+                            "method": m,
+                            "lang": lang,
+                            "ours": s and s["mean"],
+                            "std": s and s["std"],
+                            "runs": s and s["runs"],
+                            "paper": _paper(paper, "table3", metric, bb, "SDRRL" if m == SDRRL else m, lang),
+                        }
+                    )
                 for m in t4:  # Table 4 compares the mixes at one training seed (the first)
                     ours = at_first.get((bb, m, lang, metric))
-                    rows.append({"table": 4, "metric": metric, "backbone": bb, "method": m, "lang": lang, "ours": ours,
-                                 "std": None, "runs": None if ours is None else 1,
-                                 "paper": _paper(paper, "table4", metric, bb, m, lang)})
+                    rows.append(
+                        {
+                            "table": 4,
+                            "metric": metric,
+                            "backbone": bb,
+                            "method": m,
+                            "lang": lang,
+                            "ours": ours,
+                            "std": None,
+                            "runs": None if ours is None else 1,
+                            "paper": _paper(paper, "table4", metric, bb, m, lang),
+                        }
+                    )
             s = summary.get((bb, "MELLA", lang, "keyword_accuracy"))
-            rows.append({"table": 5, "metric": "keyword_accuracy_std", "backbone": bb, "method": "MELLA", "lang": lang,
-                         "ours": s and s["std"], "std": None, "runs": s and s["runs"],
-                         "paper": _paper(paper, "table5", bb, lang)})
+            rows.append(
+                {
+                    "table": 5,
+                    "metric": "keyword_accuracy_std",
+                    "backbone": bb,
+                    "method": "MELLA",
+                    "lang": lang,
+                    "ours": s and s["std"],
+                    "std": None,
+                    "runs": s and s["runs"],
+                    "paper": _paper(paper, "table5", bb, lang),
+                }
+            )
             for src in ("d_know", "d_ling"):
-                rows.append({"table": 8, "metric": f"{src}_train_rows", "backbone": bb, "method": "MELLA", "lang": lang,
-                             "ours": pools.get(lang, {}).get(src), "std": None, "runs": None,
-                             "paper": _paper(paper, "table8", bb, src, lang)})
+                rows.append(
+                    {
+                        "table": 8,
+                        "metric": f"{src}_train_rows",
+                        "backbone": bb,
+                        "method": "MELLA",
+                        "lang": lang,
+                        "ours": pools.get(lang, {}).get(src),
+                        "std": None,
+                        "runs": None,
+                        "paper": _paper(paper, "table8", bb, src, lang),
+                    }
+                )
     return rows
 
 
 def render(grid: GridConfig, rows: list[dict], paper_source: str | None, missing: list[str]) -> str:
     """``tables.md``: Tables 3, 4, 5 and 8, ours with the paper's number in parentheses where it gives one."""
     langs, idx = grid.langs, {(r["table"], r["metric"], r["backbone"], r["method"], r["lang"]): r for r in rows}
-    md = ["# MELLA reproduction: Tables 3, 4, 5, 8", "",
-          "Ours first, the paper's number in parentheses (" + (paper_source or "no paper numbers loaded") + "). "
-          "Metrics 0-100. MELLA in Table 3 is the mean over training seeds " + str(grid.seeds) + ".", ""]
+    md = [
+        "# MELLA reproduction: Tables 3, 4, 5, 8",
+        "",
+        "Ours first, the paper's number in parentheses (" + (paper_source or "no paper numbers loaded") + "). "
+        "Metrics 0-100. MELLA in Table 3 is the mean over training seeds " + str(grid.seeds) + ".",
+        "",
+    ]
 
     def body(table, metric, methods, digits=2):
         out = []
@@ -316,7 +410,11 @@ def render(grid: GridConfig, rows: list[dict], paper_source: str | None, missing
         return out
 
     t3 = sorted({r["method"] for r in rows if r["table"] == 3}, key=["-", SDRRL, "MELLA"].index)
-    t4 = [m for m in ("ling-only", "know-only", "two-stage", "MELLA") if any(r["method"] == m and r["table"] == 4 for r in rows)]
+    t4 = [
+        m
+        for m in ("ling-only", "know-only", "two-stage", "MELLA")
+        if any(r["method"] == m and r["table"] == 4 for r in rows)
+    ]
     md += ["## Table 3: base vs MELLA", ""]
     for metric in METRICS:
         md += _block(METRIC_TITLES[metric], langs, body(3, metric, t3))
@@ -326,12 +424,30 @@ def render(grid: GridConfig, rows: list[dict], paper_source: str | None, missing
     md += ["## Table 5: std of keyword accuracy over training seeds " + str(grid.seeds), ""]
     md += _block("sample std (0-100)", langs, body(5, "keyword_accuracy_std", ["MELLA"], 3))
     md += ["## Table 8: training rows per source (after the held-out split)", ""]
-    t8 = [[bb, src, *(_fmt(idx[(8, f"{src}_train_rows", bb, "MELLA", lang)]["ours"],
-                           idx[(8, f"{src}_train_rows", bb, "MELLA", lang)]["paper"], 0) for lang in langs)]
-          for bb in grid.backbones for src in ("d_know", "d_ling")]
+    t8 = [
+        [
+            bb,
+            src,
+            *(
+                _fmt(
+                    idx[(8, f"{src}_train_rows", bb, "MELLA", lang)]["ours"],
+                    idx[(8, f"{src}_train_rows", bb, "MELLA", lang)]["paper"],
+                    0,
+                )
+                for lang in langs
+            ),
+        ]
+        for bb in grid.backbones
+        for src in ("d_know", "d_ling")
+    ]
     md += _block("rows", langs, t8, ("Backbone", "Source"))
-    md += [(f"{SDRRL}: an approximation of SDRRL (translate, then SFT) — the ling-only adapter (machine-translated "
-            "English captions, no native alt-text); its differences from SDRRL: docs/experiments.md."), ""]
+    md += [
+        (
+            f"{SDRRL}: an approximation of SDRRL (translate, then SFT) — the ling-only adapter (machine-translated "
+            "English captions, no native alt-text); its differences from SDRRL: docs/experiments.md."
+        ),
+        "",
+    ]
     if missing:
         md += ["Cells not finished: " + ", ".join(missing), ""]
     return "\n".join(md)
@@ -340,7 +456,9 @@ def render(grid: GridConfig, rows: list[dict], paper_source: str | None, missing
 def to_csv(rows: list[dict]) -> str:
     """The table rows as CSV (columns: table, metric, backbone, method, lang, ours, std, runs, paper)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["table", "metric", "backbone", "method", "lang", "ours", "std", "runs", "paper"])
+    w = csv.DictWriter(
+        buf, fieldnames=["table", "metric", "backbone", "method", "lang", "ours", "std", "runs", "paper"]
+    )
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

@@ -24,9 +24,19 @@ def _read_cols(directory: str, cols: list[str]) -> list[dict]:
     return [{c: r.get(c) for c in cols} for r in rows]
 
 
-def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats: dict | None, langs: list[str], *,
-            stages: list[str], listed: list[str] = (), ling_stages: list[str] = (),
-            candidates_dir: str | None = None, ling_dir: str | None = None) -> dict:
+def compute(
+    know_dir: str,
+    rejects_dir: str,
+    page_stats: list[dict],
+    crawl_stats: dict | None,
+    langs: list[str],
+    *,
+    stages: list[str],
+    listed: list[str] = (),
+    ling_stages: list[str] = (),
+    candidates_dir: str | None = None,
+    ling_dir: str | None = None,
+) -> dict:
     """Build the funnel dict (see module docstring) from the output directories and page/crawl stats.
 
     ``stages``: every stage name in plan order (:func:`mella.plan.stage_names`, ``crawl`` first);
@@ -49,8 +59,10 @@ def compute(know_dir: str, rejects_dir: str, page_stats: list[dict], crawl_stats
         "d_know": {lang: kept.get(lang, 0) for lang in langs},
         "d_know_total": sum(kept.values()),
         # counts only: the funnel of a rerun equals the first run's (network seconds are timings: stage_stats.json)
-        "hosts": {h: {k: v for k, v in agg.items() if k != "seconds"}
-                  for h, agg in (crawl_stats or {}).get("hosts", {}).items()},
+        "hosts": {
+            h: {k: v for k, v in agg.items() if k != "seconds"}
+            for h, agg in (crawl_stats or {}).get("hosts", {}).items()
+        },
     }
     if ling_dir is not None:
         ling = Counter(r["lang"] for r in _read_cols(ling_dir, ["lang"]))
@@ -66,8 +78,13 @@ def _crawl_line(crawl_stats: dict, rejects: list[dict]) -> dict:
     """The crawl's line (pages): fetched, failed by reason, and the URLs never requested (``cut_off``)."""
     reasons = Counter(r["reason"] for r in rejects if r["stage"] == "crawl")
     return {
-        "stage": "crawl", "unit": "pages", "in": crawl_stats["pages_ok"] + crawl_stats["pages_failed"],
-        "out": crawl_stats["pages_ok"], "rejected": crawl_stats["pages_failed"], "reasons": dict(reasons), "by_lang": {},
+        "stage": "crawl",
+        "unit": "pages",
+        "in": crawl_stats["pages_ok"] + crawl_stats["pages_failed"],
+        "out": crawl_stats["pages_ok"],
+        "rejected": crawl_stats["pages_failed"],
+        "reasons": dict(reasons),
+        "by_lang": {},
         "cut_off": crawl_stats.get("cut_off", {}),  # URLs never requested: max_pages / max_depth
     }
 
@@ -87,15 +104,22 @@ def _extract_line(page_stats: list[dict], rejects: list[dict]) -> dict:
         not_taken.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("dropped:")})
         skipped.update({k.split(":", 1)[1]: v for k, v in s.items() if k.startswith("records_skipped:")})
     return {
-        "stage": "extract", "unit": "pages", "in": pages_in, "out": sum(pages_out.values()),
-        "rejected": sum(reasons.values()), "reasons": dict(reasons),
-        "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())}, "dropped": dict(not_taken),
-        "records_skipped": dict(skipped), "images_out": sum(s.get("images_out", 0) for s in page_stats),
+        "stage": "extract",
+        "unit": "pages",
+        "in": pages_in,
+        "out": sum(pages_out.values()),
+        "rejected": sum(reasons.values()),
+        "reasons": dict(reasons),
+        "by_lang": {lang: {"out": n} for lang, n in sorted(pages_out.items())},
+        "dropped": dict(not_taken),
+        "records_skipped": dict(skipped),
+        "images_out": sum(s.get("images_out", 0) for s in page_stats),
     }
 
 
-def _image_lines(image_stages: list[str], listed: list[str], kept: Counter, cands: list[dict],
-                 rejects: list[dict]) -> list[dict]:
+def _image_lines(
+    image_stages: list[str], listed: list[str], kept: Counter, cands: list[dict], rejects: list[dict]
+) -> list[dict]:
     """One line per image stage (images), in plan order: what reached it is every row it or a later stage
     rejected, plus the kept rows and the D_ling candidates."""
     image_rejects = [r for r in rejects if r["stage"] in image_stages]
@@ -115,8 +139,12 @@ def _image_lines(image_stages: list[str], listed: list[str], kept: Counter, cand
         n_in = Counter(remaining)
         remaining.subtract(rej_by_stage[stage])
         entry = {
-            "stage": stage, "unit": "images", "in": sum(n_in.values()), "out": sum(remaining.values()),
-            "rejected": sum(rej_by_stage[stage].values()), "reasons": dict(reasons_by_stage[stage]),
+            "stage": stage,
+            "unit": "images",
+            "in": sum(n_in.values()),
+            "out": sum(remaining.values()),
+            "rejected": sum(rej_by_stage[stage].values()),
+            "reasons": dict(reasons_by_stage[stage]),
             "by_lang": {lang: {"in": n_in[lang], "out": remaining[lang]} for lang in sorted(n_in) if n_in[lang]},
         }
         if routed.get(stage):
@@ -139,8 +167,17 @@ def _d_ling_lines(ling_stages: list[str], rejects: list[dict], n_cand: int, n_li
         if stage not in flow:  # a user's D_ling stage: counted by its rejects only
             flow[stage] = ("pairs", n_ling + n_rej[stage], n_ling)
         unit, n_in, n_out = flow[stage]
-        lines.append({"stage": stage, "unit": unit, "in": n_in, "out": n_out, "rejected": n_rej[stage],
-                      "reasons": reasons[stage], "by_lang": {}})
+        lines.append(
+            {
+                "stage": stage,
+                "unit": unit,
+                "in": n_in,
+                "out": n_out,
+                "rejected": n_rej[stage],
+                "reasons": reasons[stage],
+                "by_lang": {},
+            }
+        )
     return lines
 
 
@@ -158,8 +195,10 @@ def counter_disagreements(funnel: dict, timing: dict) -> list[str]:
             continue
         n_rej = sum(c["rejected"].values())
         if (c["rows_in"], n_rej) != (s["in"], s["rejected"]):
-            lines.append(f"{s['stage']}: funnel in {s['in']} rejected {s['rejected']}, "
-                         f"counters rows_in {c['rows_in']} rejected {n_rej} ({c['rejected']})")
+            lines.append(
+                f"{s['stage']}: funnel in {s['in']} rejected {s['rejected']}, "
+                f"counters rows_in {c['rows_in']} rejected {n_rej} ({c['rejected']})"
+            )
     return lines
 
 
@@ -177,16 +216,23 @@ def format_table(funnel: dict, timing: dict | None = None) -> str:
     lines.append(f"D_know total: {funnel['d_know_total']}")
     routed = {s["stage"]: s["routed_to_d_ling"] for s in funnel["stages"] if s.get("routed_to_d_ling")}
     if routed:
-        lines.append("routed to D_ling (alt-text unusable, image kept): " + "  ".join(f"{k}={v}" for k, v in routed.items()))
+        lines.append(
+            "routed to D_ling (alt-text unusable, image kept): " + "  ".join(f"{k}={v}" for k, v in routed.items())
+        )
     if "d_ling" in funnel:
         lines.append("D_ling pairs per language: " + "  ".join(f"{k}={v}" for k, v in funnel["d_ling"].items()))
         lines.append(f"D_ling total: {funnel['d_ling_total']}")
-    slow = [f"{h['host']} {h['seconds']:.1f}" for h in (timing or {}).get("crawl", {}).get("slowest_hosts", [])
-            if h.get("seconds")]
+    slow = [
+        f"{h['host']} {h['seconds']:.1f}"
+        for h in (timing or {}).get("crawl", {}).get("slowest_hosts", [])
+        if h.get("seconds")
+    ]
     if slow:
         lines.append("slowest hosts (network seconds): " + "; ".join(slow))
     failed_hosts = {h: v["failed"] for h, v in funnel.get("hosts", {}).items() if v.get("failed")}
     if failed_hosts:
-        lines.append("hosts with failures: " + "; ".join(
-            f"{h} ({', '.join(f'{k}:{n}' for k, n in f.items())})" for h, f in sorted(failed_hosts.items())))
+        lines.append(
+            "hosts with failures: "
+            + "; ".join(f"{h} ({', '.join(f'{k}:{n}' for k, n in f.items())})" for h, f in sorted(failed_hosts.items()))
+        )
     return "\n".join(lines)

@@ -103,8 +103,9 @@ class HostGate:
             st.next_start = now + st.delay
             return lid
 
-    def release(self, lease: int, status: int | None = None, latency_s: float | None = None,
-                retry_after_s: float | None = None) -> None:
+    def release(
+        self, lease: int, status: int | None = None, latency_s: float | None = None, retry_after_s: float | None = None
+    ) -> None:
         """End ``lease``: ``status`` the HTTP status (None: no response, e.g. a timeout), ``latency_s`` the
         seconds from request start to the full body, ``retry_after_s`` a parsed ``Retry-After``."""
         key = self._owner.pop(lease, None)
@@ -181,8 +182,9 @@ class RemoteHostGate:
 
         if self._handle is None:
             cls = ray.remote(_LeaseService)
-            self._handle = cls.options(name=self.name, get_if_exists=True, num_cpus=0,
-                                       max_concurrency=self.MAX_CONCURRENCY).remote(self.cfg)
+            self._handle = cls.options(
+                name=self.name, get_if_exists=True, num_cpus=0, max_concurrency=self.MAX_CONCURRENCY
+            ).remote(self.cfg)
         return self._handle
 
     async def _call(self, method: str, *args):
@@ -197,8 +199,9 @@ class RemoteHostGate:
     async def acquire(self, key: str) -> int:
         return await self._call("acquire", key)
 
-    def release(self, lease: int, status: int | None = None, latency_s: float | None = None,
-                retry_after_s: float | None = None) -> None:
+    def release(
+        self, lease: int, status: int | None = None, latency_s: float | None = None, retry_after_s: float | None = None
+    ) -> None:
         """Fire and forget: calls from one caller run in order, and nothing waits on the answer."""
         self._actor().release.remote(lease, status, latency_s, retry_after_s)
 

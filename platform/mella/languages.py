@@ -129,8 +129,10 @@ class Languages(Strict):
         """The target or source language ``code``. Raises ``KeyError`` naming the known ones and files."""
         lang = self.targets.get(code) or self.source.get(code)
         if lang is None:
-            raise KeyError(f"language {code!r} is not configured; known: {sorted({**self.targets, **self.source})} "
-                           f"(from {', '.join(self.files)}; add one with ${ENV_VAR}, see README 'Add a language')")
+            raise KeyError(
+                f"language {code!r} is not configured; known: {sorted({**self.targets, **self.source})} "
+                f"(from {', '.join(self.files)}; add one with ${ENV_VAR}, see README 'Add a language')"
+            )
         return lang
 
     def all(self) -> dict[str, Language]:
@@ -184,8 +186,10 @@ def _load(extra: str) -> Languages:
                 try:
                     lang = Language.model_validate(entry)
                 except ValidationError as exc:
-                    errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg'].removeprefix('Value error, ')}"
-                                     for e in exc.errors())
+                    errs = "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg'].removeprefix('Value error, ')}"
+                        for e in exc.errors()
+                    )
                     kind = "target" if section == "targets" else "source"
                     raise LanguageFileError(f"{path}: {kind} language {code!r} ({entry.get('name')}): {errs}") from None
                 other = "source" if section == "targets" else "targets"
@@ -256,8 +260,10 @@ def script_pattern(script: str) -> regex.Pattern:
     try:
         return regex.compile(rf"\p{{Script_Extensions={script}}}")
     except regex.error:
-        raise ValueError(f"unknown Unicode script {script!r} (Unicode Script property names: Latin, Cyrillic, "
-                         "Greek, Arabic, Hebrew, Devanagari, Hangul, Han, Thai, Georgian, Armenian, ...)") from None
+        raise ValueError(
+            f"unknown Unicode script {script!r} (Unicode Script property names: Latin, Cyrillic, "
+            "Greek, Arabic, Hebrew, Devanagari, Hangul, Han, Thai, Georgian, Armenian, ...)"
+        ) from None
 
 
 @functools.lru_cache(maxsize=65536)

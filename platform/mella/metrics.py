@@ -171,7 +171,9 @@ def _check(predictions: Sequence[str], references: Sequence[str], lang: str) -> 
             raise ValueError(f"reference {i} has no tokens after normalisation: {r!r}")
 
 
-def keywords(references: Sequence[str], lang: str, top_k: int = 5, corpus: Sequence[str] | None = None) -> list[list[str]]:
+def keywords(
+    references: Sequence[str], lang: str, top_k: int = 5, corpus: Sequence[str] | None = None
+) -> list[list[str]]:
     """Top-``top_k`` TF-IDF keywords of each reference (list of token lists, best first).
 
     For reference d with n tokens, term t with count c(t, d), and a corpus of N documents of which df(t)
@@ -199,8 +201,13 @@ def keywords(references: Sequence[str], lang: str, top_k: int = 5, corpus: Seque
     return out
 
 
-def keyword_accuracy(predictions: Sequence[str], references: Sequence[str], lang: str, top_k: int = 5,
-                     corpus: Sequence[str] | None = None) -> float:
+def keyword_accuracy(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    lang: str,
+    top_k: int = 5,
+    corpus: Sequence[str] | None = None,
+) -> float:
     """Mean over pairs of (reference keywords present among the prediction's tokens) / (keywords), in [0, 1]."""
     _check(predictions, references, lang)
     kws = keywords(references, lang, top_k=top_k, corpus=corpus)
@@ -272,8 +279,14 @@ def meteor(predictions: Sequence[str], references: Sequence[str], lang: str, wor
     return total / len(references)
 
 
-def score_corpus(predictions: Sequence[str], references: Sequence[str], lang: str, keyword_top_k: int = 5,
-                 keyword_corpus: Sequence[str] | None = None, wordnet=None) -> dict:
+def score_corpus(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    lang: str,
+    keyword_top_k: int = 5,
+    keyword_corpus: Sequence[str] | None = None,
+    wordnet=None,
+) -> dict:
     """All four metrics for one language.
 
     Returns a dict: ``lang``, ``n`` (pairs), ``keyword_accuracy``, ``rouge_l``, ``meteor`` (floats in

@@ -75,14 +75,19 @@ class CrawlConfig(Strict):
     per_host_concurrency: int = Field(4, ge=1, description="simultaneous requests to one host")
     politeness_delay_s: float = Field(0.5, ge=0, description="minimum gap between request starts to one host, seconds")
     max_crawl_delay_s: float = Field(
-        60.0, ge=0, description="cap on a robots.txt Crawl-delay / Request-rate interval honoured, seconds")
+        60.0, ge=0, description="cap on a robots.txt Crawl-delay / Request-rate interval honoured, seconds"
+    )
     autothrottle_target_concurrency: float = Field(
-        0.0, ge=0, description="adaptive delay per host: latency / this (Scrapy AutoThrottle); 0 = per_host_concurrency")
+        0.0, ge=0, description="adaptive delay per host: latency / this (Scrapy AutoThrottle); 0 = per_host_concurrency"
+    )
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(20.0, gt=0, description="socket read timeout, seconds")
     total_timeout_s: float = Field(60.0, gt=0, description="whole request incl. body, seconds")
     url_deadline_s: float = Field(
-        90.0, gt=0, description="one URL, all tries and backoff sleeps together (queueing for the host not counted), seconds")
+        90.0,
+        gt=0,
+        description="one URL, all tries and backoff sleeps together (queueing for the host not counted), seconds",
+    )
     max_retries: int = Field(3, ge=0, description="retries on 429, 5xx, timeouts and connection errors")
     max_timeout_retries: int = Field(1, ge=0, description="of those, retries after a timeout")
     backoff_base_s: float = Field(0.5, ge=0, description="exponential backoff base: base * 2**attempt seconds")
@@ -94,7 +99,8 @@ class CrawlConfig(Strict):
     respect_tdmrep: bool = Field(True, description="read /.well-known/tdmrep.json (TDM Reservation Protocol)")
     ai_opt_out_directives: list[str] = Field(
         default_factory=lambda: list(DEFAULT_DIRECTIVES),
-        description="X-Robots-Tag / <meta name=robots> directives that exclude a page or image (img2dataset's default)")
+        description="X-Robots-Tag / <meta name=robots> directives that exclude a page or image (img2dataset's default)",
+    )
     retry_failed: bool = Field(False, description="refetch URLs whose earlier failure was transient (timeouts, 5xx)")
     allow_private_hosts: list[str] = Field(
         default_factory=list,
@@ -102,13 +108,56 @@ class CrawlConfig(Strict):
     )
     skip_link_extensions: list[str] = Field(
         default_factory=lambda: [
-            ".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico", ".bmp", ".tif", ".tiff", ".pdf", ".zip",
-            ".gz", ".tgz", ".xz", ".bz2", ".7z", ".rar", ".tar", ".mp3", ".mp4", ".avi", ".mov", ".webm", ".ogg",
-            ".wav", ".css", ".js", ".json", ".xml", ".rss", ".exe", ".deb", ".rpm", ".iso", ".dmg", ".apk",
-            ".doc", ".docx", ".xls", ".xlsx", ".ppt", ".pptx", ".odt", ".ods", ".epub",
+            ".png",
+            ".jpg",
+            ".jpeg",
+            ".gif",
+            ".webp",
+            ".svg",
+            ".ico",
+            ".bmp",
+            ".tif",
+            ".tiff",
+            ".pdf",
+            ".zip",
+            ".gz",
+            ".tgz",
+            ".xz",
+            ".bz2",
+            ".7z",
+            ".rar",
+            ".tar",
+            ".mp3",
+            ".mp4",
+            ".avi",
+            ".mov",
+            ".webm",
+            ".ogg",
+            ".wav",
+            ".css",
+            ".js",
+            ".json",
+            ".xml",
+            ".rss",
+            ".exe",
+            ".deb",
+            ".rpm",
+            ".iso",
+            ".dmg",
+            ".apk",
+            ".doc",
+            ".docx",
+            ".xls",
+            ".xlsx",
+            ".ppt",
+            ".pptx",
+            ".odt",
+            ".ods",
+            ".epub",
         ],
         description="links ending in these are not followed as pages",
     )
+
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
@@ -221,7 +270,10 @@ class Fetcher:
     async def __aenter__(self) -> Fetcher:
         self._resolver = GuardedResolver(self.policy)
         connector = aiohttp.TCPConnector(
-            limit=self._concurrency, limit_per_host=self.cfg.per_host_concurrency, resolver=self._resolver, ttl_dns_cache=60
+            limit=self._concurrency,
+            limit_per_host=self.cfg.per_host_concurrency,
+            resolver=self._resolver,
+            ttl_dns_cache=60,
         )
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s, sock_read=self.cfg.read_timeout_s
@@ -293,7 +345,9 @@ class Fetcher:
                 raise FetchError("content_type", "missing, body is not markup", resp.status)
         else:
             sniff_image = resp.body.startswith(IMAGE_MAGIC) or resp.body[8:12] == b"WEBP"
-            if ct.startswith("image/") or (ct in ("", "application/octet-stream", "binary/octet-stream") and sniff_image):
+            if ct.startswith("image/") or (
+                ct in ("", "application/octet-stream", "binary/octet-stream") and sniff_image
+            ):
                 return
             raise FetchError("content_type", ct or "missing", resp.status)
 
@@ -305,8 +359,9 @@ class Fetcher:
         if self.cache is not None:
             hit = self.cache.get(url)
             # a recorded 5xx/429 is a transient failure: with retry_failed it is asked again (if online)
-            if hit is not None and not (self.cfg.retry_failed and not self.offline
-                                        and (hit.status >= 500 or hit.status in (408, 429))):
+            if hit is not None and not (
+                self.cfg.retry_failed and not self.offline and (hit.status >= 500 or hit.status in (408, 429))
+            ):
                 return _from_warc(hit)
         if self.offline:
             raise FetchError("not_in_warc", url)
@@ -360,8 +415,9 @@ class Fetcher:
             return FetchError(e.reason, f"robots.txt: {e.detail}")
         rp = Protego.parse(resp.body[:ROBOTS_MAX_BYTES].decode("utf-8", "replace"))
         rate = rp.request_rate(self.cfg.user_agent)
-        done = self.gate.set_robots(origin_url, rp.crawl_delay(self.cfg.user_agent),
-                                    (rate.requests, rate.seconds) if rate else None)
+        done = self.gate.set_robots(
+            origin_url, rp.crawl_delay(self.cfg.user_agent), (rate.requests, rate.seconds) if rate else None
+        )
         if inspect.isawaitable(done):
             await done
         return rp
@@ -396,8 +452,13 @@ class Fetcher:
     async def _request_with_retries(self, url: str, max_bytes: int, truncate: bool = False) -> Response:
         key = origin(url)
         c = self.cfg
-        policy = RetryPolicy(retries=c.max_retries, backoff_base_s=c.backoff_base_s, backoff_max_s=c.backoff_max_s,
-                             deadline_s=c.url_deadline_s, max_timeout_retries=c.max_timeout_retries)
+        policy = RetryPolicy(
+            retries=c.max_retries,
+            backoff_base_s=c.backoff_base_s,
+            backoff_max_s=c.backoff_max_s,
+            deadline_s=c.url_deadline_s,
+            max_timeout_retries=c.max_timeout_retries,
+        )
         queued = [0.0]  # seconds spent waiting for the host's lease: not charged to the URL's deadline
 
         async def attempt(_n: int, left: float | None) -> Response:
@@ -422,8 +483,12 @@ class Fetcher:
             finally:
                 self.gate.release(lease, status, time.monotonic() - t1 if status is not None else None, retry_after)
             if resp.status == 429 or resp.status >= 500:
-                raise Retryable(FetchError(f"http_{resp.status}", url, resp.status), retry_after=retry_after
-                                if retry_after is not None else parse_retry_after(resp.header("retry-after")))
+                raise Retryable(
+                    FetchError(f"http_{resp.status}", url, resp.status),
+                    retry_after=retry_after
+                    if retry_after is not None
+                    else parse_retry_after(resp.header("retry-after")),
+                )
             return resp
 
         return await retry_async(attempt, policy, clock=lambda: time.monotonic() - queued[0])

@@ -190,6 +190,7 @@ popcount64 = getattr(np, "bitwise_count", _popcount64_lut)
 
 def hamming(a, b) -> np.ndarray:
     """Element-wise Hamming distance (bits, uint8 array) of two broadcastable hash arrays or ints."""
+
     def vec(x):
         return _as_hashes([x] if isinstance(x, (int, np.integer)) else x)
 
@@ -450,8 +451,15 @@ def _priority_order(n: int, pixels, ids) -> np.ndarray:
     return np.lexsort(keys)
 
 
-def near_duplicate_drops(hashes, threshold: int, *, pixels=None, ids=None, num_partitions: int | None = None,
-                         num_substrings: int | None = None):
+def near_duplicate_drops(
+    hashes,
+    threshold: int,
+    *,
+    pixels=None,
+    ids=None,
+    num_partitions: int | None = None,
+    num_substrings: int | None = None,
+):
     """Global, deterministic pHash near-duplicate removal (greedy by priority, module docstring), in one process.
 
     Not what build_corpus runs: the build uses the distributed stage

@@ -95,7 +95,9 @@ def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str, candidates
     """
     batch = conform(batch, REJECT_SCHEMA)
     active = pc.is_null(batch["reason"])
-    routed = pc.and_(active, pc.is_valid(batch["d_ling_reason"])) if candidates_dir else pa.array([False] * batch.num_rows)
+    routed = (
+        pc.and_(active, pc.is_valid(batch["d_ling_reason"])) if candidates_dir else pa.array([False] * batch.num_rows)
+    )
     kept = conform(batch.filter(pc.and_(active, pc.invert(routed))), RECORD_SCHEMA)
     cand = batch.filter(routed)
     rej = batch.filter(pc.invert(active))
@@ -111,7 +113,13 @@ def split_and_write(batch: pa.Table, know_dir: str, rejects_dir: str, candidates
 
 def _duration(seconds: float) -> str:
     """``"45 s"``, ``"12 min"``, ``"3.5 h"``: an ETA for the progress line."""
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 90
+        else f"{seconds / 60:.0f} min"
+        if seconds < 5400
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -152,8 +160,10 @@ class BuildCorpus:
         # that node is under half used, which zero-resource tasks never change, so every shard would run
         # on the driver's node; spread, a head node started with 0 CPUs gets its share of shards too.
         task = ray.remote(num_cpus=CRAWL_NUM_CPUS, max_retries=2, scheduling_strategy="SPREAD")(crawl_shard)
-        refs = [task.remote(group, self.cfg.crawl, self.warc_dir, i, self.cfg.offline)
-                for i, group in enumerate(shard_seeds(seeds, n_shards))]
+        refs = [
+            task.remote(group, self.cfg.crawl, self.warc_dir, i, self.cfg.offline)
+            for i, group in enumerate(shard_seeds(seeds, n_shards))
+        ]
         self._crawl = {"seeds": len(seeds), "shards": len(refs), "pending": refs, "results": [], "t0": time.monotonic()}
         self.progress("crawl", f"{len(seeds)} seeds, 0/{len(refs)} shards done")
 
@@ -174,8 +184,10 @@ class BuildCorpus:
             return
         c["results"].extend(ray.get(done))
         results = c["results"]
-        line = (f"{len(results)}/{c['shards']} shards done, {sum(r.pages_ok for r in results)} pages, "
-                f"{sum(len(r.failures) for r in results)} failed")
+        line = (
+            f"{len(results)}/{c['shards']} shards done, {sum(r.pages_ok for r in results)} pages, "
+            f"{sum(len(r.failures) for r in results)} failed"
+        )
         log.info("crawl: %s", line)
         if not self._units_started:
             self.progress("crawl", line)
@@ -190,8 +202,12 @@ class BuildCorpus:
         write_parquet_atomic(to_table(rows, REJECT_SCHEMA), os.path.join(self.work, "crawl_rejects.parquet"))
         write_json_atomic(stats, os.path.join(self.work, "crawl_stats.json"))
         self.crawl_stats = stats
-        log.info("crawl: %d pages, %d failures in %.1f s", stats["pages_ok"], stats["pages_failed"],
-                 time.monotonic() - c["t0"])
+        log.info(
+            "crawl: %d pages, %d failures in %.1f s",
+            stats["pages_ok"],
+            stats["pages_failed"],
+            time.monotonic() - c["t0"],
+        )
 
     def _crawl_note(self) -> str:
         """``"crawl 2/4 shards, "`` for the images line while the crawl runs, else ``""``."""
@@ -235,8 +251,10 @@ class BuildCorpus:
                     return
                 if self._units_started:
                     c = self._crawl
-                    self.progress("images", f"{u} unit(s) done, waiting for the crawl: "
-                                            f"{len(c['results'])}/{c['shards']} shards done")
+                    self.progress(
+                        "images",
+                        f"{u} unit(s) done, waiting for the crawl: {len(c['results'])}/{c['shards']} shards done",
+                    )
                 self.poll_crawl(timeout_s=CRAWL_POLL_S)  # returns as soon as a shard ends
                 continue
             files = todo[:step]
@@ -245,8 +263,9 @@ class BuildCorpus:
             staging = os.path.join(self.units_dir, f"{unit}.staging")
             final = os.path.join(self.units_dir, unit)
             t0 = time.time()
-            log.info("unit %s: %d WARC file(s) of %d pending%s", unit, len(files), len(todo),
-                     " (crawl running)" * crawling)
+            log.info(
+                "unit %s: %d WARC file(s) of %d pending%s", unit, len(files), len(todo), " (crawl running)" * crawling
+            )
             if crawling:
                 where = f"unit {u}"
             else:
@@ -254,7 +273,9 @@ class BuildCorpus:
                 where = f"unit {u}/{u - 1 + -(-len(todo) // step)}{eta}"
             self._units_started = True
             self._run_unit(files, source, staging, where)
-            write_json_atomic({"files": files, "seconds": round(time.time() - t0, 2)}, os.path.join(staging, "UNIT.json"))
+            write_json_atomic(
+                {"files": files, "seconds": round(time.time() - t0, 2)}, os.path.join(staging, "UNIT.json")
+            )
             replace_dir(staging, final)
             done.update(files)
             files_done += len(files)
@@ -265,18 +286,34 @@ class BuildCorpus:
         k = self.cfg.ray.records_per_slice
         index = ray.remote(num_cpus=LIGHT.num_cpus, max_retries=2)(slice_offsets)
         offsets = ray.get([index.remote(p, k) for p in files])  # O(files x slices) per unit, never O(rows)
-        items = [{"path": p, "source": source, "offset": o, "limit": k if i < len(offs) - 1 else None}  # last: to the end
-                 for p, offs in zip(files, offsets) for i, o in enumerate(offs)]
+        items = [
+            {"path": p, "source": source, "offset": o, "limit": k if i < len(offs) - 1 else None}  # last: to the end
+            for p, offs in zip(files, offsets)
+            for i, o in enumerate(offs)
+        ]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(read_source, batch_size=1, batch_format="pyarrow", **LIGHT.map_batches_args(),
-                            fn_kwargs={"source_stage": self.source, "stats_dir": staging})
+        ds = ds.map_batches(
+            read_source,
+            batch_size=1,
+            batch_format="pyarrow",
+            **LIGHT.map_batches_args(),
+            fn_kwargs={"source_stage": self.source, "stats_dir": staging},
+        )
         for st in self.unit_steps:
             ds = apply(ds, st, staging)
-        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, fn_kwargs={"out_dir": parts_dir},
-                            **StageResources(num_cpus=0.1).map_batches_args())
+        ds = ds.map_batches(
+            write_parts,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={"out_dir": parts_dir},
+            **StageResources(num_cpus=0.1).map_batches_args(),
+        )
         where = where or "unit"
-        self.progress("images", f"{where}, {self._crawl_note()}{len(files)} WARC file(s) in {len(items)} slices: "
-                                "extract → alt-text → langid → fetch → decode → models")
+        self.progress(
+            "images",
+            f"{where}, {self._crawl_note()}{len(files)} WARC file(s) in {len(items)} slices: "
+            "extract → alt-text → langid → fetch → decode → models",
+        )
         rows, active, t0 = 0, 0, time.monotonic()
         last = [t0]  # when the last batch was written: the watcher speaks up after RESOURCE_POLL_S without one
         stop = threading.Event()
@@ -287,8 +324,11 @@ class BuildCorpus:
                 rows, active = rows + r["rows"], active + r["active"]
                 last[0] = time.monotonic()
                 self.poll_crawl()  # the crawl's tasks run on meanwhile: count the shards that ended
-                self.progress("images", f"{where}, {self._crawl_note()}{rows} candidate rows done, {active} still in "
-                                        f"({rows / max(time.monotonic() - t0, 1e-3):.1f} rows/s)")
+                self.progress(
+                    "images",
+                    f"{where}, {self._crawl_note()}{rows} candidate rows done, {active} still in "
+                    f"({rows / max(time.monotonic() - t0, 1e-3):.1f} rows/s)",
+                )
         finally:
             stop.set()
         log.info("unit written: %d rows, %d still in", rows, active)
@@ -304,8 +344,11 @@ class BuildCorpus:
                 continue
             free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
             if free < need:
-                self.progress("images", f"{where}, no batch for {time.monotonic() - last[0]:.0f} s, {free:g} of "
-                                        f"{total:g} CPUs free: new tasks wait for resources ({need:g} CPU each)")
+                self.progress(
+                    "images",
+                    f"{where}, no batch for {time.monotonic() - last[0]:.0f} s, {free:g} of "
+                    f"{total:g} CPUs free: new tasks wait for resources ({need:g} CPU each)",
+                )
 
     def unit_parts(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.units_dir, "*", "parts", "*.parquet")))
@@ -353,14 +396,26 @@ class BuildCorpus:
         if parts:
             dedup = [st for st in self.global_steps if isinstance(st, DedupStage)]
             ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=len(parts))
-            ds = ds.map_batches(read_applied, batch_size=1, batch_format="pyarrow", **LIGHT.map_batches_args(),
-                                fn_kwargs={"stages": dedup, "stats_dir": dirs["stats"]})
+            ds = ds.map_batches(
+                read_applied,
+                batch_size=1,
+                batch_format="pyarrow",
+                **LIGHT.map_batches_args(),
+                fn_kwargs={"stages": dedup, "stats_dir": dirs["stats"]},
+            )
             for st in self.global_steps:
                 if not isinstance(st, DedupStage):
                     ds = apply(ds, st, dirs["stats"])
-            ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
-                                fn_kwargs={"know_dir": dirs["d_know"], "rejects_dir": dirs["rejects"],
-                                           "candidates_dir": dirs["d_ling_candidates"] if self.cfg.d_ling.enabled else None})
+            ds = ds.map_batches(
+                split_and_write,
+                batch_format="pyarrow",
+                batch_size=None,
+                fn_kwargs={
+                    "know_dir": dirs["d_know"],
+                    "rejects_dir": dirs["rejects"],
+                    "candidates_dir": dirs["d_ling_candidates"] if self.cfg.d_ling.enabled else None,
+                },
+            )
             ds.take_all()
         crawl_rej = os.path.join(self.work, "crawl_rejects.parquet")
         if os.path.exists(crawl_rej) and not self.cfg.warc:
@@ -377,18 +432,26 @@ class BuildCorpus:
             with open(m, encoding="utf-8") as fh:
                 page_stats.append(json.load(fh))
         plan_stages = [s for step in self.plan[1:] for s in step.members]
-        funnel = funnel_mod.compute(dirs["d_know"], dirs["rejects"], page_stats, crawl_stats, self.cfg.langs,
-                                    stages=[CRAWL] + stage_names(self.plan),
-                                    listed=[s.name for s in plan_stages if s.rejects],
-                                    ling_stages=[s.name for s in self.ling_steps],
-                                    candidates_dir=dirs["d_ling_candidates"],
-                                    ling_dir=dirs["d_ling"] if self.cfg.d_ling.enabled else None)
+        funnel = funnel_mod.compute(
+            dirs["d_know"],
+            dirs["rejects"],
+            page_stats,
+            crawl_stats,
+            self.cfg.langs,
+            stages=[CRAWL] + stage_names(self.plan),
+            listed=[s.name for s in plan_stages if s.rejects],
+            ling_stages=[s.name for s in self.ling_steps],
+            candidates_dir=dirs["d_ling_candidates"],
+            ling_dir=dirs["d_ling"] if self.cfg.d_ling.enabled else None,
+        )
         timing = stage_stats([os.path.join(self.units_dir, u) for u in os.listdir(self.units_dir)] + [dirs["stats"]])
         for line in funnel_mod.counter_disagreements(funnel, timing):
             log.warning("stage counters disagree with the funnel: %s", line)
         if crawl_stats:  # network seconds per origin: timings, not counts (funnel.json stays equal across reruns)
-            timing["crawl"] = {"slowest_hosts": crawl_stats.get("slowest_hosts", []),
-                               "host_seconds": {h: v.get("seconds", 0.0) for h, v in crawl_stats.get("hosts", {}).items()}}
+            timing["crawl"] = {
+                "slowest_hosts": crawl_stats.get("slowest_hosts", []),
+                "host_seconds": {h: v.get("seconds", 0.0) for h, v in crawl_stats.get("hosts", {}).items()},
+            }
         return funnel, timing
 
     def publish(self, staging: str, dirs: dict[str, str], funnel: dict, timing: dict) -> None:
@@ -416,8 +479,12 @@ class BuildCorpus:
         ds = ray.data.read_parquet(files, schema=REJECT_SCHEMA)
         for st in self.ling_steps:
             ds = apply(ds, st, stats_dir)
-        ds = ds.map_batches(split_and_write, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs={"know_dir": ling_dir, "rejects_dir": rejects_dir})
+        ds = ds.map_batches(
+            split_and_write,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={"know_dir": ling_dir, "rejects_dir": rejects_dir},
+        )
         n = sum(r["kept"] for r in ds.take_all())
         log.info("D_ling: %d rows", n)
 

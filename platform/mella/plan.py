@@ -62,11 +62,22 @@ class PlanError(ValueError):
 #: written. ``stages.plan`` in a YAML config replaces it (reorder, leave out, add ``{class, after, args}``); a stage
 #: its own config turns off (``filters.moderation.enabled: false``, D_ling off, ...) is left out when built.
 DEFAULT_PLAN: tuple[str, ...] = (
-    "extract", "alt_text", "langid",
-    "fetch", "decode", "resolution",                          # the image pool (POOLS["ImageStages"])
-    "moderation", "moderation_api", "embed", "categorise",    # the model pool (POOLS["ModelStages"])
-    "exact_dedup", "phash_dedup", "semantic_dedup",           # global: decisions over all work units
-    "caption", "translate", "qe",                             # D_ling, on the images routed there
+    "extract",
+    "alt_text",
+    "langid",
+    "fetch",
+    "decode",
+    "resolution",  # the image pool (POOLS["ImageStages"])
+    "moderation",
+    "moderation_api",
+    "embed",
+    "categorise",  # the model pool (POOLS["ModelStages"])
+    "exact_dedup",
+    "phash_dedup",
+    "semantic_dedup",  # global: decisions over all work units
+    "caption",
+    "translate",
+    "qe",  # D_ling, on the images routed there
 )
 
 #: Stages run fused in one Ray Data operator (one actor pool): consecutive members of a group, and a stage placed
@@ -80,8 +91,14 @@ POOLS: dict[str, tuple[str, ...]] = {
 
 def _fetch(cfg: BuildConfig) -> Stage:
     warc_dir = os.path.join(str(cfg.output), "warc")
-    return ImageFetchStage(cfg.crawl, None if cfg.offline else warc_dir, expand_warc_paths(cfg.warc) if cfg.warc else [],
-                           offline=cfg.offline, concurrency=cfg.ray.image_pool.concurrency, index_dir=warc_dir)
+    return ImageFetchStage(
+        cfg.crawl,
+        None if cfg.offline else warc_dir,
+        expand_warc_paths(cfg.warc) if cfg.warc else [],
+        offline=cfg.offline,
+        concurrency=cfg.ray.image_pool.concurrency,
+        index_dir=warc_dir,
+    )
 
 
 def _categorise(cfg: BuildConfig) -> Stage | None:
@@ -114,18 +131,27 @@ STAGES = {
     "decode": lambda cfg: DecodeStage(cfg.filters),
     "resolution": lambda cfg: ResolutionStage(cfg.filters),
     "moderation": _if(lambda cfg: cfg.filters.moderation.enabled, lambda cfg: NSFWStage(cfg.filters.moderation)),
-    "moderation_api": _if(lambda cfg: cfg.filters.moderation.enabled and cfg.filters.moderation.api.enabled,
-                          lambda cfg: APIModerationStage(cfg.filters.moderation)),
+    "moderation_api": _if(
+        lambda cfg: cfg.filters.moderation.enabled and cfg.filters.moderation.api.enabled,
+        lambda cfg: APIModerationStage(cfg.filters.moderation),
+    ),
     "embed": _if(lambda cfg: cfg.filters.semantic.enabled, lambda cfg: EmbedStage(cfg.filters.semantic)),
     "categorise": _categorise,
-    "exact_dedup": lambda cfg: ExactDedupStage(cfg.filters.exact_dedup_key, with_d_ling=cfg.d_ling.enabled,
-                                               max_pairs_per_image=cfg.filters.max_pairs_per_image),
-    "phash_dedup": _if(lambda cfg: cfg.filters.phash.enabled,
-                       lambda cfg: PhashDedupStage(cfg.filters.phash, cfg.filters.exact_dedup_key)),
-    "semantic_dedup": _if(lambda cfg: cfg.filters.semantic.enabled,
-                          lambda cfg: SemanticDedupStage(cfg.filters.semantic, cfg.filters.exact_dedup_key)),
+    "exact_dedup": lambda cfg: ExactDedupStage(
+        cfg.filters.exact_dedup_key, with_d_ling=cfg.d_ling.enabled, max_pairs_per_image=cfg.filters.max_pairs_per_image
+    ),
+    "phash_dedup": _if(
+        lambda cfg: cfg.filters.phash.enabled,
+        lambda cfg: PhashDedupStage(cfg.filters.phash, cfg.filters.exact_dedup_key),
+    ),
+    "semantic_dedup": _if(
+        lambda cfg: cfg.filters.semantic.enabled,
+        lambda cfg: SemanticDedupStage(cfg.filters.semantic, cfg.filters.exact_dedup_key),
+    ),
     "caption": _caption,
-    "translate": _if(lambda cfg: cfg.d_ling.enabled, lambda cfg: TranslateStage(cfg.d_ling.translate, cfg.d_ling.stats_dir)),
+    "translate": _if(
+        lambda cfg: cfg.d_ling.enabled, lambda cfg: TranslateStage(cfg.d_ling.translate, cfg.d_ling.stats_dir)
+    ),
     # without qe.model_path it passes rows through, qe_score null
     "qe": _if(lambda cfg: cfg.d_ling.enabled, lambda cfg: QEStage(cfg.d_ling.qe, cfg.d_ling.stats_dir)),
 }
@@ -179,7 +205,7 @@ def fuse(stages: list[Stage], cfg: BuildConfig) -> list[Step]:
 
     for i, s in enumerate(stages):
         g = group_of.get(s.name)
-        if g is None and group and any(group_of.get(t.name) == group for t in stages[i + 1:i + 2]):
+        if g is None and group and any(group_of.get(t.name) == group for t in stages[i + 1 : i + 2]):
             g = group  # between two members of the running group: joins it
         if g is not None and g == group:
             run.append(s)
@@ -286,11 +312,11 @@ def insert_stage(plan: list[Step], stage: Stage, after: str | None) -> list[Step
     """
     if after is None:
         _, units, _, _ = phases(plan)
-        return plan[:1 + len(units)] + [stage] + plan[1 + len(units):]
+        return plan[: 1 + len(units)] + [stage] + plan[1 + len(units) :]
     for i, step in enumerate(plan):
         members = step.members
         if any(s.name == after for s in members):
-            return plan[:i + 1] + [stage] + plan[i + 1:]
+            return plan[: i + 1] + [stage] + plan[i + 1 :]
     raise PlanError(f"cannot insert {stage.name!r} after {after!r}: stages are {stage_names(plan)}")
 
 
@@ -328,18 +354,26 @@ def model_placement(cfg: BuildConfig) -> str:
 
 #: The setting that sizes a pool, named when a plan does not fit the cluster (the model pool's size is the largest
 #: ``pool_size`` of its members' config blocks).
-POOL_SETTINGS = {"ImageStages": "ray.image_pool.pool_size", "moderation": "filters.moderation.pool_size",
-                 "embed": "filters.semantic.pool_size", "categorise": "d_ling.categorise.pool_size",
-                 "caption": "d_ling.caption.pool_size", "translate": "d_ling.translate.pool_size",
-                 "qe": "d_ling.qe.pool_size"}
+POOL_SETTINGS = {
+    "ImageStages": "ray.image_pool.pool_size",
+    "moderation": "filters.moderation.pool_size",
+    "embed": "filters.semantic.pool_size",
+    "categorise": "d_ling.categorise.pool_size",
+    "caption": "d_ling.caption.pool_size",
+    "translate": "d_ling.translate.pool_size",
+    "qe": "d_ling.qe.pool_size",
+}
 
 
 def demand(steps: list[Step]) -> tuple[float, float, list[tuple[str, int, float, float]]]:
     """What the steps of one streaming phase hold at once: ``(cpus, gpus, pools)``, where ``pools`` lists
     ``(operator, actors, cpus each, gpus each)``. A fixed pool (or an elastic pool's minimum) holds its actors for
     the whole phase; Ray tasks need room for one task of the largest (the source's read tasks: ``LIGHT``)."""
-    pools = [(s.operator_name, s.resources.pool_size, s.resources.num_cpus, s.resources.num_gpus)
-             for s in steps if s.resources.pool_size is not None]
+    pools = [
+        (s.operator_name, s.resources.pool_size, s.resources.num_cpus, s.resources.num_gpus)
+        for s in steps
+        if s.resources.pool_size is not None
+    ]
     tasks = [s.resources for s in steps if s.resources.pool_size is None] + [LIGHT]
     cpus = sum(n * c for _, n, c, _ in pools) + max(r.num_cpus for r in tasks)
     gpus = sum(n * g for _, n, _, g in pools) + max(r.num_gpus for r in tasks)
@@ -354,8 +388,11 @@ def check_fits(plan: list[Step], cpus: float, gpus: float) -> None:
     ``cpus``/``gpus``: the cluster's totals (``ray.cluster_resources()``; on an autoscaling cluster, its maximum).
     """
     _, units, globals_, ling = phases(plan)
-    for phase, steps in (("per-unit", units), ("write", [s for s in globals_ if not isinstance(s, DedupStage)]),
-                         ("D_ling", ling)):
+    for phase, steps in (
+        ("per-unit", units),
+        ("write", [s for s in globals_ if not isinstance(s, DedupStage)]),
+        ("D_ling", ling),
+    ):
         need_c, need_g, pools = demand(steps)
         for kind, need, have, i in (("CPU", need_c, cpus, 2), ("GPU", need_g, gpus, 3)):
             if need <= have + 1e-9:
@@ -365,12 +402,15 @@ def check_fits(plan: list[Step], cpus: float, gpus: float) -> None:
                 raise PlanError(f"the {phase} phase needs {need:g} {kind}s at once, the cluster has {have:g}")
             name, n, each = biggest[0], biggest[1], biggest[i]
             fit = int((have - (need - n * each)) // each + 1e-9)
-            setting = POOL_SETTINGS.get(name) or "/".join(POOL_SETTINGS.get(s.name, f"{s.name}.pool_size")
-                                                        for s in _members(plan, name))
+            setting = POOL_SETTINGS.get(name) or "/".join(
+                POOL_SETTINGS.get(s.name, f"{s.name}.pool_size") for s in _members(plan, name)
+            )
             held = ", ".join(f"{p[0]} {p[1]} x {p[i]:g}" for p in pools if p[i])
             advice = f"shrink {setting} to {fit}" if fit >= 1 else f"give the {name} pool fewer {kind}s per actor"
-            raise PlanError(f"the plan cannot run: the {phase} phase needs {need:g} {kind}s at once ({held}, plus one "
-                            f"task), the cluster has {have:g}; {advice}, or give Ray more {kind}s")
+            raise PlanError(
+                f"the plan cannot run: the {phase} phase needs {need:g} {kind}s at once ({held}, plus one "
+                f"task), the cluster has {have:g}; {advice}, or give Ray more {kind}s"
+            )
 
 
 def _members(plan: list[Step], operator: str) -> list[Stage]:

@@ -42,7 +42,9 @@ def check_seeds(path: str, base_url: str | None = None) -> int:
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"seeds file {path} does not exist: give --seeds FILE (URLs one a line, or YAML {{lang: [urls]}})")
+        raise UsageError(
+            f"seeds file {path} does not exist: give --seeds FILE (URLs one a line, or YAML {{lang: [urls]}})"
+        )
     if base_url is not None:
         check_url(base_url, "--base-url")
     try:
@@ -111,8 +113,10 @@ def check_seed_addresses(urls: list[str], allow_private_hosts: list[str], what: 
     refused = [h for h in hosts if addrs.get(h) and not any(policy.permits(a) for a in addrs[h])]
     if hosts and len(refused) == len(hosts):
         shown = ", ".join(refused[:3]) + (f" and {len(refused) - 3} more" if len(refused) > 3 else "")
-        raise UsageError(f"every seed host in {what} is a private, loopback or link-local address ({shown}), which the "
-                         "SSRF guard refuses: pass --allow-private-hosts (all) or --allow-private-hosts CIDR,... to crawl it")
+        raise UsageError(
+            f"every seed host in {what} is a private, loopback or link-local address ({shown}), which the "
+            "SSRF guard refuses: pass --allow-private-hosts (all) or --allow-private-hosts CIDR,... to crawl it"
+        )
 
 
 def check_warcs(patterns: list[str]) -> list[str]:
@@ -132,14 +136,18 @@ def check_langs(langs: list[str]) -> list[str]:
     known = load_languages()
     bad = [x for x in langs if x not in known]
     if bad:
-        raise UsageError(f"unknown language(s) {','.join(bad)}: use one of {','.join(sorted(known))}, "
-                         f"or add one in a file named by ${ENV_VAR} (README: Add a language)")
+        raise UsageError(
+            f"unknown language(s) {','.join(bad)}: use one of {','.join(sorted(known))}, "
+            f"or add one in a file named by ${ENV_VAR} (README: Add a language)"
+        )
     return langs
 
 
 #: Files that hold a checkpoint's weights (transformers' ``save_pretrained``: safetensors, or PyTorch
 #: pickles for older checkpoints; a sharded checkpoint has an index file naming its shards).
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
 def check_model(name: str | Path, flag: str) -> tuple[str, dict]:
     """Resolve ``name`` (a local directory or a hub id ``org/name[@rev]``, :func:`mella.models.hub.resolve_model`)
     and check the checkpoint (:func:`check_model_dir`). Returns ``(absolute local path, parsed config.json)``:
@@ -162,7 +170,9 @@ def check_model_dir(path: str | Path, flag: str) -> dict:
     by :func:`check_model` first.
     """
     p = Path(path)
-    hint = "give a local checkpoint directory or a hub id (python jobs/make_tiny_model.py --output DIR makes a tiny one)"
+    hint = (
+        "give a local checkpoint directory or a hub id (python jobs/make_tiny_model.py --output DIR makes a tiny one)"
+    )
     if not p.exists():
         raise UsageError(f"{flag} {path} does not exist: {hint}")
     if not p.is_dir() or not (p / "config.json").is_file():
@@ -170,10 +180,14 @@ def check_model_dir(path: str | Path, flag: str) -> dict:
     try:
         cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise UsageError(f"{flag} {path}/config.json does not parse ({e}): re-download or re-save the checkpoint") from e
+        raise UsageError(
+            f"{flag} {path}/config.json does not parse ({e}): re-download or re-save the checkpoint"
+        ) from e
     if not any(f.is_file() for g in WEIGHT_GLOBS for f in p.glob(g)):
-        raise UsageError(f"{flag} {path} has a config.json but no weights (*.safetensors, *.bin or their index .json): "
-                         "download the whole checkpoint, or save it with save_pretrained(DIR)")
+        raise UsageError(
+            f"{flag} {path} has a config.json but no weights (*.safetensors, *.bin or their index .json): "
+            "download the whole checkpoint, or save it with save_pretrained(DIR)"
+        )
     return cfg
 
 

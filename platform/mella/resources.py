@@ -91,10 +91,14 @@ class StageResources(BaseModel):
         if self.memory:
             args["memory"] = self.memory
         if self.pool_size is not None:
-            threads = ({"max_concurrent_calls_per_actor": self.batches_per_actor, "enable_true_multi_threading": True}
-                       if self.batches_per_actor > 1 else {})
-            args["compute"] = ray.data.ActorPoolStrategy(min_size=self.pool_size,
-                                                         max_size=self.max_pool_size or self.pool_size, **threads)
+            threads = (
+                {"max_concurrent_calls_per_actor": self.batches_per_actor, "enable_true_multi_threading": True}
+                if self.batches_per_actor > 1
+                else {}
+            )
+            args["compute"] = ray.data.ActorPoolStrategy(
+                min_size=self.pool_size, max_size=self.max_pool_size or self.pool_size, **threads
+            )
         return args
 
 
@@ -108,8 +112,11 @@ class PoolConfig(Strict):
     change the defaults.
     """
 
-    batch_size: int = Field(32, ge=1, description="rows per forward pass and per Ray Data batch "
-                                                  "(a fused pool takes the smallest of its stages')")
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="rows per forward pass and per Ray Data batch (a fused pool takes the smallest of its stages')",
+    )
     pool_size: int = Field(1, ge=1, description="actors in the stage's pool (fixed size)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor: 0 on CPU nodes, fractional or 1 on GPU nodes")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor (also the library's thread count)")

@@ -71,8 +71,11 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-async def retry_async(attempt: Callable[[int, float | None], Awaitable[T]], policy: RetryPolicy,
-                      clock: Callable[[], float] = time.monotonic) -> T:
+async def retry_async(
+    attempt: Callable[[int, float | None], Awaitable[T]],
+    policy: RetryPolicy,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
     """Call ``attempt(n, time_left_s)`` (n = 0, 1, ...; ``time_left_s`` None without a deadline) until it
     returns; retry while it raises :class:`Retryable` and the policy allows, then raise that ``error``.
     Any other exception propagates at once. ``clock`` (seconds) measures the deadline; the crawler

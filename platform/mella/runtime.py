@@ -33,6 +33,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=env, logging_level=logging.WARNING, **extra)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
-                 logging_level=logging.WARNING, **extra)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            runtime_env=env,
+            logging_level=logging.WARNING,
+            **extra,
+        )
     console.quiet_ray()  # ray.init may have reconfigured Ray's loggers

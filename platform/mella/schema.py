@@ -74,7 +74,9 @@ EXTENSION_FIELDS: list[pa.Field] = [
     pa.field("embedding", pa.list_(pa.float32())),  # EfficientNet-lite0 pooled features, 1280 floats, L2-normalised
     pa.field("nsfw_score", pa.float32()),  # open_nsfw P(nsfw) in [0, 1]
     pa.field("moderation_scores", pa.string()),  # moderation API: JSON {category: score}
-    pa.field("d_ling_reason", pa.string()),  # why the image went to D_ling (its alt-text's reject), e.g. alt_text:alt_empty
+    pa.field(
+        "d_ling_reason", pa.string()
+    ),  # why the image went to D_ling (its alt-text's reject), e.g. alt_text:alt_empty
     pa.field("category", pa.string()),
     pa.field("category_major", pa.string()),
     pa.field("caption_en", pa.string()),

@@ -14,7 +14,9 @@ from collections.abc import Callable
 import numpy as np
 
 
-def greedy_drops(i, j, dist, rank=None, exempt: Callable[[int, int], bool] | None = None) -> dict[int, tuple[int, float]]:
+def greedy_drops(
+    i, j, dist, rank=None, exempt: Callable[[int, int], bool] | None = None
+) -> dict[int, tuple[int, float]]:
     """Apply the survivor rule to candidate pairs ``(i[k], j[k])`` with distances ``dist[k]`` (any order).
 
     Args:

@@ -49,11 +49,16 @@ def load_taxonomy(path: str | None = None) -> Taxonomy:
     Raises ``ValueError`` when a fine category names an unknown major, or an ImageNet index is outside
     0..999 or mapped twice; ``KeyError`` for a missing field.
     """
-    text = open(path, encoding="utf-8").read() if path else \
-        resources.files("mella").joinpath("data/taxonomy.yaml").read_text("utf-8")
+    text = (
+        open(path, encoding="utf-8").read()
+        if path
+        else resources.files("mella").joinpath("data/taxonomy.yaml").read_text("utf-8")
+    )
     raw = yaml.safe_load(text)
-    majors = {k: {"label": v["label"], "description": v["description"], "caption_aspects": tuple(v["caption_aspects"])}
-              for k, v in raw["majors"].items()}
+    majors = {
+        k: {"label": v["label"], "description": v["description"], "caption_aspects": tuple(v["caption_aspects"])}
+        for k, v in raw["majors"].items()
+    }
     fine: dict[str, Category] = {}
     seen: dict[int, str] = {}
     for key, v in raw["fine"].items():

@@ -35,8 +35,13 @@ def normalise_url(base: str | None, href: str) -> str | None:
     fragment-only reference, another scheme (``mailto:``, ``data:`` ...) or unparsable (bad IDNA,
     bad port).
     """
-    href = _TAB_NL.sub("", href.strip(" \x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f\x10\x11\x12\x13"
-                                       "\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\t\n\r"))
+    href = _TAB_NL.sub(
+        "",
+        href.strip(
+            " \x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f\x10\x11\x12\x13"
+            "\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\t\n\r"
+        ),
+    )
     if not href or href.startswith("#") or href.lower().startswith(SKIP_SCHEMES + ("data:",)):
         return None
     try:

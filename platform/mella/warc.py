@@ -144,7 +144,9 @@ def iter_responses(path: str, offset: int = 0, limit: int | None = None) -> Iter
         for record in it:
             if limit is not None and n >= limit:
                 return
-            resp = _to_response(record, path, it.get_record_offset, it.get_record_length)  # absolute: warcio counts from the seek
+            resp = _to_response(
+                record, path, it.get_record_offset, it.get_record_length
+            )  # absolute: warcio counts from the seek
             if resp is not None:
                 n += 1
                 yield resp
@@ -266,7 +268,13 @@ class RotatingWarcWriter:
         self._n += 1
 
     def write_response(
-        self, url: str, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, date: datetime,
+        self,
+        url: str,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        date: datetime,
         truncated: bool = False,
     ) -> None:
         """Write one ``response`` record; ``body`` is the decoded payload (bytes). ``truncated``: the body
@@ -281,8 +289,10 @@ class RotatingWarcWriter:
             "response",
             payload=io.BytesIO(body),
             http_headers=http_headers,
-            warc_headers_dict={"WARC-Date": date.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                               **({"WARC-Truncated": "length"} if truncated else {})},
+            warc_headers_dict={
+                "WARC-Date": date.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                **({"WARC-Truncated": "length"} if truncated else {}),
+            },
         )
         self._writer.write_record(rec)
         if self._f.tell() >= self.max_bytes:
@@ -305,7 +315,10 @@ class RotatingWarcWriter:
 
 def shard_paths(directory: str, prefix: str) -> list[str]:
     """Closed shards ``PREFIX-*.warc`` and ``PREFIX-*.warc.gz`` in ``directory``, sorted."""
-    return sorted(glob.glob(os.path.join(directory, f"{prefix}-*.warc")) + glob.glob(os.path.join(directory, f"{prefix}-*.warc.gz")))
+    return sorted(
+        glob.glob(os.path.join(directory, f"{prefix}-*.warc"))
+        + glob.glob(os.path.join(directory, f"{prefix}-*.warc.gz"))
+    )
 
 
 def cleanup_open_shards(directory: str) -> int:
@@ -321,9 +334,16 @@ def cleanup_open_shards(directory: str) -> int:
 #: reasons that will not change on a refetch (the URL is not requested again on a rerun)
 def is_transient(reason: str) -> bool:
     """True for failures a later try may not repeat: timeouts, connection/DNS errors, 5xx, 408, 429."""
-    return (reason in ("timeout", "connect_error", "server_disconnected", "truncated_response", "dns_error",
-                       "http_408", "http_429", "client_error")
-            or reason.startswith("http_5"))
+    return reason in (
+        "timeout",
+        "connect_error",
+        "server_disconnected",
+        "truncated_response",
+        "dns_error",
+        "http_408",
+        "http_429",
+        "client_error",
+    ) or reason.startswith("http_5")
 
 
 class FailureLog:
@@ -364,8 +384,13 @@ class FailureLog:
         recorded: nothing was requested, and the second depends on ``--allow-private-hosts``)."""
         if self.path is None or reason in ("not_in_warc", "private_address"):
             return
-        rec = {"url": url, "reason": reason, "detail": detail[:300], "transient": is_transient(reason),
-               "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        rec = {
+            "url": url,
+            "reason": reason,
+            "detail": detail[:300],
+            "transient": is_transient(reason),
+            "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         self._known[url] = rec
         if self._f is None:
             os.makedirs(self.directory, exist_ok=True)

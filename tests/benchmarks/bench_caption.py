@@ -54,8 +54,17 @@ def images(n: int) -> list[tuple[str, bytes]]:
 def table(imgs):
     from mella.schema import REJECT_SCHEMA, record_id, to_table
 
-    rows = [{"id": record_id("th", f"http://b/{i}", p), "lang": "th", "page_url": f"http://b/{i}", "image_url": p,
-             "image": data, "category": "screenshot_ui"} for i, (p, data) in enumerate(imgs)]
+    rows = [
+        {
+            "id": record_id("th", f"http://b/{i}", p),
+            "lang": "th",
+            "page_url": f"http://b/{i}",
+            "image_url": p,
+            "image": data,
+            "category": "screenshot_ui",
+        }
+        for i, (p, data) in enumerate(imgs)
+    ]
     return to_table(rows, REJECT_SCHEMA)
 
 
@@ -77,9 +86,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_caption_"))
     model = tiny_qwen2vl(work / "qwen")
     gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "repetition_penalty": 1.5}
-    cfg = CaptionConfig(mllm={"family": "qwen2-vl", "model_path": str(model), "min_pixels": MIN_PIXELS,
-                              "max_pixels": MAX_PIXELS, "device": "cpu"},
-                        generation=gen, batch_size=args.batch_size, pool_size=args.actors, num_cpus=1)
+    cfg = CaptionConfig(
+        mllm={
+            "family": "qwen2-vl",
+            "model_path": str(model),
+            "min_pixels": MIN_PIXELS,
+            "max_pixels": MAX_PIXELS,
+            "device": "cpu",
+        },
+        generation=gen,
+        batch_size=args.batch_size,
+        pool_size=args.actors,
+        num_cpus=1,
+    )
     t = table(images(args.images))
     n = t.num_rows
 
@@ -126,17 +145,27 @@ def main() -> None:
     loop_ips = n / loop_s
     ray_ips = n / ray_s
     steady_ips = steady_n / steady_s if steady_s > 0 and steady_n > 0 else float("nan")
-    print(f"caption stage, tiny Qwen2-VL, {n} miniweb images, batch {args.batch_size}, {args.new_tokens} new tokens, "
-          f"{args.actors} actor(s); torch {torch.__version__}, ray {ray.__version__}")
+    print(
+        f"caption stage, tiny Qwen2-VL, {n} miniweb images, batch {args.batch_size}, {args.new_tokens} new tokens, "
+        f"{args.actors} actor(s); torch {torch.__version__}, ray {ray.__version__}"
+    )
     print("| run | wall s | images/s | ratio vs loop | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| plain loop, best of 2 ({loop_times[0]:.1f}/{loop_times[1]:.1f} s; model load {load_s:.1f} s excluded) | {loop_s:.1f} | {loop_ips:.2f} | 1.00 | {loop_rss:.0f} |")
-    print(f"| Ray actor pool, end to end (actor start + load included) | {ray_s:.1f} | {ray_ips:.2f} | "
-          f"{ray_ips / loop_ips:.2f} | {actor_rss:.0f} (actor) |")
-    print(f"| Ray actor pool, steady state (after first batch) | {steady_s:.1f} | {steady_ips:.2f} | "
-          f"{steady_ips / loop_ips:.2f} | |")
-    print(f"model time inside the actors: {model_s:.1f} s for {n} images ({n / model_s:.2f} images/s); "
-          f"Ray wall − model time = {ray_s - model_s:.1f} s (scheduling, actor start, model load, transfers)")
+    print(
+        f"| plain loop, best of 2 ({loop_times[0]:.1f}/{loop_times[1]:.1f} s; model load {load_s:.1f} s excluded) | {loop_s:.1f} | {loop_ips:.2f} | 1.00 | {loop_rss:.0f} |"
+    )
+    print(
+        f"| Ray actor pool, end to end (actor start + load included) | {ray_s:.1f} | {ray_ips:.2f} | "
+        f"{ray_ips / loop_ips:.2f} | {actor_rss:.0f} (actor) |"
+    )
+    print(
+        f"| Ray actor pool, steady state (after first batch) | {steady_s:.1f} | {steady_ips:.2f} | "
+        f"{steady_ips / loop_ips:.2f} | |"
+    )
+    print(
+        f"model time inside the actors: {model_s:.1f} s for {n} images ({n / model_s:.2f} images/s); "
+        f"Ray wall − model time = {ray_s - model_s:.1f} s (scheduling, actor start, model load, transfers)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ def main() -> None:
     c1, w1 = time.process_time(), time.time()
     cat.process(rows)
     c2, w2 = time.process_time(), time.time()
-    print(f"{len(rows)} images, {a.threads} thread(s): model load {c1 - c0:.1f} s CPU; categorise {c2 - c1:.1f} s CPU "
-          f"({1000 * (c2 - c1) / len(rows):.1f} ms/image), {w2 - w1:.1f} s wall")
+    print(
+        f"{len(rows)} images, {a.threads} thread(s): model load {c1 - c0:.1f} s CPU; categorise {c2 - c1:.1f} s CPU "
+        f"({1000 * (c2 - c1) / len(rows):.1f} ms/image), {w2 - w1:.1f} s wall"
+    )
     print("major:", dict(Counter(r["category_major"] for r in rows)))
     print("fine:", dict(Counter(r["category"] for r in rows).most_common(8)))
 

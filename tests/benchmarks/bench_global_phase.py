@@ -108,13 +108,23 @@ def run_one(n: int, work: str, nodes: int, cpus: float, dim: int) -> dict:
     dropped_planted = sum(1 for i, v in got.items() if i in planted_rows)
     ray.shutdown()
     cluster.shutdown()
-    return {"n": data["rows"], "gen_s": round(gen_s, 1), "wall_s": round(wall, 1),
-            "driver_peak_mib": round(peaks["driver"] / 2**20), "driver_base_mib": round(base_rss / 2**20),
-            "node_peak_mib": [round(peaks[f"node{i}"] / 2**20) for i in range(len(raylets))],
-            "driver_stage_peak_mib": stage_peaks, "driver_timeline_mib": timeline,
-            "planted": len(data["planted"]), "recall": found / max(1, len(data["planted"])),
-            "precision": dropped_planted / max(1, dropped_planted + len(false)), "false_drops": len(false),
-            "dropped": len(got), "missed_kinds": dict(Counter(m[0] for m in missed)), "missed_examples": missed[:3]}
+    return {
+        "n": data["rows"],
+        "gen_s": round(gen_s, 1),
+        "wall_s": round(wall, 1),
+        "driver_peak_mib": round(peaks["driver"] / 2**20),
+        "driver_base_mib": round(base_rss / 2**20),
+        "node_peak_mib": [round(peaks[f"node{i}"] / 2**20) for i in range(len(raylets))],
+        "driver_stage_peak_mib": stage_peaks,
+        "driver_timeline_mib": timeline,
+        "planted": len(data["planted"]),
+        "recall": found / max(1, len(data["planted"])),
+        "precision": dropped_planted / max(1, dropped_planted + len(false)),
+        "false_drops": len(false),
+        "dropped": len(got),
+        "missed_kinds": dict(Counter(m[0] for m in missed)),
+        "missed_examples": missed[:3],
+    }
 
 
 def generate(n: int, work: str, dim: int) -> None:
@@ -148,10 +158,28 @@ def main() -> None:
     for n in a.sizes:
         work = tempfile.mkdtemp(prefix=f"bench_global_{n}_")
         try:
-            subprocess.run([sys.executable, __file__, "--generate", str(n), "--work", work, "--dim", str(a.dim)], check=True)
-            out = subprocess.run([sys.executable, __file__, "--child", str(n), "--work", work, "--nodes", str(a.nodes),
-                                  "--cpus-per-node", str(a.cpus_per_node), "--dim", str(a.dim)],
-                                 capture_output=True, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "1"})
+            subprocess.run(
+                [sys.executable, __file__, "--generate", str(n), "--work", work, "--dim", str(a.dim)], check=True
+            )
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(n),
+                    "--work",
+                    work,
+                    "--nodes",
+                    str(a.nodes),
+                    "--cpus-per-node",
+                    str(a.cpus_per_node),
+                    "--dim",
+                    str(a.dim),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "RAY_DEDUP_LOGS": "1"},
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
         res = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -160,14 +188,20 @@ def main() -> None:
             break
         rows.append(json.loads(res[0][7:]))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'rows':>9} {'wall s':>7} {'driver peak MiB':>15} {'node peak MiB':>20} {'planted':>7} {'recall':>6} "
-          f"{'precision':>9}")
+    print(
+        f"\n{'rows':>9} {'wall s':>7} {'driver peak MiB':>15} {'node peak MiB':>20} {'planted':>7} {'recall':>6} "
+        f"{'precision':>9}"
+    )
     for r in rows:
-        print(f"{r['n']:>9} {r['wall_s']:>7} {r['driver_peak_mib']:>15} {'/'.join(map(str, r['node_peak_mib'])):>20} "
-              f"{r['planted']:>7} {r['recall']:>6.3f} {r['precision']:>9.3f}")
+        print(
+            f"{r['n']:>9} {r['wall_s']:>7} {r['driver_peak_mib']:>15} {'/'.join(map(str, r['node_peak_mib'])):>20} "
+            f"{r['planted']:>7} {r['recall']:>6.3f} {r['precision']:>9.3f}"
+        )
     if len(rows) > 1:
-        print(f"\n{rows[-1]['n']} vs {rows[0]['n']}: driver peak x{rows[-1]['driver_peak_mib'] / rows[0]['driver_peak_mib']:.2f}, "
-              f"wall x{rows[-1]['wall_s'] / rows[0]['wall_s']:.2f}")
+        print(
+            f"\n{rows[-1]['n']} vs {rows[0]['n']}: driver peak x{rows[-1]['driver_peak_mib'] / rows[0]['driver_peak_mib']:.2f}, "
+            f"wall x{rows[-1]['wall_s'] / rows[0]['wall_s']:.2f}"
+        )
 
 
 if __name__ == "__main__":

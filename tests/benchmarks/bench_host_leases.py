@@ -96,26 +96,39 @@ def main() -> None:
     for rep in range(args.repeats):
         for mode in ("shared", "per-actor"):
             with tempfile.TemporaryDirectory() as tmp:
-                urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/img/{rep}-{mode}-{i}.png" for i in range(args.images)]
+                urls = [
+                    f"http://127.0.0.1:{ports[i % len(ports)]}/img/{rep}-{mode}-{i}.png" for i in range(args.images)
+                ]
                 actors = [FetchActor.remote(tmp, mode == "shared") for _ in range(args.actors)]
                 ray.get([a.__ray_ready__.remote() for a in actors])
                 # warm-up, not timed: the lease actor's start (a worker process, once per job) and robots.txt
                 warm = [f"http://127.0.0.1:{p}/img/warm-{rep}-{mode}.png" for p in ports]
                 ray.get([a.fetch.remote([{"image_url": u, "id": u} for u in warm]) for a in actors])
                 t0 = time.monotonic()
-                ok = sum(ray.get([a.fetch.remote([{"image_url": u, "id": u} for u in urls[i::args.actors]])
-                                  for i, a in enumerate(actors)]))
+                ok = sum(
+                    ray.get(
+                        [
+                            a.fetch.remote([{"image_url": u, "id": u} for u in urls[i :: args.actors]])
+                            for i, a in enumerate(actors)
+                        ]
+                    )
+                )
                 wall = time.monotonic() - t0
                 for a in actors:
                     ray.kill(a)
             assert ok == args.images, (mode, ok)
             results[mode].append(args.images / wall)
-            print(f"repeat {rep} {mode:>9}: {args.images} images from {args.origins} origins in {wall:.2f} s "
-                  f"= {args.images / wall:.0f} images/s", flush=True)
+            print(
+                f"repeat {rep} {mode:>9}: {args.images} images from {args.origins} origins in {wall:.2f} s "
+                f"= {args.images / wall:.0f} images/s",
+                flush=True,
+            )
     stop()
     med = {m: statistics.median(v) for m, v in results.items()}
-    print(f"median images/s: shared lease actor {med['shared']:.0f}, per-actor gates {med['per-actor']:.0f}, "
-          f"ratio {med['shared'] / med['per-actor']:.2f}")
+    print(
+        f"median images/s: shared lease actor {med['shared']:.0f}, per-actor gates {med['per-actor']:.0f}, "
+        f"ratio {med['shared'] / med['per-actor']:.2f}"
+    )
 
 
 if __name__ == "__main__":

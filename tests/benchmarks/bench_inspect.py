@@ -46,7 +46,9 @@ def run_inspect(out: str) -> tuple[float, int, float, str]:
         if "timed out during startup" in stdout:
             raise RuntimeError("node timed out during startup")
         raise SystemExit(f"inspect failed: {stdout[-3000:]}")
-    timings = [ln.split(": ", 1)[-1] for ln in stdout.splitlines() if "mella.report: " in ln or ln.startswith("dataset card")]
+    timings = [
+        ln.split(": ", 1)[-1] for ln in stdout.splitlines() if "mella.report: " in ln or ln.startswith("dataset card")
+    ]
     return time.perf_counter() - t0, peak, cpu, "; ".join(timings)
 
 
@@ -63,12 +65,21 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             per_lang = {lang: n // len(LANGS) for lang in LANGS}
-            counts = write_corpus(out, per_lang, rows_per_file=5000, near_dups=max(1, n // 100 // len(LANGS)),
-                                  rejects_per_reason=max(1, n // 200 // len(LANGS)), pool=4096)
+            counts = write_corpus(
+                out,
+                per_lang,
+                rows_per_file=5000,
+                near_dups=max(1, n // 100 // len(LANGS)),
+                rejects_per_reason=max(1, n // 200 // len(LANGS)),
+                pool=4096,
+            )
             size = sum(f.stat().st_size for f in Path(out).rglob("*.parquet")) / 2**20
             n_rej = sum(counts["rejects"].values())
-            print(f"rows={n}: wrote {sum(per_lang.values())} D_know + {n_rej} rejects, {size:.0f} MiB parquet "
-                  f"in {time.perf_counter() - t0:.1f} s", flush=True)
+            print(
+                f"rows={n}: wrote {sum(per_lang.values())} D_know + {n_rej} rejects, {size:.0f} MiB parquet "
+                f"in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
             for _attempt in range(3):  # Ray gives its raylet 30 s to register: on an overloaded box, start again
                 try:
                     wall, peak, cpu, line = run_inspect(out)
@@ -78,8 +89,11 @@ def main() -> None:
             else:
                 raise SystemExit("Ray did not start three times")
             results.append((n, wall, peak))
-            print(f"rows={n}: jobs/inspect_corpus.py {wall:.1f} s wall, {cpu:.1f} CPU s (process tree), "
-                  f"peak PSS {peak / 2**20:.0f} MiB, load average {os.getloadavg()[0]:.1f}\n  {line}", flush=True)
+            print(
+                f"rows={n}: jobs/inspect_corpus.py {wall:.1f} s wall, {cpu:.1f} CPU s (process tree), "
+                f"peak PSS {peak / 2**20:.0f} MiB, load average {os.getloadavg()[0]:.1f}\n  {line}",
+                flush=True,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

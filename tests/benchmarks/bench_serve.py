@@ -33,6 +33,7 @@ ADAPTERS = ["mella-hu", "mella-ko", "mella-ar"]
 async def phase(url: str, models: list[str], n: int, concurrency: int, body: dict) -> dict:
     sem, lat = asyncio.Semaphore(concurrency), []
     async with httpx.AsyncClient(timeout=600) as client:
+
         async def one(i: int):
             async with sem:
                 t = time.perf_counter()
@@ -64,11 +65,27 @@ def main() -> None:
         model = tiny_qwen2vl(tmp / "tiny-qwen2-vl")
         make_adapters(model, tmp / "adapters", ADAPTERS)
         img = miniweb_pairs("hu")[0]["data"]
-        body = {"max_tokens": a.max_tokens, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_url(img)}}, {"type": "text", "text": "Írja le ezt a képet."}]}]}
+        body = {
+            "max_tokens": a.max_tokens,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_url(img)}},
+                        {"type": "text", "text": "Írja le ezt a képet."},
+                    ],
+                }
+            ],
+        }
         init_ray(num_cpus=2)
-        args = dict(model=str(model), adapters=str(tmp / "adapters"), max_adapters_per_replica=a.lru,
-                    image_min_pixels=MIN_PIXELS, image_max_pixels=MAX_PIXELS, max_batch_size=8)
+        args = dict(
+            model=str(model),
+            adapters=str(tmp / "adapters"),
+            max_adapters_per_replica=a.lru,
+            image_min_pixels=MIN_PIXELS,
+            image_max_pixels=MAX_PIXELS,
+            max_batch_size=8,
+        )
         try:
             with serving(args) as url:
                 asyncio.run(phase(url, ADAPTERS, 6, 3, body))  # warm-up: load all adapters
@@ -78,11 +95,15 @@ def main() -> None:
         finally:
             ray.shutdown()
     for name, r in (("one adapter", one), ("3 adapters round-robin", rr)):
-        print(f"{name:24s} RPS {r['rps']:6.2f}  p50 {r['p50_s'] * 1000:7.1f} ms  p99 {r['p99_s'] * 1000:7.1f} ms  "
-              f"({a.requests} requests, concurrency {a.concurrency}, max_tokens {a.max_tokens})")
+        print(
+            f"{name:24s} RPS {r['rps']:6.2f}  p50 {r['p50_s'] * 1000:7.1f} ms  p99 {r['p99_s'] * 1000:7.1f} ms  "
+            f"({a.requests} requests, concurrency {a.concurrency}, max_tokens {a.max_tokens})"
+        )
     print(f"ratio RPS(round-robin)/RPS(one adapter) = {rr['rps'] / one['rps']:.2f}  (target >= 0.8)")
-    print(f"model replica: adapter loads {stats['loads']}, temporary loads {stats['temporary_loads']}, "
-          f"peak RSS {stats['peak_rss_mib']:.0f} MiB, LRU size {a.lru}")
+    print(
+        f"model replica: adapter loads {stats['loads']}, temporary loads {stats['temporary_loads']}, "
+        f"peak RSS {stats['peak_rss_mib']:.0f} MiB, LRU size {a.lru}"
+    )
 
 
 if __name__ == "__main__":

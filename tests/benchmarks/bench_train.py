@@ -66,12 +66,21 @@ def bare_peft(cfg_json: str, threads: int, log_path: str, stop) -> None:
     rows = pq.read_table(Path(cfg.data) / "d_know").to_pylist()
     bb = load_backbone("qwen2-vl", cfg.model, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, max_tiles=4)
     pool = prompts_for(cfg.lang)
-    samples = [build_sample(bb, r["image"], pool.draw(f"d_know:{r['sha256']}", cfg.seed), r["alt_text"],
-                            cfg.max_seq_length) for r in rows]
+    samples = [
+        build_sample(bb, r["image"], pool.draw(f"d_know:{r['sha256']}", cfg.seed), r["alt_text"], cfg.max_seq_length)
+        for r in rows
+    ]
     torch.manual_seed(cfg.seed)
-    model = get_peft_model(load_model("qwen2-vl", cfg.model, torch.float32),
-                           LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        load_model("qwen2-vl", cfg.model, torch.float32),
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler("cosine", opt, math.ceil(cfg.max_steps * cfg.warmup_ratio), cfg.max_steps)
@@ -82,8 +91,13 @@ def bare_peft(cfg_json: str, threads: int, log_path: str, stop) -> None:
             for _ in range(cfg.grad_accum):
                 batch = [samples[(i + k) % len(samples)] for k in range(cfg.batch_size)]
                 i += cfg.batch_size
-                inputs = bb.collate({"input_ids": [s.input_ids for s in batch], "labels": [s.labels for s in batch],
-                                     **{k: [s.features[k] for s in batch] for k in batch[0].features}})
+                inputs = bb.collate(
+                    {
+                        "input_ids": [s.input_ids for s in batch],
+                        "labels": [s.labels for s in batch],
+                        **{k: [s.features[k] for s in batch] for k in batch[0].features},
+                    }
+                )
                 (model(**inputs).loss / cfg.grad_accum).backward()
                 n += int(inputs["attention_mask"].sum())
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -91,8 +105,18 @@ def bare_peft(cfg_json: str, threads: int, log_path: str, stop) -> None:
             if sched.last_epoch < cfg.max_steps:  # the loop may run past max_steps while Ray finishes
                 sched.step()
             opt.zero_grad()
-            log.write(json.dumps({"start": t0, "end": time.time(), "tokens": n, "cpu_s": time.process_time() - c0,
-                                  "threads": torch.get_num_threads()}) + "\n")
+            log.write(
+                json.dumps(
+                    {
+                        "start": t0,
+                        "end": time.time(),
+                        "tokens": n,
+                        "cpu_s": time.process_time() - c0,
+                        "threads": torch.get_num_threads(),
+                    }
+                )
+                + "\n"
+            )
             log.flush()
         log.write(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}) + "\n")
 
@@ -118,12 +142,28 @@ def run(a: argparse.Namespace, root: Path) -> None:
     """One benchmark run in the scratch directory ``root``; prints the figures as JSON."""
     corpus = write_corpus(root / "corpus", "hu", n_know=a.samples)
     model = tiny_qwen2vl(root / "qwen", hidden=a.hidden, layers=a.layers)
-    cfg = TrainConfig.load(None, ["batch_size=2", "grad_accum=2", f"max_steps={a.steps}", "materialize=true",
-                                  f"cpus_per_worker={a.threads}", f"image_min_pixels={MIN_PIXELS}",
-                                  f"image_max_pixels={MAX_PIXELS}", "n_test=0", "shuffle_buffer=0",
-                                  f"checkpoint_every={a.steps}"],
-                           data=corpus, lang="hu", model=model, output=root / "ray", mix="know-only",
-                           deepspeed="zero2", num_workers=1)
+    cfg = TrainConfig.load(
+        None,
+        [
+            "batch_size=2",
+            "grad_accum=2",
+            f"max_steps={a.steps}",
+            "materialize=true",
+            f"cpus_per_worker={a.threads}",
+            f"image_min_pixels={MIN_PIXELS}",
+            f"image_max_pixels={MAX_PIXELS}",
+            "n_test=0",
+            "shuffle_buffer=0",
+            f"checkpoint_every={a.steps}",
+        ],
+        data=corpus,
+        lang="hu",
+        model=model,
+        output=root / "ray",
+        mix="know-only",
+        deepspeed="zero2",
+        num_workers=1,
+    )
 
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
@@ -157,27 +197,48 @@ def run(a: argparse.Namespace, root: Path) -> None:
         sys.exit(f"only {len(inside)} bare steps inside the Ray window: raise --steps")
 
     def rates(tokens, secs, cpu):
-        return {"tokens_per_s": round(sum(tokens) / sum(secs), 1),
-                "median_step_tokens_per_s": round(statistics.median(t / s for t, s in zip(tokens, secs)), 1),
-                "tokens_per_cpu_s": round(sum(tokens) / sum(cpu), 1), "steps_in_window": len(tokens)}
+        return {
+            "tokens_per_s": round(sum(tokens) / sum(secs), 1),
+            "median_step_tokens_per_s": round(statistics.median(t / s for t, s in zip(tokens, secs)), 1),
+            "tokens_per_cpu_s": round(sum(tokens) / sum(cpu), 1),
+            "steps_in_window": len(tokens),
+        }
 
     ray_r = rates([r["tokens"] for r in log], [r["step_time_s"] for r in log], [r["cpu_time_s"] for r in log])
     bare_r = rates([s["tokens"] for s in inside], [s["end"] - s["start"] for s in inside], [s["cpu_s"] for s in inside])
-    print(json.dumps({
-        "model": {"hidden": a.hidden, "layers": a.layers, "vocab": 151669}, "ray_steps": a.steps,
-        "warmup_steps": WARMUP, "micro_batch": cfg.batch_size, "grad_accum": cfg.grad_accum, "samples": a.samples,
-        "torch_threads": {"ray_worker": sorted({r["torch_threads"] for r in log}),
-                          "bare": sorted({s["threads"] for s in inside})},
-        "niceness": {"ray_workers": worker_nice, "bare": os.nice(0)},
-        "window_s": round(window[1] - window[0], 1), "load_avg_1min_start_end": load,
-        "ray_deepspeed_zero2": ray_r, "bare_peft": bare_r,
-        "ratio_ray_over_bare": round(ray_r["tokens_per_s"] / bare_r["tokens_per_s"], 3),
-        "ratio_median_step": round(ray_r["median_step_tokens_per_s"] / bare_r["median_step_tokens_per_s"], 3),
-        "ratio_per_cpu_s": round(ray_r["tokens_per_cpu_s"] / bare_r["tokens_per_cpu_s"], 3),
-        "ray_data_wait_share": round(sum(r["data_wait_s"] for r in log) / sum(r["step_time_s"] for r in log), 3),
-        "ray_run_wall_s_incl_startup": round(ray_wall, 1),
-        "peak_rss_mib": {"ray_worker": round(max(r["peak_rss_mib"] for r in log)), "bare_process": round(bare_rss)},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": {"hidden": a.hidden, "layers": a.layers, "vocab": 151669},
+                "ray_steps": a.steps,
+                "warmup_steps": WARMUP,
+                "micro_batch": cfg.batch_size,
+                "grad_accum": cfg.grad_accum,
+                "samples": a.samples,
+                "torch_threads": {
+                    "ray_worker": sorted({r["torch_threads"] for r in log}),
+                    "bare": sorted({s["threads"] for s in inside}),
+                },
+                "niceness": {"ray_workers": worker_nice, "bare": os.nice(0)},
+                "window_s": round(window[1] - window[0], 1),
+                "load_avg_1min_start_end": load,
+                "ray_deepspeed_zero2": ray_r,
+                "bare_peft": bare_r,
+                "ratio_ray_over_bare": round(ray_r["tokens_per_s"] / bare_r["tokens_per_s"], 3),
+                "ratio_median_step": round(ray_r["median_step_tokens_per_s"] / bare_r["median_step_tokens_per_s"], 3),
+                "ratio_per_cpu_s": round(ray_r["tokens_per_cpu_s"] / bare_r["tokens_per_cpu_s"], 3),
+                "ray_data_wait_share": round(
+                    sum(r["data_wait_s"] for r in log) / sum(r["step_time_s"] for r in log), 3
+                ),
+                "ray_run_wall_s_incl_startup": round(ray_wall, 1),
+                "peak_rss_mib": {
+                    "ray_worker": round(max(r["peak_rss_mib"] for r in log)),
+                    "bare_process": round(bare_rss),
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

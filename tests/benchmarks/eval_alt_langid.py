@@ -53,7 +53,7 @@ def main() -> None:
         for ref in pg.images:
             if not ref.image_url.startswith(base):
                 continue
-            img = ref.image_url[len(base):]
+            img = ref.image_url[len(base) :]
             w, h = sizes.get(img, (0, 0))
             if not (w > 256 and h > 256) or not ref.alt_text:
                 continue

@@ -52,8 +52,13 @@ def variants(img: Image.Image) -> dict[str, Image.Image]:
         return ImageEnhance.Brightness(x).enhance(1.1)
 
     assert w > 256 and h > 256
-    return {"jpeg70": jpeg70(rgb), "resize90": resize90(rgb), "crop2": crop2(rgb), "bright": bright(rgb),
-            "all4": jpeg70(bright(crop2(resize90(rgb))))}
+    return {
+        "jpeg70": jpeg70(rgb),
+        "resize90": resize90(rgb),
+        "crop2": crop2(rgb),
+        "bright": bright(rgb),
+        "all4": jpeg70(bright(crop2(resize90(rgb)))),
+    }
 
 
 def load_images(root: Path):
@@ -85,8 +90,10 @@ def main() -> None:
     hashes = np.array([phash64(img) for _, img in images], dtype=np.uint64)
     rate = len(images) / (time.perf_counter() - t0)
     pix = [hashlib.sha256(img.convert("RGBA").tobytes() + repr(img.size).encode()).hexdigest() for _, img in images]
-    print(f"{len(images)} real PNG/JPEG images > 256x256 px from {args.root} "
-          f"({len(set(pix))} pixel-distinct); pHash {rate:.0f} images/s (decoded, 1 core)\n")
+    print(
+        f"{len(images)} real PNG/JPEG images > 256x256 px from {args.root} "
+        f"({len(set(pix))} pixel-distinct); pHash {rate:.0f} images/s (decoded, 1 core)\n"
+    )
 
     # planted near-duplicates: distance image ↔ variant
     planted: dict[str, list[int]] = {}
@@ -122,44 +129,60 @@ def main() -> None:
     c = np.bincount(nn_other, minlength=65)
     print("  other-name nearest  " + " ".join(f"{x:>5}" for x in c[:17]) + f"   (>16: {c[17:].sum()})\n")
     odd = sum(int(np.sum(np.array(ds) % 2)) for ds in planted.values()) + int(np.sum(dd % 2))
-    print(f"odd distances: {odd} (imagehash thresholds 64 DCT values at their median, so hashes of distinct-"
-          f"valued DCTs have 32 ones and distances are even: an odd threshold t acts like t - 1)\n")
+    print(
+        f"odd distances: {odd} (imagehash thresholds 64 DCT values at their median, so hashes of distinct-"
+        f"valued DCTs have 32 ones and distances are even: an odd threshold t acts like t - 1)\n"
+    )
 
     for name, ds in planted.items():
         ds = np.array(ds)
-        print(f"planted {name:<9} n={ds.size}: median {np.median(ds):.0f}, p95 {pct(ds, 95):.0f}, "
-              f"p99 {pct(ds, 99):.0f}, max {ds.max()}")
-    print(f"distinct pairs    n={dd.size}: min {dd.min()}, p0.1 {pct(dd, 0.1):.0f}, p1 {pct(dd, 1):.0f}, "
-          f"median {np.median(dd):.0f}")
-    print(f"nearest distinct  n={nn.size}: min {nn.min()}, p1 {pct(nn, 1):.0f}, p5 {pct(nn, 5):.0f}, "
-          f"median {np.median(nn):.0f}\n")
+        print(
+            f"planted {name:<9} n={ds.size}: median {np.median(ds):.0f}, p95 {pct(ds, 95):.0f}, "
+            f"p99 {pct(ds, 99):.0f}, max {ds.max()}"
+        )
+    print(
+        f"distinct pairs    n={dd.size}: min {dd.min()}, p0.1 {pct(dd, 0.1):.0f}, p1 {pct(dd, 1):.0f}, "
+        f"median {np.median(dd):.0f}"
+    )
+    print(
+        f"nearest distinct  n={nn.size}: min {nn.min()}, p1 {pct(nn, 1):.0f}, p5 {pct(nn, 5):.0f}, "
+        f"median {np.median(nn):.0f}\n"
+    )
 
     light = np.concatenate([planted["jpeg70"], planted["resize90"]])
     # one representative per pixel-distinct image, then what greedy removal would really drop
     first = sorted({p: k for k, p in reversed(list(enumerate(pix)))}.values())
     areas = [images[k][1].width * images[k][1].height for k in first]
-    print("| t | JPEG q70 | resize 90% | brightness x1.1 | crop 2% | all four | pixel-distinct images "
-          f"dropped (of {len(first)}) | distinct pairs <= t (other name) |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| t | JPEG q70 | resize 90% | brightness x1.1 | crop 2% | all four | pixel-distinct images "
+        f"dropped (of {len(first)}) | distinct pairs <= t (other name) |\n|---|---|---|---|---|---|---|---|"
+    )
     recommended = None
     for t in range(0, 17, 2):
         edits = ("jpeg70", "resize90", "bright", "crop2", "all4")
         caught = [f"{(np.array(planted[k]) <= t).mean():.1%}" for k in edits]
         drop, _ = near_duplicate_drops(hashes[first], t, pixels=areas, ids=[images[k][0] for k in first])
-        print(f"| {t} | " + " | ".join(caught) + f" | {len(drop)} ({len(drop) / len(first):.1%}) | "
-              f"{int((dd <= t).sum())} ({int((dd[other] <= t).sum())}) |")
+        print(
+            f"| {t} | " + " | ".join(caught) + f" | {len(drop)} ({len(drop) / len(first):.1%}) | "
+            f"{int((dd <= t).sum())} ({int((dd[other] <= t).sum())}) |"
+        )
         if recommended is None and (light <= t).all():
             recommended = t
-    print(f"\nsmallest even t catching every light edit (JPEG q70 re-encode and 90% resize): t = {recommended}; "
-          "crops and combined edits beyond it are left to CNN semantic dedup (paper B.2: pHash is the "
-          "coarse-grained step)")
+    print(
+        f"\nsmallest even t catching every light edit (JPEG q70 re-encode and 90% resize): t = {recommended}; "
+        "crops and combined edits beyond it are left to CNN semantic dedup (paper B.2: pHash is the "
+        "coarse-grained step)"
+    )
 
     order = np.argsort(dd, kind="stable")[: args.show]
     print(f"\n{args.show} closest distinct pairs (distance, sizes, paths):")
     for k in order:
         a, b = images[i[k]], images[j[k]]
         kind = "other name" if other[k] else "same name "
-        print(f"  {dd[k]:>2}  {kind}  {a[1].size} {b[1].size}  {a[0]}  {b[0]}  "
-              f"{hash_to_hex(int(hashes[i[k]]))} {hash_to_hex(int(hashes[j[k]]))}")
+        print(
+            f"  {dd[k]:>2}  {kind}  {a[1].size} {b[1].size}  {a[0]}  {b[0]}  "
+            f"{hash_to_hex(int(hashes[i[k]]))} {hash_to_hex(int(hashes[j[k]]))}"
+        )
 
 
 if __name__ == "__main__":

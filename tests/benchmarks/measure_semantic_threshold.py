@@ -90,8 +90,10 @@ def corroborated(e, var, h0, hv, i, j, cos, other, paths) -> None:
 
     base = rule(cos, ham, 2.0, -1)
     n_base = len(set(i[base].tolist()) | set(j[base].tolist()))
-    print(f"\ncorroborated rule, pairwise: near-duplicate if cosine >= {DEFAULT_T} or pHash <= {ht} bits or "
-          f"(cosine >= tc and pHash <= tb bits)")
+    print(
+        f"\ncorroborated rule, pairwise: near-duplicate if cosine >= {DEFAULT_T} or pHash <= {ht} bits or "
+        f"(cosine >= tc and pHash <= tb bits)"
+    )
     print("| tc | tb | " + " | ".join(EDITS) + " | distinct images in a near-duplicate pair | added pairs |")
     print("|---" * (len(EDITS) + 4) + "|")
     for tc, tb in [(2.0, -1)] + [(tc, tb) for tc in (0.93, 0.94, 0.95) for tb in (8, 10, 12)]:
@@ -99,12 +101,16 @@ def corroborated(e, var, h0, hv, i, j, cos, other, paths) -> None:
         pr = rule(cos, ham, tc, tb)
         n_img = len(set(i[pr].tolist()) | set(j[pr].tolist()))
         label = "off | –" if tc > 1 else f"{tc:.2f} | {tb}"
-        print(f"| {label} | " + " | ".join(f"{c:.1%}" for c in caught) + f" | {n_img} (off: {n_base}) | "
-              f"{int((pr & ~base).sum())} |")
+        print(
+            f"| {label} | " + " | ".join(f"{c:.1%}" for c in caught) + f" | {n_img} (off: {n_base}) | "
+            f"{int((pr & ~base).sum())} |"
+        )
     tc, tb = SemanticDedupConfig().corroborated_threshold, SemanticDedupConfig().corroborated_phash_bits
     added = rule(cos, ham, tc, tb) & ~base
-    print(f"pairs the default (tc {tc}, tb {tb}) adds: " + "; ".join(
-        f"{cos[q]:.4f}/{ham[q]} bits {paths[i[q]]} ~ {paths[j[q]]}" for q in np.nonzero(added)[0]))
+    print(
+        f"pairs the default (tc {tc}, tb {tb}) adds: "
+        + "; ".join(f"{cos[q]:.4f}/{ham[q]} bits {paths[i[q]]} ~ {paths[j[q]]}" for q in np.nonzero(added)[0])
+    )
 
 
 def main() -> None:
@@ -120,8 +126,10 @@ def main() -> None:
     pix = [hashlib.sha256(img.convert("RGBA").tobytes() + repr(img.size).encode()).hexdigest() for _, img in images]
     e_all, var_all, rate, diff = embed_all(args, images)
     cfg = SemanticDedupConfig()
-    print(f"{len(images)} real PNG/JPEG images > 256x256 px; EfficientNet-lite0 embedding {rate:.1f} images/s "
-          f"incl. decode+resize ({args.threads} threads, batch {cfg.batch_size}); re-embedding max |diff| {diff:.1e}")
+    print(
+        f"{len(images)} real PNG/JPEG images > 256x256 px; EfficientNet-lite0 embedding {rate:.1f} images/s "
+        f"incl. decode+resize ({args.threads} threads, batch {cfg.batch_size}); re-embedding max |diff| {diff:.1e}"
+    )
 
     first = sorted({p: k for k, p in reversed(list(enumerate(pix)))}.values())  # one per pixel-distinct image
     n0 = len(first)
@@ -134,19 +142,25 @@ def main() -> None:
 
     for name in EDITS:
         c = np.einsum("ij,ij->i", e, var[name])
-        print(f"planted {name:<9} n={n0}: min {c.min():.4f}, p1 {pct(c, 1):.4f}, p5 {pct(c, 5):.4f}, "
-              f"median {np.median(c):.4f}")
+        print(
+            f"planted {name:<9} n={n0}: min {c.min():.4f}, p1 {pct(c, 1):.4f}, p5 {pct(c, 5):.4f}, "
+            f"median {np.median(c):.4f}"
+        )
     i, j = np.triu_indices(n0, 1)
     cos = np.einsum("ij,ij->i", e[i], e[j])
     other = np.array([names[a] != names[b] for a, b in zip(i, j)], bool)
     for label, c in (("distinct pairs", cos), ("  other name", cos[other]), ("  same name", cos[~other])):
-        print(f"{label:<17} n={c.size}: max {c.max():.4f}, p99.9 {pct(c, 99.9):.4f}, p99 {pct(c, 99):.4f}, "
-              f"median {np.median(c):.4f}")
+        print(
+            f"{label:<17} n={c.size}: max {c.max():.4f}, p99.9 {pct(c, 99.9):.4f}, p99 {pct(c, 99):.4f}, "
+            f"median {np.median(c):.4f}"
+        )
     nn = np.full(n0, -1.0)
     np.maximum.at(nn, i[other], cos[other])
     np.maximum.at(nn, j[other], cos[other])
-    print(f"nearest other-name neighbour n={n0}: max {nn.max():.4f}, p95 {pct(nn, 95):.4f}, "
-          f"p90 {pct(nn, 90):.4f}, median {np.median(nn):.4f}")
+    print(
+        f"nearest other-name neighbour n={n0}: max {nn.max():.4f}, p95 {pct(nn, 95):.4f}, "
+        f"p90 {pct(nn, 90):.4f}, median {np.median(nn):.4f}"
+    )
     for t in (0.93, 0.95, 0.97):
         print(f"  images with an other-name neighbour >= {t}: {int((nn >= t).sum())} ({(nn >= t).mean():.1%})")
 
@@ -158,23 +172,32 @@ def main() -> None:
         hv = hv_all[name] = np.array([phash_index.phash64(variants(images[k][1])[name]) for k in first], np.uint64)
         ph_caught[name] = phash_index.hamming(h0, hv) <= ht
     ph_drop, _ = phash_index.near_duplicate_drops(h0, ht, pixels=area, ids=paths)
-    print(f"\npHash (t = {ht} bits) alone: catches " + ", ".join(f"{k} {ph_caught[k].mean():.1%}" for k in EDITS) +
-          f"; drops {len(ph_drop)} of the {n0} distinct images")
+    print(
+        f"\npHash (t = {ht} bits) alone: catches "
+        + ", ".join(f"{k} {ph_caught[k].mean():.1%}" for k in EDITS)
+        + f"; drops {len(ph_drop)} of the {n0} distinct images"
+    )
 
     all_e = np.concatenate([e] + [var[k] for k in EDITS])
     ids = [f"o{q:04d}" for q in range(n0)] + [f"v{k}{q:04d}" for k in EDITS for q in range(n0)]
     pri = np.concatenate([area + 1e9] + [area] * len(EDITS))  # originals outrank their copies
-    print(f"\nfull method on {n0} originals + {len(ids) - n0} planted variants (k = ceil(sqrt(n)), n_probe = "
-          f"{cfg.n_probe}, probe_margin = {cfg.probe_margin}); 'CNN | pHash' = removed by either:")
-    print("| cosine t | " + " | ".join(f"{k} CNN (CNN or pHash)" for k in EDITS) +
-          " | distinct images dropped: other name / same name only | search s |")
+    print(
+        f"\nfull method on {n0} originals + {len(ids) - n0} planted variants (k = ceil(sqrt(n)), n_probe = "
+        f"{cfg.n_probe}, probe_margin = {cfg.probe_margin}); 'CNN | pHash' = removed by either:"
+    )
+    print(
+        "| cosine t | "
+        + " | ".join(f"{k} CNN (CNN or pHash)" for k in EDITS)
+        + " | distinct images dropped: other name / same name only | search s |"
+    )
     print("|---" * (len(EDITS) + 3) + "|")
     brute = all_e @ all_e.T
     recall_rows = []
     for t in THRESHOLDS:
         t0 = time.perf_counter()
-        drops = find_semantic_duplicates(all_e, ids, pri, threshold=t, n_probe=cfg.n_probe,
-                                          probe_margin=cfg.probe_margin)
+        drops = find_semantic_duplicates(
+            all_e, ids, pri, threshold=t, n_probe=cfg.n_probe, probe_margin=cfg.probe_margin
+        )
         ts = time.perf_counter() - t0
         dropped = {d: kp for d, kp, _ in drops}
         cells = []
@@ -192,8 +215,10 @@ def main() -> None:
             rec.append(len(truth & set(zip(a.tolist(), b.tolist()))))
         recall_rows.append((t, len(truth), rec))
     print("\npair recall of the clustered search vs brute force (same embeddings):")
-    print("| cosine t | pairs (brute force) | 1 cluster (SemDeDup) | 2 nearest | default: margin "
-          f"{cfg.probe_margin}, at most {cfg.n_probe} |\n|---|---|---|---|---|")
+    print(
+        "| cosine t | pairs (brute force) | 1 cluster (SemDeDup) | 2 nearest | default: margin "
+        f"{cfg.probe_margin}, at most {cfg.n_probe} |\n|---|---|---|---|---|"
+    )
     for t, tot, (r1, r2, r3) in recall_rows:
         print(f"| {t:.2f} | {tot} | {r1 / tot:.1%} | {r2 / tot:.1%} | {r3 / tot:.1%} |")
 
@@ -205,8 +230,10 @@ def main() -> None:
         a, b = first[i[q]], first[j[q]]
         print(f"  {cos[q]:.4f}  {images[a][1].size} {images[b][1].size}  {images[a][0]}  {images[b][0]}")
     low = np.argsort(np.einsum("ij,ij->i", e, var["bright"]))[:5]
-    print("\nlowest brightness-x1.1 cosines: " + ", ".join(
-        f"{paths[q]} {float(e[q] @ var['bright'][q]):.3f}" for q in low))
+    print(
+        "\nlowest brightness-x1.1 cosines: "
+        + ", ".join(f"{paths[q]} {float(e[q] @ var['bright'][q]):.3f}" for q in low)
+    )
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

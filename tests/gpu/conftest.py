@@ -22,4 +22,3 @@ def workdir(tmp_path_factory) -> Path:
 def checkpoints(workdir: Path) -> dict[str, Path]:
     """``{"qwen2-vl": dir, "internvl2": native dir, "internvl2-published": dir}`` (built once per workdir)."""
     return build_checkpoints(workdir)
-

@@ -29,8 +29,18 @@ N_IMAGES = 4
 def _mllm(checkpoints, family: str, backend: str, **kw):
     from mella.models.mllm import MLLM, MLLMConfig
 
-    return MLLM(MLLMConfig(family=family, model_path=str(checkpoints[family]), backend=backend, max_tiles=4,
-                           min_pixels=56 * 56, max_pixels=112 * 112, max_model_len=2048, **kw))
+    return MLLM(
+        MLLMConfig(
+            family=family,
+            model_path=str(checkpoints[family]),
+            backend=backend,
+            max_tiles=4,
+            min_pixels=56 * 56,
+            max_pixels=112 * 112,
+            max_model_len=2048,
+            **kw,
+        )
+    )
 
 
 def _greedy(n: int = 8):
@@ -74,8 +84,10 @@ def test_vllm_captioning_agrees_with_transformers(checkpoints, family):
         return ids[0] if ids else None
 
     same_first = sum(first(a) == first(b) for a, b in zip(ref, out, strict=True))
-    print(f"{family}: vLLM vs transformers greedy: first token equal {same_first}/{N_IMAGES}, "
-          f"whole answer equal {sum(a == b for a, b in zip(ref, out, strict=True))}/{N_IMAGES}")
+    print(
+        f"{family}: vLLM vs transformers greedy: first token equal {same_first}/{N_IMAGES}, "
+        f"whole answer equal {sum(a == b for a, b in zip(ref, out, strict=True))}/{N_IMAGES}"
+    )
     assert same_first >= N_IMAGES - 1, (ref, out)
 
 
@@ -91,10 +103,23 @@ def _corpus(root: Path, lang: str = "hu", n: int = 8) -> Path:
     for i in range(n):
         data = png(100 + i)
         page, img = f"http://gpu.test/{i}.html", f"http://gpu.test/{i}.png"
-        rows.append({"id": record_id(lang, page, img), "lang": lang, "page_url": page, "image_url": img,
-                     "alt_text": f"Egy színes téglalap a kép közepén, zöld és kék háttérrel, {i}. példa.", "text": None,
-                     "width": 96, "height": 64, "format": "PNG", "image": data, "image_bytes": len(data),
-                     "sha256": hashlib.sha256(data).hexdigest(), "source": "crawl"})
+        rows.append(
+            {
+                "id": record_id(lang, page, img),
+                "lang": lang,
+                "page_url": page,
+                "image_url": img,
+                "alt_text": f"Egy színes téglalap a kép közepén, zöld és kék háttérrel, {i}. példa.",
+                "text": None,
+                "width": 96,
+                "height": 64,
+                "format": "PNG",
+                "image": data,
+                "image_bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "source": "crawl",
+            }
+        )
     (root / "d_know").mkdir(parents=True, exist_ok=True)
     pq.write_table(to_table(rows), root / "d_know" / "part-0.parquet")
     return root
@@ -113,14 +138,43 @@ def test_lora_step_deepspeed_zero2_on_gpu(checkpoints, workdir):
     data = _corpus(workdir / "train_corpus")
     out = workdir / "train_out"
     shutil.rmtree(out, ignore_errors=True)  # a rerun in the same --workdir
-    sets = ["batch_size=1", "grad_accum=1", "materialize=true", "warmup_ratio=0.0", "image_min_pixels=3136",
-            "image_max_pixels=12544", "n_test=2", "max_tiles=4", "max_steps=3", "lr=1e-3"]
-    cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), "--data", str(data), "--lang", "hu", "--backbone",
-           "qwen2-vl", "--model", str(checkpoints["qwen2-vl"]), "--output", str(out), "--mix", "know-only",
-           "--deepspeed", "zero2", "--num-workers", "1", "--use-gpu", *sets]
+    sets = [
+        "batch_size=1",
+        "grad_accum=1",
+        "materialize=true",
+        "warmup_ratio=0.0",
+        "image_min_pixels=3136",
+        "image_max_pixels=12544",
+        "n_test=2",
+        "max_tiles=4",
+        "max_steps=3",
+        "lr=1e-3",
+    ]
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "train.py"),
+        "--data",
+        str(data),
+        "--lang",
+        "hu",
+        "--backbone",
+        "qwen2-vl",
+        "--model",
+        str(checkpoints["qwen2-vl"]),
+        "--output",
+        str(out),
+        "--mix",
+        "know-only",
+        "--deepspeed",
+        "zero2",
+        "--num-workers",
+        "1",
+        "--use-gpu",
+        *sets,
+    ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
     assert summary["steps"] == 3
     assert {p.name for p in Path(summary["adapter"]).iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
@@ -142,9 +196,16 @@ def test_serve_answers_a_chat_request_with_an_image_on_gpu(checkpoints, workdir)
 
     adapters = workdir / "serve_adapters"
     adapters.mkdir(exist_ok=True)
-    cfg = ServeConfig(model=checkpoints["qwen2-vl"], adapters=adapters, base_model_name="tiny-gpu", device="cuda",
-                      image_min_pixels=56 * 56, image_max_pixels=112 * 112, default_max_tokens=8,
-                      auth_token_env="MELLA_GPU_CHECK_UNSET_TOKEN")  # no bearer token asked
+    cfg = ServeConfig(
+        model=checkpoints["qwen2-vl"],
+        adapters=adapters,
+        base_model_name="tiny-gpu",
+        device="cuda",
+        image_min_pixels=56 * 56,
+        image_max_pixels=112 * 112,
+        default_max_tokens=8,
+        auth_token_env="MELLA_GPU_CHECK_UNSET_TOKEN",
+    )  # no bearer token asked
     plain = cfg.model_dump(mode="json")
     port = free_port()
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False)
@@ -153,8 +214,16 @@ def test_serve_answers_a_chat_request_with_an_image_on_gpu(checkpoints, workdir)
         model = VLMDeployment.options(ray_actor_options={"num_cpus": 1, "num_gpus": 1})
         serve.run(Gateway.bind(model.bind(plain), plain), name="mella-gpu", route_prefix="/")
         url = "data:image/png;base64," + base64.b64encode(png(7)).decode()
-        body = {"model": "tiny-gpu", "max_tokens": 8, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}]}]}
+        body = {
+            "model": "tiny-gpu",
+            "max_tokens": 8,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}],
+                }
+            ],
+        }
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=300)
         assert r.status_code == 200, r.text
         out = r.json()

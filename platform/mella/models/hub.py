@@ -62,12 +62,15 @@ def _download(repo: str, rev: str | None, flag: str, name: str) -> Path:
         return Path(snapshot_download(repo, revision=rev, cache_dir=str(cache), local_files_only=offline))
     except LocalEntryNotFoundError as e:
         why = "HF_HUB_OFFLINE=1" if offline else "the hub is unreachable"
-        raise UsageError(f"{flag} {name} is not in the Hugging Face cache {cache} ({why}): run `{get}` where the "
-                         "hub is reachable with the same HF_HOME, or pass a local checkpoint directory") from e
+        raise UsageError(
+            f"{flag} {name} is not in the Hugging Face cache {cache} ({why}): run `{get}` where the "
+            "hub is reachable with the same HF_HOME, or pass a local checkpoint directory"
+        ) from e
     except (HfHubHTTPError, OSError, ValueError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"{flag} {name}: the hub refused it ({first}); check the id, or run `{get}` with access "
-                         f"(cache {cache})") from e
+        raise UsageError(
+            f"{flag} {name}: the hub refused it ({first}); check the id, or run `{get}` with access (cache {cache})"
+        ) from e
 
 
 def resolve_model(name: str | Path, *, revision: str | None = None, flag: str = "--model") -> Path:
@@ -90,8 +93,10 @@ def resolve_model(name: str | Path, *, revision: str | None = None, flag: str = 
     else:
         parsed = parse_hub_id(text)
         if parsed is None:
-            raise UsageError(f"{flag} {text} does not exist and is no hub id (org/name[@revision]): give a local "
-                             "checkpoint directory or a model id such as Qwen/Qwen2-VL-7B-Instruct")
+            raise UsageError(
+                f"{flag} {text} does not exist and is no hub id (org/name[@revision]): give a local "
+                "checkpoint directory or a model id such as Qwen/Qwen2-VL-7B-Instruct"
+            )
         repo, rev = parsed
         path = _download(repo, revision or rev, flag, text)
     return _native(path, flag)
@@ -108,8 +113,10 @@ def _native(path: Path, flag: str) -> Path:
     try:
         from mella.models.internvl2 import native_checkpoint
     except ImportError as e:
-        raise UsageError(f"{flag} {path} is InternVL2 in its published remote-code format (internvl_chat) and this "
-                         "build has no converter (mella.models.internvl2): pass an InternVL -hf checkpoint") from e
+        raise UsageError(
+            f"{flag} {path} is InternVL2 in its published remote-code format (internvl_chat) and this "
+            "build has no converter (mella.models.internvl2): pass an InternVL -hf checkpoint"
+        ) from e
     return Path(native_checkpoint(path))
 
 
@@ -118,8 +125,9 @@ def snapshot_commit(repo_id: str, revision: str = "main") -> str:
     return hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
 
 
-def write_cache_entry(cache_dir: str | Path, repo_id: str, writer: Callable[[Path], object],
-                      revision: str = "main") -> Path:
+def write_cache_entry(
+    cache_dir: str | Path, repo_id: str, writer: Callable[[Path], object], revision: str = "main"
+) -> Path:
     """Write a model repository into a hub cache exactly as ``hf download`` lays it out; returns the snapshot.
 
     ``writer(dir)`` writes the repository's files into an empty temporary ``dir``; each file becomes

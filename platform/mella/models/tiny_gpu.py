@@ -15,8 +15,13 @@ import json
 from pathlib import Path
 
 #: text: hidden, heads, kv heads, layers; vision: hidden, heads (64-dim heads everywhere)
-TEXT = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2}
+TEXT = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 VISION_HIDDEN, VISION_HEADS = 128, 2
 
 
@@ -32,16 +37,34 @@ def gpu_qwen2vl(path: Path, seed: int = 0) -> Path:
     tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     hidden = TEXT["hidden_size"]
     cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=TEXT["intermediate_size"],
-                         num_hidden_layers=TEXT["num_hidden_layers"], num_attention_heads=TEXT["num_attention_heads"],
-                         num_key_value_heads=TEXT["num_key_value_heads"], max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [16, 8, 8]},
-                         tie_word_embeddings=True),
-        vision_config=dict(depth=1, embed_dim=VISION_HIDDEN, num_heads=VISION_HEADS, mlp_ratio=2, hidden_size=hidden,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"), video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=TEXT["intermediate_size"],
+            num_hidden_layers=TEXT["num_hidden_layers"],
+            num_attention_heads=TEXT["num_attention_heads"],
+            num_key_value_heads=TEXT["num_key_value_heads"],
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [16, 8, 8]},
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=VISION_HIDDEN,
+            num_heads=VISION_HEADS,
+            mlp_ratio=2,
+            hidden_size=hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_chans=3,
+        ),
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"), tie_word_embeddings=True)
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(seed)
     Qwen2VLForConditionalGeneration(cfg).save_pretrained(path)
     tok.save_pretrained(path)
@@ -64,9 +87,17 @@ def gpu_internvl2_published(path: Path, seed: int = 0) -> Path:
     path = internvl2.write_tiny_published(Path(path), seed=seed)
     old = json.loads((path / "config.json").read_text())
     cfg = internvl2.published_config(
-        vocab_size=old["llm_config"]["vocab_size"], image_size=old["force_image_size"], text=dict(TEXT),
-        vision={"hidden_size": VISION_HIDDEN, "intermediate_size": 2 * VISION_HIDDEN, "num_hidden_layers": 2,
-                "num_attention_heads": VISION_HEADS, "patch_size": old["vision_config"]["patch_size"]})
+        vocab_size=old["llm_config"]["vocab_size"],
+        image_size=old["force_image_size"],
+        text=dict(TEXT),
+        vision={
+            "hidden_size": VISION_HIDDEN,
+            "intermediate_size": 2 * VISION_HIDDEN,
+            "num_hidden_layers": 2,
+            "num_attention_heads": VISION_HEADS,
+            "patch_size": old["vision_config"]["patch_size"],
+        },
+    )
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     tensors = internvl2.published_tensors(cfg, seed)
     index = json.loads((path / "model.safetensors.index.json").read_text())

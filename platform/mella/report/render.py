@@ -38,8 +38,12 @@ _ENV: Environment | None = None
 def env() -> Environment:
     global _ENV
     if _ENV is None:
-        _ENV = Environment(loader=PackageLoader("mella.report", "templates"),
-                           autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+        _ENV = Environment(
+            loader=PackageLoader("mella.report", "templates"),
+            autoescape=select_autoescape(["html"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
     return _ENV
 
 
@@ -63,8 +67,10 @@ def funnel_svg(funnel: dict, width: int = 860, row_h: int = 28) -> str:
     for s in stages:
         top_by_unit[s["unit"]] = max(top_by_unit.get(s["unit"], 0), s["in"], 1)
     h = row_h * len(stages) + 10
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" viewBox="0 0 {width} {h}" '
-           f'font-family="system-ui, DejaVu Sans, sans-serif" font-size="12" role="img" aria-label="funnel per stage">']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" viewBox="0 0 {width} {h}" '
+        f'font-family="system-ui, DejaVu Sans, sans-serif" font-size="12" role="img" aria-label="funnel per stage">'
+    ]
     for k, s in enumerate(stages):
         y = 5 + k * row_h
         scale = bar_w / top_by_unit[s["unit"]]
@@ -72,12 +78,14 @@ def funnel_svg(funnel: dict, width: int = 860, row_h: int = 28) -> str:
         reasons = sorted(s.get("reasons", {}).items(), key=lambda kv: -kv[1])[:3]
         why = ", ".join(f"{r}:{n}" for r, n in reasons)
         routed = f" (→ D_ling {s['routed_to_d_ling']})" if s.get("routed_to_d_ling") else ""
-        out.append(f'<g class="stage" data-stage="{escape(s["stage"])}">'
-                   f'<text x="0" y="{y + 17}">{escape(s["stage"])}</text>'
-                   f'<rect x="{label_w}" y="{y + 4}" width="{w_in:.1f}" height="{row_h - 8}" fill="#c9dbee"/>'
-                   f'<rect x="{label_w}" y="{y + 4}" width="{w_out:.1f}" height="{row_h - 8}" fill="#2f6fae"/>'
-                   f'<text x="{label_w + bar_w + 8}" y="{y + 17}">{s["in"]} → {s["out"]} {escape(s["unit"])}'
-                   f'<tspan fill="#b0413e"> {escape(why)}{escape(routed)}</tspan></text></g>')
+        out.append(
+            f'<g class="stage" data-stage="{escape(s["stage"])}">'
+            f'<text x="0" y="{y + 17}">{escape(s["stage"])}</text>'
+            f'<rect x="{label_w}" y="{y + 4}" width="{w_in:.1f}" height="{row_h - 8}" fill="#c9dbee"/>'
+            f'<rect x="{label_w}" y="{y + 4}" width="{w_out:.1f}" height="{row_h - 8}" fill="#2f6fae"/>'
+            f'<text x="{label_w + bar_w + 8}" y="{y + 17}">{s["in"]} → {s["out"]} {escape(s["unit"])}'
+            f'<tspan fill="#b0413e"> {escape(why)}{escape(routed)}</tspan></text></g>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -88,5 +96,7 @@ def lang_funnel(funnel: dict) -> dict | None:
     langs = sorted({lang for s in rows for lang in s["by_lang"] if lang})
     if not rows or not langs:
         return None
-    return {"langs": langs, "rows": [{"stage": s["stage"], "cells": [s["by_lang"].get(lang) for lang in langs]}
-                                     for s in rows]}
+    return {
+        "langs": langs,
+        "rows": [{"stage": s["stage"], "cells": [s["by_lang"].get(lang) for lang in langs]} for s in rows],
+    }

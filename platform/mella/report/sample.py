@@ -32,12 +32,55 @@ DATASETS = ("d_know", "d_ling")
 NEAR_DUP_STAGES = ("phash_dedup", "semantic_dedup")
 #: columns read per dataset (those absent from a part are null)
 COLUMNS = {
-    "d_know": ["id", "lang", "page_url", "image_url", "alt_text", "width", "height", "format", "image_bytes",
-               "category", "nsfw_score", "phash", "source", "lid_prob"],
-    "d_ling": ["id", "lang", "page_url", "image_url", "alt_text", "width", "height", "format", "image_bytes",
-               "category", "caption_en", "text", "mt_backend", "qe_score", "d_ling_reason"],
-    "rejects": ["id", "lang", "page_url", "image_url", "alt_text", "width", "height", "format", "image_bytes",
-                "stage", "reason", "detail", "phash", "nsfw_score"],
+    "d_know": [
+        "id",
+        "lang",
+        "page_url",
+        "image_url",
+        "alt_text",
+        "width",
+        "height",
+        "format",
+        "image_bytes",
+        "category",
+        "nsfw_score",
+        "phash",
+        "source",
+        "lid_prob",
+    ],
+    "d_ling": [
+        "id",
+        "lang",
+        "page_url",
+        "image_url",
+        "alt_text",
+        "width",
+        "height",
+        "format",
+        "image_bytes",
+        "category",
+        "caption_en",
+        "text",
+        "mt_backend",
+        "qe_score",
+        "d_ling_reason",
+    ],
+    "rejects": [
+        "id",
+        "lang",
+        "page_url",
+        "image_url",
+        "alt_text",
+        "width",
+        "height",
+        "format",
+        "image_bytes",
+        "stage",
+        "reason",
+        "detail",
+        "phash",
+        "nsfw_score",
+    ],
 }
 #: ``detail`` of a near-duplicate reject: the measure and the kept image (see module doc)
 _KEPT = re.compile(r"^(?P<measure>.*?) to (?P<kept>\S+)$")
@@ -134,7 +177,7 @@ class NearDupGroups:
         rows = self.groups[key]["rows"]
         rows.append(row)
         rows.sort(key=lambda r: r["id"])
-        del rows[self.max_dropped:]
+        del rows[self.max_dropped :]
 
 
 @dataclass
@@ -147,8 +190,9 @@ class Selection:
     near: NearDupGroups
 
 
-def select(out_dir: str, per_lang: int = 240, per_reason: int = 12, near_groups: int = 40,
-           near_dropped: int = 6) -> Selection:
+def select(
+    out_dir: str, per_lang: int = 240, per_reason: int = 12, near_groups: int = 40, near_dropped: int = 6
+) -> Selection:
     """One streaming pass over ``out_dir``: exact counts and bounded samples.
 
     Args:

@@ -111,8 +111,13 @@ def _thumbs_of_file(batch: dict, size: int) -> dict:
     return {"key": keys_out, "thumb": thumbs}
 
 
-def make_thumbnails(requests: dict[str, list[tuple[str, int]]], size: int = THUMB_PX, num_cpus: float = 1,
-                    warc_urls: dict[str, str] | None = None, warc_files: list[str] = ()) -> dict[str, str]:
+def make_thumbnails(
+    requests: dict[str, list[tuple[str, int]]],
+    size: int = THUMB_PX,
+    num_cpus: float = 1,
+    warc_urls: dict[str, str] | None = None,
+    warc_files: list[str] = (),
+) -> dict[str, str]:
     """``{key: [(part file, row), ...]}`` and ``warc_urls`` ``{key: image URL}`` (looked up in ``warc_files``)
     → ``{key: JPEG data URL}`` for every key some location has decodable bytes for.
 
@@ -124,17 +129,21 @@ def make_thumbnails(requests: dict[str, list[tuple[str, int]]], size: int = THUM
     for key, locs in requests.items():
         for path, row in locs:
             by_file[path].append((row, key))
-    items = [{"path": p, "rows": [r for r, _ in v], "keys": [k for _, k in v], "urls": [""] * len(v)}
-             for p, v in sorted(by_file.items())]
+    items = [
+        {"path": p, "rows": [r for r, _ in v], "keys": [k for _, k in v], "urls": [""] * len(v)}
+        for p, v in sorted(by_file.items())
+    ]
     if warc_urls:
         keys = sorted(warc_urls)
-        items += [{"path": w, "rows": [0] * len(keys), "keys": keys, "urls": [warc_urls[k] for k in keys]}
-                  for w in warc_files]
+        items += [
+            {"path": w, "rows": [0] * len(keys), "keys": keys, "urls": [warc_urls[k] for k in keys]} for w in warc_files
+        ]
     if not items:
         return {}
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 64))
-    ds = ds.map_batches(_thumbs_of_file, fn_kwargs={"size": size}, batch_size=1, batch_format="numpy",
-                        num_cpus=num_cpus)
+    ds = ds.map_batches(
+        _thumbs_of_file, fn_kwargs={"size": size}, batch_size=1, batch_format="numpy", num_cpus=num_cpus
+    )
     out: dict[str, str] = {}
     for r in ds.iter_rows():
         if r["thumb"] and not out.get(r["key"]):

@@ -21,7 +21,6 @@ wrong methods (405), wrong Content-Type (415) and oversized headers (431); no tr
 ``application(cfg, runtime_env)`` is the same for Python callers (tests, notebooks).
 """
 
-
 import asyncio
 import hmac
 import logging
@@ -69,8 +68,12 @@ class HeaderLimits:
             headers = scope.get("headers") or []
             size = sum(len(k) + len(v) for k, v in headers)
             if len(headers) > self.count or size > self.bytes:
-                exc = ApiError(431, f"request has {len(headers)} headers of {size} bytes; at most {self.count} "
-                                    f"headers of {self.bytes} bytes are accepted", "headers_too_large")
+                exc = ApiError(
+                    431,
+                    f"request has {len(headers)} headers of {size} bytes; at most {self.count} "
+                    f"headers of {self.bytes} bytes are accepted",
+                    "headers_too_large",
+                )
                 await _error(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -127,9 +130,16 @@ class VLMDeployment:
         self.cfg = cfg
         self.registry = discover(cfg.adapters, cfg.base_name)
         device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-        self.engine = VLMEngine(cfg.backbone, cfg.model, device=device, min_pixels=cfg.image_min_pixels,
-                                max_pixels=cfg.image_max_pixels, max_tiles=cfg.max_tiles,
-                                max_prompt_tokens=cfg.max_prompt_tokens)
+        self.engine = VLMEngine(
+            cfg.backbone,
+            cfg.model,
+            device=device,
+            min_pixels=cfg.image_min_pixels,
+            max_pixels=cfg.image_max_pixels,
+            max_tiles=cfg.max_tiles,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+        )
+
         # LRU size comes from the config, so the multiplexed loader is wired at init (Serve detects it there).
         # (a plain function: Serve keeps its LRU state as an attribute of the decorated callable).
         async def load(name: str) -> LoadedAdapter:
@@ -170,8 +180,12 @@ class VLMDeployment:
         """Adapter loads by the LRU loader, temporary loads, adapters loaded now, peak RSS of the replica (MiB)."""
         import resource
 
-        return {"loads": self.loads, "temporary_loads": self.engine.temporary_loads, "loaded": sorted(self.engine.loaded),
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {
+            "loads": self.loads,
+            "temporary_loads": self.engine.temporary_loads,
+            "loaded": sorted(self.engine.loaded),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
 
 
 def _error(exc: ApiError) -> JSONResponse:
@@ -231,8 +245,13 @@ class Gateway:
     def _validate(self, body: bytes) -> tuple[protocol.ChatRequest, GenRequest]:
         req = protocol.parse_request(protocol.parse_json(body), self.cfg)
         if req.model not in self.registry:
-            raise ApiError(404, f"model {req.model!r} does not exist; GET /v1/models lists the available ones",
-                           "model_not_found", "model", type_="not_found_error")
+            raise ApiError(
+                404,
+                f"model {req.model!r} does not exist; GET /v1/models lists the available ones",
+                "model_not_found",
+                "model",
+                type_="not_found_error",
+            )
         return req, protocol.to_gen_request(req, self.cfg, self.rules)
 
     @api.get("/v1/models")
@@ -251,12 +270,18 @@ class Gateway:
         try:
             self._auth(request)
             if not _is_json(request.headers.get("content-type")):
-                raise ApiError(415, f"Content-Type {request.headers['content-type']!r} is not supported; send "
-                                    "application/json", "unsupported_media_type")
+                raise ApiError(
+                    415,
+                    f"Content-Type {request.headers['content-type']!r} is not supported; send application/json",
+                    "unsupported_media_type",
+                )
             body = await self._body(request)
             req, gen = await asyncio.to_thread(self._validate, body)  # parsing a 30 MB body stays off the loop
-            handle = self.model if req.model == self.registry.base_name else self.model.options(
-                multiplexed_model_id=req.model)
+            handle = (
+                self.model
+                if req.model == self.registry.base_name
+                else self.model.options(multiplexed_model_id=req.model)
+            )
             res = await handle.chat.remote(gen)
         except ApiError as exc:
             return _error(exc)

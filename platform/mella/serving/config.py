@@ -17,7 +17,9 @@ class ServeConfig(Strict):
 
     model: Path  # base model: a local HF checkpoint dir or a hub id org/name[@rev] (resolved by application())
     backbone: Literal["qwen2-vl", "internvl2"] = "qwen2-vl"
-    base_model_name: str | None = Field(None, pattern=NAME_RE.pattern)  # model id meaning "no adapter"; default: dir or hub name
+    base_model_name: str | None = Field(
+        None, pattern=NAME_RE.pattern
+    )  # model id meaning "no adapter"; default: dir or hub name
     adapters: Path | None = None  # directory listed once at start-up (mella.serving.registry)
     max_adapters_per_replica: int = Field(4, ge=1)  # @serve.multiplexed LRU size
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the replica has a GPU

@@ -61,11 +61,21 @@ class VLMEngine:
             ``max_prompt_tokens`` × the longest vocabulary entry are refused before tokenising (:class:`TextRules`).
     """
 
-    def __init__(self, backbone: str, model_path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                 min_pixels: int = 4 * 28 * 28, max_pixels: int = 1024 * 28 * 28, max_tiles: int = 6,
-                 max_prompt_tokens: int = 8192):
-        self.bb = load_backbone(backbone, str(model_path), min_pixels=min_pixels, max_pixels=max_pixels,
-                                max_tiles=max_tiles)
+    def __init__(
+        self,
+        backbone: str,
+        model_path: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        min_pixels: int = 4 * 28 * 28,
+        max_pixels: int = 1024 * 28 * 28,
+        max_tiles: int = 6,
+        max_prompt_tokens: int = 8192,
+    ):
+        self.bb = load_backbone(
+            backbone, str(model_path), min_pixels=min_pixels, max_pixels=max_pixels, max_tiles=max_tiles
+        )
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
         self.model: Any = load_model(backbone, str(model_path), dtype).to(device).eval()
         self.device = device
@@ -134,8 +144,9 @@ class VLMEngine:
                 else:
                     content.append({"type": "text", "text": value})
             msgs.append({"role": m["role"], "content": content})
-        text = self.bb.tokenizer.apply_chat_template(msgs, chat_template=self.bb.template, add_generation_prompt=True,
-                                                     tokenize=False)
+        text = self.bb.tokenizer.apply_chat_template(
+            msgs, chat_template=self.bb.template, add_generation_prompt=True, tokenize=False
+        )
         ids = self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
         slots = [i for i, t in enumerate(ids) if t == self.image_id]
         if len(slots) != len(images):
@@ -147,8 +158,11 @@ class VLMEngine:
             start = slot + 1
         out.ids += ids[start:]
         if len(out.ids) > self.max_prompt_tokens:
-            raise RequestError(f"prompt has {len(out.ids)} tokens, more than max_prompt_tokens={self.max_prompt_tokens}",
-                               "prompt_too_long", "messages")
+            raise RequestError(
+                f"prompt has {len(out.ids)} tokens, more than max_prompt_tokens={self.max_prompt_tokens}",
+                "prompt_too_long",
+                "messages",
+            )
         return out
 
     def _image_tokens(self, data: bytes, features: list) -> list[int]:
@@ -160,8 +174,9 @@ class VLMEngine:
         try:
             self.bb.check_image(width, height)
         except ValueError as exc:
-            raise RequestError(f"image of {width}x{height} px cannot be used by {self.bb.name}: {exc}",
-                               "invalid_image") from exc
+            raise RequestError(
+                f"image of {width}x{height} px cannot be used by {self.bb.name}: {exc}", "invalid_image"
+            ) from exc
         try:
             img = decode_image(data)
             feats, tokens = self.bb.image_features(img)
@@ -175,8 +190,8 @@ class VLMEngine:
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, e in enumerate(batch):  # left padding: generation continues every row at the same position
-            ids[i, width - len(e.ids):] = torch.tensor(e.ids, dtype=torch.long)
-            mask[i, width - len(e.ids):] = 1
+            ids[i, width - len(e.ids) :] = torch.tensor(e.ids, dtype=torch.long)
+            mask[i, width - len(e.ids) :] = 1
         out = {"input_ids": ids, "attention_mask": mask}
         feats = [f for e in batch for f in e.features]
         if feats:
@@ -189,8 +204,9 @@ class VLMEngine:
         return {k: v.to(self.device) for k, v in out.items()}
 
     # ----------------------------------------------------------------------------------- generation
-    def generate(self, requests: list[GenRequest], adapters: list[str | None] | None = None,
-                 paths: dict[str, Path] | None = None) -> list[GenResult | RequestError | GenerationFailed]:
+    def generate(
+        self, requests: list[GenRequest], adapters: list[str | None] | None = None, paths: dict[str, Path] | None = None
+    ) -> list[GenResult | RequestError | GenerationFailed]:
         """Generate for ``requests``; ``adapters[i]`` names request i's adapter (None = base model).
 
         Each request is validated and encoded on its own (:meth:`encode`); a request that fails comes back as
@@ -204,8 +220,12 @@ class VLMEngine:
                 items.append(exc)
         return self.generate_encoded(items, adapters, paths)
 
-    def generate_encoded(self, items: list[_Encoded | RequestError], adapters: list[str | None] | None = None,
-                         paths: dict[str, Path] | None = None) -> list[GenResult | RequestError | GenerationFailed]:
+    def generate_encoded(
+        self,
+        items: list[_Encoded | RequestError],
+        adapters: list[str | None] | None = None,
+        paths: dict[str, Path] | None = None,
+    ) -> list[GenResult | RequestError | GenerationFailed]:
         """Generate for already encoded requests (a :class:`RequestError` item is passed through).
 
         One ``generate`` call per distinct sampling setting serves every adapter of the batch at once
@@ -240,8 +260,9 @@ class VLMEngine:
                 self.temporary_loads += 1
             try:
                 for key, idx in groups.items():
-                    for i, res in zip(idx, self._generate_isolated([items[i] for i in idx], [adapters[i] for i in idx],
-                                                                   *key)):
+                    for i, res in zip(
+                        idx, self._generate_isolated([items[i] for i in idx], [adapters[i] for i in idx], *key)
+                    ):
                         results[i] = res
             finally:
                 for name in missing:
@@ -255,12 +276,23 @@ class VLMEngine:
             if len(batch) == 1:
                 log.exception("generation failed for one request")
                 return [GenerationFailed(f"{type(exc).__name__}: {exc}")]
-            log.warning("batched generate of %d requests raised %s: %s; retrying them one by one", len(batch),
-                        type(exc).__name__, exc)
+            log.warning(
+                "batched generate of %d requests raised %s: %s; retrying them one by one",
+                len(batch),
+                type(exc).__name__,
+                exc,
+            )
         return [self._generate_isolated([e], [a], *sampling)[0] for e, a in zip(batch, adapters)]
 
-    def _generate_locked(self, batch: list[_Encoded], adapters: list[str | None], max_tokens: int, temperature: float,
-                         top_p: float, seed: int | None) -> list[GenResult]:
+    def _generate_locked(
+        self,
+        batch: list[_Encoded],
+        adapters: list[str | None],
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> list[GenResult]:
         inputs = self._collate(batch)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_tokens, eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
         if temperature > 0:
@@ -273,7 +305,7 @@ class VLMEngine:
             kwargs["adapter_names"] = [a if a is not None else "__base__" for a in adapters]
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
-        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        new = out[:, inputs["input_ids"].shape[1] :].tolist()
         results = []
         for e, toks in zip(batch, new):
             stop = next((j for j, t in enumerate(toks) if t in self.stop_ids), None)

@@ -94,14 +94,17 @@ class GenResult:
 
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S)
+_DATA_URL = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S
+)
 
 
 class ApiError(Exception):
     """An HTTP error in OpenAI's shape. ``status``: HTTP code; ``code``: machine-readable reason."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 type_: str = "invalid_request_error"):
+    def __init__(
+        self, status: int, message: str, code: str, param: str | None = None, type_: str = "invalid_request_error"
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.type = status, message, code, param, type_
 
@@ -158,6 +161,7 @@ class ChatRequest(BaseModel):
 def check_sampling(req: GenRequest) -> None:
     """The engine-side twin of :class:`ChatRequest`'s number rules (for callers that skip the HTTP layer, e.g.
     Ray Data evaluation). Raises :class:`RequestError` naming the field."""
+
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
@@ -167,8 +171,9 @@ def check_sampling(req: GenRequest) -> None:
     if not is_int(req.max_tokens) or req.max_tokens < 1:
         raise RequestError(f"max_tokens must be an integer >= 1, got {req.max_tokens!r}", param="max_tokens")
     if not is_num(req.temperature) or not (req.temperature == 0 or TEMPERATURE_MIN <= req.temperature <= 2):
-        raise RequestError(f"temperature must be 0 or in [{TEMPERATURE_MIN}, 2], got {req.temperature!r}",
-                           param="temperature")
+        raise RequestError(
+            f"temperature must be 0 or in [{TEMPERATURE_MIN}, 2], got {req.temperature!r}", param="temperature"
+        )
     if not is_num(req.top_p) or not 0 < req.top_p <= 1:
         raise RequestError(f"top_p must be in (0, 1], got {req.top_p!r}", param="top_p")
     if req.seed is not None and (not is_int(req.seed) or not SEED_MIN <= req.seed <= SEED_MAX):
@@ -194,8 +199,14 @@ class TextRules:
       after tokenising is still checked.
     """
 
-    def __init__(self, specials: Iterable[str], max_token_chars: int, max_prompt_tokens: int,
-                 normalized_specials: Iterable[str] = (), normalize: Any = None):
+    def __init__(
+        self,
+        specials: Iterable[str],
+        max_token_chars: int,
+        max_prompt_tokens: int,
+        normalized_specials: Iterable[str] = (),
+        normalize: Any = None,
+    ):
         self.specials = sorted(set(specials), key=lambda t: (-len(t), t))
         self.max_chars = max_prompt_tokens * max(1, max_token_chars)
         self.max_prompt_tokens = max_prompt_tokens
@@ -211,8 +222,13 @@ class TextRules:
         specials = {t for t in tok.all_special_tokens if t} | {c for c, t in added.items() if t.special} | set(extra)
         normalized = [c for c in specials if c in added and added[c].normalized]
         normalizer = getattr(getattr(tok, "backend_tokenizer", None), "normalizer", None)
-        return cls(specials, max(map(len, tok.get_vocab())), max_prompt_tokens, normalized,
-                   normalizer.normalize_str if normalizer is not None else None)
+        return cls(
+            specials,
+            max(map(len, tok.get_vocab())),
+            max_prompt_tokens,
+            normalized,
+            normalizer.normalize_str if normalizer is not None else None,
+        )
 
     @classmethod
     def from_pretrained(cls, path: str, max_prompt_tokens: int) -> TextRules:
@@ -226,18 +242,28 @@ class TextRules:
         (checked first, O(1) per text), ``invalid_text`` (lone surrogate), ``special_token``."""
         total = sum(len(t) for _, t in texts)
         if total > self.max_chars:
-            raise RequestError(f"prompt text has {total} characters; at most {self.max_chars} can fit in "
-                               f"max_prompt_tokens={self.max_prompt_tokens} tokens", "prompt_too_long", "messages")
+            raise RequestError(
+                f"prompt text has {total} characters; at most {self.max_chars} can fit in "
+                f"max_prompt_tokens={self.max_prompt_tokens} tokens",
+                "prompt_too_long",
+                "messages",
+            )
         for param, text in texts:
             if (m := _SURROGATE.search(text)) is not None:
-                raise RequestError(f"text is not valid Unicode: lone surrogate U+{ord(m.group()):04X} at character "
-                                   f"{m.start()}", "invalid_text", param)
+                raise RequestError(
+                    f"text is not valid Unicode: lone surrogate U+{ord(m.group()):04X} at character {m.start()}",
+                    "invalid_text",
+                    param,
+                )
             m = self._raw.search(text) if self._raw else None
             if m is None and self._norm is not None:
                 m = self._norm.search(self._normalize(text))
             if m is not None:
-                raise RequestError(f"text contains the special token {m.group()!r}, which user text may not contain",
-                                   "special_token", param)
+                raise RequestError(
+                    f"text contains the special token {m.group()!r}, which user text may not contain",
+                    "special_token",
+                    param,
+                )
 
 
 def parse_json(body: bytes) -> dict:
@@ -273,8 +299,12 @@ def parse_request(data: dict, cfg: ServeConfig) -> ChatRequest:
         raise ApiError(400, f"more than {cfg.max_messages} messages", "too_many_messages", "messages")
     max_tokens = req.max_completion_tokens or req.max_tokens or cfg.default_max_tokens
     if max_tokens > cfg.max_tokens_limit:
-        raise ApiError(400, f"max_tokens {max_tokens} exceeds the limit {cfg.max_tokens_limit}", "max_tokens_too_large",
-                       "max_tokens")
+        raise ApiError(
+            400,
+            f"max_tokens {max_tokens} exceeds the limit {cfg.max_tokens_limit}",
+            "max_tokens_too_large",
+            "max_tokens",
+        )
     return req
 
 
@@ -287,8 +317,12 @@ def decode_image_url(url: str, cfg: ServeConfig, param: str) -> bytes:
     """
     url = url.strip()
     if url.startswith(("http://", "https://", "file:", "ftp:")):
-        raise ApiError(400, "remote image URLs are not fetched; send the image inline as a data: URL or base64",
-                       "remote_image_url", param)
+        raise ApiError(
+            400,
+            "remote image URLs are not fetched; send the image inline as a data: URL or base64",
+            "remote_image_url",
+            param,
+        )
     if url.startswith("data:"):
         m = _DATA_URL.match(url)
         if not m or not m.group("b64"):
@@ -312,11 +346,19 @@ def decode_image_url(url: str, cfg: ServeConfig, param: str) -> bytes:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 if img.format not in ALLOWED_FORMATS:
-                    raise ApiError(400, f"image format {img.format} not allowed ({sorted(ALLOWED_FORMATS)})",
-                                   "invalid_image", param)
+                    raise ApiError(
+                        400,
+                        f"image format {img.format} not allowed ({sorted(ALLOWED_FORMATS)})",
+                        "invalid_image",
+                        param,
+                    )
                 if img.width * img.height > cfg.max_image_pixels:
-                    raise ApiError(400, f"image is {img.width}x{img.height} px, more than {cfg.max_image_pixels} pixels",
-                                   "image_too_large", param)
+                    raise ApiError(
+                        400,
+                        f"image is {img.width}x{img.height} px, more than {cfg.max_image_pixels} pixels",
+                        "image_too_large",
+                        param,
+                    )
                 img.load()
     except ApiError:
         raise
@@ -378,15 +420,35 @@ def completion(model: str, res: GenResult) -> dict:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
-                     "finish_reason": res.finish_reason, "logprobs": None}],
-        "usage": {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
-                  "total_tokens": res.prompt_tokens + res.completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": res.text},
+                "finish_reason": res.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": res.prompt_tokens,
+            "completion_tokens": res.completion_tokens,
+            "total_tokens": res.prompt_tokens + res.completion_tokens,
+        },
     }
 
 
 def model_list(names: list[str], langs: dict[str, str | None], base_name: str, created: int) -> dict:
     """``GET /v1/models`` body; each entry adds ``lang`` and ``adapter`` (false for the base model)."""
-    return {"object": "list", "data": [
-        {"id": n, "object": "model", "created": created, "owned_by": "mella", "adapter": n != base_name,
-         "lang": langs.get(n)} for n in names]}
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": n,
+                "object": "model",
+                "created": created,
+                "owned_by": "mella",
+                "adapter": n != base_name,
+                "lang": langs.get(n),
+            }
+            for n in names
+        ],
+    }

@@ -166,8 +166,10 @@ class DedupStage(Stage):
     decisions: str | None = None
 
     def process(self, rows: list[dict]) -> None:
-        raise TypeError(f"{self.name} is a global dedup stage: its decisions are applied by "
-                        "mella.executor.apply_decisions, not row by row")
+        raise TypeError(
+            f"{self.name} is a global dedup stage: its decisions are applied by "
+            "mella.executor.apply_decisions, not row by row"
+        )
 
     def __call__(self, batch):
         """``batch`` (REJECT_SCHEMA) with this stage's decisions applied (:func:`mella.executor.apply_decisions`)."""
@@ -188,8 +190,13 @@ class Fused:
     CPUs/GPUs/memory/pool any member declares, and batches of the smallest declared ``batch_size``.
     """
 
-    def __init__(self, stages: list[Stage], name: str | None = None, resources: StageResources | None = None,
-                 batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        stages: list[Stage],
+        name: str | None = None,
+        resources: StageResources | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         if not stages:
             raise ValueError("Fused needs at least one stage")
         self.stages = list(stages)
@@ -206,9 +213,13 @@ class Fused:
         maxes = [r.max_pool_size for r in rs if r.max_pool_size is not None]
         mem = [r.memory for r in rs if r.memory]
         pool = max(pools) if pools else None
-        return StageResources(num_cpus=max(r.num_cpus for r in rs), num_gpus=max(r.num_gpus for r in rs),
-                              memory=max(mem) if mem else None, pool_size=pool,
-                              max_pool_size=max(max(maxes), pool) if maxes and pool else None)
+        return StageResources(
+            num_cpus=max(r.num_cpus for r in rs),
+            num_gpus=max(r.num_gpus for r in rs),
+            memory=max(mem) if mem else None,
+            pool_size=pool,
+            max_pool_size=max(max(maxes), pool) if maxes and pool else None,
+        )
 
     @property
     def batch_size(self) -> int | None:

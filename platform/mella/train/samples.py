@@ -76,8 +76,18 @@ class SampleBuilder:
     backbone's feature columns (``pixel_values`` [+ ``image_grid_thw``]).
     """
 
-    def __init__(self, backbone: str, model: str, lang: str, max_seq_length: int, seed: int,
-                 min_pixels: int, max_pixels: int, max_tiles: int, counter: str | None = None):
+    def __init__(
+        self,
+        backbone: str,
+        model: str,
+        lang: str,
+        max_seq_length: int,
+        seed: int,
+        min_pixels: int,
+        max_pixels: int,
+        max_tiles: int,
+        counter: str | None = None,
+    ):
         self.bb = _cached_backbone(backbone, str(model), min_pixels, max_pixels, max_tiles)
         self.prompts = prompts_for(lang)
         self.max_seq_length, self.seed, self.counter = max_seq_length, seed, counter

@@ -107,12 +107,21 @@ def select_training_rows(cfg: TrainConfig, sources: tuple[str, ...]) -> tuple[di
     used = [s for s in sources if s in splits and splits[s].train.num_rows]
     if not used:
         raise ValueError(f"no training rows for lang={cfg.lang!r} in {list(sources)} under {cfg.data}")
-    pool = [(s, r, h) for s in used for r, h in zip(splits[s].train["id"].to_pylist(), splits[s].train["sha256"].to_pylist())]
+    pool = [
+        (s, r, h)
+        for s in used
+        for r, h in zip(splits[s].train["id"].to_pylist(), splits[s].train["sha256"].to_pylist())
+    ]
     rows, repeat = sample_rows(pool, cfg.train_rows, cfg.sample_seed)
     keep = {s: pa.array(sorted({r for src, r, _ in rows if src == s}), pa.string()) for s in used}
-    info = {"rows": {s: sum(1 for src, _, _ in rows if src == s) for s in used}, "sources_used": used,
-            "pool_rows": {s: splits[s].train.num_rows for s in used}, "epoch_scale": repeat,
-            "held_out": {s: splits[s].test.num_rows for s in splits}, "snapshot": artifacts.snapshot_hash(rows)}
+    info = {
+        "rows": {s: sum(1 for src, _, _ in rows if src == s) for s in used},
+        "sources_used": used,
+        "pool_rows": {s: splits[s].train.num_rows for s in used},
+        "epoch_scale": repeat,
+        "held_out": {s: splits[s].test.num_rows for s in splits},
+        "snapshot": artifacts.snapshot_hash(rows),
+    }
     return {"files": present, "held": held, "keep": keep}, info
 
 
@@ -124,13 +133,26 @@ def prepare_data(cfg: TrainConfig, sources: tuple[str, ...], counter: str | None
     parts = []
     for s in info["sources_used"]:
         ds = ray.data.read_parquet(sel["files"][s]).select_columns(["id", "lang", "sha256", "image", ANSWER_COLUMN[s]])
-        parts.append(ds.map_batches(_select, fn_kwargs={"lang": cfg.lang, "held": sel["held"], "source": s,
-                                                        "keep": sel["keep"][s]},
-                                    batch_format="pyarrow", num_cpus=0.25))
+        parts.append(
+            ds.map_batches(
+                _select,
+                fn_kwargs={"lang": cfg.lang, "held": sel["held"], "source": s, "keep": sel["keep"][s]},
+                batch_format="pyarrow",
+                num_cpus=0.25,
+            )
+        )
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    kwargs = dict(backbone=cfg.backbone, model=str(cfg.model), lang=cfg.lang, max_seq_length=cfg.max_seq_length,
-                  seed=cfg.seed, min_pixels=cfg.image_min_pixels, max_pixels=cfg.image_max_pixels,
-                  max_tiles=cfg.max_tiles, counter=counter)
+    kwargs = dict(
+        backbone=cfg.backbone,
+        model=str(cfg.model),
+        lang=cfg.lang,
+        max_seq_length=cfg.max_seq_length,
+        seed=cfg.seed,
+        min_pixels=cfg.image_min_pixels,
+        max_pixels=cfg.image_max_pixels,
+        max_tiles=cfg.max_tiles,
+        counter=counter,
+    )
     ds = ds.map_batches(build_batch, fn_kwargs=kwargs, batch_size=8, batch_format="numpy", num_cpus=0.25)
     return (ds.materialize() if cfg.materialize else ds), info
 
@@ -161,8 +183,14 @@ def _select(t: pa.Table, lang: str, held: pa.Array, source: str, keep: pa.Array 
     t = t.filter(mask)
     if keep is not None:
         t = t.filter(pc.is_in(t["id"], value_set=keep))
-    return pa.table({"image": t["image"], "answer": t[ANSWER_COLUMN[source]], "sha256": t["sha256"],
-                     "source": pa.array([source] * t.num_rows, pa.string())})
+    return pa.table(
+        {
+            "image": t["image"],
+            "answer": t[ANSWER_COLUMN[source]],
+            "sha256": t["sha256"],
+            "source": pa.array([source] * t.num_rows, pa.string()),
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------- worker
@@ -212,8 +240,11 @@ def _save(engine, cfg: TrainConfig, rank: int, state: dict, history: list[dict],
     if rank == 0:
         (tmp / "train_state.json").write_text(json.dumps(state))
         (tmp / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-                     checkpoint_dir_name=f"checkpoint_{state['step']:08d}")
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+        checkpoint_dir_name=f"checkpoint_{state['step']:08d}",
+    )
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -227,22 +258,41 @@ def _setup(cfg: TrainConfig, model_path: str, total_steps: int, world: int):
     from mella.models.backbones import load_backbone, load_model
 
     torch.manual_seed(cfg.seed)  # same LoRA init on every rank
-    bb = load_backbone(cfg.backbone, model_path, min_pixels=cfg.image_min_pixels,
-                       max_pixels=cfg.image_max_pixels, max_tiles=cfg.max_tiles)
+    bb = load_backbone(
+        cfg.backbone,
+        model_path,
+        min_pixels=cfg.image_min_pixels,
+        max_pixels=cfg.image_max_pixels,
+        max_tiles=cfg.max_tiles,
+    )
     model = load_model(cfg.backbone, model_path, torch.bfloat16 if cfg.use_gpu else torch.float32)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=math.ceil(total_steps * cfg.warmup_ratio),
-                              num_training_steps=total_steps)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=_ds_config(cfg, world))
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(total_steps * cfg.warmup_ratio),
+        num_training_steps=total_steps,
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=_ds_config(cfg, world)
+    )
     return bb, engine, scheduler, n_total, n_train
 
 
@@ -276,8 +326,9 @@ class _StepLog:
         import torch
 
         n_ans = int((inputs["labels"][:, 1:] != -100).sum())  # shifted, as the model's loss counts them
-        self.acc += torch.tensor([loss * n_ans, n_ans, int(inputs["attention_mask"].sum())], dtype=torch.float64,
-                                 device=self.acc.device)
+        self.acc += torch.tensor(
+            [loss * n_ans, n_ans, int(inputs["attention_mask"].sum())], dtype=torch.float64, device=self.acc.device
+        )
 
     def record(self, step: int, epoch: int, lr: float) -> dict:
         import torch
@@ -287,20 +338,34 @@ class _StepLog:
         dt = time.perf_counter() - self.t0
         tok_s = self.acc[2].item() / dt
         use_gpu = self.cfg.use_gpu
-        return {"step": step, "epoch": epoch, "loss": self.acc[0].item() / max(self.acc[1].item(), 1.0),
-                "tokens": int(self.acc[2].item()), "step_time_s": dt, "tokens_per_s": tok_s,
-                "data_wait_s": self.data_wait, "cpu_time_s": time.process_time() - self.c0, "end_unix_s": time.time(),
-                "torch_threads": torch.get_num_threads(), "lr": lr,
-                "mfu": tok_s * self.flops_per_token / (self.world * self.peak) if self.peak else None,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if use_gpu else None}
+        return {
+            "step": step,
+            "epoch": epoch,
+            "loss": self.acc[0].item() / max(self.acc[1].item(), 1.0),
+            "tokens": int(self.acc[2].item()),
+            "step_time_s": dt,
+            "tokens_per_s": tok_s,
+            "data_wait_s": self.data_wait,
+            "cpu_time_s": time.process_time() - self.c0,
+            "end_unix_s": time.time(),
+            "torch_threads": torch.get_num_threads(),
+            "lr": lr,
+            "mfu": tok_s * self.flops_per_token / (self.world * self.peak) if self.peak else None,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if use_gpu else None,
+        }
 
 
 def _batches(shard, cfg: TrainConfig, epoch: int, log: _StepLog):
     """The shard's micro-batches of one epoch (seeded local shuffle); time spent waiting goes to ``log``."""
-    it = iter(shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                 local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                 local_shuffle_seed=cfg.seed + epoch))
+    it = iter(
+        shard.iter_batches(
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+            local_shuffle_seed=cfg.seed + epoch,
+        )
+    )
     while True:
         tw = time.perf_counter()
         batch = next(it, None)
@@ -367,7 +432,14 @@ def train_loop(config: dict) -> None:
             raise RuntimeError(f"rank {rank}: empty dataset shard (too few samples for {world} workers?)")
         epoch += 1
     if last_saved != step or not history:  # data ran out before total_steps: save what we have
-        _save(engine, cfg, rank, {"step": step, "epoch": epoch}, history, {**(history[-1] if history else {"step": step}), **extra})
+        _save(
+            engine,
+            cfg,
+            rank,
+            {"step": step, "epoch": epoch},
+            history,
+            {**(history[-1] if history else {"step": step}), **extra},
+        )
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -394,22 +466,31 @@ def run_stage(cfg: TrainConfig, sources: tuple[str, ...], model: Path, output: P
     counter_name = f"mella-samples-{name}-{os.getpid()}-{time.monotonic_ns()}"
     # on the driver's node, as Ray Train pins its controller: sample-building tasks re-run after a
     # worker node is lost (lineage reconstruction of the dataset) must still find the counter
-    counter = SampleCounter.options(name=counter_name, scheduling_strategy=NodeAffinitySchedulingStrategy(
-        ray.get_runtime_context().get_node_id(), soft=False)).remote()
+    counter = SampleCounter.options(
+        name=counter_name,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+    ).remote()
     ds, info = prepare_data(cfg, sources, counter_name)
     total_steps = _steps(cfg, sum(info["rows"].values()), info["epoch_scale"])
     stage_cfg = cfg.model_copy(update={"model": Path(model)})
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": stage_cfg.model_dump(mode="json"), "model": str(model), "total_steps": total_steps,
-                           "epoch_scale": info["epoch_scale"]},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        train_loop_config={
+            "cfg": stage_cfg.model_dump(mode="json"),
+            "model": str(model),
+            "total_steps": total_steps,
+            "epoch_scale": info["epoch_scale"],
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(output / "ray_results"),
+            name=name,
+            storage_path=str(output / "ray_results"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}}),
+            worker_runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}},
+        ),
         datasets={"train": ds},
     )
     result = trainer.fit()
@@ -424,9 +505,17 @@ def run_stage(cfg: TrainConfig, sources: tuple[str, ...], model: Path, output: P
         shutil.copy(Path(d) / "log.jsonl", output / "train_log.jsonl")
         state = json.loads((Path(d) / "train_state.json").read_text())
     history = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
-    return {"adapter": str(adapter), "base_model": str(model), "steps": state["step"], "total_steps": total_steps,
-            "final_loss": history[-1]["loss"] if history else None, "samples": counts, "ray_results": str(result.path),
-            "resumed": any("resumed_from" in h for h in history), **info}
+    return {
+        "adapter": str(adapter),
+        "base_model": str(model),
+        "steps": state["step"],
+        "total_steps": total_steps,
+        "final_loss": history[-1]["loss"] if history else None,
+        "samples": counts,
+        "ray_results": str(result.path),
+        "resumed": any("resumed_from" in h for h in history),
+        **info,
+    }
 
 
 def checkpoint_dtype(model: Path):
@@ -436,7 +525,11 @@ def checkpoint_dtype(model: Path):
 
     cfg = json.loads((Path(model) / "config.json").read_text())
     name = cfg.get("dtype") or cfg.get("torch_dtype") or cfg.get("text_config", {}).get("dtype") or "float32"
-    return getattr(torch, name) if name != "auto" and isinstance(getattr(torch, name, None), torch.dtype) else torch.float32
+    return (
+        getattr(torch, name)
+        if name != "auto" and isinstance(getattr(torch, name, None), torch.dtype)
+        else torch.float32
+    )
 
 
 def _merge(backbone: str, base: str, adapter: str, out: str, image_kw: dict) -> dict:
@@ -454,9 +547,14 @@ def _merge(backbone: str, base: str, adapter: str, out: str, image_kw: dict) -> 
     bb = load_backbone(backbone, base, **image_kw)
     bb.tokenizer.save_pretrained(out)
     bb.image_processor.save_pretrained(out)
-    return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "dtype": str(dtype).removeprefix("torch."),
-            "weights_gib": n_bytes / 2**30, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "pid": os.getpid(),
+        "node": ray.get_runtime_context().get_node_id(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "weights_gib": n_bytes / 2**30,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def merge_adapter(backbone: str, base: Path, adapter: Path, out: Path, cfg: TrainConfig) -> dict:
@@ -487,12 +585,24 @@ def train(cfg: TrainConfig) -> dict:
         summary["stage1"] = s1
     else:
         summary = run_stage(cfg, MIX_SOURCES[cfg.mix], cfg.model, out, cfg.mix)
-    meta = {"lang": cfg.lang, "backbone": cfg.backbone, "mix": cfg.mix, "seed": cfg.seed,
-            "base_model": summary["base_model"], "original_model": str(cfg.model), "steps": summary["steps"],
-            "data_snapshot": summary["snapshot"], "rows": summary["rows"], "held_out": summary["held_out"],
-            "samples": summary["samples"], "final_loss": summary["final_loss"],
-            "hyperparameters": cfg.model_dump(mode="json", exclude={"data", "output", "model"})}
+    meta = {
+        "lang": cfg.lang,
+        "backbone": cfg.backbone,
+        "mix": cfg.mix,
+        "seed": cfg.seed,
+        "base_model": summary["base_model"],
+        "original_model": str(cfg.model),
+        "steps": summary["steps"],
+        "data_snapshot": summary["snapshot"],
+        "rows": summary["rows"],
+        "held_out": summary["held_out"],
+        "samples": summary["samples"],
+        "final_loss": summary["final_loss"],
+        "hyperparameters": cfg.model_dump(mode="json", exclude={"data", "output", "model"}),
+    }
     if cfg.mix == "two-stage":
-        meta["stage1"] = {k: summary["stage1"][k] for k in ("adapter", "steps", "snapshot", "rows", "final_loss", "merge")}
+        meta["stage1"] = {
+            k: summary["stage1"][k] for k in ("adapter", "steps", "snapshot", "rows", "final_loss", "merge")
+        }
     artifacts.write_metadata(Path(summary["adapter"]), meta)
     return summary

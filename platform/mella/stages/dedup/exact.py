@@ -58,7 +58,9 @@ def group_key(r: dict, mode: str) -> str:
 
 def sort_key(r: dict) -> str:
     """The survivor order within a group: D_know rows first, then ``(page_url, image_url, id)``."""
-    return SEP.join(("1" if r.get("d_ling_reason") else "0", r.get("page_url") or "", r.get("image_url") or "", r["id"]))
+    return SEP.join(
+        ("1" if r.get("d_ling_reason") else "0", r.get("page_url") or "", r.get("image_url") or "", r["id"])
+    )
 
 
 def _group_key(t: pa.Table, mode: str) -> pa.Array:
@@ -82,9 +84,13 @@ def _key_rows(batch: pa.Table, mode: str, p: int) -> pa.Table:
     keys = _keys(batch, mode)
     image = _keys(batch, "image")["group"]
     act = batch.filter(pc.is_null(batch["reason"])) if "reason" in batch.column_names else batch
-    return keys.append_column("image", image).append_column("part", act["part"]).append_column("id", act["id"]) \
-        .append_column("key", row_key(act)) \
+    return (
+        keys.append_column("image", image)
+        .append_column("part", act["part"])
+        .append_column("id", act["id"])
+        .append_column("key", row_key(act))
         .append_column("bucket", pa.array(hex_bucket(act["pixel_sha256"].to_pylist(), p)))
+    )
 
 
 def _detail(prefix: str, best: list[str]) -> list[str]:
@@ -105,21 +111,45 @@ def exact_bucket(t: pa.Table, with_d_ling: bool, max_pairs_per_image: int | None
     t = t.join(best, "group")
     dup = pc.not_equal(t["sort_key"], t["best"])
     d = t.filter(dup)
-    out = [pa.table({"part": d["part"], "id": d["id"], "key": d["key"], "reason": pa.array(["duplicate"] * d.num_rows, pa.string()),
-                     "detail": pa.array(_detail("same as ", d["best"].to_pylist()), pa.string())})]
+    out = [
+        pa.table(
+            {
+                "part": d["part"],
+                "id": d["id"],
+                "key": d["key"],
+                "reason": pa.array(["duplicate"] * d.num_rows, pa.string()),
+                "detail": pa.array(_detail("same as ", d["best"].to_pylist()), pa.string()),
+            }
+        )
+    ]
     if with_d_ling:
         img_best = t.group_by("image").aggregate([("sort_key", "min")]).rename_columns(["image", "img_best"])
         s = t.filter(pc.invert(dup)).join(img_best, "image")
         routed = pc.starts_with(s["sort_key"], "1" + SEP)
         s = s.filter(pc.and_(routed, pc.starts_with(s["img_best"], "0" + SEP)))
-        out.append(pa.table({"part": s["part"], "id": s["id"], "key": s["key"],
-                             "reason": pa.array(["duplicate"] * s.num_rows, pa.string()),
-                             "detail": pa.array(_detail("already in D_know: ", s["img_best"].to_pylist()), pa.string())}))
+        out.append(
+            pa.table(
+                {
+                    "part": s["part"],
+                    "id": s["id"],
+                    "key": s["key"],
+                    "reason": pa.array(["duplicate"] * s.num_rows, pa.string()),
+                    "detail": pa.array(_detail("already in D_know: ", s["img_best"].to_pylist()), pa.string()),
+                }
+            )
+        )
     if max_pairs_per_image:
         s = t.filter(pc.invert(dup))
         s = s.filter(pc.starts_with(s["sort_key"], "0" + SEP))  # D_know survivors (D_ling candidates are no captions)
-        rows = sorted(zip(s["image"].to_pylist(), s["sort_key"].to_pylist(), s["part"].to_pylist(),
-                          s["id"].to_pylist(), s["key"].to_pylist()))
+        rows = sorted(
+            zip(
+                s["image"].to_pylist(),
+                s["sort_key"].to_pylist(),
+                s["part"].to_pylist(),
+                s["id"].to_pylist(),
+                s["key"].to_pylist(),
+            )
+        )
         counts: dict[str, int] = {}
         for img, _sk, *_ in rows:
             counts[img] = counts.get(img, 0) + 1
@@ -131,14 +161,21 @@ def exact_bucket(t: pa.Table, with_d_ling: bool, max_pairs_per_image: int | None
                 cut["part"].append(part)
                 cut["id"].append(rid)
                 cut["key"].append(key)
-                cut["detail"].append(f"{counts[img]} captions of one picture in {img.split(SEP)[0]}; "
-                                     f"first {max_pairs_per_image} kept")
+                cut["detail"].append(
+                    f"{counts[img]} captions of one picture in {img.split(SEP)[0]}; first {max_pairs_per_image} kept"
+                )
         if cut["id"]:
-            out.append(pa.table({"part": pa.array(cut["part"], t.schema.field("part").type),
-                                 "id": pa.array(cut["id"], t.schema.field("id").type),
-                                 "key": pa.array(cut["key"], t.schema.field("key").type),
-                                 "reason": pa.array(["too_many_captions"] * len(cut["id"]), pa.string()),
-                                 "detail": pa.array(cut["detail"], pa.string())}))
+            out.append(
+                pa.table(
+                    {
+                        "part": pa.array(cut["part"], t.schema.field("part").type),
+                        "id": pa.array(cut["id"], t.schema.field("id").type),
+                        "key": pa.array(cut["key"], t.schema.field("key").type),
+                        "reason": pa.array(["too_many_captions"] * len(cut["id"]), pa.string()),
+                        "detail": pa.array(cut["detail"], pa.string()),
+                    }
+                )
+            )
     return pa.concat_tables(out)
 
 
@@ -163,8 +200,9 @@ class ExactDedupStage(DedupStage):
     name = "exact_dedup"
     reads = ("id", "alt_text")
 
-    def __init__(self, mode: ExactKey = "image_text", with_d_ling: bool = False,
-                 max_pairs_per_image: int | None = None) -> None:
+    def __init__(
+        self, mode: ExactKey = "image_text", with_d_ling: bool = False, max_pairs_per_image: int | None = None
+    ) -> None:
         if mode not in ("image_text", "image"):
             raise ValueError(f"exact dedup key must be 'image_text' or 'image', not {mode!r}")
         self.mode = mode
@@ -179,7 +217,12 @@ class ExactDedupStage(DedupStage):
                 p = num_partitions(count_rows(parts))
                 rows = active_rows(parts, KEY_COLUMNS, list(upstream.values()), with_part=True)
                 ds = rows.map_batches(_key_rows, batch_format="pyarrow", fn_kwargs={"mode": self.mode, "p": p})
-                ds = bucket_groupby(ds, p, exact_bucket, spill, {"with_d_ling": self.with_d_ling,
-                                                                 "max_pairs_per_image": self.max_pairs_per_image})
+                ds = bucket_groupby(
+                    ds,
+                    p,
+                    exact_bucket,
+                    spill,
+                    {"with_d_ling": self.with_d_ling, "max_pairs_per_image": self.max_pairs_per_image},
+                )
             write_decisions(ds, decisions)
         self.decisions = decisions

@@ -61,8 +61,17 @@ from mella.stages.dedup.shuffle import (
 
 SEP = "\x1f"
 #: The row columns a near-duplicate stage reads (plus its value columns).
-COLUMNS = ["lang", "pixel_sha256", "image_url", "page_url", "alt_text", "d_ling_reason", "width", "height",
-           "image_bytes"]
+COLUMNS = [
+    "lang",
+    "pixel_sha256",
+    "image_url",
+    "page_url",
+    "alt_text",
+    "d_ling_reason",
+    "width",
+    "height",
+    "image_bytes",
+]
 #: Image record columns that order the survivor rule (ascending = better) — module docstring.
 RANK = ["routed", "neg_pixels", "neg_bytes", "image_url", "pixel_sha256"]
 
@@ -81,12 +90,17 @@ def _image_bucket(t: pa.Table, value_columns: list[str]) -> pa.Table:
     w = pc.fill_null(t["width"], 0).cast(pa.int64())
     h = pc.fill_null(t["height"], 0).cast(pa.int64())
     alt = pc.if_else(routed, pa.scalar("\x00routed"), normalise_alt(t["alt_text"]))
-    t = t.append_column("routed", pc.cast(routed, pa.int8())) \
-        .append_column("neg_pixels", pc.negate(pc.multiply(w, h))) \
-        .append_column("neg_bytes", pc.negate(pc.fill_null(t["image_bytes"], 0))) \
+    t = (
+        t.append_column("routed", pc.cast(routed, pa.int8()))
+        .append_column("neg_pixels", pc.negate(pc.multiply(w, h)))
+        .append_column("neg_bytes", pc.negate(pc.fill_null(t["image_bytes"], 0)))
         .append_column("app", pc.binary_join_element_wise(pc.fill_null(t["page_url"], ""), alt, SEP))
-    apps = t.group_by(["lang", "pixel_sha256"]).aggregate([("app", "distinct")]).rename_columns(
-        ["lang", "pixel_sha256", "apps"])
+    )
+    apps = (
+        t.group_by(["lang", "pixel_sha256"])
+        .aggregate([("app", "distinct")])
+        .rename_columns(["lang", "pixel_sha256", "apps"])
+    )
     t = t.set_column(t.schema.get_field_index("image_url"), "image_url", pc.fill_null(t["image_url"], ""))
     t = t.sort_by([("lang", "ascending"), ("pixel_sha256", "ascending")] + [(c, "ascending") for c in RANK[:-1]])
     key = pc.binary_join_element_wise(t["lang"], t["pixel_sha256"], SEP)
@@ -120,9 +134,13 @@ def distinct_images(parts: list[str], upstream: list[str], value_columns: list[s
     Returns the number of images (from the files' footers)."""
     p = num_partitions(count_rows(parts))
     rows = active_rows(parts, COLUMNS + value_columns, upstream)
-    ds = bucket_groupby(rows.map_batches(_bucket_rows, batch_format="pyarrow",
-                                         fn_kwargs={"p": p, "value_column": value_columns[0]}),
-                        p, _image_bucket, shuffle_dir(out_dir, "images"), {"value_columns": value_columns})
+    ds = bucket_groupby(
+        rows.map_batches(_bucket_rows, batch_format="pyarrow", fn_kwargs={"p": p, "value_column": value_columns[0]}),
+        p,
+        _image_bucket,
+        shuffle_dir(out_dir, "images"),
+        {"value_columns": value_columns},
+    )
     staging = f"{out_dir}.staging-{uuid.uuid4().hex[:8]}"
     ds.write_parquet(staging)
     shutil.rmtree(shuffle_dir(out_dir, "images"), ignore_errors=True)  # consumed: free the disk now
@@ -168,8 +186,9 @@ def _endpoints(t: pa.Table, ends: np.ndarray) -> pa.Table:
     t = t.filter(pc.is_in(t["img"], value_set=pa.array(ends, pa.uint64())))
     keys = [app_keys(a) for a in t["apps"].to_pylist()]
     t = t.drop_columns(["apps"])
-    return t.append_column("pages", pa.array([k[0] for k in keys], pa.list_(pa.uint64()))) \
-        .append_column("real", pa.array([k[1] for k in keys], pa.list_(pa.uint64())))
+    return t.append_column("pages", pa.array([k[0] for k in keys], pa.list_(pa.uint64()))).append_column(
+        "real", pa.array([k[1] for k in keys], pa.list_(pa.uint64()))
+    )
 
 
 def _ranked_endpoints(refs: list) -> tuple[pa.Table, pa.Table]:
@@ -192,13 +211,22 @@ def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Ta
     checked; names are fetched for the dropped images and their keepers only. Measured (issue 12, 300k
     image records, 28k pairs): driver growth ~40 MiB, against ~120 MiB with the endpoints as Python objects;
     this step does not set the global phase's 1M driver peak (docs/scaling.md §7)."""
-    empty = pa.table({"lang": pa.array([], pa.string()), "pixel_sha256": pa.array([], pa.string()),
-                      "detail": pa.array([], pa.string())})
+    empty = pa.table(
+        {
+            "lang": pa.array([], pa.string()),
+            "pixel_sha256": pa.array([], pa.string()),
+            "detail": pa.array([], pa.string()),
+        }
+    )
     if pairs is None or pairs.num_rows == 0:
         return empty
     ends = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
-    refs = ray.data.read_parquet(images_dir).select_columns(["lang", "img", "apps", *RANK]) \
-        .map_batches(_endpoints, batch_format="pyarrow", fn_kwargs={"ends": ends}).to_arrow_refs()
+    refs = (
+        ray.data.read_parquet(images_dir)
+        .select_columns(["lang", "img", "apps", *RANK])
+        .map_batches(_endpoints, batch_format="pyarrow", fn_kwargs={"ends": ends})
+        .to_arrow_refs()
+    )
     del ends
     if not refs:
         raise RuntimeError(f"pairs name images absent from the image records in {images_dir}: stale work files?")
@@ -209,8 +237,11 @@ def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Ta
     pv, po, rv, ro = pages.values.to_numpy(), pages.offsets.to_numpy(), real.values.to_numpy(), real.offsets.to_numpy()
 
     def exempt(s: int, d: int) -> bool:
-        return same_page_exempt((pv[po[s]:po[s + 1]].tolist(), rv[ro[s]:ro[s + 1]].tolist()),
-                                (pv[po[d]:po[d + 1]].tolist(), rv[ro[d]:ro[d + 1]].tolist()))
+        return same_page_exempt(
+            (pv[po[s] : po[s + 1]].tolist(), rv[ro[s] : ro[s + 1]].tolist()),
+            (pv[po[d] : po[d + 1]].tolist(), rv[ro[d] : ro[d + 1]].tolist()),
+        )
+
     dropped = survivor.greedy_drops(i, j, np.arange(len(i)), exempt=exempt)
     del rec, pages, real, i, j
     pv = po = rv = ro = None  # free the endpoint arrays (exempt's closure cells) before the names are fetched
@@ -222,8 +253,13 @@ def drops_from_pairs(pairs: pa.Table | None, images_dir: str, describe) -> pa.Ta
     n = len(d_rows)
     urls = names["image_url"].slice(n).to_pylist()
     detail = [describe(int(k), urls[x]) for x, (_s, k) in enumerate(dropped.values())]
-    out = pa.table({"lang": names["lang"].slice(0, n), "pixel_sha256": names["pixel_sha256"].slice(0, n),
-                    "detail": pa.array(detail, pa.string())})
+    out = pa.table(
+        {
+            "lang": names["lang"].slice(0, n),
+            "pixel_sha256": names["pixel_sha256"].slice(0, n),
+            "detail": pa.array(detail, pa.string()),
+        }
+    )
     return out.sort_by([("lang", "ascending"), ("pixel_sha256", "ascending"), ("detail", "ascending")])
 
 

@@ -53,9 +53,18 @@ def _bands(t: pa.Table, m: int, threshold: int, p: int) -> pa.Table:
         masked = h & mask
         with np.errstate(over="ignore"):
             mix = (masked ^ np.uint64(k)) * _GOLDEN
-        out.append(pa.table({"bucket": pa.array((mix >> np.uint64(33)).astype(np.int64) % p),
-                             "table": pa.array(np.full(len(h), k, np.int16)), "lang": t["lang"],
-                             "img": t["img"], "h": pa.array(h), "masked": pa.array(masked)}))
+        out.append(
+            pa.table(
+                {
+                    "bucket": pa.array((mix >> np.uint64(33)).astype(np.int64) % p),
+                    "table": pa.array(np.full(len(h), k, np.int16)),
+                    "lang": t["lang"],
+                    "img": t["img"],
+                    "h": pa.array(h),
+                    "masked": pa.array(masked),
+                }
+            )
+        )
     return pa.concat_tables(out) if out else t.slice(0, 0)
 
 
@@ -72,8 +81,14 @@ def _bucket_pairs(t: pa.Table, m: int, threshold: int) -> pa.Table:
     run = np.concatenate(([0], np.cumsum(new_run)))[: len(o)]  # run id per sorted row: one table's bucket
     a, b, dist = pairs_in_runs(run, o, h, tab, table_masks(m, threshold), threshold)
     langs = pa.DictionaryArray.from_arrays(pa.array(lcode[a], pa.int32()), lang_codes.dictionary).cast(pa.string())
-    return pa.table({"lang": langs, "a": pa.array(np.minimum(img[a], img[b])), "b": pa.array(np.maximum(img[a], img[b])),
-                     "dist": pa.array(dist.astype(np.float64))})
+    return pa.table(
+        {
+            "lang": langs,
+            "a": pa.array(np.minimum(img[a], img[b])),
+            "b": pa.array(np.maximum(img[a], img[b])),
+            "dist": pa.array(dist.astype(np.float64)),
+        }
+    )
 
 
 def phash_pairs(images_dir: str, n_images: int, threshold: int):
@@ -81,8 +96,11 @@ def phash_pairs(images_dir: str, n_images: int, threshold: int):
     tables of :mod:`mella.phash_index` as band rows, shuffled by (table, band key), pairs found per bucket."""
     m = choose_num_substrings(max(n_images, 2), threshold)
     p = num_partitions(n_images * num_tables(m, threshold))
-    bands = ray.data.read_parquet(images_dir).select_columns(["lang", "img", "phash"]).map_batches(
-        _bands, batch_format="pyarrow", fn_kwargs={"m": m, "threshold": threshold, "p": p})
+    bands = (
+        ray.data.read_parquet(images_dir)
+        .select_columns(["lang", "img", "phash"])
+        .map_batches(_bands, batch_format="pyarrow", fn_kwargs={"m": m, "threshold": threshold, "p": p})
+    )
     return bucket_groupby(bands, p, _bucket_pairs, shuffle_dir(images_dir, "bands"), {"m": m, "threshold": threshold})
 
 

@@ -110,24 +110,39 @@ class SemanticDedupConfig(EmbedConfig):
     enabled: bool = True
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="cosine ≥ threshold → near-duplicate")
     corroborated_threshold: float | None = Field(
-        DEFAULT_CORROBORATED_THRESHOLD, gt=0, le=1,
-        description="cosine ≥ this *and* pHash within corroborated_phash_bits → near-duplicate; None: off")
-    corroborated_phash_bits: int = Field(DEFAULT_CORROBORATED_PHASH_BITS, ge=0, le=64,
-                                         description="max pHash Hamming distance (bits) that corroborates a cosine")
+        DEFAULT_CORROBORATED_THRESHOLD,
+        gt=0,
+        le=1,
+        description="cosine ≥ this *and* pHash within corroborated_phash_bits → near-duplicate; None: off",
+    )
+    corroborated_phash_bits: int = Field(
+        DEFAULT_CORROBORATED_PHASH_BITS,
+        ge=0,
+        le=64,
+        description="max pHash Hamming distance (bits) that corroborates a cosine",
+    )
     n_clusters: int | None = Field(None, ge=1, description="k of k-means; None → ceil(sqrt(n)) per group")
-    n_probe: int = Field(DEFAULT_N_PROBE, ge=1,
-                         description="at most this many clusters per row: its nearest, and others within probe_margin")
-    probe_margin: float = Field(DEFAULT_PROBE_MARGIN, ge=0, le=2,
-                                description="a row also joins every cluster whose centroid cosine is within this of "
-                                            "its nearest's (0 with n_probe 1 = SemDeDup)")
+    n_probe: int = Field(
+        DEFAULT_N_PROBE,
+        ge=1,
+        description="at most this many clusters per row: its nearest, and others within probe_margin",
+    )
+    probe_margin: float = Field(
+        DEFAULT_PROBE_MARGIN,
+        ge=0,
+        le=2,
+        description="a row also joins every cluster whose centroid cosine is within this of "
+        "its nearest's (0 with n_probe 1 = SemDeDup)",
+    )
     kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations of the spherical k-means")
     fit_sample: int = Field(100_000, ge=1, description="k-means is fitted on at most this many rows (seeded sample)")
     seed: int = Field(0, description="seed of the k-means sample and initialisation")
 
 
 # --------------------------------------------------------------------------------------- search
-def spherical_kmeans(x: np.ndarray, k: int, *, iters: int = 20, seed: int = 0, fit_sample: int = 100_000,
-                     chunk: int = 8192) -> np.ndarray:
+def spherical_kmeans(
+    x: np.ndarray, k: int, *, iters: int = 20, seed: int = 0, fit_sample: int = 100_000, chunk: int = 8192
+) -> np.ndarray:
     """Spherical k-means (Lloyd's algorithm on the unit sphere, cosine assignment), in numpy.
 
     Fitted on a seeded sample of ≤ ``fit_sample`` rows; the initial centroids are a seeded random
@@ -166,12 +181,18 @@ def spherical_kmeans(x: np.ndarray, k: int, *, iters: int = 20, seed: int = 0, f
 
 
 def _assign(x: np.ndarray, c: np.ndarray, chunk: int) -> np.ndarray:
-    return np.concatenate([np.argmax(x[s : s + chunk] @ c.T, axis=1) for s in range(0, x.shape[0], chunk)] or
-                          [np.empty(0, np.int64)]).astype(np.int64)
+    return np.concatenate(
+        [np.argmax(x[s : s + chunk] @ c.T, axis=1) for s in range(0, x.shape[0], chunk)] or [np.empty(0, np.int64)]
+    ).astype(np.int64)
 
 
-def probe_clusters(x: np.ndarray, centroids: np.ndarray, n_probe: int = DEFAULT_N_PROBE,
-                   margin: float = DEFAULT_PROBE_MARGIN, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def probe_clusters(
+    x: np.ndarray,
+    centroids: np.ndarray,
+    n_probe: int = DEFAULT_N_PROBE,
+    margin: float = DEFAULT_PROBE_MARGIN,
+    chunk: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
     """The clusters each row is searched in: its two nearest centroids, and every other centroid whose cosine to
     the row is within ``margin`` of the nearest's, at most ``n_probe`` in all (multi-probe, as in IVF indexes;
     adaptive: a row near several boundaries probes more clusters; ``n_probe = 1`` is SemDeDup's one cluster).
@@ -216,9 +237,18 @@ def _pairs_within(x: np.ndarray, members: np.ndarray, threshold: float, chunk: i
     return out_i, out_j, out_c
 
 
-def semantic_pairs(x: np.ndarray, threshold: float, n_clusters: int | None = None, *, n_probe: int = DEFAULT_N_PROBE,
-                   probe_margin: float = DEFAULT_PROBE_MARGIN, kmeans_iters: int = 20, fit_sample: int = 100_000,
-                   seed: int = 0, chunk: int = 2048):
+def semantic_pairs(
+    x: np.ndarray,
+    threshold: float,
+    n_clusters: int | None = None,
+    *,
+    n_probe: int = DEFAULT_N_PROBE,
+    probe_margin: float = DEFAULT_PROBE_MARGIN,
+    kmeans_iters: int = 20,
+    fit_sample: int = 100_000,
+    seed: int = 0,
+    chunk: int = 2048,
+):
     """Pairs with cosine ≥ ``threshold`` that share a probed k-means cluster (:func:`probe_clusters`).
 
     Each row joins the member lists of its probed clusters (multi-probe: a pair that straddles a cluster
@@ -253,11 +283,21 @@ def semantic_pairs(x: np.ndarray, threshold: float, n_clusters: int | None = Non
     return i[first], j[first], c[first]
 
 
-def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Sequence | None = None,
-                             threshold: float = DEFAULT_THRESHOLD, n_clusters: int | None = None, *,
-                             groups: Sequence | None = None, n_probe: int = DEFAULT_N_PROBE,
-                             probe_margin: float = DEFAULT_PROBE_MARGIN, kmeans_iters: int = 20,
-                             fit_sample: int = 100_000, seed: int = 0, chunk: int = 2048) -> list[tuple[object, object, float]]:
+def find_semantic_duplicates(
+    embeddings: np.ndarray,
+    ids: Sequence,
+    priority: Sequence | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    n_clusters: int | None = None,
+    *,
+    groups: Sequence | None = None,
+    n_probe: int = DEFAULT_N_PROBE,
+    probe_margin: float = DEFAULT_PROBE_MARGIN,
+    kmeans_iters: int = 20,
+    fit_sample: int = 100_000,
+    seed: int = 0,
+    chunk: int = 2048,
+) -> list[tuple[object, object, float]]:
     """SemDeDup-style semantic near-duplicates (see the module docstring for method and cost), in one process.
 
     Not what build_corpus runs: the build uses the distributed stage :class:`SemanticDedupStage`
@@ -285,15 +325,8 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
     Raises:
         ValueError: shapes disagree, ids are not unique, or threshold is outside (0, 1].
     """
-    x = np.asarray(embeddings, dtype=np.float32)
+    x, ids = _checked(embeddings, ids, priority, groups, threshold)
     n = x.shape[0]
-    if x.ndim != 2 or len(ids) != n or (priority is not None and len(priority) != n) or (groups is not None and len(groups) != n):
-        raise ValueError(f"embeddings must be (n, d) with n = len(ids) = len(priority) = len(groups); got {x.shape}")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    ids = list(ids)
-    if len(set(ids)) != n:
-        raise ValueError("ids must be unique")
     if n == 0:
         return []
     pri = np.zeros(n) if priority is None else np.asarray(priority, dtype=np.float64)
@@ -309,9 +342,17 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
         parts = [np.nonzero(keys == g)[0] for g in sorted(set(keys.tolist()))]
     pi, pj, pcos = [], [], []
     for idx in parts:
-        a, b, c = semantic_pairs(x[idx], threshold, n_clusters, n_probe=n_probe, probe_margin=probe_margin,
-                                 kmeans_iters=kmeans_iters,
-                                 fit_sample=fit_sample, seed=seed, chunk=chunk)
+        a, b, c = semantic_pairs(
+            x[idx],
+            threshold,
+            n_clusters,
+            n_probe=n_probe,
+            probe_margin=probe_margin,
+            kmeans_iters=kmeans_iters,
+            fit_sample=fit_sample,
+            seed=seed,
+            chunk=chunk,
+        )
         pi.append(idx[a])
         pj.append(idx[b])
         pcos.append(c)
@@ -320,6 +361,26 @@ def find_semantic_duplicates(embeddings: np.ndarray, ids: Sequence, priority: Se
         return []
     dropped = survivor.greedy_drops(i, j, cos, rank=rank)
     return sorted(((ids[d], ids[s], float(c)) for d, (s, c) in dropped.items()), key=lambda t: t[0])
+
+
+def _checked(embeddings, ids, priority, groups, threshold: float) -> tuple[np.ndarray, list]:
+    """``(embeddings as float32 (n, d), ids as a list)``; raises ValueError on disagreeing shapes, a threshold
+    outside (0, 1] or repeated ids (:func:`find_semantic_duplicates`)."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    n = x.shape[0]
+    if (
+        x.ndim != 2
+        or len(ids) != n
+        or (priority is not None and len(priority) != n)
+        or (groups is not None and len(groups) != n)
+    ):
+        raise ValueError(f"embeddings must be (n, d) with n = len(ids) = len(priority) = len(groups); got {x.shape}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    ids = list(ids)
+    if len(set(ids)) != n:
+        raise ValueError("ids must be unique")
+    return x, ids
 
 
 #: Up to this many distinct images of one language, CNN dedup compares all pairs (one cluster): exact, and
@@ -331,9 +392,18 @@ def _fit_centroids(images_dir: str, lang: str, n: int, k: int, cfg: SemanticDedu
     """Ray task: spherical k-means for one language on a bounded, seeded sample (≤ ``fit_sample`` × ~1.2 rows
     read, by the pixel-hash key ``u``). Returns (k, 1280) float32 centroids."""
     frac = min(1.0, 1.2 * cfg.fit_sample / max(n, 1))
-    t = pq.read_table(images_dir, columns=["pixel_sha256", "embedding"], filters=[("lang", "==", lang), ("u", "<", frac)])
+    t = pq.read_table(
+        images_dir, columns=["pixel_sha256", "embedding"], filters=[("lang", "==", lang), ("u", "<", frac)]
+    )
     t = t.sort_by("pixel_sha256")
-    x = t["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(t.num_rows, -1)
+    x = (
+        t["embedding"]
+        .combine_chunks()
+        .flatten()
+        .to_numpy(zero_copy_only=False)
+        .astype(np.float32)
+        .reshape(t.num_rows, -1)
+    )
     return spherical_kmeans(x, k, iters=cfg.kmeans_iters, seed=cfg.seed, fit_sample=cfg.fit_sample)
 
 
@@ -352,8 +422,18 @@ def _assign_clusters(t: pa.Table, centroids: dict, n_probe: int, margin: float, 
             rows, cl = probe_clusters(x, c, n_probe, margin)
         lb = hex_bucket([hashlib.sha1(lang.encode()).hexdigest()], 1 << 30)[0]
         e = s.take(pa.array(rows))
-        out.append(pa.table({"bucket": pa.array((cl + lb) % p), "cluster": pa.array(cl), "lang": e["lang"],
-                             "img": e["img"], "phash": e["phash"], "embedding": e["embedding"]}))
+        out.append(
+            pa.table(
+                {
+                    "bucket": pa.array((cl + lb) % p),
+                    "cluster": pa.array(cl),
+                    "lang": e["lang"],
+                    "img": e["img"],
+                    "phash": e["phash"],
+                    "embedding": e["embedding"],
+                }
+            )
+        )
     return pa.concat_tables(out) if out else t.slice(0, 0).select(["lang", "img", "phash", "embedding"])
 
 
@@ -366,7 +446,14 @@ def _cluster_pairs(t: pa.Table, search: float, threshold: float, corr: float, bi
         s = t.filter(pc.equal(key, g))
         if s.num_rows < 2:
             continue
-        x = s["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(s.num_rows, -1)
+        x = (
+            s["embedding"]
+            .combine_chunks()
+            .flatten()
+            .to_numpy(zero_copy_only=False)
+            .astype(np.float32)
+            .reshape(s.num_rows, -1)
+        )
         a, b, c = (np.concatenate(v) for v in _pairs_within(x, np.arange(s.num_rows), search, 2048))
         if not len(a):
             continue
@@ -377,12 +464,27 @@ def _cluster_pairs(t: pa.Table, search: float, threshold: float, corr: float, bi
         keep = (c >= threshold) | ((c >= corr) & (d <= bits))
         img = s["img"].to_numpy()
         a, b, c, d = a[keep], b[keep], c[keep], d[keep]
-        out.append(pa.table({"lang": pa.array([s["lang"][0].as_py()] * len(a), pa.string()),
-                             "a": pa.array(np.minimum(img[a], img[b])), "b": pa.array(np.maximum(img[a], img[b])),
-                             "dist": pa.array(c.astype(np.float64)), "bits": pa.array(d)}))
+        out.append(
+            pa.table(
+                {
+                    "lang": pa.array([s["lang"][0].as_py()] * len(a), pa.string()),
+                    "a": pa.array(np.minimum(img[a], img[b])),
+                    "b": pa.array(np.maximum(img[a], img[b])),
+                    "dist": pa.array(c.astype(np.float64)),
+                    "bits": pa.array(d),
+                }
+            )
+        )
     if not out:
-        return pa.table({"lang": pa.array([], pa.string()), "a": pa.array([], pa.uint64()),
-                         "b": pa.array([], pa.uint64()), "dist": pa.array([], pa.float64()), "bits": pa.array([], pa.int64())})
+        return pa.table(
+            {
+                "lang": pa.array([], pa.string()),
+                "a": pa.array([], pa.uint64()),
+                "b": pa.array([], pa.uint64()),
+                "dist": pa.array([], pa.float64()),
+                "bits": pa.array([], pa.int64()),
+            }
+        )
     return pa.concat_tables(out)
 
 
@@ -406,24 +508,55 @@ class SemanticDedupStage(NearDupStage):
         n = distinct_images(parts, upstream, ["embedding", "phash"], images)
         if n < 2:
             return drops_from_pairs(None, images, None)
-        counts = {r["lang"]: r["count()"] for r in ray.data.read_parquet(images).select_columns(["lang"]).groupby("lang").count().take_all()}
-        ks = {lang: (cfg.n_clusters or (1 if c <= BRUTE_FORCE_MAX else math.ceil(math.sqrt(c)))) for lang, c in counts.items()}
+        counts = {
+            r["lang"]: r["count()"]
+            for r in ray.data.read_parquet(images).select_columns(["lang"]).groupby("lang").count().take_all()
+        }
+        ks = {
+            lang: (cfg.n_clusters or (1 if c <= BRUTE_FORCE_MAX else math.ceil(math.sqrt(c))))
+            for lang, c in counts.items()
+        }
         fit = ray.remote(num_cpus=1)(_fit_centroids)
-        refs = {lang: fit.remote(images, lang, counts[lang], min(k, counts[lang]), cfg) for lang, k in ks.items() if k > 1}
+        refs = {
+            lang: fit.remote(images, lang, counts[lang], min(k, counts[lang]), cfg) for lang, k in ks.items() if k > 1
+        }
         centroids = dict(zip(refs, ray.get(list(refs.values()))))  # k × 1280 floats per language: O(sqrt(n))
         # ~2.75 probes a row at the default margin: ~14k rows a partition; more partitions only add shuffle metadata
         p = num_partitions(n * 2, rows_per_partition=10_000)
         corr = cfg.corroborated_threshold if cfg.corroborated_threshold is not None else 2.0
-        probes = ray.data.read_parquet(images).select_columns(["lang", "img", "phash", "embedding"]).map_batches(
-            _assign_clusters, batch_format="pyarrow", fn_kwargs={"centroids": {"ref": ray.put(centroids)}, "n_probe": cfg.n_probe,
-                                                   "margin": cfg.probe_margin, "p": p})
-        pairs = bucket_groupby(probes, p, _cluster_pairs, shuffle_dir(images, "clusters"),
-                               {"search": min(cfg.threshold, corr), "threshold": cfg.threshold, "corr": corr,
-                                "bits": cfg.corroborated_phash_bits})
+        probes = (
+            ray.data.read_parquet(images)
+            .select_columns(["lang", "img", "phash", "embedding"])
+            .map_batches(
+                _assign_clusters,
+                batch_format="pyarrow",
+                fn_kwargs={
+                    "centroids": {"ref": ray.put(centroids)},
+                    "n_probe": cfg.n_probe,
+                    "margin": cfg.probe_margin,
+                    "p": p,
+                },
+            )
+        )
+        pairs = bucket_groupby(
+            probes,
+            p,
+            _cluster_pairs,
+            shuffle_dir(images, "clusters"),
+            {
+                "search": min(cfg.threshold, corr),
+                "threshold": cfg.threshold,
+                "corr": corr,
+                "bits": cfg.corroborated_phash_bits,
+            },
+        )
         pairs = write_pairs(pairs, os.path.join(work, "pairs"))
         if pairs is not None and pairs.num_rows:  # a pair shared by two probed clusters comes twice
-            pairs = pairs.group_by(["lang", "a", "b"]).aggregate([("dist", "max"), ("bits", "min")]) \
+            pairs = (
+                pairs.group_by(["lang", "a", "b"])
+                .aggregate([("dist", "max"), ("bits", "min")])
                 .rename_columns(["lang", "a", "b", "dist", "bits"])
+            )
         cos = pairs["dist"].to_numpy() if pairs is not None else []
         bits = pairs["bits"].to_numpy() if pairs is not None else []
 
@@ -431,4 +564,5 @@ class SemanticDedupStage(NearDupStage):
             if cos[k] >= cfg.threshold:
                 return f"cosine {cos[k]:.4f} >= {cfg.threshold} to {url}"
             return f"cosine {cos[k]:.4f} >= {corr} and pHash {bits[k]} bits <= {cfg.corroborated_phash_bits} to {url}"
+
         return drops_from_pairs(pairs, images, describe)

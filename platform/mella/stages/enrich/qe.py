@@ -31,14 +31,26 @@ from mella.stages.base import LIGHT, Stage
 class QEConfig(PoolConfig):
     """QE stage: the COMETKiwi checkpoint, the threshold and the pool block."""
 
-    model_path: str | None = Field(None, description="COMETKiwi checkpoint dir, its .ckpt, or a hub id "
-                                   "(Unbabel/wmt22-cometkiwi-da); None = no QE, qe_score null")
-    threshold: float = Field(0.6, ge=0, le=1, description="rows scoring below are rejected (0.6: 0.15 under the "
-                             "paper's 0.75 average, 3.1.2; see the module doc)")
+    model_path: str | None = Field(
+        None,
+        description="COMETKiwi checkpoint dir, its .ckpt, or a hub id "
+        "(Unbabel/wmt22-cometkiwi-da); None = no QE, qe_score null",
+    )
+    threshold: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="rows scoring below are rejected (0.6: 0.15 under the "
+        "paper's 0.75 average, 3.1.2; see the module doc)",
+    )
     batch_size: int = Field(64, ge=1, description="pairs per Ray Data batch and per encoder forward pass")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; the model runs on the GPU when > 0")
-    num_cpus: float = Field(0.25, gt=0, description="CPUs per actor (0.25: with the three other D_ling pools at 0.5 it "
-                            "leaves Ray Data a quarter CPU on a 2-CPU node)")
+    num_cpus: float = Field(
+        0.25,
+        gt=0,
+        description="CPUs per actor (0.25: with the three other D_ling pools at 0.5 it "
+        "leaves Ray Data a quarter CPU on a 2-CPU node)",
+    )
 
 
 class QEStage(Stage):
@@ -82,7 +94,7 @@ class QEStage(Stage):
         if self.model is None:
             return
         for i in range(0, len(rows), self.cfg.batch_size):
-            chunk = rows[i:i + self.cfg.batch_size]
+            chunk = rows[i : i + self.cfg.batch_size]
             scores, secs = timed(self.score, [{"src": r["caption_en"] or "", "mt": r["text"] or ""} for r in chunk])
             log_batch(self.stats_dir, self.name, len(chunk), secs)
             for r, s in zip(chunk, scores):

@@ -48,12 +48,15 @@ from mella.stages.base import Stage
 Backend = Literal["deepl", "google", "seq2seq", "mllm"]
 
 
-
 class APIConfig(Strict):
     """HTTP client settings shared by the DeepL and Google clients (defaults per provider when None)."""
 
-    base_url: str | None = Field(None, description="default: DeepL api(-free).deepl.com / https://translation.googleapis.com")
-    api_key_env: str | None = Field(None, description="env var holding the key; default DEEPL_AUTH_KEY / GOOGLE_TRANSLATE_API_KEY")
+    base_url: str | None = Field(
+        None, description="default: DeepL api(-free).deepl.com / https://translation.googleapis.com"
+    )
+    api_key_env: str | None = Field(
+        None, description="env var holding the key; default DEEPL_AUTH_KEY / GOOGLE_TRANSLATE_API_KEY"
+    )
     max_texts_per_request: int | None = Field(None, ge=1, description="default: 50 (DeepL), 128 (Google)")
     max_request_bytes: int = Field(128 * 1024 - 1024, ge=1024, description="JSON body cap, bytes (DeepL limit 128 KiB)")
     requests_per_second: float = Field(5.0, gt=0, description="rate limit: minimum 1/rps s between request starts")
@@ -67,14 +70,19 @@ class APIConfig(Strict):
 class Seq2SeqConfig(Strict):
     """A local encoder-decoder MT model (transformers ``AutoModelForSeq2SeqLM``)."""
 
-    model_path: str | None = Field(None, description="one model for all targets (NLLB-200, M2M100, multi-target Marian)")
-    model_paths: dict[str, str] = Field(default_factory=dict, description="per-language model, e.g. {hu: opus-mt-en-hu}")
+    model_path: str | None = Field(
+        None, description="one model for all targets (NLLB-200, M2M100, multi-target Marian)"
+    )
+    model_paths: dict[str, str] = Field(
+        default_factory=dict, description="per-language model, e.g. {hu: opus-mt-en-hu}"
+    )
     family: Literal["auto", "nllb", "m2m100", "marian"] = "auto"
     device: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_input_tokens: int = Field(512, ge=8)
-    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=512, num_beams=4,
-                                                                                   repetition_penalty=1.0))
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=512, num_beams=4, repetition_penalty=1.0)
+    )
 
 
 class TranslateConfig(PoolConfig):
@@ -82,9 +90,13 @@ class TranslateConfig(PoolConfig):
 
     backend: Backend = "seq2seq"
     backends: dict[str, Backend] = Field(default_factory=dict, description="per-language override, e.g. {sr: google}")
-    target_langs: list[str] = Field(default_factory=list, description="languages to translate into; empty = each row's lang")
+    target_langs: list[str] = Field(
+        default_factory=list, description="languages to translate into; empty = each row's lang"
+    )
     source_lang: str = "en"
-    batch_size: int = Field(16, ge=1, description="texts per Ray Data batch and per backend call (API clients split further)")
+    batch_size: int = Field(
+        16, ge=1, description="texts per Ray Data batch and per backend call (API clients split further)"
+    )
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (seq2seq/mllm on GPU nodes; fractional allowed)")
     num_cpus: float = Field(0.5, gt=0, description="CPUs per actor")
     deepl: APIConfig = Field(default_factory=APIConfig)
@@ -160,13 +172,18 @@ class _APIClient:
             out.append((start, len(texts)))
         return out
 
-    async def _post(self, session: aiohttp.ClientSession, limiter: RateLimiter, texts: list[str], target: str,
-                    source: str) -> list[str]:
+    async def _post(
+        self, session: aiohttp.ClientSession, limiter: RateLimiter, texts: list[str], target: str, source: str
+    ) -> list[str]:
         url, params, headers, body = self.request(texts, target, source)
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")  # the size batches() measured
         headers = {**headers, "Content-Type": "application/json; charset=utf-8"}
-        policy = RetryPolicy(retries=self.cfg.max_retries, backoff_base_s=self.cfg.backoff_base_s,
-                             backoff_max_s=self.cfg.backoff_max_s, jitter=0.0)
+        policy = RetryPolicy(
+            retries=self.cfg.max_retries,
+            backoff_base_s=self.cfg.backoff_base_s,
+            backoff_max_s=self.cfg.backoff_max_s,
+            jitter=0.0,
+        )
 
         async def attempt(_n: int, _left) -> list[str]:
             await limiter.wait()
@@ -187,8 +204,9 @@ class _APIClient:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 last = type(e).__name__
-            raise Retryable(TranslationAPIError(f"retries_exhausted_{last}", f"{self.cfg.max_retries + 1} attempts"),
-                            retry_after)
+            raise Retryable(
+                TranslationAPIError(f"retries_exhausted_{last}", f"{self.cfg.max_retries + 1} attempts"), retry_after
+            )
 
         return await retry_async(attempt, policy)
 
@@ -204,6 +222,7 @@ class _APIClient:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
 
         async with aiohttp.ClientSession(timeout=timeout) as session:
+
             async def one(a: int, b: int) -> list[str]:
                 async with sem:
                     return await self._post(session, limiter, texts[a:b], target, source)
@@ -226,9 +245,16 @@ class DeepLClient(_APIClient):
     max_texts = 50
 
     def request(self, texts, target, source):
-        base = self.cfg.base_url or ("https://api-free.deepl.com" if self.api_key.endswith(":fx") else "https://api.deepl.com")
+        base = self.cfg.base_url or (
+            "https://api-free.deepl.com" if self.api_key.endswith(":fx") else "https://api.deepl.com"
+        )
         headers = {"Authorization": f"DeepL-Auth-Key {self.api_key}", "User-Agent": "mella/0.1"}
-        return f"{base.rstrip('/')}/v2/translate", {}, headers, {"text": texts, "target_lang": target, "source_lang": source}
+        return (
+            f"{base.rstrip('/')}/v2/translate",
+            {},
+            headers,
+            {"text": texts, "target_lang": target, "source_lang": source},
+        )
 
     def parse(self, data, n):
         try:
@@ -277,8 +303,12 @@ class Seq2SeqTranslator:
             raise ValueError("seq2seq translation needs seq2seq.model_path or seq2seq.model_paths")
         self.cfg = cfg
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32, "float32": torch.float32,
-                      "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+        self.dtype = {
+            "auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[cfg.dtype]
         self._loaded: dict[str, tuple] = {}
 
     def _load(self, path: str) -> tuple:
@@ -314,8 +344,13 @@ class Seq2SeqTranslator:
 
         tok, model, family = self._load(self.model_for(lang))
         gen = self.cfg.generation
-        kwargs = dict(max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens, num_beams=gen.num_beams,
-                      do_sample=gen.do_sample, repetition_penalty=gen.repetition_penalty)
+        kwargs = dict(
+            max_new_tokens=gen.max_new_tokens,
+            min_new_tokens=gen.min_new_tokens,
+            num_beams=gen.num_beams,
+            do_sample=gen.do_sample,
+            repetition_penalty=gen.repetition_penalty,
+        )
         if gen.do_sample:
             kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
         vocab = tok.get_vocab()
@@ -341,8 +376,10 @@ class Seq2SeqTranslator:
 class MLLMTranslator:
     """Translation by the captioning MLLM, text only (no image): an instruction prompt per text."""
 
-    PROMPT = ("Translate the following English text into {language}. Keep the meaning, names and numbers; "
-              "output only the {language} translation, nothing else.\n\n{text}")
+    PROMPT = (
+        "Translate the following English text into {language}. Keep the meaning, names and numbers; "
+        "output only the {language} translation, nothing else.\n\n{text}"
+    )
 
     def __init__(self, cfg: MLLMConfig, gen: GenerationConfig) -> None:
         from mella.models.mllm import MLLM
@@ -431,9 +468,10 @@ class TranslateStage(Stage):
         for lang, src in jobs.items():
             backend = self._backend(self.cfg.backends.get(lang, self.cfg.backend))
             for i in range(0, len(src), self.cfg.batch_size):
-                chunk = src[i:i + self.cfg.batch_size]
+                chunk = src[i : i + self.cfg.batch_size]
                 out.extend(self._translate_chunk(backend, chunk, lang))
         return out
+
     def _translate_chunk(self, backend, chunk: list[dict], lang: str) -> list[dict]:
         texts = [r["caption_en"] for r in chunk]
         new = []

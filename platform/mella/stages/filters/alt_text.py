@@ -19,10 +19,10 @@ import re
 from mella.languages import registry
 from mella.stages.base import Filter
 
-_FILENAME = re.compile(
-    r"^[\w\-.()~%+ ]*\.(jpe?g|jfif|png|gif|webp|svg|bmp|tiff?|avif|heic|ico)(\?.*)?$", re.I
+_FILENAME = re.compile(r"^[\w\-.()~%+ ]*\.(jpe?g|jfif|png|gif|webp|svg|bmp|tiff?|avif|heic|ico)(\?.*)?$", re.I)
+_CAMERA_ID = re.compile(
+    r"^(img|dsc[nf]?|dcim|pict?|pxl|mvimg|photo|image|screenshot|scan|untitled|file)[\s_\-]*\d{2,}\b", re.I
 )
-_CAMERA_ID = re.compile(r"^(img|dsc[nf]?|dcim|pict?|pxl|mvimg|photo|image|screenshot|scan|untitled|file)[\s_\-]*\d{2,}\b", re.I)
 _HEX_OR_DIGITS = re.compile(r"^(?=.*\d)[0-9a-f\-_]{8,}$", re.I)
 
 _BOILERPLATE: list = [None, frozenset()]  # [the registry it was built from, the words]

@@ -48,8 +48,11 @@ class DecodeConfig(Strict):
         64_000_000, gt=0, description="decompression-bomb guard: larger width*height is rejected unopened"
     )
     decode_max_pixels: int = Field(
-        16_000_000, gt=0, description="pixel budget of one decode: larger images are decoded reduced "
-        "(JPEG: Image.draft DCT scaling; others: Image.reduce before conversion), px")
+        16_000_000,
+        gt=0,
+        description="pixel budget of one decode: larger images are decoded reduced "
+        "(JPEG: Image.draft DCT scaling; others: Image.reduce before conversion), px",
+    )
     allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
 
 
@@ -118,7 +121,9 @@ def decode_image(data: bytes, cfg: DecodeConfig) -> dict:
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ValueError("decompression_bomb") from None
             except (OSError, SyntaxError, ValueError, EOFError) as e:
-                raise ValueError("truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt") from None
+                raise ValueError(
+                    "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
+                ) from None
             phash = hash_to_hex(phash64(canonical))
     return {"width": w, "height": h, "format": fmt, "pixel_sha256": key, "phash": phash}
 

