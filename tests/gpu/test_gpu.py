@@ -17,13 +17,28 @@ import sys
 from pathlib import Path
 
 import pytest
-from gpu_support import missing, png, requires, requires_cuda
+from gpu_support import build_checkpoints, missing, png, requires, requires_cuda
 from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("qwen2-vl", "internvl2")
 PROMPT = "Írja le ezt a képet."
 N_IMAGES = 4
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    given = os.environ.get("MELLA_GPU_WORKDIR")
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        return Path(given)
+    return tmp_path_factory.mktemp("mella_gpu")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(workdir: Path) -> dict[str, Path]:
+    """``{"qwen2-vl": dir, "internvl2": native dir, "internvl2-published": dir}`` (built once per workdir)."""
+    return build_checkpoints(workdir)
 
 
 def _mllm(checkpoints, family: str, backend: str, **kw):
