@@ -12,6 +12,7 @@ runs through transformers.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -296,6 +297,17 @@ def test_tokenizer_equals_sentencepiece_with_published_specials(converted, publi
     assert tok("kép")["input_ids"][0] == sp.bos_id()  # add_bos_token, as InternLM2Tokenizer
 
 
+def internvl2_chat_ids(tokenizer, question: str, context_tokens: int) -> list[int]:
+    """InternVL2's chat(): the internlm2-chat conversation (SeparatorStyle.MPT), '<image>\\n' + question, the image
+    expanded to <img> + num_image_token * tiles <IMG_CONTEXT> + </img>, tokenized with the BOS token."""
+    from mella.models.backbones import INTERNVL2_SYSTEM
+
+    query = (f"<|im_start|>system\n{INTERNVL2_SYSTEM}<|im_end|><|im_start|>user\n<image>\n{question}<|im_end|>"
+             "<|im_start|>assistant\n")
+    query = query.replace("<image>", "<img>" + "<IMG_CONTEXT>" * context_tokens + "</img>", 1)
+    return tokenizer(query)["input_ids"]
+
+
 def test_loads_and_generates_on_an_image(converted):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -312,12 +324,8 @@ def test_loads_and_generates_on_an_image(converted):
     inputs = processor(images=[image], text=[text], return_tensors="pt")
     tiles = inputs["pixel_values"].shape[0]
     assert tiles == 7  # 150x90 px: the 3x2 grid (ratio 1.5, closest to 1.67 within 12 tiles) + the thumbnail
-    # InternVL2's chat(): the internlm2-chat conversation (SeparatorStyle.MPT), '<image>\n' + question, the image
-    # expanded to <img> + num_image_token * tiles <IMG_CONTEXT> + </img>, tokenized with the BOS token
-    query = (f"<|im_start|>system\n{INTERNVL2_SYSTEM}<|im_end|><|im_start|>user\n<image>\nÍrd le a képet.<|im_end|>"
-             "<|im_start|>assistant\n")
-    query = query.replace("<image>", "<img>" + "<IMG_CONTEXT>" * model.config.image_seq_length * tiles + "</img>", 1)
-    assert inputs["input_ids"][0].tolist() == processor.tokenizer(query)["input_ids"]
+    want = internvl2_chat_ids(processor.tokenizer, "Írd le a képet.", model.config.image_seq_length * tiles)
+    assert inputs["input_ids"][0].tolist() == want
     assert inputs["input_ids"][0, 0] == processor.tokenizer.bos_token_id
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4 or out[0, -1] in model.generation_config.eos_token_id
@@ -385,3 +393,102 @@ def test_failed_conversion_leaves_nothing(published, hf_home, tmp_path):
     assert left == []
     with pytest.raises(ValueError, match="internvl_chat"):
         internvl2.native_checkpoint(hf_home / "mella-converted" / internvl2.cache_key(published))
+
+
+# ---------------------------------------------------------------- the platform's backbone and vLLM prompts
+
+PROMPTS = ["Írd le a képet.", "Mi látható ezen a képen?", "이 이미지에 무엇이 있나요?", "Что изображено на картинке?",
+           "ما الذي في هذه الصورة؟", "写真 猫", "ภาพนี้แสดงอะไร", "  spaces\tand\nnewlines  ", "x"]
+BACKBONE_SIZES = [(1, 1), (10, 10), *SIZES, (1920, 1080), (1080, 1920), (448, 56), (30, 1000)]
+
+
+@pytest.fixture(scope="module")
+def backbone(converted):
+    from mella.models.backbones import load_backbone
+
+    return load_backbone("internvl2", converted, min_pixels=1, max_pixels=1, max_tiles=12)
+
+
+def test_backbone_ids_equal_internvl2_chat_on_many_images_and_prompts(backbone, cfg):
+    """The backbone's prompt (through InternVLProcessor) is InternVL2's chat() prompt, BOS first, and its tiles
+    are load_image's, on images from 1 px to 13 tiles and prompts in several scripts; serving's per-image
+    expansion (image_features + expand) gives the same ids."""
+    tok, bos = backbone.tokenizer, backbone.tokenizer.bos_token_id
+    assert type(backbone.processor).__name__ == "InternVLProcessor" and bos is not None
+    tiles_seen = set()
+    for i, size in enumerate(BACKBONE_SIZES):
+        image = Image.fromarray(np.random.default_rng(i).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        prompt = PROMPTS[i % len(PROMPTS)]
+        ids, feats = backbone.encode(image, prompt)
+        want_pixels = load_image(image, cfg)
+        torch.testing.assert_close(torch.from_numpy(feats["pixel_values"]), want_pixels, rtol=0, atol=1e-6)
+        tiles = len(want_pixels)
+        tiles_seen.add(tiles)
+        assert ids == internvl2_chat_ids(tok, prompt, backbone.tokens_per_tile * tiles), (size, prompt)
+        assert backbone.prompt_ids(prompt)[0] == bos and ids[0] == bos and ids.count(bos) == 1
+        hand_feats, tokens = backbone.image_features(image)
+        assert backbone.expand(backbone.prompt_ids(prompt), tokens) == ids
+        np.testing.assert_array_equal(hand_feats["pixel_values"], feats["pixel_values"])
+    assert {1, 13} <= tiles_seen and len(tiles_seen) >= 5
+
+
+def test_backbone_answer_only_loss_with_bos(backbone):
+    from mella.models.backbones import END_OF_TURN
+    from mella.train.samples import build_sample
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (90, 150, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    s = build_sample(backbone, buf.getvalue(), PROMPTS[1], "Egy macska a házban.", 4096)
+    ids, _ = backbone.encode(image, PROMPTS[1])
+    assert s.input_ids[: len(ids)].tolist() == ids and (s.labels[: len(ids)] == -100).all()
+    assert s.input_ids[0] == backbone.tokenizer.bos_token_id
+    assert backbone.tokenizer.decode(s.input_ids[s.labels != -100]) == "Egy macska a házban." + END_OF_TURN
+
+
+def test_placeholder_in_the_prompt_is_refused(backbone):
+    image = Image.new("RGB", (60, 60))
+    with pytest.raises(ValueError, match="expected one <IMG_CONTEXT>"):
+        backbone.encode(image, "a <IMG_CONTEXT> smuggled in")
+
+
+def test_vllm_args_and_prompt_for_the_converted_checkpoint(backbone, converted):
+    """What vLLM 0.33 gets for the converted checkpoint (served as InternS1ForConditionalGeneration through
+    transformers' InternVLProcessor): no remote code, ``max_patches`` for the tiling, the prompt with one unexpanded
+    ``<IMG_CONTEXT>``. vLLM's processing (its HF processor, torchvision backend, called with the prompt and
+    mm_processor_kwargs; the prompt tokenized with special tokens) then gives the backbone's ids."""
+    from transformers import AutoProcessor, GotOcr2ImageProcessorFast
+
+    from mella.models.backbones import load_backbone
+    from mella.models.mllm import MLLMConfig, vllm_engine_args, vllm_prompt, vllm_requests
+
+    args = vllm_engine_args(MLLMConfig(family="internvl2", model_path=str(converted), max_tiles=6))
+    assert "trust_remote_code" not in args and args["model"] == str(converted)
+    assert args["mm_processor_kwargs"] == {"max_patches": 6}
+    assert args["limit_mm_per_prompt"] == {"image": 1, "video": 0}
+    hf = AutoProcessor.from_pretrained(converted)  # as vLLM loads it (InternS1ProcessingInfo.get_hf_processor)
+    assert isinstance(hf.image_processor, GotOcr2ImageProcessorFast) and hf.image_token == "<IMG_CONTEXT>"
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 700, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    reqs = vllm_requests(backbone, [(buf.getvalue(), PROMPTS[2]), (None, PROMPTS[3])])
+    prompt = reqs[0]["prompt"]
+    assert prompt == vllm_prompt(backbone, PROMPTS[2], True) and prompt.count("<IMG_CONTEXT>") == 1
+    assert "<image>" not in prompt and not prompt.startswith("<s>")
+    assert hf.tokenizer(prompt)["input_ids"] == backbone.prompt_ids(PROMPTS[2])
+    np.testing.assert_array_equal(np.asarray(reqs[0]["multi_modal_data"]["image"]), np.asarray(image))
+    assert "multi_modal_data" not in reqs[1] and "<IMG_CONTEXT>" not in reqs[1]["prompt"]
+    out = hf(text=[prompt], images=[image], **args["mm_processor_kwargs"], return_tensors="np")
+    six_tiles = load_backbone("internvl2", converted, min_pixels=1, max_pixels=1, max_tiles=6)
+    ids, feats = six_tiles.encode(image, PROMPTS[2])
+    assert out["input_ids"][0].tolist() == ids
+    # 700x300 px: the 2x1 grid + thumbnail within 6 tiles (the 5x2 grid + thumbnail within the checkpoint's 12)
+    assert out["pixel_values"].shape == feats["pixel_values"].shape == (3, 3, 56, 56)
+    assert len(backbone.encode(image, PROMPTS[2])[1]["pixel_values"]) == 11
+    assert float(np.abs(out["pixel_values"] - feats["pixel_values"]).mean()) < 2e-3  # torch vs PIL bicubic
+    with pytest.raises(ValueError, match="expected 1 <IMG_CONTEXT>"):
+        vllm_prompt(backbone, "two <IMG_CONTEXT>", True)
+    qwen = vllm_engine_args(MLLMConfig(family="qwen2-vl", model_path="Qwen/Qwen2-VL-7B-Instruct"))
+    assert qwen["mm_processor_kwargs"] == {"min_pixels": 4 * 28 * 28, "max_pixels": 1280 * 28 * 28}
+    assert qwen["limit_mm_per_prompt"] == {"image": 1} and "trust_remote_code" not in qwen
+

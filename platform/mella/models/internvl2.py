@@ -35,6 +35,11 @@ SPECIAL_TOKENS = ("<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_s
                   "<|im_start|>", "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>",
                   "<box>", "</box>")
 
+#: the tokenizer attributes ``InternVLProcessor`` reads the image tokens from (``extra_special_tokens``); InternVL2
+#: has no video token, so ``video_token`` names the image context token (videos are not used by MELLA)
+IMAGE_TOKEN_NAMES = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                     "video_token": "<IMG_CONTEXT>"}
+
 #: the files the published repository holds besides weights that this module reads or writes
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -366,8 +371,7 @@ def _native_tokenizer(src: Path, work: Path):
     # has no video token, so ``video_token`` names the image context token (videos are not used by MELLA)
     tok.save_pretrained(work)
     config = json.loads((work / "tokenizer_config.json").read_text())
-    config["extra_special_tokens"] = {"start_image_token": "<img>", "end_image_token": "</img>",
-                                      "context_image_token": "<IMG_CONTEXT>", "video_token": "<IMG_CONTEXT>"}
+    config["extra_special_tokens"] = dict(IMAGE_TOKEN_NAMES)
     (work / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     tok = AutoTokenizer.from_pretrained(work)
     shutil.rmtree(work)
@@ -505,13 +509,16 @@ def native_checkpoint(src_dir: Path) -> Path:
     return final
 
 
-def load_processor(path: Path):
+def load_processor(path: Path, max_tiles: int | None = None):
     """``InternVLProcessor`` of a converted checkpoint with the PIL backend of the GotOcr2 image processor.
 
+    ``max_tiles``: InternVL2's ``max_num`` (``max_patches``: at most this many 448-px tiles, plus the thumbnail
+    when more than one); None keeps the checkpoint's ``max_dynamic_patch``.
     The PIL backend's tiles equal InternVL2's ``load_image`` / ``dynamic_preprocess`` bit for bit (PIL bicubic
     resizes, tests/test_internvl2.py); ``AutoProcessor``'s default torchvision backend picks the same tiles but
     resamples with torch's bicubic (pixel differences up to a few 1/255 levels).
     """
     from transformers import AutoProcessor, GotOcr2ImageProcessorPil
 
-    return AutoProcessor.from_pretrained(path, image_processor=GotOcr2ImageProcessorPil.from_pretrained(path))
+    kw = {} if max_tiles is None else {"max_patches": max_tiles}
+    return AutoProcessor.from_pretrained(path, image_processor=GotOcr2ImageProcessorPil.from_pretrained(path, **kw))
