@@ -36,6 +36,8 @@ import torch
 import yaml
 from torch import nn
 
+from mella.models.hub import resolve_model
+
 log = logging.getLogger(__name__)
 
 PUBLISHED = "Unbabel/wmt22-cometkiwi-da"
@@ -154,8 +156,8 @@ class COMETKiwi(nn.Module):
     @classmethod
     def load(cls, model_path: str | Path, *, flag: str = "qe.model_path") -> COMETKiwi:
         """Load from a checkpoint directory (``hparams.yaml`` + ``checkpoints/model.ckpt``), the ``.ckpt`` file,
-        or a hub id (``Unbabel/wmt22-cometkiwi-da``, via :func:`resolve`). The encoder config and tokenizer come
-        from ``pretrained_model`` through the hub cache.
+        or a hub id (``Unbabel/wmt22-cometkiwi-da``, via :func:`mella.models.hub.resolve_model`). The encoder
+        config and tokenizer come from ``pretrained_model`` through the hub cache.
 
         Raises: FileNotFoundError (no checkpoint / no hparams.yaml), ValueError (not a COMETKiwi checkpoint, or
         its parameters do not fit), and the hub resolver's errors for an id not in the cache."""
@@ -168,7 +170,7 @@ class COMETKiwi(nn.Module):
         hp_yaml = yaml.safe_load(hp_file.read_text(encoding="utf-8")) or {}
         state = _torch_load(ckpt)
         hparams = {**hp_yaml, **dict(state.get("hyper_parameters") or {})}  # COMET: the checkpoint's hparams win
-        enc_dir = resolve(hparams.get("pretrained_model", ENCODER), flag=f"{flag} (encoder)")
+        enc_dir = resolve_model(hparams.get("pretrained_model", ENCODER), flag=f"{flag} (encoder)")
         config = XLMRobertaConfig.from_pretrained(str(enc_dir))
         tokenizer = XLMRobertaTokenizer.from_pretrained(str(enc_dir))
         model = cls(hparams, config, tokenizer)
@@ -229,30 +231,11 @@ class COMETKiwi(nn.Module):
         return scores
 
 
-def resolve(name: str | Path, *, flag: str) -> Path:
-    """A local directory for ``name`` (a directory, or a hub id looked up in the hub cache)."""
-    try:
-        from mella.models.hub import resolve_model
-    except ImportError:  # hub resolver not in this build: huggingface_hub directly
-        p = Path(str(name)).expanduser()
-        if p.exists():
-            return p.resolve()
-        import os
-
-        from huggingface_hub import snapshot_download
-
-        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-        home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.path.expanduser(home), "hub")  # read now, not at import
-        return Path(snapshot_download(str(name), cache_dir=cache, local_files_only=offline))
-    return resolve_model(name, flag=flag)
-
-
 def checkpoint_file(model_path: str | Path, *, flag: str = "qe.model_path") -> Path:
     """``model.ckpt`` for a ``.ckpt`` path, a checkpoint directory or a hub id. Raises FileNotFoundError."""
     p = Path(str(model_path)).expanduser()
     if not p.exists() and not str(model_path).endswith(".ckpt"):
-        p = resolve(str(model_path), flag=flag)
+        p = resolve_model(str(model_path), flag=flag)
     if p.is_dir():
         p = p / "checkpoints" / "model.ckpt"
     if not p.is_file():
