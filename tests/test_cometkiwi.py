@@ -96,11 +96,17 @@ def reference_scores(home: Path, models: dict[str, Path]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE")}
     env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     ckpts = {n: str(d / "checkpoints" / "model.ckpt") for n, d in models.items()}
-    p = subprocess.run([str(py), "-c", REFERENCE, json.dumps(PAIRS), json.dumps(ckpts)], env=env, check=False,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [str(py), "-c", REFERENCE, json.dumps(PAIRS), json.dumps(ckpts)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     assert p.returncode == 0 and line, p.stderr[-3000:]
-    return json.loads(line[0][len("RESULT "):])
+    return json.loads(line[0][len("RESULT ") :])
 
 
 def test_scores_equal_unbabel_comet(hf_home):

@@ -200,7 +200,7 @@ def test_train_job_takes_a_hub_id_and_writes_an_adapter(hf_home, tmp_path, repo_
         str(out),
         "--mix",
         "know-only",
-        *sum((["--set", kv] for kv in sets), []),
+        *sets,
     ]
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=hub_env(hf_home, job_env()), capture_output=True, text=True, timeout=900

@@ -12,6 +12,7 @@ runs through transformers.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -112,7 +113,8 @@ def internlm2_attention(x, wqkv, wo, llm):
 
 def internlm2_mlp(x, t, n):
     return (F.silu(x @ t[n + "feed_forward.w1.weight"].T) * (x @ t[n + "feed_forward.w3.weight"].T)) @ t[
-        n + "feed_forward.w2.weight"].T
+        n + "feed_forward.w2.weight"
+    ].T
 
 
 def internlm2_logits(ids, t, llm):
@@ -132,17 +134,21 @@ def test_attention_split_equals_internlm2_definition(model, original, cfg):
     """Layer 0's converted q/k/v/o attention == InternLM2's fused-wqkv attention on the original tensors."""
     seen = {}
     layer = model.model.language_model.layers[0]
-    hooks = [layer.self_attn.register_forward_hook(lambda m, a, kw, out: seen.update(x=kw["hidden_states"], y=out[0]),
-                                                   with_kwargs=True),
-             layer.mlp.register_forward_hook(lambda m, a, out: seen.update(mx=a[0], my=out))]
+    hooks = [
+        layer.self_attn.register_forward_hook(
+            lambda m, a, kw, out: seen.update(x=kw["hidden_states"], y=out[0]), with_kwargs=True
+        ),
+        layer.mlp.register_forward_hook(lambda m, a, out: seen.update(mx=a[0], my=out)),
+    ]
     ids = torch.randint(0, cfg["llm_config"]["vocab_size"], (2, 11))
     with torch.no_grad():
         model(input_ids=ids)
     for h in hooks:
         h.remove()
     n = "language_model.model.layers.0."
-    want = internlm2_attention(seen["x"], original[n + "attention.wqkv.weight"], original[n + "attention.wo.weight"],
-                               cfg["llm_config"])
+    want = internlm2_attention(
+        seen["x"], original[n + "attention.wqkv.weight"], original[n + "attention.wo.weight"], cfg["llm_config"]
+    )
     torch.testing.assert_close(seen["y"], want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(seen["my"], internlm2_mlp(seen["mx"], original, n), rtol=1e-5, atol=1e-5)
     # the split is not the identity: reading wqkv as plain [q; k; v] rows gives another attention
@@ -179,8 +185,10 @@ def internvit_features(pixels, t, cfg):
         a = (attn @ vv).transpose(1, 2).reshape(b, s, c) @ t[n + "attn.proj.weight"].T + t[n + "attn.proj.bias"]
         x = x + a * t[n + "ls1"]
         m = F.layer_norm(x, (c,), t[n + "norm2.weight"], t[n + "norm2.bias"], v["layer_norm_eps"])
-        m = F.gelu(m @ t[n + "mlp.fc1.weight"].T + t[n + "mlp.fc1.bias"]) @ t[n + "mlp.fc2.weight"].T + t[
-            n + "mlp.fc2.bias"]
+        m = (
+            F.gelu(m @ t[n + "mlp.fc1.weight"].T + t[n + "mlp.fc1.bias"]) @ t[n + "mlp.fc2.weight"].T
+            + t[n + "mlp.fc2.bias"]
+        )
         x = x + m * t[n + "ls2"]
     x = x[:, 1:, :]
     side = int(x.shape[1] ** 0.5)
@@ -195,8 +203,9 @@ def internvit_features(pixels, t, cfg):
 def test_vision_tower_and_projector_equal_internvit(model, original, cfg):
     pixels = torch.randn(3, 3, cfg["force_image_size"], cfg["force_image_size"])
     with torch.no_grad():
-        got = model.model.get_image_features(pixel_values=pixels, vision_feature_layer=-1,
-                                             vision_feature_select_strategy="default").pooler_output
+        got = model.model.get_image_features(
+            pixel_values=pixels, vision_feature_layer=-1, vision_feature_select_strategy="default"
+        ).pooler_output
     want = internvit_features(pixels, original, cfg)
     assert got.shape == (3, 4, cfg["llm_config"]["hidden_size"])  # (56/14)^2 patches * 0.5^2 = 4 tokens per tile
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -221,17 +230,28 @@ def find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_
 def dynamic_preprocess(image, min_num, max_num, image_size, use_thumbnail):
     orig_width, orig_height = image.size
     aspect_ratio = orig_width / orig_height
-    target_ratios = sorted({(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1)
-                            for j in range(1, n + 1) if min_num <= i * j <= max_num}, key=lambda x: x[0] * x[1])
+    target_ratios = sorted(
+        {
+            (i, j)
+            for n in range(min_num, max_num + 1)
+            for i in range(1, n + 1)
+            for j in range(1, n + 1)
+            if min_num <= i * j <= max_num
+        },
+        key=lambda x: x[0] * x[1],
+    )
     ratio = find_closest_aspect_ratio(aspect_ratio, target_ratios, orig_width, orig_height, image_size)
     target_width, target_height = image_size * ratio[0], image_size * ratio[1]
     blocks = ratio[0] * ratio[1]
     resized = image.resize((target_width, target_height))
     tiles = []
     for i in range(blocks):
-        box = ((i % (target_width // image_size)) * image_size, (i // (target_width // image_size)) * image_size,
-               ((i % (target_width // image_size)) + 1) * image_size,
-               ((i // (target_width // image_size)) + 1) * image_size)
+        box = (
+            (i % (target_width // image_size)) * image_size,
+            (i // (target_width // image_size)) * image_size,
+            ((i % (target_width // image_size)) + 1) * image_size,
+            ((i // (target_width // image_size)) + 1) * image_size,
+        )
         tiles.append(resized.crop(box))
     if use_thumbnail and len(tiles) != 1:
         tiles.append(image.resize((image_size, image_size)))
@@ -243,9 +263,14 @@ def load_image(image, cfg):
     from torchvision import transforms as T
 
     side = cfg["force_image_size"]
-    transform = T.Compose([T.Lambda(lambda img: img.convert("RGB")),
-                           T.Resize((side, side), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
-                           T.Normalize(mean=internvl2.IMAGENET_MEAN, std=internvl2.IMAGENET_STD)])
+    transform = T.Compose(
+        [
+            T.Lambda(lambda img: img.convert("RGB")),
+            T.Resize((side, side), interpolation=T.InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize(mean=internvl2.IMAGENET_MEAN, std=internvl2.IMAGENET_STD),
+        ]
+    )
     tiles = dynamic_preprocess(image, cfg["min_dynamic_patch"], cfg["max_dynamic_patch"], side, cfg["use_thumbnail"])
     return torch.stack([transform(t) for t in tiles])
 
@@ -296,10 +321,23 @@ def test_tokenizer_equals_sentencepiece_with_published_specials(converted, publi
     assert tok("kép")["input_ids"][0] == sp.bos_id()  # add_bos_token, as InternLM2Tokenizer
 
 
+def internvl2_chat_ids(tokenizer, question: str, context_tokens: int) -> list[int]:
+    """InternVL2's chat(): the internlm2-chat conversation (SeparatorStyle.MPT), '<image>\\n' + question, the image
+    expanded to <img> + num_image_token * tiles <IMG_CONTEXT> + </img>, tokenized with the BOS token."""
+    from mella.models.internvl2 import INTERNVL2_SYSTEM
+
+    query = (
+        f"<|im_start|>system\n{INTERNVL2_SYSTEM}<|im_end|><|im_start|>user\n<image>\n{question}<|im_end|>"
+        "<|im_start|>assistant\n"
+    )
+    query = query.replace("<image>", "<img>" + "<IMG_CONTEXT>" * context_tokens + "</img>", 1)
+    return tokenizer(query)["input_ids"]
+
+
 def test_loads_and_generates_on_an_image(converted):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mella.models.backbones import INTERNVL2_SYSTEM
+    from mella.models.internvl2 import INTERNVL2_SYSTEM
 
     processor = internvl2.load_processor(converted)
     assert type(AutoProcessor.from_pretrained(converted)).__name__ == "InternVLProcessor"
@@ -312,12 +350,8 @@ def test_loads_and_generates_on_an_image(converted):
     inputs = processor(images=[image], text=[text], return_tensors="pt")
     tiles = inputs["pixel_values"].shape[0]
     assert tiles == 7  # 150x90 px: the 3x2 grid (ratio 1.5, closest to 1.67 within 12 tiles) + the thumbnail
-    # InternVL2's chat(): the internlm2-chat conversation (SeparatorStyle.MPT), '<image>\n' + question, the image
-    # expanded to <img> + num_image_token * tiles <IMG_CONTEXT> + </img>, tokenized with the BOS token
-    query = (f"<|im_start|>system\n{INTERNVL2_SYSTEM}<|im_end|><|im_start|>user\n<image>\nÍrd le a képet.<|im_end|>"
-             "<|im_start|>assistant\n")
-    query = query.replace("<image>", "<img>" + "<IMG_CONTEXT>" * model.config.image_seq_length * tiles + "</img>", 1)
-    assert inputs["input_ids"][0].tolist() == processor.tokenizer(query)["input_ids"]
+    want = internvl2_chat_ids(processor.tokenizer, "Írd le a képet.", model.config.image_seq_length * tiles)
+    assert inputs["input_ids"][0].tolist() == want
     assert inputs["input_ids"][0, 0] == processor.tokenizer.bos_token_id
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4 or out[0, -1] in model.generation_config.eos_token_id
@@ -331,8 +365,15 @@ def test_lora_targets_match_converted_language_model(model):
     layers = model.config.text_config.num_hidden_layers
     assert len(hit) == 7 * layers
     assert all("language_model" in n for n in hit)
-    assert {n.rsplit(".", 1)[1] for n in hit} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"}
+    assert {n.rsplit(".", 1)[1] for n in hit} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
 
 
 def test_peft_wraps_exactly_the_lora_targets(converted):
@@ -385,3 +426,110 @@ def test_failed_conversion_leaves_nothing(published, hf_home, tmp_path):
     assert left == []
     with pytest.raises(ValueError, match="internvl_chat"):
         internvl2.native_checkpoint(hf_home / "mella-converted" / internvl2.cache_key(published))
+
+
+# ---------------------------------------------------------------- the platform's backbone and vLLM prompts
+
+PROMPTS = [
+    "Írd le a képet.",
+    "Mi látható ezen a képen?",
+    "이 이미지에 무엇이 있나요?",
+    "Что изображено на картинке?",
+    "ما الذي في هذه الصورة؟",
+    "写真 猫",
+    "ภาพนี้แสดงอะไร",
+    "  spaces\tand\nnewlines  ",
+    "x",
+]
+BACKBONE_SIZES = [(1, 1), (10, 10), *SIZES, (1920, 1080), (1080, 1920), (448, 56), (30, 1000)]
+
+
+@pytest.fixture(scope="module")
+def backbone(converted):
+    from mella.models.backbones import load_backbone
+
+    return load_backbone("internvl2", converted, min_pixels=1, max_pixels=1, max_tiles=12)
+
+
+def test_backbone_ids_equal_internvl2_chat_on_many_images_and_prompts(backbone, cfg):
+    """The backbone's prompt (through InternVLProcessor) is InternVL2's chat() prompt, BOS first, and its tiles
+    are load_image's, on images from 1 px to 13 tiles and prompts in several scripts; serving's per-image
+    expansion (image_features + expand) gives the same ids."""
+    tok, bos = backbone.tokenizer, backbone.tokenizer.bos_token_id
+    assert type(backbone.processor).__name__ == "InternVLProcessor" and bos is not None
+    tiles_seen = set()
+    for i, size in enumerate(BACKBONE_SIZES):
+        image = Image.fromarray(np.random.default_rng(i).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        prompt = PROMPTS[i % len(PROMPTS)]
+        ids, feats = backbone.encode(image, prompt)
+        want_pixels = load_image(image, cfg)
+        torch.testing.assert_close(torch.from_numpy(feats["pixel_values"]), want_pixels, rtol=0, atol=1e-6)
+        tiles = len(want_pixels)
+        tiles_seen.add(tiles)
+        assert ids == internvl2_chat_ids(tok, prompt, backbone.tokens_per_tile * tiles), (size, prompt)
+        assert backbone.prompt_ids(prompt)[0] == bos and ids[0] == bos and ids.count(bos) == 1
+        hand_feats, tokens = backbone.image_features(image)
+        assert backbone.expand(backbone.prompt_ids(prompt), tokens) == ids
+        np.testing.assert_array_equal(hand_feats["pixel_values"], feats["pixel_values"])
+    assert {1, 13} <= tiles_seen and len(tiles_seen) >= 5
+
+
+def test_backbone_answer_only_loss_with_bos(backbone):
+    from mella.models.backbones import END_OF_TURN
+    from mella.train.samples import build_sample
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (90, 150, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    s = build_sample(backbone, buf.getvalue(), PROMPTS[1], "Egy macska a házban.", 4096)
+    ids, _ = backbone.encode(image, PROMPTS[1])
+    assert s.input_ids[: len(ids)].tolist() == ids and (s.labels[: len(ids)] == -100).all()
+    assert s.input_ids[0] == backbone.tokenizer.bos_token_id
+    assert backbone.tokenizer.decode(s.input_ids[s.labels != -100]) == "Egy macska a házban." + END_OF_TURN
+
+
+def test_placeholder_in_the_prompt_is_refused(backbone):
+    image = Image.new("RGB", (60, 60))
+    with pytest.raises(ValueError, match="expected one <IMG_CONTEXT>"):
+        backbone.encode(image, "a <IMG_CONTEXT> smuggled in")
+
+
+def test_vllm_args_and_prompt_for_the_converted_checkpoint(backbone, converted):
+    """What vLLM 0.33 gets for the converted checkpoint (served as InternS1ForConditionalGeneration through
+    transformers' InternVLProcessor): no remote code, ``max_patches`` for the tiling, the prompt with one unexpanded
+    ``<IMG_CONTEXT>``. vLLM's processing (its HF processor, torchvision backend, called with the prompt and
+    mm_processor_kwargs; the prompt tokenized with special tokens) then gives the backbone's ids."""
+    from transformers import AutoProcessor, GotOcr2ImageProcessorFast
+
+    from mella.models.backbones import load_backbone
+    from mella.models.mllm import MLLMConfig, vllm_engine_args, vllm_prompt, vllm_requests
+
+    args = vllm_engine_args(MLLMConfig(family="internvl2", model_path=str(converted), max_tiles=6))
+    assert "trust_remote_code" not in args and args["model"] == str(converted)
+    assert args["mm_processor_kwargs"] == {"max_patches": 6}
+    assert args["limit_mm_per_prompt"] == {"image": 1, "video": 0}
+    hf = AutoProcessor.from_pretrained(converted)  # as vLLM loads it (InternS1ProcessingInfo.get_hf_processor)
+    assert isinstance(hf.image_processor, GotOcr2ImageProcessorFast) and hf.image_token == "<IMG_CONTEXT>"
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 700, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    reqs = vllm_requests(backbone, [(buf.getvalue(), PROMPTS[2]), (None, PROMPTS[3])])
+    prompt = reqs[0]["prompt"]
+    assert prompt == vllm_prompt(backbone, PROMPTS[2], True) and prompt.count("<IMG_CONTEXT>") == 1
+    assert "<image>" not in prompt and not prompt.startswith("<s>")
+    assert hf.tokenizer(prompt)["input_ids"] == backbone.prompt_ids(PROMPTS[2])
+    np.testing.assert_array_equal(np.asarray(reqs[0]["multi_modal_data"]["image"]), np.asarray(image))
+    assert "multi_modal_data" not in reqs[1] and "<IMG_CONTEXT>" not in reqs[1]["prompt"]
+    out = hf(text=[prompt], images=[image], **args["mm_processor_kwargs"], return_tensors="np")
+    six_tiles = load_backbone("internvl2", converted, min_pixels=1, max_pixels=1, max_tiles=6)
+    ids, feats = six_tiles.encode(image, PROMPTS[2])
+    assert out["input_ids"][0].tolist() == ids
+    # 700x300 px: the 2x1 grid + thumbnail within 6 tiles (the 5x2 grid + thumbnail within the checkpoint's 12)
+    assert out["pixel_values"].shape == feats["pixel_values"].shape == (3, 3, 56, 56)
+    assert len(backbone.encode(image, PROMPTS[2])[1]["pixel_values"]) == 11
+    assert float(np.abs(out["pixel_values"] - feats["pixel_values"]).mean()) < 2e-3  # torch vs PIL bicubic
+    with pytest.raises(ValueError, match="expected 1 <IMG_CONTEXT>"):
+        vllm_prompt(backbone, "two <IMG_CONTEXT>", True)
+    qwen = vllm_engine_args(MLLMConfig(family="qwen2-vl", model_path="Qwen/Qwen2-VL-7B-Instruct"))
+    assert qwen["mm_processor_kwargs"] == {"min_pixels": 4 * 28 * 28, "max_pixels": 1280 * 28 * 28}
+    assert qwen["limit_mm_per_prompt"] == {"image": 1} and "trust_remote_code" not in qwen

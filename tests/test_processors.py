@@ -19,10 +19,31 @@ from mella.models.hub import resolve_model
 from mella.train.samples import build_sample
 
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 64
-PROMPTS = ["Mi látható ezen a képen?", "이 이미지에 무엇이 있나요?", "Что изображено на картинке?", "ما الذي في هذه الصورة؟",
-           "Hình ảnh này có gì?", "ภาพนี้แสดงอะไร", "Describe the image. 🙂", "  spaces\tand\nnewlines  ", "x"]
-SIZES = [(10, 10), (28, 28), (56, 84), (100, 37), (37, 100), (640, 480), (480, 640), (1000, 30), (30, 1000),
-         (333, 333), (1920, 1080), (57, 29)]
+PROMPTS = [
+    "Mi látható ezen a képen?",
+    "이 이미지에 무엇이 있나요?",
+    "Что изображено на картинке?",
+    "ما الذي في هذه الصورة؟",
+    "Hình ảnh này có gì?",
+    "ภาพนี้แสดงอะไร",
+    "Describe the image. 🙂",
+    "  spaces\tand\nnewlines  ",
+    "x",
+]
+SIZES = [
+    (10, 10),
+    (28, 28),
+    (56, 84),
+    (100, 37),
+    (37, 100),
+    (640, 480),
+    (480, 640),
+    (1000, 30),
+    (30, 1000),
+    (333, 333),
+    (1920, 1080),
+    (57, 29),
+]
 
 
 def _images() -> list[Image.Image]:
@@ -65,7 +86,7 @@ def test_hand_expansion_equals_the_processor_on_many_images_and_prompts(qwen):
         assert qwen.expand(qwen.prompt_ids(prompt), tokens) == ids, (img.size, prompt)
         np.testing.assert_array_equal(hand_feats["image_grid_thw"], feats["image_grid_thw"])
         np.testing.assert_allclose(hand_feats["pixel_values"], feats["pixel_values"], rtol=0, atol=1e-6)
-        n = int(feats["image_grid_thw"].prod()) // qwen.image_processor.merge_size ** 2
+        n = int(feats["image_grid_thw"].prod()) // qwen.image_processor.merge_size**2
         assert ids.count(qwen.tokenizer.convert_tokens_to_ids("<|image_pad|>")) == n
         assert MIN_PIXELS <= n * 28 * 28 <= MAX_PIXELS
 
@@ -78,11 +99,20 @@ def test_answer_only_loss_through_the_processor(qwen):
     ids, _ = qwen.encode(img, PROMPTS[0])
     assert s.input_ids[: len(ids)].tolist() == ids and (s.labels[: len(ids)] == -100).all()
     assert qwen.tokenizer.decode(s.input_ids[s.labels != -100]) == answer + END_OF_TURN
-    batch = qwen.collate({"input_ids": [s.input_ids], "labels": [s.labels], "pixel_values": [s.features["pixel_values"]],
-                          "image_grid_thw": [s.features["image_grid_thw"]]})
-    chat = qwen.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
-                                                "text": PROMPTS[0]}]}], chat_template=qwen.template,
-                                               add_generation_prompt=True, tokenize=False)
+    batch = qwen.collate(
+        {
+            "input_ids": [s.input_ids],
+            "labels": [s.labels],
+            "pixel_values": [s.features["pixel_values"]],
+            "image_grid_thw": [s.features["image_grid_thw"]],
+        }
+    )
+    chat = qwen.tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPTS[0]}]}],
+        chat_template=qwen.template,
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     out = qwen.processor(text=[chat], images=[img], return_tensors="pt")
     assert out["input_ids"][0].tolist() == ids
     assert batch["mm_token_type_ids"][0, : len(ids)].tolist() == out["mm_token_type_ids"][0].tolist()

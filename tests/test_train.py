@@ -28,16 +28,29 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))  
 
 PROMPT = "Mi látható ezen a képen?"
 # the schedule these tests were tuned with (InternVL2's Table 7 column; Qwen2-VL's default is linear, wd 0)
-FAST = ["batch_size=1", "grad_accum=1", "cpus_per_worker=0.5", "materialize=true", "warmup_ratio=0.0",
-        "lr_scheduler=cosine", "weight_decay=0.01",
-        f"image_min_pixels={MIN_PIXELS}", f"image_max_pixels={MAX_PIXELS}", "n_test=2", "max_tiles=4"]
+FAST = [
+    "batch_size=1",
+    "grad_accum=1",
+    "cpus_per_worker=0.5",
+    "materialize=true",
+    "warmup_ratio=0.0",
+    "lr_scheduler=cosine",
+    "weight_decay=0.01",
+    f"image_min_pixels={MIN_PIXELS}",
+    f"image_max_pixels={MAX_PIXELS}",
+    "n_test=2",
+    "max_tiles=4",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    return {"corpus": write_corpus(root / "corpus", "hu", n_know=6, n_ling=5),
-            "qwen": tiny_qwen2vl(root / "qwen"), "root": root}
+    return {
+        "corpus": write_corpus(root / "corpus", "hu", n_know=6, n_ling=5),
+        "qwen": tiny_qwen2vl(root / "qwen"),
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +105,9 @@ def test_truncation_shortens_the_answer_never_the_image(tiny):
     assert np.array_equal(cut.input_ids[:n_prompt], full.input_ids[:n_prompt])  # image tokens intact
     assert int((cut.labels != -100).sum()) == MIN_ANSWER_TOKENS
     assert bb.tokenizer.convert_tokens_to_ids(END_OF_TURN) not in cut.input_ids[n_prompt:]
-    assert build_sample(bb, row["image"], PROMPT, row["alt_text"], n_prompt + MIN_ANSWER_TOKENS - 1) == "prompt_too_long"
+    assert (
+        build_sample(bb, row["image"], PROMPT, row["alt_text"], n_prompt + MIN_ANSWER_TOKENS - 1) == "prompt_too_long"
+    )
     assert build_sample(bb, b"not an image", PROMPT, row["alt_text"], 4096) == "image_decode"
     assert build_sample(bb, row["image"], PROMPT, "   ", 4096) == "empty_answer"
 
@@ -125,8 +140,16 @@ def test_internvl2_sample_forward_and_lm_only_lora(tiny):
 def test_config_defaults_are_paper_table7(tiny):
     """Table 7 per backbone: InternVL2-8B's column; Qwen2-VL's "default" = HF Trainer's (warmup 0, linear, wd 0,
     accumulation 1); shared 1 epoch, lr 4e-5, length 4096, batch 4. A value the user sets wins."""
-    fields = ("epochs", "lr", "warmup_ratio", "lr_scheduler", "weight_decay", "max_seq_length", "grad_accum",
-              "batch_size")
+    fields = (
+        "epochs",
+        "lr",
+        "warmup_ratio",
+        "lr_scheduler",
+        "weight_decay",
+        "max_seq_length",
+        "grad_accum",
+        "batch_size",
+    )
     kw = dict(data=tiny["corpus"], lang="hu", model=tiny["qwen"], output=tiny["root"] / "o")
     cfg = TrainConfig(backbone="internvl2", **kw)
     assert tuple(getattr(cfg, f) for f in fields) == (1, 4e-5, 0.03, "cosine", 0.01, 4096, 2, 4)
@@ -136,7 +159,11 @@ def test_config_defaults_are_paper_table7(tiny):
 
     hf = TrainingArguments(output_dir=str(tiny["root"] / "hf"))
     assert (cfg.warmup_ratio, cfg.lr_scheduler, cfg.weight_decay, cfg.grad_accum) == (
-        hf.warmup_steps or 0.0, hf.lr_scheduler_type.value, hf.weight_decay, hf.gradient_accumulation_steps)
+        hf.warmup_steps or 0.0,
+        hf.lr_scheduler_type.value,
+        hf.weight_decay,
+        hf.gradient_accumulation_steps,
+    )
     cfg = TrainConfig.load(None, ["lr_scheduler=cosine", "grad_accum=3"], backbone="qwen2-vl", **kw)
     assert (cfg.lr_scheduler, cfg.grad_accum, cfg.weight_decay) == ("cosine", 3, 0.0)
     cfg = TrainConfig.load(None, ["lr=1e-3", "deepspeed=zero3"], data=".", lang="hu", model=".", output=".")
@@ -162,19 +189,25 @@ def _assert_adapter_matches_deepspeed_state(tiny, summary: dict, base: Path):
 
     bb, row = _qwen(tiny), _row(tiny, 2)
     s = build_sample(bb, row["image"], PROMPT, row["alt_text"], 4096)
-    inputs = bb.collate({"input_ids": [s.input_ids], "labels": [s.labels],
-                         **{k: [v] for k, v in s.features.items()}})
+    inputs = bb.collate({"input_ids": [s.input_ids], "labels": [s.labels], **{k: [v] for k, v in s.features.items()}})
     with torch.no_grad():
         base_logits = load_model("qwen2-vl", base, torch.float32)(**inputs).logits
         reloaded = PeftModel.from_pretrained(load_model("qwen2-vl", base, torch.float32), summary["adapter"]).eval()
         logits = reloaded(**inputs).logits
         meta = json.loads((Path(summary["adapter"]) / "mella_train.json").read_text())
         hp = meta["hyperparameters"]
-        ref = get_peft_model(load_model("qwen2-vl", base, torch.float32),
-                             LoraConfig(r=hp["lora_rank"], lora_alpha=hp["lora_alpha"],
-                                        target_modules=hp["lora_target_modules"], task_type="CAUSAL_LM")).eval()
-        state = get_fp32_state_dict_from_zero_checkpoint(str(_latest_ckpt(summary)), tag="ds",
-                                                         exclude_frozen_parameters=True)
+        ref = get_peft_model(
+            load_model("qwen2-vl", base, torch.float32),
+            LoraConfig(
+                r=hp["lora_rank"],
+                lora_alpha=hp["lora_alpha"],
+                target_modules=hp["lora_target_modules"],
+                task_type="CAUSAL_LM",
+            ),
+        ).eval()
+        state = get_fp32_state_dict_from_zero_checkpoint(
+            str(_latest_ckpt(summary)), tag="ds", exclude_frozen_parameters=True
+        )
         missing = {k for k in state if k not in dict(ref.named_parameters())}
         assert not missing and state
         ref.load_state_dict(state, strict=False)
@@ -198,9 +231,30 @@ def test_zero2_two_workers_overfit_via_job_and_adapter_reloads(tiny, ray_local):
     main = _job_main()
 
     out = tiny["root"] / "z2"
-    summary = main(["--data", str(tiny["corpus"]), "--lang", "hu", "--backbone", "qwen2-vl", "--model", str(tiny["qwen"]),
-                    "--output", str(out), "--mix", "know-only", "--deepspeed", "zero2", "--num-workers", "2",
-                    *FAST, "max_steps=12", "lr=1e-2", "lora_dropout=0"])
+    summary = main(
+        [
+            "--data",
+            str(tiny["corpus"]),
+            "--lang",
+            "hu",
+            "--backbone",
+            "qwen2-vl",
+            "--model",
+            str(tiny["qwen"]),
+            "--output",
+            str(out),
+            "--mix",
+            "know-only",
+            "--deepspeed",
+            "zero2",
+            "--num-workers",
+            "2",
+            *FAST,
+            "max_steps=12",
+            "lr=1e-2",
+            "lora_dropout=0",
+        ]
+    )
     losses = _losses(out)
     assert len(losses) == 12 == summary["steps"]
     assert np.mean(losses[-3:]) < losses[0] - 0.3, losses  # overfits the 4 training samples
@@ -214,9 +268,17 @@ def test_zero2_two_workers_overfit_via_job_and_adapter_reloads(tiny, ray_local):
 def test_zero3_two_workers_overfit_and_adapter_reloads(tiny, ray_local):
     from mella.train.trainer import train
 
-    cfg = TrainConfig.load(None, FAST + ["max_steps=12", "lr=1e-2", "lora_dropout=0"], data=tiny["corpus"], lang="hu",
-                           model=tiny["qwen"], output=tiny["root"] / "z3", mix="know-only", deepspeed="zero3",
-                           num_workers=2)
+    cfg = TrainConfig.load(
+        None,
+        FAST + ["max_steps=12", "lr=1e-2", "lora_dropout=0"],
+        data=tiny["corpus"],
+        lang="hu",
+        model=tiny["qwen"],
+        output=tiny["root"] / "z3",
+        mix="know-only",
+        deepspeed="zero3",
+        num_workers=2,
+    )
     summary = train(cfg)
     losses = _losses(cfg.output)
     assert np.mean(losses[-3:]) < losses[0] - 0.3, losses
@@ -245,12 +307,21 @@ def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list, stop: thr
 def test_worker_killed_mid_run_resumes_from_checkpoint(tiny, ray_local):
     from mella.train.trainer import train
 
-    cfg = TrainConfig.load(None, FAST + ["max_steps=10", "checkpoint_every=2", "max_failures=1", "lr=1e-3"],
-                           data=tiny["corpus"], lang="hu", model=tiny["qwen"], output=tiny["root"] / "resume",
-                           mix="know-only", deepspeed="zero2", num_workers=2)
+    cfg = TrainConfig.load(
+        None,
+        FAST + ["max_steps=10", "checkpoint_every=2", "max_failures=1", "lr=1e-3"],
+        data=tiny["corpus"],
+        lang="hu",
+        model=tiny["qwen"],
+        output=tiny["root"] / "resume",
+        mix="know-only",
+        deepspeed="zero2",
+        num_workers=2,
+    )
     killed, stop = [], threading.Event()
-    watcher = threading.Thread(target=_kill_a_worker_after_first_checkpoint,
-                               args=(cfg.output / "ray_results", killed, stop), daemon=True)
+    watcher = threading.Thread(
+        target=_kill_a_worker_after_first_checkpoint, args=(cfg.output / "ray_results", killed, stop), daemon=True
+    )
     watcher.start()
     try:
         summary = train(cfg)
@@ -272,8 +343,16 @@ def test_mixes_run(tiny, ray_local, mix):
 
     from mella.train.trainer import train
 
-    cfg = TrainConfig.load(None, FAST + ["max_steps=2", "lr=1e-3"], data=tiny["corpus"], lang="hu",
-                           model=tiny["qwen"], output=tiny["root"] / mix, mix=mix, num_workers=1)
+    cfg = TrainConfig.load(
+        None,
+        FAST + ["max_steps=2", "lr=1e-3"],
+        data=tiny["corpus"],
+        lang="hu",
+        model=tiny["qwen"],
+        output=tiny["root"] / mix,
+        mix=mix,
+        num_workers=1,
+    )
     summary = train(cfg)
     meta = json.loads((Path(summary["adapter"]) / "mella_train.json").read_text())
     assert meta["mix"] == mix and meta["steps"] == 2

@@ -9,9 +9,11 @@ Serving encodes multi-image chats image by image (:meth:`Backbone.image_features
 tests/test_processors.py shows that path equal to the processor's output on many images and prompts.
 
 InternVL2 runs through transformers' native ``InternVLForConditionalGeneration``, i.e. an ``-hf``
-checkpoint (``model_type: internvl``; InternVL2-8B as published is converted by mella.models.hub). Its image
-processor is GotOcr2's (dynamic 448-px tiling, max tiles + thumbnail); the chat format is InternVL2's
-``internlm2-chat`` conversation template (InternVL ``conversation.py``), with its system message.
+checkpoint (``model_type: internvl``; InternVL2-8B as published is converted by mella.models.hub), and its real
+processor (``InternVLProcessor`` with GotOcr2's PIL image processor: dynamic 448-px tiling, max tiles + thumbnail,
+``<img>`` + tiles × ``image_seq_length`` ``<IMG_CONTEXT>`` + ``</img>``); the chat format is InternVL2's
+``internlm2-chat`` conversation template (InternVL ``conversation.py``), with its system message, tokenized with
+the BOS token ``<s>`` first, as InternVL2's ``chat()`` and its fine-tuning code do.
 """
 
 from __future__ import annotations
@@ -38,17 +40,8 @@ QWEN2_VL_TEMPLATE = (
     "<|im_start|>assistant\n{% endif %}"
 )
 
-#: InternVL2 ``internlm2-chat`` template (InternVL ``conversation.py``, SeparatorStyle.MPT: turns are
-#: ``<|im_start|>role\n...<|im_end|>`` with no newline between them); the image goes first in the user
-#: turn as ``<image>\n`` (here ``<IMG_CONTEXT>\n``, expanded to ``<img>`` + N × ``<IMG_CONTEXT>`` + ``</img>``).
-INTERNVL2_SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-INTERNVL2_TEMPLATE = (
-    "{{ '<|im_start|>system\n" + INTERNVL2_SYSTEM + "<|im_end|>' }}{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# InternVL2's chat template lives with its checkpoint conversion (the converted checkpoint carries it)
+from mella.models.internvl2 import INTERNVL2_TEMPLATE  # noqa: E402 - kept beside its conversion
 
 END_OF_TURN = "<|im_end|>"  # both templates close a turn with it; it is part of the answer's labels
 
@@ -69,14 +62,30 @@ class Backbone:
     image_processor: Any
     template: str
     placeholder: str  # token the template emits once per image
+    #: tokenize a chat with the tokenizer's own special tokens (InternVL2: ``<s>`` first; Qwen2-VL adds none)
+    add_special_tokens: bool = False
+
+    def chat_text(self, prompt: str) -> str:
+        """The chat template on one user turn (image placeholder + ``prompt``) + the assistant header, as text."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, add_generation_prompt=True, tokenize=False
+        )
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered chat ``text`` as the model's own inference and training code tokenize it
+        (InternVL2: ``tokenizer(query)``, BOS first; Qwen2-VL: no special tokens added)."""
+        return self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"]
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of system + user turn (image placeholder + ``prompt``) + the assistant header."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, add_generation_prompt=True, tokenize=False
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.text_ids(self.chat_text(prompt))
+
+    def check_placeholder(self, text: str) -> None:
+        """Raise ``ValueError`` unless ``text`` holds exactly one image placeholder (a prompt that itself contains
+        the placeholder string would desynchronise features and tokens)."""
+        if text.count(self.placeholder) != 1:
+            raise ValueError(f"expected one {self.placeholder} in the prompt, found {text.count(self.placeholder)}")
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of the answer followed by the end-of-turn token (the supervised part)."""
@@ -137,8 +146,9 @@ class Qwen2VL(Backbone):
         # torchvision backend resamples with torch's bicubic
         pil = Qwen2VLImageProcessorPil.from_pretrained(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self.processor = Qwen2VLProcessor.from_pretrained(model_path, image_processor=pil)
-        super().__init__("qwen2-vl", self.processor.tokenizer, self.processor.image_processor, QWEN2_VL_TEMPLATE,
-                         "<|image_pad|>")
+        super().__init__(
+            "qwen2-vl", self.processor.tokenizer, self.processor.image_processor, QWEN2_VL_TEMPLATE, "<|image_pad|>"
+        )
 
     def encode(self, img: Image.Image, prompt: str) -> tuple[list[int], dict[str, np.ndarray]]:
         """Through ``Qwen2VLProcessor``: prompt ids with ``<|image_pad|>`` expanded by the processor;
@@ -147,14 +157,13 @@ class Qwen2VL(Backbone):
         Raises ``ValueError`` unless the chat holds exactly one image placeholder (a prompt that itself
         contains ``<|image_pad|>`` would desynchronise features and tokens).
         """
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-            chat_template=self.template, add_generation_prompt=True, tokenize=False)
-        if text.count(self.placeholder) != 1:
-            raise ValueError(f"expected one {self.placeholder} in the prompt, found {text.count(self.placeholder)}")
+        text = self.chat_text(prompt)
+        self.check_placeholder(text)
         out = self.processor(text=[text], images=[img], return_tensors="np")
-        feats = {"pixel_values": out["pixel_values"].astype(np.float32),
-                 "image_grid_thw": out["image_grid_thw"].astype(np.int64)}
+        feats = {
+            "pixel_values": out["pixel_values"].astype(np.float32),
+            "image_grid_thw": out["image_grid_thw"].astype(np.int64),
+        }
         return out["input_ids"][0].tolist(), feats
 
     def check_image(self, width: int, height: int) -> None:
@@ -163,8 +172,13 @@ class Qwen2VL(Backbone):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         p = self.image_processor
-        smart_resize(height, width, factor=p.patch_size * p.merge_size, min_pixels=p.size.shortest_edge,
-                     max_pixels=p.size.longest_edge)
+        smart_resize(
+            height,
+            width,
+            factor=p.patch_size * p.merge_size,
+            min_pixels=p.size.shortest_edge,
+            max_pixels=p.size.longest_edge,
+        )
 
     def image_features(self, img: Image.Image) -> tuple[dict[str, np.ndarray], list[int]]:
         """``pixel_values`` float32 ``[patches, C*T*P*P]``, ``image_grid_thw`` int64 ``[1, 3]``; and the image tokens."""
@@ -191,24 +205,41 @@ class Qwen2VL(Backbone):
 
 
 class InternVL2(Backbone):
-    """InternVL2 (-hf layout): dynamic 448 px tiling; ``image_seq_length`` context tokens per tile."""
+    """InternVL2 (-hf layout) through ``InternVLProcessor``: dynamic 448 px tiling; ``image_seq_length`` context
+    tokens per tile."""
 
     feature_names = ("pixel_values",)
 
     def __init__(self, model_path: str, max_tiles: int):
-        from transformers import AutoConfig, AutoTokenizer, GotOcr2ImageProcessorPil
+        from mella.models.internvl2 import load_processor
 
-        proc = GotOcr2ImageProcessorPil.from_pretrained(model_path, crop_to_patches=True, max_patches=max_tiles)
-        self.tokens_per_tile = AutoConfig.from_pretrained(model_path).image_seq_length
-        super().__init__("internvl2", AutoTokenizer.from_pretrained(model_path), proc, INTERNVL2_TEMPLATE, "<IMG_CONTEXT>")
+        self.processor = load_processor(model_path, max_tiles=max_tiles)
+        self.tokens_per_tile = self.processor.image_seq_length
+        super().__init__(
+            "internvl2",
+            self.processor.tokenizer,
+            self.processor.image_processor,
+            INTERNVL2_TEMPLATE,
+            "<IMG_CONTEXT>",
+            add_special_tokens=True,
+        )
+
+    def encode(self, img: Image.Image, prompt: str) -> tuple[list[int], dict[str, np.ndarray]]:
+        """Through ``InternVLProcessor``: prompt ids (``<s>`` first, the image as ``<img>`` + tiles ×
+        ``image_seq_length`` ``<IMG_CONTEXT>`` + ``</img>``); ``pixel_values`` float32 ``[tiles, 3, H, W]``.
+
+        Raises ``ValueError`` unless the chat holds exactly one ``<IMG_CONTEXT>``.
+        """
+        text = self.chat_text(prompt)
+        self.check_placeholder(text)
+        out = self.processor(text=[text], images=[img], return_tensors="np")
+        return out["input_ids"][0].tolist(), {"pixel_values": out["pixel_values"].astype(np.float32)}
 
     def image_features(self, img: Image.Image) -> tuple[dict[str, np.ndarray], list[int]]:
-        """``pixel_values`` float32 ``[tiles, 3, H, W]``; tokens ``<img>`` + tiles × N ``<IMG_CONTEXT>`` + ``</img>``."""
-        out = self.image_processor(images=[img], return_tensors="np")
-        pv = out["pixel_values"].astype(np.float32)
-        t = self.tokenizer.convert_tokens_to_ids
-        tokens = [t("<img>")] + [t(self.placeholder)] * (len(pv) * self.tokens_per_tile) + [t("</img>")]
-        return {"pixel_values": pv}, tokens
+        """``pixel_values`` float32 ``[tiles, 3, H, W]``; the image's tokens as the processor expands one
+        ``<IMG_CONTEXT>`` (``<img>`` + tiles × ``image_seq_length`` ``<IMG_CONTEXT>`` + ``</img>``)."""
+        out = self.processor(text=[self.placeholder], images=[img], add_special_tokens=False, return_tensors="np")
+        return {"pixel_values": out["pixel_values"].astype(np.float32)}, out["input_ids"][0].tolist()
 
     def collate(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         out = self.collate_text(batch)

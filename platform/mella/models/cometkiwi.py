@@ -36,6 +36,8 @@ import torch
 import yaml
 from torch import nn
 
+from mella.models.hub import resolve_model
+
 log = logging.getLogger(__name__)
 
 PUBLISHED = "Unbabel/wmt22-cometkiwi-da"
@@ -94,8 +96,9 @@ class FeedForward(nn.Module):
     """COMET's estimator (``comet/modules/feedforward.py``): Linear/activation/Dropout per hidden size, then a
     Linear to one output (and the optional final activation); parameters ``ff.<i>.weight``/``bias``."""
 
-    def __init__(self, in_dim: int, hidden_sizes: list[int], activations: str, final_activation: str | None,
-                 dropout: float) -> None:
+    def __init__(
+        self, in_dim: int, hidden_sizes: list[int], activations: str, final_activation: str | None, dropout: float
+    ) -> None:
         super().__init__()
         mods, prev = [], in_dim
         for h in hidden_sizes:
@@ -143,19 +146,26 @@ class COMETKiwi(nn.Module):
         self.layerwise_attention = None
         if layer == "mix":
             self.layerwise_attention = LayerwiseAttention(
-                config.num_hidden_layers + 1, bool(hparams.get("layer_norm", True)),
-                hparams.get("layer_transformation", "sparsemax"), hparams.get("dropout", 0.1))
-        self.estimator = FeedForward(config.hidden_size, list(hparams.get("hidden_sizes", [3072, 1024])),
-                                     hparams.get("activations", "Tanh"), hparams.get("final_activation"),
-                                     float(hparams.get("dropout", 0.1)))
+                config.num_hidden_layers + 1,
+                bool(hparams.get("layer_norm", True)),
+                hparams.get("layer_transformation", "sparsemax"),
+                hparams.get("dropout", 0.1),
+            )
+        self.estimator = FeedForward(
+            config.hidden_size,
+            list(hparams.get("hidden_sizes", [3072, 1024])),
+            hparams.get("activations", "Tanh"),
+            hparams.get("final_activation"),
+            float(hparams.get("dropout", 0.1)),
+        )
         self.max_positions = config.max_position_embeddings - 2
         self.eval()
 
     @classmethod
     def load(cls, model_path: str | Path, *, flag: str = "qe.model_path") -> COMETKiwi:
         """Load from a checkpoint directory (``hparams.yaml`` + ``checkpoints/model.ckpt``), the ``.ckpt`` file,
-        or a hub id (``Unbabel/wmt22-cometkiwi-da``, via :func:`resolve`). The encoder config and tokenizer come
-        from ``pretrained_model`` through the hub cache.
+        or a hub id (``Unbabel/wmt22-cometkiwi-da``, via :func:`mella.models.hub.resolve_model`). The encoder
+        config and tokenizer come from ``pretrained_model`` through the hub cache.
 
         Raises: FileNotFoundError (no checkpoint / no hparams.yaml), ValueError (not a COMETKiwi checkpoint, or
         its parameters do not fit), and the hub resolver's errors for an id not in the cache."""
@@ -168,7 +178,7 @@ class COMETKiwi(nn.Module):
         hp_yaml = yaml.safe_load(hp_file.read_text(encoding="utf-8")) or {}
         state = _torch_load(ckpt)
         hparams = {**hp_yaml, **dict(state.get("hyper_parameters") or {})}  # COMET: the checkpoint's hparams win
-        enc_dir = resolve(hparams.get("pretrained_model", ENCODER), flag=f"{flag} (encoder)")
+        enc_dir = resolve_model(hparams.get("pretrained_model", ENCODER), flag=f"{flag} (encoder)")
         config = XLMRobertaConfig.from_pretrained(str(enc_dir))
         tokenizer = XLMRobertaTokenizer.from_pretrained(str(enc_dir))
         model = cls(hparams, config, tokenizer)
@@ -179,13 +189,17 @@ class COMETKiwi(nn.Module):
         try:
             res = self.load_state_dict(sd, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise ValueError(f"{ckpt}: not a COMETKiwi state_dict for this encoder config and hparams "
-                             f"({str(e).splitlines()[-1].strip()})") from e
+            raise ValueError(
+                f"{ckpt}: not a COMETKiwi state_dict for this encoder config and hparams "
+                f"({str(e).splitlines()[-1].strip()})"
+            ) from e
         missing = [k for k in res.missing_keys if not k.endswith(("position_ids", "token_type_ids"))]
         extra = [k for k in res.unexpected_keys if not k.endswith("position_ids") and not k.startswith("hidden2tag.")]
         if missing or extra:
-            raise ValueError(f"{ckpt}: not a COMETKiwi state_dict for this encoder config (missing {missing[:4]}, "
-                             f"unexpected {extra[:4]})")
+            raise ValueError(
+                f"{ckpt}: not a COMETKiwi state_dict for this encoder config (missing {missing[:4]}, "
+                f"unexpected {extra[:4]})"
+            )
 
     def tokenize(self, pairs: list[dict]) -> dict[str, torch.Tensor]:
         """``input_ids`` (batch, seq) int64 and ``attention_mask`` (batch, seq) bool for ``[{"src", "mt"}]``,
@@ -199,7 +213,7 @@ class COMETKiwi(nn.Module):
             a, b = [t for t in a if t != tok.pad_token_id][1:-1], [t for t in b if t != tok.pad_token_id][1:-1]
             s = [tok.cls_token_id, *a, tok.sep_token_id, tok.sep_token_id, *b, tok.sep_token_id]
             if len(a) + len(b) > self.max_positions - 5:  # 1 + 2 x size_separator special tokens
-                s = s[:self.max_positions]
+                s = s[: self.max_positions]
             seqs.append(s)
         n = max(len(s) for s in seqs)
         ids = torch.tensor([s + [tok.pad_token_id] * (n - len(s)) for s in seqs], dtype=torch.long)
@@ -224,35 +238,16 @@ class COMETKiwi(nn.Module):
         device = next(self.parameters()).device
         scores: list[float] = []
         for i in range(0, len(pairs), batch_size):
-            batch = {k: v.to(device) for k, v in self.tokenize(pairs[i:i + batch_size]).items()}
+            batch = {k: v.to(device) for k, v in self.tokenize(pairs[i : i + batch_size]).items()}
             scores += self(**batch).float().cpu().tolist()
         return scores
-
-
-def resolve(name: str | Path, *, flag: str) -> Path:
-    """A local directory for ``name`` (a directory, or a hub id looked up in the hub cache)."""
-    try:
-        from mella.models.hub import resolve_model
-    except ImportError:  # hub resolver not in this build: huggingface_hub directly
-        p = Path(str(name)).expanduser()
-        if p.exists():
-            return p.resolve()
-        import os
-
-        from huggingface_hub import snapshot_download
-
-        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-        home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.path.expanduser(home), "hub")  # read now, not at import
-        return Path(snapshot_download(str(name), cache_dir=cache, local_files_only=offline))
-    return resolve_model(name, flag=flag)
 
 
 def checkpoint_file(model_path: str | Path, *, flag: str = "qe.model_path") -> Path:
     """``model.ckpt`` for a ``.ckpt`` path, a checkpoint directory or a hub id. Raises FileNotFoundError."""
     p = Path(str(model_path)).expanduser()
     if not p.exists() and not str(model_path).endswith(".ckpt"):
-        p = resolve(str(model_path), flag=flag)
+        p = resolve_model(str(model_path), flag=flag)
     if p.is_dir():
         p = p / "checkpoints" / "model.ckpt"
     if not p.is_file():
@@ -270,21 +265,42 @@ def _torch_load(path: Path) -> dict:
 
 # ------------------------------------------------------------------ tiny checkpoints (random weights, real layouts)
 TINY_SPM_VOCAB = 200
-TINY_ENCODER_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-                       "max_position_embeddings": 40, "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0,
-                       "eos_token_id": 2, "layer_norm_eps": 1e-5, "vocab_size": TINY_SPM_VOCAB + 2}
+TINY_ENCODER_CONFIG = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 40,
+    "type_vocab_size": 1,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "layer_norm_eps": 1e-5,
+    "vocab_size": TINY_SPM_VOCAB + 2,
+}
 TINY_CORPUS = [
-    "A dog runs across the green park.", "Two children play football on the beach at sunset.",
-    "A red car is parked in front of an old house.", "The market sells fresh fruit and vegetables.",
-    "A woman reads a book under a tree.", "Mountains covered in snow behind a quiet lake.",
-    "Un chien court dans le parc.", "Deux enfants jouent au football sur la plage.",
-    "Ein Hund läuft über die grüne Wiese.", "Una mujer lee un libro bajo un árbol.",
-    "Mbwa anakimbia katika bustani.", "Watoto wawili wanacheza mpira ufukweni.",
-    "Con chó chạy qua công viên xanh.", "Hai đứa trẻ chơi bóng đá trên bãi biển.",
-    "Anjing berlari di taman hijau.", "Dua anak bermain sepak bola di pantai.",
-    "สุนัขวิ่งข้ามสวนสีเขียว", "เด็กสองคนเล่นฟุตบอลบนชายหาด",
-    "개가 초록 공원을 가로질러 달린다.", "두 아이가 해변에서 축구를 한다.",
-    "ኡሻ በአረንጓዴው መናፈሻ ውስጥ ይሮጣል።", "Aja kan n sare kọja ọgba alawọ ewe.",
+    "A dog runs across the green park.",
+    "Two children play football on the beach at sunset.",
+    "A red car is parked in front of an old house.",
+    "The market sells fresh fruit and vegetables.",
+    "A woman reads a book under a tree.",
+    "Mountains covered in snow behind a quiet lake.",
+    "Un chien court dans le parc.",
+    "Deux enfants jouent au football sur la plage.",
+    "Ein Hund läuft über die grüne Wiese.",
+    "Una mujer lee un libro bajo un árbol.",
+    "Mbwa anakimbia katika bustani.",
+    "Watoto wawili wanacheza mpira ufukweni.",
+    "Con chó chạy qua công viên xanh.",
+    "Hai đứa trẻ chơi bóng đá trên bãi biển.",
+    "Anjing berlari di taman hijau.",
+    "Dua anak bermain sepak bola di pantai.",
+    "สุนัขวิ่งข้ามสวนสีเขียว",
+    "เด็กสองคนเล่นฟุตบอลบนชายหาด",
+    "개가 초록 공원을 가로질러 달린다.",
+    "두 아이가 해변에서 축구를 한다.",
+    "ኡሻ በአረንጓዴው መናፈሻ ውስጥ ይሮጣል።",
+    "Aja kan n sare kọja ọgba alawọ ewe.",
 ]
 
 
@@ -299,13 +315,26 @@ def write_tiny_infoxlm(d: str | Path) -> Path:
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(TINY_CORPUS * 4), model_writer=buf,
-                                   vocab_size=TINY_SPM_VOCAB, model_type="unigram", character_coverage=1.0,
-                                   minloglevel=2, num_threads=1)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TINY_CORPUS * 4),
+        model_writer=buf,
+        vocab_size=TINY_SPM_VOCAB,
+        model_type="unigram",
+        character_coverage=1.0,
+        minloglevel=2,
+        num_threads=1,
+    )
     (d / "sentencepiece.bpe.model").write_bytes(buf.getvalue())
     XLMRobertaConfig(**TINY_ENCODER_CONFIG).save_pretrained(d)
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
-                "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+    specials = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "cls_token": "<s>",
+        "mask_token": "<mask>",
+    }
     (d / "special_tokens_map.json").write_text(json.dumps(specials))
     (d / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512, **specials}))
     return d
@@ -313,13 +342,36 @@ def write_tiny_infoxlm(d: str | Path) -> Path:
 
 #: hparams.yaml of the published Unbabel/wmt22-cometkiwi-da, with a tiny estimator (hidden_sizes)
 TINY_HPARAMS = {
-    "activations": "Tanh", "batch_size": 16, "class_identifier": "unified_metric", "dropout": 0.1,
-    "encoder_learning_rate": 1.0e-06, "encoder_model": "XLM-RoBERTa", "final_activation": None, "hidden_sizes": [24, 16],
-    "input_segments": ["mt", "src"], "keep_embeddings_frozen": True, "layer": "mix", "layer_norm": False,
-    "layer_transformation": "sparsemax_patch", "layerwise_decay": 0.95, "learning_rate": 1.5e-05,
-    "load_pretrained_weights": True, "loss": "mse", "loss_lambda": 0.65, "nr_frozen_epochs": 0.3, "optimizer": "AdamW",
-    "pool": "avg", "pretrained_model": ENCODER, "sent_layer": "mix", "train_data": [], "validation_data": [], "warmup_steps": 0,
-    "word_layer": 24, "word_level_training": False, "error_labels": ["minor", "major"], "cross_entropy_weights": None,
+    "activations": "Tanh",
+    "batch_size": 16,
+    "class_identifier": "unified_metric",
+    "dropout": 0.1,
+    "encoder_learning_rate": 1.0e-06,
+    "encoder_model": "XLM-RoBERTa",
+    "final_activation": None,
+    "hidden_sizes": [24, 16],
+    "input_segments": ["mt", "src"],
+    "keep_embeddings_frozen": True,
+    "layer": "mix",
+    "layer_norm": False,
+    "layer_transformation": "sparsemax_patch",
+    "layerwise_decay": 0.95,
+    "learning_rate": 1.5e-05,
+    "load_pretrained_weights": True,
+    "loss": "mse",
+    "loss_lambda": 0.65,
+    "nr_frozen_epochs": 0.3,
+    "optimizer": "AdamW",
+    "pool": "avg",
+    "pretrained_model": ENCODER,
+    "sent_layer": "mix",
+    "train_data": [],
+    "validation_data": [],
+    "warmup_steps": 0,
+    "word_layer": 24,
+    "word_level_training": False,
+    "error_labels": ["minor", "major"],
+    "cross_entropy_weights": None,
     "local_files_only": False,
 }
 
@@ -345,11 +397,13 @@ def write_tiny_published(d: str | Path, seed: int = 0, **overrides) -> Path:
                 nn.init.normal_(p, std=0.3)
         linears = [m for m in model.estimator.ff if isinstance(m, nn.Linear)]
         for m in linears:
-            nn.init.normal_(m.weight, std=1.0 / m.in_features ** 0.5)
+            nn.init.normal_(m.weight, std=1.0 / m.in_features**0.5)
         linears[-1].bias.fill_(0.5)
     (d / "checkpoints").mkdir(parents=True, exist_ok=True)
     (d / "hparams.yaml").write_text(yaml.safe_dump(hp, sort_keys=True))
     sd = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.save({"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.2.0", "state_dict": sd,
-                "hyper_parameters": hp}, d / "checkpoints" / "model.ckpt")
+    torch.save(
+        {"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.2.0", "state_dict": sd, "hyper_parameters": hp},
+        d / "checkpoints" / "model.ckpt",
+    )
     return d

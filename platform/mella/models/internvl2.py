@@ -25,32 +25,82 @@ import shutil
 import uuid
 from pathlib import Path
 
+#: InternVL2 ``internlm2-chat`` template (InternVL ``conversation.py``, SeparatorStyle.MPT: turns are
+#: ``<|im_start|>role\n...<|im_end|>`` with no newline between them); the image goes first in the user
+#: turn as ``<image>\n`` (here ``<IMG_CONTEXT>\n``, expanded to ``<img>`` + N × ``<IMG_CONTEXT>`` + ``</img>``).
+INTERNVL2_SYSTEM = (
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+)
+INTERNVL2_TEMPLATE = (
+    "{{ '<|im_start|>system\n" + INTERNVL2_SYSTEM + "<|im_end|>' }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 #: InternVL2 tiles are normalised with ImageNet statistics (InternVL ``train/constants.py``).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: special tokens of InternVL2-8B's ``tokenizer_config.json`` after the sentencepiece vocabulary, in id order
 #: (published ids 92538..92552; InternLM2's chat/tool tokens, then InternVL's image and grounding tokens)
-SPECIAL_TOKENS = ("<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>",
-                  "<|im_start|>", "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>",
-                  "<box>", "</box>")
+SPECIAL_TOKENS = (
+    "<|plugin|>",
+    "<|interpreter|>",
+    "<|action_end|>",
+    "<|action_start|>",
+    "<|im_end|>",
+    "<|im_start|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<quad>",
+    "</quad>",
+    "<ref>",
+    "</ref>",
+    "<box>",
+    "</box>",
+)
+
+#: the tokenizer attributes ``InternVLProcessor`` reads the image tokens from (``extra_special_tokens``); InternVL2
+#: has no video token, so ``video_token`` names the image context token (videos are not used by MELLA)
+IMAGE_TOKEN_NAMES = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<IMG_CONTEXT>",
+}
 
 #: the files the published repository holds besides weights that this module reads or writes
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 _VISION_RENAMES = (  # transformers' ORIGINAL_TO_CONVERTED_KEY_MAPPING_VISION, applied in this order
-    (r"^vision_model\.", "vision_tower."), (r"\.layers\.", ".layer."), (r"class_embedding", "cls_token"),
-    (r"position_embedding", "position_embeddings"), (r"patch_embedding", "patch_embeddings.projection"),
-    (r"\.ls(\d)$", r".lambda_\1"), (r"attn\.proj", "attention.projection_layer"), (r"\.attn\.", ".attention."),
-    (r"norm1", "layernorm_before"), (r"norm2", "layernorm_after"),
+    (r"^vision_model\.", "vision_tower."),
+    (r"\.layers\.", ".layer."),
+    (r"class_embedding", "cls_token"),
+    (r"position_embedding", "position_embeddings"),
+    (r"patch_embedding", "patch_embeddings.projection"),
+    (r"\.ls(\d)$", r".lambda_\1"),
+    (r"attn\.proj", "attention.projection_layer"),
+    (r"\.attn\.", ".attention."),
+    (r"norm1", "layernorm_before"),
+    (r"norm2", "layernorm_after"),
 )
 _TEXT_RENAMES = (  # InternLM2 → Llama (transformers' ORIGINAL_TO_CONVERTED_KEY_MAPPING_TEXT_LLAMA)
-    ("tok_embeddings", "embed_tokens"), ("attention.wo", "self_attn.o_proj"), ("feed_forward.w1", "mlp.gate_proj"),
-    ("feed_forward.w2", "mlp.down_proj"), ("feed_forward.w3", "mlp.up_proj"), ("attention_norm", "input_layernorm"),
+    ("tok_embeddings", "embed_tokens"),
+    ("attention.wo", "self_attn.o_proj"),
+    ("feed_forward.w1", "mlp.gate_proj"),
+    ("feed_forward.w2", "mlp.down_proj"),
+    ("feed_forward.w3", "mlp.up_proj"),
+    ("attention_norm", "input_layernorm"),
     ("ffn_norm", "post_attention_layernorm"),
 )
-_PROJECTOR_RENAMES = {"mlp1.0": "multi_modal_projector.layer_norm", "mlp1.1": "multi_modal_projector.linear_1",
-                      "mlp1.3": "multi_modal_projector.linear_2"}
+_PROJECTOR_RENAMES = {
+    "mlp1.0": "multi_modal_projector.layer_norm",
+    "mlp1.1": "multi_modal_projector.linear_1",
+    "mlp1.3": "multi_modal_projector.linear_2",
+}
 
 
 def published_config(*, vocab_size: int, text: dict, vision: dict, image_size: int, max_tiles: int = 12) -> dict:
@@ -61,33 +111,85 @@ def published_config(*, vocab_size: int, text: dict, vision: dict, image_size: i
     ``image_size``: the tile side in px (448 in the published model).
     """
     llm = {
-        "_name_or_path": "internlm/internlm2_5-7b-chat", "add_cross_attention": False,
-        "architectures": ["InternLM2ForCausalLM"], "attn_implementation": "flash_attention_2",
-        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                     "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
-                     "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
-        "bias": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
-        "initializer_range": 0.02, "max_position_embeddings": 32768, "model_type": "internlm2", "pretraining_tp": 1,
-        "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 2.0, "type": "dynamic"}, "rope_theta": 1000000,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.37.2",
-        "use_bfloat16": True, "use_cache": True, "vocab_size": vocab_size, **text,
+        "_name_or_path": "internlm/internlm2_5-7b-chat",
+        "add_cross_attention": False,
+        "architectures": ["InternLM2ForCausalLM"],
+        "attn_implementation": "flash_attention_2",
+        "auto_map": {
+            "AutoConfig": "configuration_internlm2.InternLM2Config",
+            "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+        },
+        "bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "max_position_embeddings": 32768,
+        "model_type": "internlm2",
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 2.0, "type": "dynamic"},
+        "rope_theta": 1000000,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.37.2",
+        "use_bfloat16": True,
+        "use_cache": True,
+        "vocab_size": vocab_size,
+        **text,
     }
-    vit = {
-        "architectures": ["InternVisionModel"], "attention_dropout": 0.0, "drop_path_rate": 0.0, "dropout": 0.0,
-        "hidden_act": "gelu", "image_size": image_size, "initializer_factor": 1.0, "initializer_range": 0.02,
-        "layer_norm_eps": 1e-06, "model_type": "intern_vit_6b", "norm_type": "layer_norm", "num_channels": 3,
-        "qk_normalization": False, "qkv_bias": True, "torch_dtype": "bfloat16", "transformers_version": "4.37.2",
-        "use_bfloat16": True, "use_flash_attn": True, **vision,
-    }
+    vit = _published_vision_config(image_size, vision)
     return {
-        "_commit_hash": None, "architectures": ["InternVLChatModel"],
-        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
-                     "AutoModel": "modeling_internvl_chat.InternVLChatModel",
-                     "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel"},
-        "downsample_ratio": 0.5, "dynamic_image_size": True, "force_image_size": image_size, "llm_config": llm,
-        "max_dynamic_patch": max_tiles, "min_dynamic_patch": 1, "model_type": "internvl_chat", "ps_version": "v2",
-        "select_layer": -1, "template": "internlm2-chat", "torch_dtype": "bfloat16", "transformers_version": None,
-        "use_backbone_lora": 0, "use_llm_lora": 0, "use_thumbnail": True, "vision_config": vit,
+        "_commit_hash": None,
+        "architectures": ["InternVLChatModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+            "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+            "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+        },
+        "downsample_ratio": 0.5,
+        "dynamic_image_size": True,
+        "force_image_size": image_size,
+        "llm_config": llm,
+        "max_dynamic_patch": max_tiles,
+        "min_dynamic_patch": 1,
+        "model_type": "internvl_chat",
+        "ps_version": "v2",
+        "select_layer": -1,
+        "template": "internlm2-chat",
+        "torch_dtype": "bfloat16",
+        "transformers_version": None,
+        "use_backbone_lora": 0,
+        "use_llm_lora": 0,
+        "use_thumbnail": True,
+        "vision_config": vit,
+    }
+
+
+def _published_vision_config(image_size: int, vision: dict) -> dict:
+    """``vision_config`` of InternVL2-8B's ``config.json`` (InternViT-300M-448px, as published) with ``vision``'s sizes."""
+    return {
+        "architectures": ["InternVisionModel"],
+        "attention_dropout": 0.0,
+        "drop_path_rate": 0.0,
+        "dropout": 0.0,
+        "hidden_act": "gelu",
+        "image_size": image_size,
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-06,
+        "model_type": "intern_vit_6b",
+        "norm_type": "layer_norm",
+        "num_channels": 3,
+        "qk_normalization": False,
+        "qkv_bias": True,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.37.2",
+        "use_bfloat16": True,
+        "use_flash_attn": True,
+        **vision,
     }
 
 
@@ -108,29 +210,53 @@ def published_tensors(cfg: dict, seed: int = 0) -> dict:
     out = {}
     c, p, side = v["hidden_size"], v["patch_size"], v["image_size"]
     e = "vision_model.embeddings."
-    out |= {e + "class_embedding": rnd(1, 1, c), e + "patch_embedding.weight": rnd(c, 3, p, p, scale=0.05),
-            e + "patch_embedding.bias": rnd(c), e + "position_embedding": rnd(1, (side // p) ** 2 + 1, c)}
+    out |= {
+        e + "class_embedding": rnd(1, 1, c),
+        e + "patch_embedding.weight": rnd(c, 3, p, p, scale=0.05),
+        e + "patch_embedding.bias": rnd(c),
+        e + "position_embedding": rnd(1, (side // p) ** 2 + 1, c),
+    }
     for i in range(v["num_hidden_layers"]):
         n = f"vision_model.encoder.layers.{i}."
-        out |= {n + "attn.qkv.weight": rnd(3 * c, c), n + "attn.qkv.bias": rnd(3 * c),
-                n + "attn.proj.weight": rnd(c, c),
-                n + "attn.proj.bias": rnd(c), n + "ls1": rnd(c, base=0.5), n + "ls2": rnd(c, base=0.5),
-                n + "norm1.weight": rnd(c, base=1.0), n + "norm1.bias": rnd(c), n + "norm2.weight": rnd(c, base=1.0),
-                n + "norm2.bias": rnd(c), n + "mlp.fc1.weight": rnd(v["intermediate_size"], c),
-                n + "mlp.fc1.bias": rnd(v["intermediate_size"]), n + "mlp.fc2.weight": rnd(c, v["intermediate_size"]),
-                n + "mlp.fc2.bias": rnd(c)}
+        out |= {
+            n + "attn.qkv.weight": rnd(3 * c, c),
+            n + "attn.qkv.bias": rnd(3 * c),
+            n + "attn.proj.weight": rnd(c, c),
+            n + "attn.proj.bias": rnd(c),
+            n + "ls1": rnd(c, base=0.5),
+            n + "ls2": rnd(c, base=0.5),
+            n + "norm1.weight": rnd(c, base=1.0),
+            n + "norm1.bias": rnd(c),
+            n + "norm2.weight": rnd(c, base=1.0),
+            n + "norm2.bias": rnd(c),
+            n + "mlp.fc1.weight": rnd(v["intermediate_size"], c),
+            n + "mlp.fc1.bias": rnd(v["intermediate_size"]),
+            n + "mlp.fc2.weight": rnd(c, v["intermediate_size"]),
+            n + "mlp.fc2.bias": rnd(c),
+        }
     h, inter = t["hidden_size"], t["intermediate_size"]
     d = h // t["num_attention_heads"]
     ps = c * int(1 / cfg["downsample_ratio"]) ** 2
-    out |= {"mlp1.0.weight": rnd(ps, base=1.0), "mlp1.0.bias": rnd(ps), "mlp1.1.weight": rnd(h, ps),
-            "mlp1.1.bias": rnd(h), "mlp1.3.weight": rnd(h, h), "mlp1.3.bias": rnd(h)}
+    out |= {
+        "mlp1.0.weight": rnd(ps, base=1.0),
+        "mlp1.0.bias": rnd(ps),
+        "mlp1.1.weight": rnd(h, ps),
+        "mlp1.1.bias": rnd(h),
+        "mlp1.3.weight": rnd(h, h),
+        "mlp1.3.bias": rnd(h),
+    }
     out["language_model.model.tok_embeddings.weight"] = rnd(t["vocab_size"], h, scale=1.0)
     for i in range(t["num_hidden_layers"]):
         n = f"language_model.model.layers.{i}."
-        out |= {n + "attention.wqkv.weight": rnd((t["num_attention_heads"] + 2 * t["num_key_value_heads"]) * d, h),
-                n + "attention.wo.weight": rnd(h, h), n + "feed_forward.w1.weight": rnd(inter, h),
-                n + "feed_forward.w3.weight": rnd(inter, h), n + "feed_forward.w2.weight": rnd(h, inter),
-                n + "attention_norm.weight": rnd(h, base=1.0), n + "ffn_norm.weight": rnd(h, base=1.0)}
+        out |= {
+            n + "attention.wqkv.weight": rnd((t["num_attention_heads"] + 2 * t["num_key_value_heads"]) * d, h),
+            n + "attention.wo.weight": rnd(h, h),
+            n + "feed_forward.w1.weight": rnd(inter, h),
+            n + "feed_forward.w3.weight": rnd(inter, h),
+            n + "feed_forward.w2.weight": rnd(h, inter),
+            n + "attention_norm.weight": rnd(h, base=1.0),
+            n + "ffn_norm.weight": rnd(h, base=1.0),
+        }
     out["language_model.model.norm.weight"] = rnd(h, base=1.0)
     out["language_model.output.weight"] = rnd(t["vocab_size"], h)
     return out
@@ -142,16 +268,31 @@ def _train_sentencepiece(path: Path, vocab_size: int) -> None:
 
     import sentencepiece as spm
 
-    words = ("the a picture of photo image shows cat dog house tree street people car river mountain city "
-             "kép egy macska kutya ház fa utca ember autó folyó hegy város "
-             "写真 猫 犬 家 一个 图片 12 345")
+    words = (
+        "the a picture of photo image shows cat dog house tree street people car river mountain city "
+        "kép egy macska kutya ház fa utca ember autó folyó hegy város "
+        "写真 猫 犬 家 一个 图片 12 345"
+    )
     text = [f"{w} {words} {i}" for i, w in enumerate(words.split())] * 4
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text), model_writer=buf, vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
-        add_dummy_prefix=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, split_digits=True,
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
-        minloglevel=2)
+        sentence_iterator=iter(text),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        split_digits=True,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
     path.write_bytes(buf.getvalue())
 
 
@@ -160,21 +301,48 @@ def _write_published_tokenizer(path: Path, sp_size: int) -> int:
     _train_sentencepiece(path / "tokenizer.model", sp_size)
 
     def entry(tok):
-        return {"content": tok, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                "special": True}
+        return {
+            "content": tok,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
 
     added = {str(i): entry(t) for i, t in enumerate(("<unk>", "<s>", "</s>"))}
     added |= {str(sp_size + i): entry(t) for i, t in enumerate(SPECIAL_TOKENS)}
-    additional = ["<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>",
-                  "<|plugin|>", *SPECIAL_TOKENS[6:]]
-    cfg = {"add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": added,
-           "additional_special_tokens": additional,
-           "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
-           "bos_token": "<s>", "clean_up_tokenization_spaces": False, "eos_token": "</s>",
-           "model_max_length": 8192, "pad_token": "</s>", "tokenizer_class": "InternLM2Tokenizer", "unk_token": "<unk>"}
+    additional = [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|action_start|>",
+        "<|action_end|>",
+        "<|interpreter|>",
+        "<|plugin|>",
+        *SPECIAL_TOKENS[6:],
+    ]
+    cfg = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": additional,
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "model_max_length": 8192,
+        "pad_token": "</s>",
+        "tokenizer_class": "InternLM2Tokenizer",
+        "unk_token": "<unk>",
+    }
     (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
-    specials = {"additional_special_tokens": additional, "bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>",
-                "unk_token": "<unk>"}
+    specials = {
+        "additional_special_tokens": additional,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "</s>",
+        "unk_token": "<unk>",
+    }
     (path / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
     return sp_size + len(SPECIAL_TOKENS)
 
@@ -198,11 +366,23 @@ def write_tiny_published(path: Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     vocab = _write_published_tokenizer(path, sp_size=384)
     cfg = published_config(
-        vocab_size=vocab, image_size=56,
-        text={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2},
-        vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "patch_size": 14})
+        vocab_size=vocab,
+        image_size=56,
+        text={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
+        vision={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": 14,
+        },
+    )
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     tensors = published_tensors(cfg, seed)
     names = list(tensors)
@@ -213,13 +393,26 @@ def write_tiny_published(path: Path, seed: int = 0) -> Path:
         save_file({k: tensors[k] for k in part}, path / shard, metadata={"format": "pt"})
         index["weight_map"] |= {k: shard for k in part}
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    (path / "generation_config.json").write_text(json.dumps({"_from_model_config": True,
-                                                             "transformers_version": "4.37.2"}, indent=2))
+    (path / "generation_config.json").write_text(
+        json.dumps({"_from_model_config": True, "transformers_version": "4.37.2"}, indent=2)
+    )
     side = cfg["force_image_size"]
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": side, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(IMAGENET_MEAN),
-        "image_std": list(IMAGENET_STD), "resample": 3, "size": side}, indent=2))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": side,
+                "do_center_crop": True,
+                "do_normalize": True,
+                "do_resize": True,
+                "feature_extractor_type": "CLIPFeatureExtractor",
+                "image_mean": list(IMAGENET_MEAN),
+                "image_std": list(IMAGENET_STD),
+                "resample": 3,
+                "size": side,
+            },
+            indent=2,
+        )
+    )
     return path
 
 
@@ -236,8 +429,9 @@ def read_published_config(src: Path) -> dict:
         raise FileNotFoundError(f"{src}: no config.json (not a checkpoint directory)")
     cfg = json.loads(path.read_text())
     if cfg.get("model_type") != "internvl_chat":
-        raise ValueError(f"{src}: model_type {cfg.get('model_type')!r}, expected 'internvl_chat' "
-                         "(InternVL2 as published)")
+        raise ValueError(
+            f"{src}: model_type {cfg.get('model_type')!r}, expected 'internvl_chat' (InternVL2 as published)"
+        )
     llm_type = cfg["llm_config"].get("model_type")
     if llm_type != "internlm2":
         raise ValueError(f"{src}: language model {llm_type!r}; only InternLM2 (InternVL2-2B/8B/26B) is converted")
@@ -264,7 +458,7 @@ def _rename(key: str) -> str:
         return key
     for old, new in _PROJECTOR_RENAMES.items():
         if key.startswith(old + "."):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     raise ValueError(f"unexpected weight {key!r} in an InternVL2 checkpoint")
 
 
@@ -278,8 +472,11 @@ def split_wqkv(w, num_heads: int, num_kv_heads: int):
     hidden = w.shape[-1]
     d = w.shape[0] // (num_kv_heads * (groups + 2))
     g = w.reshape(num_kv_heads, groups + 2, d, hidden)
-    return (g[:, :groups].reshape(-1, hidden).clone(), g[:, -2].reshape(-1, hidden).clone(),
-            g[:, -1].reshape(-1, hidden).clone())
+    return (
+        g[:, :groups].reshape(-1, hidden).clone(),
+        g[:, -2].reshape(-1, hidden).clone(),
+        g[:, -1].reshape(-1, hidden).clone(),
+    )
 
 
 def convert_tensor(key: str, tensor, cfg: dict) -> dict:
@@ -291,8 +488,10 @@ def convert_tensor(key: str, tensor, cfg: dict) -> dict:
         base = new.replace("attention.wqkv", "self_attn.{}_proj")
         return {base.format("q"): q, base.format("k"): k, base.format("v"): v}
     if ".attention.qkv." in new:  # InternViT: [q; k; v] stacked along the output dim
-        return {new.replace("attention.qkv", f"attention.{n}_proj"): part.clone()
-                for n, part in zip("qkv", tensor.chunk(3, dim=0))}
+        return {
+            new.replace("attention.qkv", f"attention.{n}_proj"): part.clone()
+            for n, part in zip("qkv", tensor.chunk(3, dim=0))
+        }
     return {new: tensor}
 
 
@@ -315,27 +514,56 @@ def native_config(cfg: dict, image_token_id: int, eos_token_id: int):
     llm, vit = cfg["llm_config"], cfg["vision_config"]
     side, patch = cfg.get("force_image_size") or vit["image_size"], vit["patch_size"]
     text = {
-        "model_type": "llama", "vocab_size": llm["vocab_size"], "hidden_size": llm["hidden_size"],
-        "intermediate_size": llm["intermediate_size"], "num_hidden_layers": llm["num_hidden_layers"],
-        "num_attention_heads": llm["num_attention_heads"], "num_key_value_heads": llm["num_key_value_heads"],
-        "head_dim": llm["hidden_size"] // llm["num_attention_heads"], "hidden_act": llm["hidden_act"],
-        "max_position_embeddings": llm["max_position_embeddings"], "rms_norm_eps": llm["rms_norm_eps"],
-        "rope_parameters": _rope_parameters(llm), "attention_bias": llm.get("bias", False), "mlp_bias": False,
-        "bos_token_id": llm.get("bos_token_id"), "eos_token_id": eos_token_id, "pad_token_id": llm.get("pad_token_id"),
-        "tie_word_embeddings": False, "use_cache": True}
+        "model_type": "llama",
+        "vocab_size": llm["vocab_size"],
+        "hidden_size": llm["hidden_size"],
+        "intermediate_size": llm["intermediate_size"],
+        "num_hidden_layers": llm["num_hidden_layers"],
+        "num_attention_heads": llm["num_attention_heads"],
+        "num_key_value_heads": llm["num_key_value_heads"],
+        "head_dim": llm["hidden_size"] // llm["num_attention_heads"],
+        "hidden_act": llm["hidden_act"],
+        "max_position_embeddings": llm["max_position_embeddings"],
+        "rms_norm_eps": llm["rms_norm_eps"],
+        "rope_parameters": _rope_parameters(llm),
+        "attention_bias": llm.get("bias", False),
+        "mlp_bias": False,
+        "bos_token_id": llm.get("bos_token_id"),
+        "eos_token_id": eos_token_id,
+        "pad_token_id": llm.get("pad_token_id"),
+        "tie_word_embeddings": False,
+        "use_cache": True,
+    }
     vision = {
-        "hidden_size": vit["hidden_size"], "intermediate_size": vit["intermediate_size"],
-        "num_hidden_layers": vit["num_hidden_layers"], "num_attention_heads": vit["num_attention_heads"],
-        "image_size": [side, side], "patch_size": [patch, patch], "attention_bias": vit.get("qkv_bias", True),
-        "use_qk_norm": False, "layer_norm_eps": vit["layer_norm_eps"], "norm_type": vit.get("norm_type", "layer_norm"),
-        "hidden_act": vit["hidden_act"], "attention_dropout": vit.get("attention_dropout", 0.0),
-        "projection_dropout": vit.get("dropout", 0.0), "use_absolute_position_embeddings": True}
+        "hidden_size": vit["hidden_size"],
+        "intermediate_size": vit["intermediate_size"],
+        "num_hidden_layers": vit["num_hidden_layers"],
+        "num_attention_heads": vit["num_attention_heads"],
+        "image_size": [side, side],
+        "patch_size": [patch, patch],
+        "attention_bias": vit.get("qkv_bias", True),
+        "use_qk_norm": False,
+        "layer_norm_eps": vit["layer_norm_eps"],
+        "norm_type": vit.get("norm_type", "layer_norm"),
+        "hidden_act": vit["hidden_act"],
+        "attention_dropout": vit.get("attention_dropout", 0.0),
+        "projection_dropout": vit.get("dropout", 0.0),
+        "use_absolute_position_embeddings": True,
+    }
     ratio = cfg["downsample_ratio"]
     return InternVLConfig(
-        vision_config=vision, text_config=text, image_token_id=image_token_id, downsample_ratio=ratio,
-        image_seq_length=int((side // patch) ** 2 * ratio**2), vision_feature_layer=cfg.get("select_layer", -1),
-        vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False,
-        architectures=["InternVLForConditionalGeneration"], dtype=cfg.get("torch_dtype", "bfloat16"))
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        downsample_ratio=ratio,
+        image_seq_length=int((side // patch) ** 2 * ratio**2),
+        vision_feature_layer=cfg.get("select_layer", -1),
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+        architectures=["InternVLForConditionalGeneration"],
+        dtype=cfg.get("torch_dtype", "bfloat16"),
+    )
 
 
 def _native_tokenizer(src: Path, work: Path):
@@ -349,15 +577,26 @@ def _native_tokenizer(src: Path, work: Path):
     pub = json.loads((src / "tokenizer_config.json").read_text())
     work.mkdir()
     shutil.copyfile(src / "tokenizer.model", work / "tokenizer.model")
-    (work / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "legacy": False, "add_prefix_space": False,
-        "add_bos_token": pub.get("add_bos_token", True), "add_eos_token": pub.get("add_eos_token", False),
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    (work / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "legacy": False,
+                "add_prefix_space": False,
+                "add_bos_token": pub.get("add_bos_token", True),
+                "add_eos_token": pub.get("add_eos_token", False),
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+            }
+        )
+    )
     tok = LlamaTokenizer.from_pretrained(work)
     (work / "tokenizer.model").unlink()
     added = sorted((int(i), e["content"]) for i, e in pub["added_tokens_decoder"].items())
-    tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False)
-                                                          for i, t in added if i > 2]})
+    tok.add_special_tokens(
+        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for i, t in added if i > 2]}
+    )
     tok.pad_token = pub.get("pad_token", "</s>")
     for i, t in added:
         if tok.convert_tokens_to_ids(t) != i:
@@ -366,8 +605,7 @@ def _native_tokenizer(src: Path, work: Path):
     # has no video token, so ``video_token`` names the image context token (videos are not used by MELLA)
     tok.save_pretrained(work)
     config = json.loads((work / "tokenizer_config.json").read_text())
-    config["extra_special_tokens"] = {"start_image_token": "<img>", "end_image_token": "</img>",
-                                      "context_image_token": "<IMG_CONTEXT>", "video_token": "<IMG_CONTEXT>"}
+    config["extra_special_tokens"] = dict(IMAGE_TOKEN_NAMES)
     (work / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     tok = AutoTokenizer.from_pretrained(work)
     shutil.rmtree(work)
@@ -413,29 +651,38 @@ def convert(src: Path, out: Path) -> None:
     """
     from transformers import GenerationConfig, GotOcr2ImageProcessorPil, InternVLProcessor, InternVLVideoProcessor
 
-    from mella.models.backbones import INTERNVL2_TEMPLATE
-
     src, out = Path(src), Path(out)
     cfg = read_published_config(src)
     out.mkdir(parents=True)
     tok = _native_tokenizer(src, out / "tokenizer-work")
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    config = native_config(cfg, tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
-                           eos_token_id=cfg["llm_config"]["eos_token_id"])
+    config = native_config(
+        cfg, tok.convert_tokens_to_ids("<IMG_CONTEXT>"), eos_token_id=cfg["llm_config"]["eos_token_id"]
+    )
     config.save_pretrained(out)
     _write_weights(src, cfg, out)
     side = config.vision_config.image_size[0]
     image_processor = GotOcr2ImageProcessorPil(
-        size={"height": side, "width": side}, crop_to_patches=bool(cfg.get("dynamic_image_size", True)),
-        min_patches=cfg.get("min_dynamic_patch", 1), max_patches=cfg.get("max_dynamic_patch", 12),
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True)
+        size={"height": side, "width": side},
+        crop_to_patches=bool(cfg.get("dynamic_image_size", True)),
+        min_patches=cfg.get("min_dynamic_patch", 1),
+        max_patches=cfg.get("max_dynamic_patch", 12),
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_convert_rgb=True,
+    )
     tok.chat_template = INTERNVL2_TEMPLATE
-    processor = InternVLProcessor(image_processor=image_processor, tokenizer=tok,
-                                  video_processor=InternVLVideoProcessor(), image_seq_length=config.image_seq_length,
-                                  chat_template=INTERNVL2_TEMPLATE)
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=InternVLVideoProcessor(),
+        image_seq_length=config.image_seq_length,
+        chat_template=INTERNVL2_TEMPLATE,
+    )
     processor.save_pretrained(out)
-    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=[im_end, tok.eos_token_id],
-                     pad_token_id=tok.pad_token_id).save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=[im_end, tok.eos_token_id], pad_token_id=tok.pad_token_id
+    ).save_pretrained(out)
 
 
 def _content_hash(src: Path) -> str:
@@ -459,7 +706,7 @@ def cache_key(src: Path) -> str:
     src = Path(src).resolve()
     parts = src.parts
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
-        return f"{parts[-3][len('models--'):]}--{parts[-1]}"
+        return f"{parts[-3][len('models--') :]}--{parts[-1]}"
     path_hash = hashlib.sha256(str(src).encode()).hexdigest()[:12]
     return f"{src.name}-{path_hash}--{_content_hash(src)[:16]}"
 
@@ -505,13 +752,16 @@ def native_checkpoint(src_dir: Path) -> Path:
     return final
 
 
-def load_processor(path: Path):
+def load_processor(path: Path, max_tiles: int | None = None):
     """``InternVLProcessor`` of a converted checkpoint with the PIL backend of the GotOcr2 image processor.
 
+    ``max_tiles``: InternVL2's ``max_num`` (``max_patches``: at most this many 448-px tiles, plus the thumbnail
+    when more than one); None keeps the checkpoint's ``max_dynamic_patch``.
     The PIL backend's tiles equal InternVL2's ``load_image`` / ``dynamic_preprocess`` bit for bit (PIL bicubic
     resizes, tests/test_internvl2.py); ``AutoProcessor``'s default torchvision backend picks the same tiles but
     resamples with torch's bicubic (pixel differences up to a few 1/255 levels).
     """
     from transformers import AutoProcessor, GotOcr2ImageProcessorPil
 
-    return AutoProcessor.from_pretrained(path, image_processor=GotOcr2ImageProcessorPil.from_pretrained(path))
+    kw = {} if max_tiles is None else {"max_patches": max_tiles}
+    return AutoProcessor.from_pretrained(path, image_processor=GotOcr2ImageProcessorPil.from_pretrained(path, **kw))

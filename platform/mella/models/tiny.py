@@ -84,14 +84,23 @@ def tiny_qwen2vl(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -
 
 
 def tiny_internvl(path: Path, hidden: int = 64, seed: int = 0) -> Path:
-    """Save a random-weight InternVL (-hf layout, Llama text model as in converted InternVL2-8B) + tokenizer
-    (Qwen tokenizer plus InternVL's ``<img>``, ``</img>``, ``<IMG_CONTEXT>`` specials) + image processor
-    (28 px tiles, up to 4) to ``path``. Returns ``path``."""
+    """Save a random-weight InternVL (-hf layout, Llama text model as in converted InternVL2-8B) + its
+    ``InternVLProcessor``: the Qwen tokenizer plus InternVL's ``<img>``, ``</img>``, ``<IMG_CONTEXT>`` specials
+    (named as the processor reads them), the GotOcr2 image processor (28 px tiles, up to 4 + thumbnail, PIL
+    backend), 1 context token per tile and InternVL2's chat template, to ``path``. Returns ``path``."""
     import torch
-    from transformers import AutoTokenizer, GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration
+    from transformers import (
+        AutoTokenizer,
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
 
-    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
-    tok.add_special_tokens({"additional_special_tokens": ["<img>", "</img>", "<IMG_CONTEXT>"]})
+    from mella.models.internvl2 import IMAGE_TOKEN_NAMES, INTERNVL2_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir(), extra_special_tokens=dict(IMAGE_TOKEN_NAMES))
     cfg = InternVLConfig(
         vision_config=dict(
             hidden_size=32,
@@ -117,10 +126,14 @@ def tiny_internvl(path: Path, hidden: int = 64, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     InternVLForConditionalGeneration(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    GotOcr2ImageProcessorPil(size={"height": 28, "width": 28}, crop_to_patches=True, max_patches=4).save_pretrained(
-        path
-    )
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 28, "width": 28}, crop_to_patches=True, max_patches=4)
+    InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=InternVLVideoProcessor(),
+        image_seq_length=cfg.image_seq_length,
+        chat_template=INTERNVL2_TEMPLATE,
+    ).save_pretrained(path)
     return Path(path)
 
 

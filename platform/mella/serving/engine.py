@@ -147,7 +147,7 @@ class VLMEngine:
         text = self.bb.tokenizer.apply_chat_template(
             msgs, chat_template=self.bb.template, add_generation_prompt=True, tokenize=False
         )
-        ids = self.bb.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.bb.text_ids(text)
         slots = [i for i, t in enumerate(ids) if t == self.image_id]
         if len(slots) != len(images):
             raise RequestError(f"{len(images)} image(s) but {len(slots)} image placeholders in the prompt")
