@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     console.setup(a.quiet, a.verbose)
     cli.load_config(a.config)  # a missing or unreadable file: one line, exit 2
     backbone, model = a.backbone, a.model
-    if Path(a.model, "config.json").is_file() or (not Path(a.model).expanduser().exists() and parse_hub_id(a.model)):
+    hub_id = not Path(a.model).expanduser().exists() and parse_hub_id(a.model)
+    as_given = a.print_config and hub_id  # --print-config shows the id as typed; a run resolves it
+    if not as_given and (Path(a.model, "config.json").is_file() or hub_id):
         # a hub id is resolved here, on the driver: Ray Train workers get the local snapshot directory
         model, model_cfg = preflight.check_model(a.model, "--model")
         backbone = backbone or MODEL_TYPES.get(model_cfg.get("model_type"))
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             data=_abs(a.data),
             lang=a.lang,
             backbone=backbone,
-            model=_abs(model),
+            model=a.model if as_given else _abs(model),
             model_name=a.model,
             output=_abs(a.output),
             mix=a.mix,

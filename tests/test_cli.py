@@ -529,6 +529,7 @@ def _print_config_args(job: str, tmp: Path) -> list[str]:
         "inspect_corpus.py": [str(data)],
         "corpus_stats.py": ["--data", str(data)],
         "make_tiny_model.py": ["--output", str(tmp / "m")],
+        "reproduce.py": ["--config", str(ROOT / "experiments" / "paper.yaml"), "--langs", "hu,cs", "seeds=[0,1]"],
     }.get(job, [])
 
 
@@ -546,6 +547,7 @@ def test_every_job_prints_its_effective_config(job, tmp_path):
         "train.py": lambda s: s["lr"] == 2e-5 and s["max_steps"] == 7,
         "evaluate.py": lambda s: s["langs"] == ["hu", "ko"] and s["seeds"] == [0, 1] and s["n_test"] == 5,
         "e2e.py": lambda s: s["langs"] == ["hu", "cs"],
+        "reproduce.py": lambda s: s["langs"] == ["hu", "cs"] and s["seeds"] == [0, 1],
     }
     assert expect.get(job, lambda s: True)(settings), settings
 
