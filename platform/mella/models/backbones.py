@@ -146,6 +146,9 @@ class Qwen2VL(Backbone):
         # torchvision backend resamples with torch's bicubic
         pil = Qwen2VLImageProcessorPil.from_pretrained(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self.processor = Qwen2VLProcessor.from_pretrained(model_path, image_processor=pil)
+        # from_pretrained hands the image_processor kwarg to the tokenizer too, whose save_pretrained then fails
+        # (a processor object in tokenizer_config.json): it is no tokenizer setting
+        self.processor.tokenizer.init_kwargs.pop("image_processor", None)
         super().__init__(
             "qwen2-vl", self.processor.tokenizer, self.processor.image_processor, QWEN2_VL_TEMPLATE, "<|image_pad|>"
         )
